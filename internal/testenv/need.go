@@ -1,0 +1,52 @@
+// Package testenv starts the real components that lazypull's tests run
+// against (docker-registry, containerd, our daemon), builds test images and
+// cleans up after them. It is for tests and the demo only; nothing in the
+// product imports it.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// InCI tells whether the tests run in CI, where a missing component is a
+// failure rather than a reason to skip.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Need stops the test when what it needs is missing: in CI it fails, so
+// that nothing is silently untested; elsewhere it skips with the reason.
+func Need(t testing.TB, what string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if InCI() {
+		t.Fatalf("this test needs %s: %v (run `make test`, which installs it)", what, err)
+	}
+	t.Skipf("skipping: this test needs %s: %v", what, err)
+}
+
+// NeedRoot stops the test unless it runs as root.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	var err error
+	if os.Geteuid() != 0 {
+		err = errNotRoot
+	}
+	Need(t, "root", err)
+}
+
+// NeedBinary returns the path of a program the test needs.
+func NeedBinary(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	Need(t, name, err)
+	return path
+}
+
+type testenvError string
+
+func (e testenvError) Error() string { return string(e) }
+
+const errNotRoot = testenvError("not running as root (uid 0)")

@@ -1,0 +1,187 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/continuity/fs"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// Prepare creates an active snapshot on top of parent. When a Remote is set
+// and the labels ask for an unpack, the layer may instead be mounted from
+// elsewhere: then it is committed at once and ErrAlreadyExists returned.
+func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	var requested snapshots.Info
+	for _, opt := range opts {
+		if err := opt(&requested); err != nil {
+			return nil, err
+		}
+	}
+	target, unpack := requested.Labels[snapshots.LabelSnapshotRef]
+	if s.remote == nil || !unpack || target == "" {
+		mounts, _, err := s.create(ctx, snapshots.KindActive, key, parent, opts)
+		return mounts, err
+	}
+
+	mounts, id, err := s.create(ctx, snapshots.KindActive, key, parent, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.remote.Mount(ctx, s.upperPath(id), requested.Labels); err != nil {
+		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not mounted remotely; it will be unpacked")
+		return mounts, nil
+	}
+	if err := s.commitRemote(ctx, target, key, opts); err != nil {
+		if rerr := s.Remove(ctx, key); rerr != nil {
+			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to remove remote snapshot that could not be committed")
+		}
+		if errdefs.IsAlreadyExists(err) {
+			// Another Prepare of the same layer won the race; its snapshot serves.
+			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+		}
+		return nil, err
+	}
+	log.G(ctx).WithField("snapshot", target).Debug("layer mounted remotely")
+	return nil, fmt.Errorf("target snapshot %q mounted remotely: %w", target, errdefs.ErrAlreadyExists)
+}
+
+// View creates a read-only snapshot of parent.
+func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	mounts, _, err := s.create(ctx, snapshots.KindView, key, parent, opts)
+	return mounts, err
+}
+
+// Commit turns the active snapshot key into the committed snapshot name.
+func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		id, _, _, err := storage.GetInfo(ctx, key)
+		if err != nil {
+			return err
+		}
+		du, err := fs.DiskUsage(ctx, s.upperPath(id))
+		if err != nil {
+			return fmt.Errorf("commit snapshot %s: %w", key, err)
+		}
+		if _, err := storage.CommitActive(ctx, key, name, snapshots.Usage(du), opts...); err != nil {
+			return fmt.Errorf("commit snapshot %s as %s: %w", key, name, err)
+		}
+		return nil
+	})
+}
+
+// commitRemote commits a remotely mounted snapshot without walking its tree
+// (that would stat every file of a lazily fetched layer).
+func (s *Snapshotter) commitRemote(ctx context.Context, name, key string, opts []snapshots.Opt) error {
+	opts = append(opts[:len(opts):len(opts)], snapshots.WithLabels(map[string]string{LabelRemote: "remote"}))
+	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		if _, err := storage.CommitActive(ctx, key, name, snapshots.Usage{}, opts...); err != nil {
+			return fmt.Errorf("commit remote snapshot %s as %s: %w", key, name, err)
+		}
+		return nil
+	})
+}
+
+// create makes the snapshot's directories under a temporary name, records
+// the snapshot and renames the directories into place, all in one
+// transaction so that Cleanup never sees a half-made snapshot.
+func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, id string, err error) {
+	var (
+		snap storage.Snapshot
+		info snapshots.Info
+	)
+	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
+		tmp, err := s.makeDirs(kind)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err != nil {
+				if rerr := os.RemoveAll(tmp); rerr != nil {
+					log.G(ctx).WithError(rerr).WithField("path", tmp).Warn("failed to remove temporary snapshot directory")
+				}
+			}
+		}()
+
+		if snap, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...); err != nil {
+			return fmt.Errorf("create snapshot %s: %w", key, err)
+		}
+		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
+			return fmt.Errorf("create snapshot %s: %w", key, err)
+		}
+		if err := s.chownRoot(filepath.Join(tmp, "fs"), snap, info); err != nil {
+			return fmt.Errorf("create snapshot %s: %w", key, err)
+		}
+		if err := os.Rename(tmp, filepath.Join(s.snapshotsDir(), snap.ID)); err != nil {
+			return fmt.Errorf("create snapshot %s: %w", key, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return s.mounts(snap, info), snap.ID, nil
+}
+
+// makeDirs creates snapshots/new-*/fs (and work, for an active snapshot).
+func (s *Snapshotter) makeDirs(kind snapshots.Kind) (string, error) {
+	tmp, err := os.MkdirTemp(s.snapshotsDir(), "new-")
+	if err != nil {
+		return "", fmt.Errorf("create snapshot directory: %w", err)
+	}
+	err = os.Mkdir(filepath.Join(tmp, "fs"), 0o755)
+	if err == nil && kind == snapshots.KindActive {
+		err = os.Mkdir(filepath.Join(tmp, "work"), 0o711)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("create snapshot directory: %w", err)
+	}
+	return tmp, nil
+}
+
+// chownRoot gives the new snapshot's root directory the owner the container
+// will see as root: the mapped root of the id-mapping labels, or else the
+// owner of the parent's root, so that remapped images keep working.
+func (s *Snapshotter) chownRoot(dir string, snap storage.Snapshot, info snapshots.Info) error {
+	uid, gid := -1, -1
+	var err error
+	if v, ok := info.Labels[snapshots.LabelSnapshotUIDMapping]; ok {
+		if uid, err = hostRootID(v); err != nil {
+			return fmt.Errorf("label %s: %w", snapshots.LabelSnapshotUIDMapping, err)
+		}
+	}
+	if v, ok := info.Labels[snapshots.LabelSnapshotGIDMapping]; ok {
+		if gid, err = hostRootID(v); err != nil {
+			return fmt.Errorf("label %s: %w", snapshots.LabelSnapshotGIDMapping, err)
+		}
+	}
+	if (uid == -1 || gid == -1) && len(snap.ParentIDs) > 0 {
+		fi, err := os.Stat(s.upperPath(snap.ParentIDs[0]))
+		if err != nil {
+			return fmt.Errorf("stat parent: %w", err)
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return errors.New("stat parent: no owner information")
+		}
+		if uid == -1 {
+			uid = int(st.Uid)
+		}
+		if gid == -1 {
+			gid = int(st.Gid)
+		}
+	}
+	if uid == -1 && gid == -1 {
+		return nil
+	}
+	return os.Lchown(dir, uid, gid)
+}

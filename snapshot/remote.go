@@ -1,0 +1,26 @@
+package snapshot
+
+import "context"
+
+// LabelRemote marks a committed snapshot whose directory is mounted by the
+// Remote rather than unpacked. Its value names the kind of mount.
+const LabelRemote = "containerd.io/snapshot/lazypull.remote"
+
+// Remote mounts layers from elsewhere (lazily, from a registry) so that
+// containerd need not download and unpack them.
+//
+// When Prepare is called for an unpack (the labels carry
+// containerd.io/snapshot.ref, the chain ID to commit to), the snapshotter asks
+// the Remote to mount the layer at the new snapshot's directory. On success
+// the snapshot is committed under that chain ID at once and Prepare returns
+// ErrAlreadyExists, which tells containerd to skip the download. On failure
+// the layer is unpacked the ordinary way and the reason is logged.
+type Remote interface {
+	// Mount makes the layer that labels describe appear at mountpoint, an
+	// empty directory. An error means "unpack it instead" and must say why.
+	Mount(ctx context.Context, mountpoint string, labels map[string]string) error
+	// Unmount releases what Mount set up at mountpoint. It is called for
+	// every snapshot directory the snapshotter removes, so it must return
+	// nil for mountpoints it does not know.
+	Unmount(ctx context.Context, mountpoint string) error
+}

@@ -1,0 +1,93 @@
+package snapshot
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+)
+
+// Remove drops a snapshot. Its directories go now, or on the next Cleanup
+// with WithAsyncRemove.
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	var orphans []string
+	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
+		if _, _, err = storage.Remove(ctx, key); err != nil {
+			return fmt.Errorf("remove snapshot %s: %w", key, err)
+		}
+		if !s.asyncRemove {
+			orphans, err = s.orphanDirs(ctx)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	// The metadata is gone and the key free: failures here are only logged,
+	// and Cleanup tries again.
+	s.removeDirs(ctx, orphans)
+	return nil
+}
+
+// Cleanup removes the directories of removed snapshots.
+func (s *Snapshotter) Cleanup(ctx context.Context) error {
+	var orphans []string
+	// A write transaction keeps snapshots from being created while we look.
+	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
+		orphans, err = s.orphanDirs(ctx)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	s.removeDirs(ctx, orphans)
+	return nil
+}
+
+// orphanDirs lists the snapshot directories that no snapshot owns.
+func (s *Snapshotter) orphanDirs(ctx context.Context) ([]string, error) {
+	ids, err := storage.IDMap(ctx)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(s.snapshotsDir())
+	if err != nil {
+		return nil, err
+	}
+	var orphans []string
+	for _, e := range entries {
+		if _, ok := ids[e.Name()]; !ok {
+			orphans = append(orphans, filepath.Join(s.snapshotsDir(), e.Name()))
+		}
+	}
+	return orphans, nil
+}
+
+func (s *Snapshotter) removeDirs(ctx context.Context, dirs []string) {
+	for _, dir := range dirs {
+		if err := s.unmountDir(ctx, filepath.Join(dir, "fs")); err != nil {
+			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to unmount snapshot; leaving it for the next cleanup")
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to remove snapshot directory")
+		}
+	}
+}
+
+// unmountDir releases whatever is mounted on a snapshot's fs directory, so
+// that RemoveAll never descends into a remote layer.
+func (s *Snapshotter) unmountDir(ctx context.Context, fsDir string) error {
+	if s.remote != nil {
+		if err := s.remote.Unmount(ctx, fsDir); err != nil {
+			return err
+		}
+	}
+	// Also clears a stack of mounts, and a FUSE mount whose server is gone.
+	return mount.UnmountAll(fsDir, unix.MNT_DETACH)
+}
