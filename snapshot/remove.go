@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -55,14 +54,19 @@ func (s *Snapshotter) orphanDirs(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	entries, err := os.ReadDir(s.snapshotsDir())
+	dir, err := os.Open(s.snapshotsDir())
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
 	if err != nil {
 		return nil, err
 	}
 	var orphans []string
-	for _, e := range entries {
-		if _, ok := ids[e.Name()]; !ok {
-			orphans = append(orphans, filepath.Join(s.snapshotsDir(), e.Name()))
+	for _, name := range names {
+		if _, ok := ids[name]; !ok {
+			orphans = append(orphans, filepath.Join(s.snapshotsDir(), name))
 		}
 	}
 	return orphans, nil
@@ -88,6 +92,36 @@ func (s *Snapshotter) unmountDir(ctx context.Context, fsDir string) error {
 			return err
 		}
 	}
-	// Also clears a stack of mounts, and a FUSE mount whose server is gone.
-	return mount.UnmountAll(fsDir, unix.MNT_DETACH)
+	if !mayBeMounted(fsDir) {
+		return nil // the common case; a failing umount(2) would cost more than the check
+	}
+	// Unmount until nothing is left: this also clears a stack of mounts and
+	// a FUSE mount whose server is gone. EINVAL means "not a mountpoint".
+	for {
+		switch err := unix.Unmount(fsDir, unix.MNT_DETACH); err {
+		case nil:
+			continue
+		case unix.EINVAL, unix.ENOENT:
+			return nil
+		default:
+			return fmt.Errorf("unmount %s: %w", fsDir, err)
+		}
+	}
+}
+
+// mayBeMounted tells whether dir is the root of a mount, or cannot be looked
+// at (a FUSE mount whose server died answers ENOTCONN).
+func mayBeMounted(dir string) bool {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, dir, unix.AT_SYMLINK_NOFOLLOW, 0, &stx)
+	switch {
+	case err == unix.ENOENT:
+		return false
+	case err != nil:
+		return true
+	case stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0:
+		return true // the kernel cannot tell: try to unmount
+	default:
+		return stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
+	}
 }
