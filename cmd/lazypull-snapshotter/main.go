@@ -1,0 +1,91 @@
+// Command lazypull-snapshotter is the lazypull daemon: it serves containerd's
+// snapshots API on a unix socket, for containerd's proxy_plugins.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/containerd/log"
+
+	"github.com/lazypull/lazypull/service"
+	"github.com/lazypull/lazypull/version"
+)
+
+const usage = `Usage: lazypull-snapshotter [flags]
+
+Serves the lazypull snapshotter to containerd over a unix socket.
+
+Examples:
+  # with the defaults (config %[1]s)
+  lazypull-snapshotter
+
+  # a private instance, chatty
+  lazypull-snapshotter --root /tmp/lp --address /tmp/lp.sock --log-level debug
+
+Tell containerd about it in /etc/containerd/config.toml:
+  [proxy_plugins.lazypull]
+    type = "snapshot"
+    address = "%[2]s"
+
+Flags:
+`
+
+func main() {
+	fs := flag.NewFlagSet("lazypull-snapshotter", flag.ExitOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), usage, service.DefaultConfigPath, service.DefaultAddress)
+		fs.PrintDefaults()
+	}
+	configPath := fs.String("config", service.DefaultConfigPath, "configuration `file` (TOML); a missing file means the defaults")
+	address := fs.String("address", service.DefaultAddress, "unix `socket` to serve on (overrides the config's address)")
+	root := fs.String("root", service.DefaultRoot, "state `directory` (overrides the config's root)")
+	logLevel := fs.String("log-level", service.DefaultLogLevel, "trace, debug, info, warn or error (overrides the config's log_level)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Parse(os.Args[1:])
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "lazypull-snapshotter: unexpected argument %q (it takes flags only; see --help)\n", fs.Arg(0))
+		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println("lazypull-snapshotter", version.String())
+		return
+	}
+
+	cfg, err := service.LoadConfig(*configPath)
+	if err != nil {
+		fatal(err)
+	}
+	// Flags given on the command line win over the file.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "address":
+			cfg.Address = *address
+		case "root":
+			cfg.Root = *root
+		case "log-level":
+			cfg.LogLevel = *logLevel
+		}
+	})
+	if err := cfg.Validate(); err != nil {
+		fatal(err)
+	}
+	if err := log.SetLevel(cfg.LogLevel); err != nil {
+		fatal(err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := service.Run(ctx, cfg, nil); err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "lazypull-snapshotter:", err)
+	os.Exit(1)
+}

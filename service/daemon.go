@@ -1,0 +1,140 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	"github.com/lazypull/lazypull/snapshot"
+)
+
+// shutdownGrace bounds how long a stopping daemon waits for calls in flight.
+const shutdownGrace = 10 * time.Second
+
+// Run serves the snapshotter until ctx is done, then shuts down cleanly: it
+// stops serving, closes the metadata store and removes its socket. ready, if
+// not nil, is closed once the socket accepts calls.
+func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return fmt.Errorf("create root: %w", err)
+	}
+	unlock, err := lockRoot(cfg.Root)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	sn, err := snapshot.New(cfg.Root, cfg.Snapshotter.snapshotOpts()...)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := sn.Close(); err != nil {
+			log.G(ctx).WithError(err).Error("failed to close snapshot metadata")
+		}
+	}()
+
+	lis, err := listen(cfg.Address)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	log.G(ctx).WithField("address", cfg.Address).WithField("root", cfg.Root).Info("lazypull-snapshotter is serving")
+	if ready != nil {
+		close(ready)
+	}
+
+	select {
+	case err = <-served:
+		err = fmt.Errorf("serve %s: %w", cfg.Address, err)
+	case <-ctx.Done():
+		log.G(ctx).Info("shutting down")
+		stopGracefully(srv)
+		<-served
+	}
+	os.Remove(cfg.Address)
+	return err
+}
+
+func stopGracefully(srv *grpc.Server) {
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		srv.Stop()
+	}
+}
+
+// lockRoot takes an exclusive lock on root so that two daemons never share
+// one state directory. The lock file holds the holder's pid for the message.
+func lockRoot(root string) (unlock func(), err error) {
+	path := filepath.Join(root, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder := "another process"
+		if b, rerr := os.ReadFile(path); rerr == nil {
+			if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
+				holder = fmt.Sprintf("another lazypull-snapshotter (pid %d)", pid)
+			}
+		}
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("root %s is in use by %s: stop it, or give this daemon another --root", root, holder)
+		}
+		return nil, fmt.Errorf("lock root %s: %w", root, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return func() { f.Truncate(0); f.Close() }, nil
+}
+
+// listen opens the unix socket at address. A socket file left by a daemon
+// that died is removed; one that still answers is someone else's.
+func listen(address string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if _, err := os.Lstat(address); err == nil {
+		conn, err := net.DialTimeout("unix", address, time.Second)
+		if err == nil {
+			conn.Close()
+			return nil, fmt.Errorf("socket %s is served by another process: stop it, or give this daemon another --address", address)
+		}
+		if err := os.Remove(address); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", address, err)
+		}
+	}
+	lis, err := net.Listen("unix", address)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", address, err)
+	}
+	if err := os.Chmod(address, 0o600); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("restrict socket %s: %w", address, err)
+	}
+	return lis, nil
+}
