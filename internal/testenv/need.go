@@ -5,6 +5,7 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
@@ -40,7 +41,7 @@ func NeedRoot(t testing.TB) {
 // NeedBinary returns the path of a program the test needs.
 func NeedBinary(t testing.TB, name string) string {
 	t.Helper()
-	path, err := exec.LookPath(name)
+	path, err := lookPath(name)
 	Need(t, name, err)
 	return path
 }
@@ -50,3 +51,26 @@ type testenvError string
 func (e testenvError) Error() string { return string(e) }
 
 const errNotRoot = testenvError("not running as root (uid 0)")
+
+// debianPackage names the package that provides each program we start.
+var debianPackage = map[string]string{
+	"docker-registry": "docker-registry",
+	"containerd":      "containerd",
+	"ctr":             "containerd",
+	"runc":            "runc",
+	"skopeo":          "skopeo",
+	"fusermount3":     "fuse3",
+}
+
+// lookPath finds a program, or says how to install it.
+func lookPath(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		pkg := debianPackage[name]
+		if pkg == "" {
+			pkg = name
+		}
+		return "", fmt.Errorf("%s not found on PATH: install it with `apt-get install -y %s` (make test does)", name, pkg)
+	}
+	return path, nil
+}

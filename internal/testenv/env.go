@@ -1,0 +1,212 @@
+package testenv
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Env is a private stack under one directory: a registry, our daemon, and a
+// containerd that uses it as the proxy snapshotter "lazypull".
+type Env struct {
+	Dir        string
+	BinDir     string // our binaries, built from this source tree
+	Registry   *Registry
+	Daemon     *Process
+	Containerd *Containerd
+
+	DaemonRoot   string
+	DaemonSocket string
+}
+
+// New starts an Env for a test and tears it down when the test ends. It
+// needs root and Debian's containerd, runc, docker-registry and skopeo.
+func New(t testing.TB) *Env {
+	t.Helper()
+	NeedRoot(t)
+	for _, prog := range []string{"containerd", "ctr", "runc", "docker-registry", "skopeo"} {
+		NeedBinary(t, prog)
+	}
+	env, err := Start("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := env.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return env
+}
+
+// Start builds our binaries and starts the stack under a new directory in
+// parent (the system's temporary directory when empty).
+func Start(parent string) (_ *Env, err error) {
+	// Short paths: unix socket paths must fit in 108 bytes.
+	dir, err := os.MkdirTemp(parent, "lazypull-")
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{
+		Dir:          dir,
+		BinDir:       filepath.Join(dir, "bin"),
+		DaemonRoot:   filepath.Join(dir, "lazypull"),
+		DaemonSocket: filepath.Join(dir, "lazypull.sock"),
+	}
+	defer func() {
+		if err != nil {
+			if cerr := e.Close(); cerr != nil {
+				err = fmt.Errorf("%w (and tearing down: %v)", err, cerr)
+			}
+		}
+	}()
+	if err := BuildCommands(e.BinDir); err != nil {
+		return e, err
+	}
+	for _, sub := range []string{"registry", "containerd"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return e, err
+		}
+	}
+	if e.Registry, err = StartRegistry(filepath.Join(dir, "registry")); err != nil {
+		return e, err
+	}
+	if err := e.StartDaemon(); err != nil {
+		return e, err
+	}
+	if e.Containerd, err = StartContainerd(filepath.Join(dir, "containerd"), e.DaemonSocket); err != nil {
+		return e, err
+	}
+	return e, nil
+}
+
+// StartDaemon starts lazypull-snapshotter on the Env's root and socket.
+func (e *Env) StartDaemon(extraArgs ...string) error {
+	args := append([]string{
+		"--root", e.DaemonRoot,
+		"--address", e.DaemonSocket,
+		"--config", filepath.Join(e.Dir, "lazypull.toml"), // absent: the defaults
+		"--log-level", "debug",
+	}, extraArgs...)
+	p, err := startProcess(e.Dir, filepath.Join(e.BinDir, "lazypull-snapshotter"), args...)
+	if err != nil {
+		return err
+	}
+	if err := p.waitUntil(30*time.Second, func() error { return dialUnix(e.DaemonSocket) }); err != nil {
+		p.Stop(5 * time.Second)
+		return err
+	}
+	e.Daemon = p
+	return nil
+}
+
+// Close stops everything the Env started, by PID, unmounts whatever is left
+// under its directory and removes it. It reports leaked mounts as errors.
+func (e *Env) Close() error {
+	var errs []error
+	if e.Containerd != nil {
+		errs = append(errs, e.Containerd.Stop())
+	}
+	if e.Daemon != nil {
+		errs = append(errs, e.Daemon.Stop(15*time.Second))
+	}
+	if e.Registry != nil {
+		errs = append(errs, e.Registry.Stop(5*time.Second))
+	}
+	if leaked := MountsUnder(e.Dir); len(leaked) > 0 {
+		errs = append(errs, fmt.Errorf("mounts left under %s after shutdown (now unmounted): %s", e.Dir, strings.Join(leaked, ", ")))
+		errs = append(errs, unmountAll(leaked))
+	}
+	errs = append(errs, os.RemoveAll(e.Dir))
+	return errors.Join(errs...)
+}
+
+// MountsUnder lists the mountpoints at or below dir, deepest first.
+func MountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var found []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			found = append(found, mp)
+		}
+	}
+	sort.Slice(found, func(i, j int) bool { return len(found[i]) > len(found[j]) })
+	return found
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) of mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var c byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &c); err == nil {
+				b.WriteByte(c)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func unmountAll(mountpoints []string) error {
+	var errs []error
+	for _, mp := range mountpoints {
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && err != unix.EINVAL {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SourceRoot is the root of lazypull's source tree (the module).
+func SourceRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// BuildCommands builds lazypull's commands (cmd/...) into dir.
+func BuildCommands(dir string) error {
+	return goBuild(dir+"/", "./cmd/...", nil) // the slash: a directory even for one command
+}
+
+// BuildHello builds the test image's static hello program into dir.
+func BuildHello(dir string) (string, error) {
+	out := filepath.Join(dir, "hello")
+	return out, goBuild(out, "./internal/testenv/hello", []string{"CGO_ENABLED=0"})
+}
+
+func goBuild(out, pkg string, env []string) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = SourceRoot()
+	cmd.Env = append(os.Environ(), env...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
+	}
+	return nil
+}
