@@ -1,0 +1,34 @@
+# lazypull: `make demo` shows it working, `make test` runs every test.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/lazypull/lazypull/version.Version=$(VERSION)
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: all build deps demo test bench vet clean
+
+all: build
+
+# bin/lazypull and bin/lazypull-snapshotter
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+deps:
+	./scripts/install-deps.sh
+
+# Starts a registry, containerd and our daemon under a temporary root, runs a
+# container through lazypull, prints what happened and tears it all down.
+demo: deps build
+	$(GO) run ./bench/demo
+
+# The whole suite: unit, conformance (containerd's snapshotter suite),
+# daemon and end-to-end tests. Needs root; CI=true turns skips into failures.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+# Benchmarks, each reporting its ratio to a baseline measured in the same run.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3s ./...
+
+clean:
+	rm -rf bin
