@@ -3,14 +3,13 @@ package toc
 import (
 	"bytes"
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"path"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
+	"github.com/go-json-experiment/json"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -83,9 +82,10 @@ func Parse(data []byte, dataEnd int64, limits Limits) (*TOC, error) {
 	if int64(len(data)) > limits.MaxTOCBytes {
 		return nil, errorf("", "%d bytes, more than the limit of %d", len(data), limits.MaxTOCBytes)
 	}
-	var doc JSON
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&doc); err != nil {
+	// Sizing the slice up front saves growing it entry by entry: the
+	// count of "name" keys is close to the entry count.
+	doc := JSON{Entries: make([]WireEntry, 0, min(bytes.Count(data, []byte(`"name"`)), limits.MaxEntries))}
+	if err := json.Unmarshal(data, &doc); err != nil {
 		return nil, errorf("", "not valid TOC JSON: %v", err)
 	}
 	if doc.Version != 1 {
@@ -296,6 +296,11 @@ func cleanName(name string) (string, error) {
 }
 
 func parseDigest(s string) (digest.Digest, error) {
+	// Nearly every digest is sha256: check it without go-digest's regexp,
+	// which costs more than the rest of parsing an entry.
+	if hex, ok := strings.CutPrefix(s, "sha256:"); ok && len(hex) == 64 && isLowerHex(hex) {
+		return digest.Digest(s), nil
+	}
 	d, err := digest.Parse(s)
 	if err != nil {
 		return "", err
@@ -310,30 +315,14 @@ func parseDigest(s string) (digest.Digest, error) {
 // that cover the file exactly, compressed members inside the data area,
 // members that do not overlap, chunks that do not overlap within a member.
 func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) error {
-	// eStargz does not store where a member ends: it is where the next one
-	// starts, or the TOC.
-	var starts []int64
-	for _, raws := range files {
-		for _, r := range raws {
-			starts = append(starts, r.w.Offset)
-		}
+	type placed struct {
+		e *Entry
+		i int // index in e.Chunks
 	}
-	slices.Sort(starts)
-	starts = slices.Compact(starts)
-	endOf := func(off int64) int64 {
-		i := sort.Search(len(starts), func(i int) bool { return starts[i] > off })
-		if i < len(starts) {
-			return starts[i]
-		}
-		return dataEnd
-	}
-
-	members := make(map[int64]int64) // offset → end
-	type inner struct{ from, to int64 }
-	inners := make(map[int64][]inner)
-
+	var all []placed
 	for e, raws := range files {
 		var covered int64
+		e.Chunks = make([]Chunk, 0, len(raws))
 		for i, r := range raws {
 			w := r.w
 			if w.ChunkOffset != covered {
@@ -352,29 +341,21 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 			}
 			c := Chunk{Offset: w.Offset, EndOffset: w.EndOffset, InnerOffset: w.InnerOffset, FileOffset: w.ChunkOffset, Size: size}
 			if w.ChunkType == ChunkTypeZeros {
-				c.Offset, c.EndOffset, c.InnerOffset = 0, 0, 0
-				c.Zero = true
+				c = Chunk{FileOffset: w.ChunkOffset, Size: size, Zero: true}
 			} else {
-				if c.EndOffset == 0 {
-					c.EndOffset = endOf(c.Offset)
+				if w.ChunkDigest == "" {
+					return errorf(e.Name, "chunk %d has no chunkDigest, so it cannot be verified", i)
 				}
-				if c.Offset < 0 || c.EndOffset <= c.Offset || c.EndOffset > dataEnd {
+				if c.Offset < 0 || c.Offset >= dataEnd || c.EndOffset < 0 || c.EndOffset > dataEnd {
 					return errorf(e.Name, "chunk %d lies at %d..%d, outside the blob's data (0..%d)", i, c.Offset, c.EndOffset, dataEnd)
 				}
-				if c.InnerOffset < 0 || c.InnerOffset+c.Size > limits.MaxChunkBytes {
+				if c.InnerOffset < 0 || c.InnerOffset > limits.MaxChunkBytes-c.Size {
 					return errorf(e.Name, "chunk %d needs %d+%d uncompressed bytes, over the limit of %d", i, c.InnerOffset, c.Size, limits.MaxChunkBytes)
 				}
-				if end, ok := members[c.Offset]; ok && end != c.EndOffset {
-					return errorf(e.Name, "chunk %d: member at %d ends at %d here and at %d elsewhere", i, c.Offset, c.EndOffset, end)
+				if i > 0 && c.Offset < lastData(e.Chunks) {
+					return errorf(e.Name, "chunk %d lies before chunk %d in the blob", i, i-1)
 				}
-				members[c.Offset] = c.EndOffset
-				inners[c.Offset] = append(inners[c.Offset], inner{c.InnerOffset, c.InnerOffset + c.Size})
-			}
-			if i > 0 && !c.Zero && !e.Chunks[len(e.Chunks)-1].Zero && c.Offset < e.Chunks[len(e.Chunks)-1].Offset {
-				return errorf(e.Name, "chunk %d lies before chunk %d in the blob", i, i-1)
-			}
-			if w.ChunkDigest == "" && !c.Zero {
-				return errorf(e.Name, "chunk %d has no chunkDigest, so it cannot be verified", i)
+				all = append(all, placed{e, len(e.Chunks)})
 			}
 			if w.ChunkDigest != "" {
 				d, err := parseDigest(w.ChunkDigest)
@@ -391,24 +372,74 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 		}
 	}
 
-	// Members must not overlap each other, nor chunks within a member.
-	offsets := make([]int64, 0, len(members))
-	for off := range members {
-		offsets = append(offsets, off)
-	}
-	slices.Sort(offsets)
-	for i := 1; i < len(offsets); i++ {
-		if members[offsets[i-1]] > offsets[i] {
-			return errorf("", "compressed members at %d and %d overlap", offsets[i-1], offsets[i])
+	// In blob order, a member ends where the next begins (eStargz does not
+	// store its end) or where the format says (zstd:chunked); members must
+	// not overlap, nor chunks inside one member.
+	chunk := func(p placed) *Chunk { return &p.e.Chunks[p.i] }
+	slices.SortFunc(all, func(a, b placed) int {
+		ca, cb := chunk(a), chunk(b)
+		if c := cmp.Compare(ca.Offset, cb.Offset); c != 0 {
+			return c
 		}
-	}
-	for off, ins := range inners {
-		slices.SortFunc(ins, func(a, b inner) int { return cmp.Compare(a.from, b.from) })
-		for i := 1; i < len(ins); i++ {
-			if ins[i].from < ins[i-1].to {
-				return errorf("", "chunks overlap inside the member at %d (bytes %d..%d and %d..%d)", off, ins[i-1].from, ins[i-1].to, ins[i].from, ins[i].to)
+		return cmp.Compare(ca.InnerOffset, cb.InnerOffset)
+	})
+	for i := 0; i < len(all); {
+		// all[i:j] share one member.
+		first := chunk(all[i])
+		j := i + 1
+		for j < len(all) && chunk(all[j]).Offset == first.Offset {
+			j++
+		}
+		nextStart := dataEnd
+		if j < len(all) {
+			nextStart = chunk(all[j]).Offset
+		}
+		end := first.EndOffset
+		if end == 0 {
+			end = nextStart
+		}
+		if end <= first.Offset || end > nextStart {
+			return errorf(all[i].e.Name, "its member at %d ends at %d, overlapping the next member at %d", first.Offset, end, nextStart)
+		}
+		var innerEnd int64
+		for k := i; k < j; k++ {
+			c := chunk(all[k])
+			if c.EndOffset != 0 && c.EndOffset != end {
+				return errorf(all[k].e.Name, "its member at %d ends at %d here and at %d elsewhere", c.Offset, c.EndOffset, end)
 			}
+			if c.InnerOffset < innerEnd {
+				return errorf(all[k].e.Name, "its chunk overlaps another inside the member at %d (bytes %d.. start before %d)", c.Offset, c.InnerOffset, innerEnd)
+			}
+			c.EndOffset = end
+			innerEnd = c.InnerOffset + c.Size
 		}
+		i = j
 	}
 	return nil
+}
+
+// lastData is the blob offset of the last chunk that has data.
+func lastData(chunks []Chunk) int64 {
+	for i := len(chunks) - 1; i >= 0; i-- {
+		if !chunks[i].Zero {
+			return chunks[i].Offset
+		}
+	}
+	return 0
+}
+
+var hexDigit = func() (t [256]bool) {
+	for _, c := range "0123456789abcdef" {
+		t[c] = true
+	}
+	return t
+}()
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !hexDigit[s[i]] {
+			return false
+		}
+	}
+	return true
 }

@@ -148,11 +148,11 @@ func TestParseRejects(t *testing.T) {
 		{"member overlap", []WireEntry{
 			{Name: "a", Type: TypeReg, Size: 1, Offset: 0, EndOffset: 50, ChunkDigest: d1},
 			{Name: "b", Type: TypeReg, Size: 1, Offset: 40, EndOffset: 60, ChunkDigest: d1},
-		}, "", "overlap"},
+		}, "a", "overlap"},
 		{"inner overlap", []WireEntry{
 			{Name: "a", Type: TypeReg, Size: 10, Offset: 0, ChunkDigest: d1},
 			{Name: "b", Type: TypeReg, Size: 10, Offset: 0, InnerOffset: 5, ChunkDigest: d1},
-		}, "", "overlap"},
+		}, "b", "overlap"},
 		{"bad device", []WireEntry{{Name: "d", Type: TypeBlock, DevMajor: -1}}, "d", "device"},
 		{"bad owner", []WireEntry{{Name: "d", Type: TypeDir, UID: -2}}, "d", "owner"},
 		{"bad time", []WireEntry{{Name: "d", Type: TypeDir, ModTime: "yesterday"}}, "d", "modtime"},
