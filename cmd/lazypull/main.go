@@ -22,9 +22,10 @@ snapshotter that mounts eStargz and zstd:chunked layers straight from the
 registry and fetches file contents on demand.
 
 Examples:
-  lazypull version`,
+  lazypull convert docker://registry.example/app:1.0 docker://registry.example/app:1.0-esgz
+  lazypull inspect --verify docker://registry.example/app:1.0-esgz`,
 		Version:  version.String(),
-		Commands: []*cli.Command{versionCommand},
+		Commands: []*cli.Command{convertCommand, versionCommand},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "lazypull:", err)

@@ -1,0 +1,80 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/remote"
+)
+
+// Location is where one image is read from or written to.
+type Location interface {
+	// Resolve returns the descriptor the reference names: a manifest or an
+	// index.
+	Resolve(ctx context.Context) (ocispec.Descriptor, error)
+	// Fetch reads a blob or manifest. The reader fails at the end if the
+	// bytes are not the descriptor's size and digest.
+	Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+	// ReaderAt reads parts of a blob, unverified: the caller checks what it
+	// reads (a TOC digest, chunk digests).
+	ReaderAt(ctx context.Context, desc ocispec.Descriptor) (ReaderAt, error)
+	// Push stores a blob or manifest by digest; content already there is
+	// not sent again.
+	Push(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error
+	// Tag points the reference at desc, a manifest or index already pushed.
+	Tag(ctx context.Context, desc ocispec.Descriptor) error
+}
+
+// ReaderAt is a blob open for random reads.
+type ReaderAt interface {
+	io.ReaderAt
+	io.Closer
+	Size() int64
+}
+
+// Open returns the location a reference names.
+func Open(ctx context.Context, ref Ref, opts remote.Options) (Location, error) {
+	switch ref.Transport {
+	case Docker:
+		return openRegistry(ctx, ref, opts)
+	case OCI:
+		return &layout{dir: ref.Name, tag: ref.Tag}, nil
+	}
+	return nil, fmt.Errorf("unknown transport %q", ref.Transport)
+}
+
+// verifyingReader checks size and digest as the last byte is read.
+type verifyingReader struct {
+	r        io.ReadCloser
+	desc     ocispec.Descriptor
+	verifier digest.Verifier
+	n        int64
+}
+
+func verified(r io.ReadCloser, desc ocispec.Descriptor) io.ReadCloser {
+	return &verifyingReader{r: r, desc: desc, verifier: desc.Digest.Verifier()}
+}
+
+func (v *verifyingReader) Read(p []byte) (int, error) {
+	n, err := v.r.Read(p)
+	v.n += int64(n)
+	v.verifier.Write(p[:n])
+	if v.n > v.desc.Size {
+		return n, fmt.Errorf("%s: more than the %d bytes its descriptor says", v.desc.Digest, v.desc.Size)
+	}
+	if err == io.EOF {
+		if v.n != v.desc.Size {
+			return n, fmt.Errorf("%s: %d bytes, its descriptor says %d: %w", v.desc.Digest, v.n, v.desc.Size, io.ErrUnexpectedEOF)
+		}
+		if !v.verifier.Verified() {
+			return n, fmt.Errorf("%s: content does not match its digest", v.desc.Digest)
+		}
+	}
+	return n, err
+}
+
+func (v *verifyingReader) Close() error { return v.r.Close() }
