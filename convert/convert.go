@@ -262,5 +262,5 @@ func (c *counting) Read(p []byte) (int, error) {
 type silent struct{}
 
 func (silent) Start(string, ocispec.Descriptor) Tracker { return silent{} }
-func (silent) Add(int)                                   {}
-func (silent) Done(error)                                {}
+func (silent) Add(int)                                  {}
+func (silent) Done(error)                               {}
