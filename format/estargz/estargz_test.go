@@ -135,9 +135,6 @@ func TestRoundTrip(t *testing.T) {
 		blob, res := build(t, makeTar(t, files), opts...)
 		r := open(t, blob, WithTOCDigest(res.TOCDigest))
 		checkLayer(t, r, files)
-		if res.Size != int64(len(blob)) || res.Digest != digest.FromBytes(blob) {
-			t.Errorf("result size/digest %d %s do not describe the blob", res.Size, res.Digest)
-		}
 	}
 }
 

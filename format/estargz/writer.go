@@ -58,8 +58,6 @@ type Result struct {
 	TOCDigest        digest.Digest     // of the TOC JSON: TOCDigestAnnotation
 	DiffID           digest.Digest     // of the uncompressed tar
 	UncompressedSize int64             // of the uncompressed tar
-	Digest           digest.Digest     // of the blob
-	Size             int64             // of the blob
 	Annotations      map[string]string // for the layer descriptor
 }
 
@@ -93,7 +91,7 @@ func NewWriter(out io.Writer, opts ...WriterOption) *Writer {
 	if w.chunkSize <= 0 {
 		w.chunkSize = DefaultChunkSize
 	}
-	w.out = &countingWriter{w: out, h: sha256.New()}
+	w.out = &countingWriter{w: out}
 	w.seg = new(bytes.Buffer)
 	w.diff = sha256.New()
 	w.tw = tar.NewWriter(rawWriter{w})
@@ -359,8 +357,6 @@ func (w *Writer) Close() (Result, error) {
 		TOCDigest:        digest.FromBytes(tocJSON),
 		DiffID:           digest.NewDigest(digest.SHA256, w.diff),
 		UncompressedSize: w.rawSize,
-		Digest:           digest.NewDigest(digest.SHA256, w.out.h),
-		Size:             w.out.n,
 	}
 	res.Annotations = map[string]string{
 		TOCDigestAnnotation:        res.TOCDigest.String(),
@@ -392,16 +388,14 @@ func (w *Writer) writeTOC(tocJSON []byte) error {
 	return nil
 }
 
-// countingWriter counts and hashes what passes through.
+// countingWriter counts what passes through: member offsets.
 type countingWriter struct {
 	w io.Writer
-	h hash.Hash
 	n int64
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
-	c.h.Write(p[:n])
 	c.n += int64(n)
 	return n, err
 }
