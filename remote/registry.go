@@ -34,19 +34,24 @@ type Options struct {
 // the configured hosts, mirrors and credentials. Authentication follows the
 // registry's WWW-Authenticate challenge: basic or bearer token.
 func NewResolver(ctx context.Context, opts Options) remotes.Resolver {
+	return docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, hostOptions(opts))})
+}
+
+// hostOptions turns Options into containerd's host configuration, shared
+// by the resolver and ranged blob reads.
+func hostOptions(opts Options) config.HostOptions {
 	hostsDir := opts.HostsDir
 	if hostsDir == "" {
 		hostsDir = DefaultHostsDir
 	}
-	creds := NewCredentials(opts.DockerConfigDir)
 	hostOpts := config.HostOptions{
 		HostDir:     config.HostDirFromRoot(hostsDir),
-		Credentials: creds.Lookup,
+		Credentials: NewCredentials(opts.DockerConfigDir).Lookup,
 	}
 	if opts.PlainHTTP {
 		hostOpts.DefaultScheme = "http"
 	}
-	return docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, hostOpts)})
+	return hostOpts
 }
 
 func dockerConfigDir(dir string) string {

@@ -1,0 +1,421 @@
+package remote
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/containerd/v2/pkg/reference"
+	"github.com/containerd/log"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Range is a byte range of a blob.
+type Range struct {
+	Offset, Length int64
+}
+
+// End is the offset just past the range.
+func (r Range) End() int64 { return r.Offset + r.Length }
+
+// Tuning of ranged reads; see BlobOptions.
+const (
+	DefaultMaxRetries     = 5
+	DefaultRequestTimeout = 60 * time.Second
+	DefaultParallel       = 8
+	// DefaultCoalesceGap joins ranges whose gap is smaller: fetching a few
+	// hundred unneeded kilobytes costs less than another round trip.
+	DefaultCoalesceGap = 256 << 10
+)
+
+// BlobOptions tune ranged reads of one registry.
+type BlobOptions struct {
+	MaxRetries     int           // attempts after the first, on connection errors and 5xx
+	RequestTimeout time.Duration // per attempt
+	Parallel       int           // requests in flight per blob
+	CoalesceGap    int64         // ReadRanges joins ranges closer than this
+}
+
+func (o BlobOptions) withDefaults() BlobOptions {
+	if o.MaxRetries <= 0 {
+		o.MaxRetries = DefaultMaxRetries
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = DefaultParallel
+	}
+	if o.CoalesceGap < 0 {
+		o.CoalesceGap = 0
+	} else if o.CoalesceGap == 0 {
+		o.CoalesceGap = DefaultCoalesceGap
+	}
+	return o
+}
+
+// BlobStats count one blob's traffic.
+type BlobStats struct {
+	Requests, Retries, Errors, Bytes int64
+}
+
+// Blob reads one registry blob with HTTP Range requests: through the
+// hosts (mirrors first, then the origin) that hosts.toml configures, with
+// the registry's authentication, retrying connection errors and 5xx
+// responses with backoff. It remembers where the registry redirected it (a
+// blob store) until that fails.
+type Blob struct {
+	opts     Options
+	bopts    BlobOptions
+	refspec  reference.Spec
+	repo     string // repository path, without the host
+	desc     ocispec.Descriptor
+	slots    chan struct{}
+	requests atomic.Int64
+	retries  atomic.Int64
+	errs     atomic.Int64
+	bytes    atomic.Int64
+
+	mu         sync.Mutex
+	hosts      []docker.RegistryHost
+	redirected string // the blob store URL the registry sent us to, if any
+}
+
+// OpenBlob prepares ranged reads of the blob desc in the repository ref
+// names ("host/repo:tag" or "host/repo@digest").
+func OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor, opts Options, bopts BlobOptions) (*Blob, error) {
+	refspec, err := reference.Parse(ref)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: reference %q: %w", desc.Digest, ref, err)
+	}
+	b := &Blob{opts: opts, bopts: bopts.withDefaults(), refspec: refspec, desc: desc}
+	b.repo = strings.TrimPrefix(refspec.Locator, refspec.Hostname()+"/")
+	b.slots = make(chan struct{}, b.bopts.Parallel)
+	if err := b.resetHosts(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// resetHosts (re)builds the host list, and with it fresh authorizers.
+func (b *Blob) resetHosts(ctx context.Context) error {
+	hosts, err := config.ConfigureHosts(ctx, hostOptions(b.opts))(b.refspec.Hostname())
+	if err != nil {
+		return fmt.Errorf("blob %s: hosts of %s: %w", b.desc.Digest, b.refspec.Hostname(), err)
+	}
+	var pull []docker.RegistryHost
+	for _, h := range hosts {
+		if h.Capabilities.Has(docker.HostCapabilityPull) {
+			pull = append(pull, h)
+		}
+	}
+	if len(pull) == 0 {
+		return fmt.Errorf("blob %s: no host to pull from for %s", b.desc.Digest, b.refspec.Hostname())
+	}
+	b.mu.Lock()
+	b.hosts = pull
+	b.mu.Unlock()
+	return nil
+}
+
+// Size is the blob's size.
+func (b *Blob) Size() int64 { return b.desc.Size }
+
+// Stats returns the blob's traffic so far.
+func (b *Blob) Stats() BlobStats {
+	return BlobStats{Requests: b.requests.Load(), Retries: b.retries.Load(), Errors: b.errs.Load(), Bytes: b.bytes.Load()}
+}
+
+// ReadAt reads len(p) bytes at off in one ranged request (retried).
+func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > b.desc.Size {
+		return 0, fmt.Errorf("blob %s: read at %d outside its %d bytes", b.desc.Digest, off, b.desc.Size)
+	}
+	want := min(int64(len(p)), b.desc.Size-off)
+	if want == 0 {
+		return 0, io.EOF
+	}
+	if err := b.fetch(context.Background(), off, p[:want]); err != nil {
+		return 0, err
+	}
+	if want < int64(len(p)) {
+		return int(want), io.EOF
+	}
+	return len(p), nil
+}
+
+// ReadRanges fetches the ranges — joined where they are close, in parallel
+// up to the blob's limit — and hands each range's bytes to deliver (which
+// must not keep them). It stops at the first error.
+func (b *Blob) ReadRanges(ctx context.Context, ranges []Range, deliver func(Range, []byte) error) error {
+	for _, r := range ranges {
+		if r.Offset < 0 || r.Length <= 0 || r.End() > b.desc.Size {
+			return fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.desc.Digest, r.Offset, r.Length, b.desc.Size)
+		}
+	}
+	groups := Coalesce(ranges, b.bopts.CoalesceGap)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	fail := func(err error) {
+		errOnce.Do(func() { firstErr = err; cancel() })
+	}
+	for _, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, g.Span.Length)
+			if err := b.fetch(ctx, g.Span.Offset, buf); err != nil {
+				fail(err)
+				return
+			}
+			for _, r := range g.Parts {
+				if err := deliver(r, buf[r.Offset-g.Span.Offset:r.End()-g.Span.Offset]); err != nil {
+					fail(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// Group is one request's span and the ranges it serves.
+type Group struct {
+	Span  Range
+	Parts []Range
+}
+
+// Coalesce sorts ranges and joins those less than gap apart (overlapping
+// ones included) into groups.
+func Coalesce(ranges []Range, gap int64) []Group {
+	sorted := slices.Clone(ranges)
+	slices.SortFunc(sorted, func(a, b Range) int { return cmp.Compare(a.Offset, b.Offset) })
+	var groups []Group
+	for _, r := range sorted {
+		if n := len(groups); n > 0 && r.Offset <= groups[n-1].Span.End()+gap {
+			g := &groups[n-1]
+			g.Span.Length = max(g.Span.End(), r.End()) - g.Span.Offset
+			g.Parts = append(g.Parts, r)
+			continue
+		}
+		groups = append(groups, Group{Span: r, Parts: []Range{r}})
+	}
+	return groups
+}
+
+// errNoRetry marks failures that another attempt will not mend.
+type errNoRetry struct{ error }
+
+func (e errNoRetry) Unwrap() error { return e.error }
+
+// fetch fills dst with the bytes at off, retrying what can be retried and
+// resuming after what was already read.
+func (b *Blob) fetch(ctx context.Context, off int64, dst []byte) error {
+	select {
+	case b.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-b.slots }()
+
+	got := 0
+	backoff := 100 * time.Millisecond
+	unauthorized := 0
+	for attempt := 0; ; attempt++ {
+		n, err := b.try(ctx, off+int64(got), dst[got:])
+		got += n
+		b.bytes.Add(int64(n))
+		if err == nil {
+			return nil
+		}
+		var noRetry errNoRetry
+		if errors.As(err, &noRetry) || ctx.Err() != nil || attempt >= b.bopts.MaxRetries {
+			b.errs.Add(1)
+			return fmt.Errorf("fetch bytes %d-%d of %s from %s: %w", off, off+int64(len(dst))-1, b.desc.Digest, b.refspec.Locator, err)
+		}
+		if errors.Is(err, errUnauthorized) {
+			// A second refusal in a row: start over with fresh
+			// authorizers (an expired token the authorizer still trusts).
+			if unauthorized++; unauthorized > 1 {
+				if rerr := b.resetHosts(ctx); rerr != nil {
+					return rerr
+				}
+			}
+			b.retries.Add(1)
+			continue
+		}
+		unauthorized = 0
+		b.retries.Add(1)
+		log.G(ctx).WithError(err).WithField("blob", b.desc.Digest).Debugf("retrying ranged read in %v", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+var errUnauthorized = errors.New("unauthorized")
+
+// try makes one ranged request and reads as much of dst as it can.
+func (b *Blob) try(ctx context.Context, off int64, dst []byte) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.bopts.RequestTimeout)
+	defer cancel()
+	b.requests.Add(1)
+
+	b.mu.Lock()
+	redirected, hosts := b.redirected, b.hosts
+	b.mu.Unlock()
+
+	var resp *http.Response
+	var err error
+	if redirected != "" {
+		resp, err = b.get(ctx, http.DefaultClient, nil, redirected, nil, off, len(dst))
+		if err != nil || resp.StatusCode >= 400 {
+			// Signed blob store URLs expire: go back to the registry.
+			if resp != nil {
+				resp.Body.Close()
+			}
+			b.mu.Lock()
+			b.redirected = ""
+			b.mu.Unlock()
+			return 0, fmt.Errorf("blob store %s: %w", redactURL(redirected), orStatus(err, resp))
+		}
+	} else {
+		resp, err = b.getFromHosts(ctx, hosts, off, len(dst))
+		if err != nil {
+			return 0, err
+		}
+	}
+	defer resp.Body.Close()
+
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		if start, ok := contentRangeStart(resp.Header.Get("Content-Range")); !ok || start != off {
+			return 0, errNoRetry{fmt.Errorf("asked for bytes from %d, got Content-Range %q", off, resp.Header.Get("Content-Range"))}
+		}
+	case http.StatusOK:
+		if off != 0 {
+			return 0, errNoRetry{errors.New("the registry ignores Range requests (answered 200 to a ranged read)")}
+		}
+	default:
+		return 0, fmt.Errorf("unexpected status %s", resp.Status)
+	}
+	n, err := io.ReadFull(resp.Body, dst)
+	if err != nil {
+		return n, fmt.Errorf("read body after %d of %d bytes: %w", n, len(dst), err)
+	}
+	return n, nil
+}
+
+// getFromHosts tries each host in order (mirrors, then the origin) and
+// returns the first response that is not a failure.
+func (b *Blob) getFromHosts(ctx context.Context, hosts []docker.RegistryHost, off int64, n int) (*http.Response, error) {
+	ctx = docker.ContextWithAppendPullRepositoryScope(ctx, b.repo)
+	var lastErr error
+	for _, h := range hosts {
+		u := url.URL{Scheme: h.Scheme, Host: h.Host, Path: h.Path + "/" + b.repo + "/blobs/" + b.desc.Digest.String()}
+		if h.Host != b.refspec.Hostname() {
+			u.RawQuery = "ns=" + url.QueryEscape(b.refspec.Hostname()) // a mirror serves several registries
+		}
+		client := h.Client
+		if client == nil {
+			client = http.DefaultClient
+		}
+		resp, err := b.get(ctx, client, h.Authorizer, u.String(), h.Header, off, n)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized && h.Authorizer != nil:
+			aerr := h.Authorizer.AddResponses(ctx, []*http.Response{resp})
+			resp.Body.Close()
+			if aerr != nil {
+				return nil, errNoRetry{fmt.Errorf("authenticate to %s: %w", h.Host, aerr)}
+			}
+			return nil, errUnauthorized
+		case resp.StatusCode == http.StatusNotFound || resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
+			lastErr = fmt.Errorf("%s: %s", h.Host, resp.Status)
+			resp.Body.Close()
+			continue
+		case resp.StatusCode >= 400:
+			resp.Body.Close()
+			return nil, errNoRetry{fmt.Errorf("%s: %s", h.Host, resp.Status)}
+		}
+		if final := resp.Request.URL; final.Host != h.Host {
+			b.mu.Lock()
+			b.redirected = final.String()
+			b.mu.Unlock()
+		}
+		return resp, nil
+	}
+	if lastErr != nil && strings.Contains(lastErr.Error(), "404") {
+		return nil, errNoRetry{lastErr}
+	}
+	return nil, lastErr
+}
+
+func (b *Blob) get(ctx context.Context, client *http.Client, authorizer docker.Authorizer, u string, header http.Header, off int64, n int) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, errNoRetry{err}
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(n)-1))
+	if authorizer != nil {
+		if err := authorizer.Authorize(ctx, req); err != nil {
+			return nil, fmt.Errorf("authorize: %w", err)
+		}
+	}
+	return client.Do(req)
+}
+
+func contentRangeStart(h string) (int64, bool) {
+	rest, ok := strings.CutPrefix(h, "bytes ")
+	if !ok {
+		return 0, false
+	}
+	start, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(start, 10, 64)
+	return n, err == nil
+}
+
+func orStatus(err error, resp *http.Response) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(resp.Status)
+}
+
+// redactURL drops a signed URL's query, which holds credentials.
+func redactURL(s string) string {
+	if i := strings.IndexByte(s, '?'); i >= 0 {
+		return s[:i] + "?…"
+	}
+	return s
+}
