@@ -1,14 +1,12 @@
 package remote
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,22 +20,11 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// Range is a byte range of a blob.
-type Range struct {
-	Offset, Length int64
-}
-
-// End is the offset just past the range.
-func (r Range) End() int64 { return r.Offset + r.Length }
-
 // Tuning of ranged reads; see BlobOptions.
 const (
 	DefaultMaxRetries     = 5
 	DefaultRequestTimeout = 60 * time.Second
 	DefaultParallel       = 8
-	// DefaultCoalesceGap joins ranges whose gap is smaller: fetching a few
-	// hundred unneeded kilobytes costs less than another round trip.
-	DefaultCoalesceGap = 256 << 10
 )
 
 // BlobOptions tune ranged reads of one registry.
@@ -45,7 +32,6 @@ type BlobOptions struct {
 	MaxRetries     int           // attempts after the first, on connection errors and 5xx
 	RequestTimeout time.Duration // per attempt
 	Parallel       int           // requests in flight per blob
-	CoalesceGap    int64         // ReadRanges joins ranges closer than this
 }
 
 func (o BlobOptions) withDefaults() BlobOptions {
@@ -57,11 +43,6 @@ func (o BlobOptions) withDefaults() BlobOptions {
 	}
 	if o.Parallel <= 0 {
 		o.Parallel = DefaultParallel
-	}
-	if o.CoalesceGap < 0 {
-		o.CoalesceGap = 0
-	} else if o.CoalesceGap == 0 {
-		o.CoalesceGap = DefaultCoalesceGap
 	}
 	return o
 }
@@ -156,69 +137,16 @@ func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// ReadRanges fetches the ranges — joined where they are close, in parallel
-// up to the blob's limit — and hands each range's bytes to deliver (which
-// must not keep them). It stops at the first error.
-func (b *Blob) ReadRanges(ctx context.Context, ranges []Range, deliver func(Range, []byte) error) error {
-	for _, r := range ranges {
-		if r.Offset < 0 || r.Length <= 0 || r.End() > b.desc.Size {
-			return fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.desc.Digest, r.Offset, r.Length, b.desc.Size)
-		}
+// FetchAt fills p with the bytes at off, in one ranged request (retried
+// and resumed as needed).
+func (b *Blob) FetchAt(ctx context.Context, p []byte, off int64) error {
+	if off < 0 || off+int64(len(p)) > b.desc.Size {
+		return fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.desc.Digest, off, len(p), b.desc.Size)
 	}
-	groups := Coalesce(ranges, b.bopts.CoalesceGap)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg       sync.WaitGroup
-		errOnce  sync.Once
-		firstErr error
-	)
-	fail := func(err error) {
-		errOnce.Do(func() { firstErr = err; cancel() })
+	if len(p) == 0 {
+		return nil
 	}
-	for _, g := range groups {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, g.Span.Length)
-			if err := b.fetch(ctx, g.Span.Offset, buf); err != nil {
-				fail(err)
-				return
-			}
-			for _, r := range g.Parts {
-				if err := deliver(r, buf[r.Offset-g.Span.Offset:r.End()-g.Span.Offset]); err != nil {
-					fail(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return firstErr
-}
-
-// Group is one request's span and the ranges it serves.
-type Group struct {
-	Span  Range
-	Parts []Range
-}
-
-// Coalesce sorts ranges and joins those less than gap apart (overlapping
-// ones included) into groups.
-func Coalesce(ranges []Range, gap int64) []Group {
-	sorted := slices.Clone(ranges)
-	slices.SortFunc(sorted, func(a, b Range) int { return cmp.Compare(a.Offset, b.Offset) })
-	var groups []Group
-	for _, r := range sorted {
-		if n := len(groups); n > 0 && r.Offset <= groups[n-1].Span.End()+gap {
-			g := &groups[n-1]
-			g.Span.Length = max(g.Span.End(), r.End()) - g.Span.Offset
-			g.Parts = append(g.Parts, r)
-			continue
-		}
-		groups = append(groups, Group{Span: r, Parts: []Range{r}})
-	}
-	return groups
+	return b.fetch(ctx, off, p)
 }
 
 // errNoRetry marks failures that another attempt will not mend.

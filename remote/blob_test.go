@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -73,27 +72,9 @@ func TestBlobRangedReads(t *testing.T) {
 		t.Errorf("ReadAt past the end = %d, %v; want 50, EOF", n, err)
 	}
 
-	before := b.Stats().Requests
-	ranges := []Range{{100, 10}, {0, 50}, {40, 30}, {5000, 100}, {layer.Size - 10, 10}}
-	var mu sync.Mutex
-	got := make(map[Range][]byte)
-	err = b.ReadRanges(context.Background(), ranges, func(r Range, p []byte) error {
-		mu.Lock()
-		got[r] = bytes.Clone(p)
-		mu.Unlock()
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range ranges {
-		if !bytes.Equal(got[r], data[r.Offset:r.End()]) {
-			t.Errorf("range %+v: wrong bytes", r)
-		}
-	}
-	// The first four lie within the coalescing gap of each other.
-	if n := b.Stats().Requests - before; n > 2 {
-		t.Errorf("%d requests for ranges that coalesce into 2", n)
+	mid := make([]byte, 5000)
+	if err := b.FetchAt(context.Background(), mid, 100); err != nil || !bytes.Equal(mid, data[100:5100]) {
+		t.Errorf("FetchAt(5000 @ 100): %v, or wrong bytes", err)
 	}
 }
 
@@ -112,17 +93,7 @@ func TestBlobErrorsNameTheBlob(t *testing.T) {
 	if r := b.Stats().Retries; r != 0 {
 		t.Errorf("a missing blob was retried %d times", r)
 	}
-	if err := b.ReadRanges(context.Background(), []Range{{layer.Size, 1}}, nil); err == nil {
+	if err := b.FetchAt(context.Background(), make([]byte, 1), layer.Size); err == nil {
 		t.Errorf("a range past the end was accepted")
-	}
-}
-
-func TestCoalesce(t *testing.T) {
-	groups := Coalesce([]Range{{1000, 10}, {0, 10}, {15, 5}, {5, 20}}, 0)
-	if len(groups) != 2 || groups[0].Span != (Range{0, 25}) || len(groups[0].Parts) != 3 || groups[1].Span != (Range{1000, 10}) {
-		t.Errorf("Coalesce = %+v", groups)
-	}
-	if g := Coalesce([]Range{{0, 10}, {100, 10}}, 90); len(g) != 1 || g[0].Span != (Range{0, 110}) {
-		t.Errorf("Coalesce with gap = %+v", g)
 	}
 }
