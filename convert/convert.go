@@ -123,28 +123,6 @@ func (c *converter) convert(ctx context.Context, desc ocispec.Descriptor) (ocisp
 	return ocispec.Descriptor{}, fmt.Errorf("%s is a %s, not an image manifest or index", desc.Digest, desc.MediaType)
 }
 
-// maxManifestSize bounds manifests, indexes and configs read from a source.
-const maxManifestSize = 8 << 20
-
-func (c *converter) readJSON(ctx context.Context, desc ocispec.Descriptor, v any) ([]byte, error) {
-	if desc.Size > maxManifestSize {
-		return nil, fmt.Errorf("%s: %d bytes, more than %d for a manifest or config", desc.Digest, desc.Size, maxManifestSize)
-	}
-	rc, err := c.src.Fetch(ctx, desc)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(rc)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", desc.Digest, err)
-	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return nil, fmt.Errorf("%s (%s): %w", desc.Digest, desc.MediaType, err)
-	}
-	return data, nil
-}
-
 func (c *converter) stageJSON(mediaType string, v any, annotations map[string]string, platform *ocispec.Platform) (ocispec.Descriptor, error) {
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -157,7 +135,7 @@ func (c *converter) stageJSON(mediaType string, v any, annotations map[string]st
 
 func (c *converter) convertIndex(ctx context.Context, desc ocispec.Descriptor) (ocispec.Descriptor, error) {
 	var idx ocispec.Index
-	if _, err := c.readJSON(ctx, desc, &idx); err != nil {
+	if _, err := transport.FetchJSON(ctx, c.src, desc, &idx); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	out := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Annotations: idx.Annotations}
@@ -184,11 +162,11 @@ func (c *converter) convertIndex(ctx context.Context, desc ocispec.Descriptor) (
 
 func (c *converter) convertManifest(ctx context.Context, desc ocispec.Descriptor) (ocispec.Descriptor, error) {
 	var m ocispec.Manifest
-	if _, err := c.readJSON(ctx, desc, &m); err != nil {
+	if _, err := transport.FetchJSON(ctx, c.src, desc, &m); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	var config map[string]json.RawMessage
-	if _, err := c.readJSON(ctx, m.Config, &config); err != nil {
+	if _, err := transport.FetchJSON(ctx, c.src, m.Config, &config); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	var rootfs ocispec.RootFS

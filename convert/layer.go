@@ -13,7 +13,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazypull/lazypull/format"
 	"github.com/lazypull/lazypull/format/estargz"
+	"github.com/lazypull/lazypull/format/zstdchunked"
 )
 
 // Format is a lazily pullable layer format.
@@ -40,8 +42,6 @@ func ParseFormat(s string) (Format, error) {
 type layerResult struct {
 	mediaType   string
 	diffID      digest.Digest
-	digest      digest.Digest
-	size        int64
 	annotations map[string]string
 }
 
@@ -55,7 +55,14 @@ type estargzWriter struct{ *estargz.Writer }
 
 func (w estargzWriter) close() (layerResult, error) {
 	res, err := w.Close()
-	return layerResult{ocispec.MediaTypeImageLayerGzip, res.DiffID, res.Digest, res.Size, res.Annotations}, err
+	return layerResult{ocispec.MediaTypeImageLayerGzip, res.DiffID, res.Annotations}, err
+}
+
+type zstdWriter struct{ *zstdchunked.Writer }
+
+func (w zstdWriter) close() (layerResult, error) {
+	res, err := w.Close()
+	return layerResult{zstdchunked.MediaType, res.DiffID, res.Annotations}, err
 }
 
 func (c *converter) newLayerWriter(out io.Writer) (layerWriter, error) {
@@ -75,6 +82,18 @@ func (c *converter) newLayerWriter(out io.Writer) (layerWriter, error) {
 			opts = append(opts, estargz.WithPrioritizedFiles(c.opts.PrioritizedFiles))
 		}
 		return estargzWriter{estargz.NewWriter(out, opts...)}, nil
+	case ZstdChunked:
+		if len(c.opts.PrioritizedFiles) > 0 || c.opts.MinChunkSize > 0 {
+			return nil, fmt.Errorf("zstd:chunked has no prefetch landmark nor shared frames: prioritized files and a minimum chunk size are for estargz")
+		}
+		var opts []zstdchunked.WriterOption
+		if c.opts.ChunkSize > 0 {
+			opts = append(opts, zstdchunked.WithChunkSize(c.opts.ChunkSize))
+		}
+		if c.opts.CompressionLevel != 0 {
+			opts = append(opts, zstdchunked.WithCompressionLevel(c.opts.CompressionLevel))
+		}
+		return zstdWriter{zstdchunked.NewWriter(out, opts...)}, nil
 	}
 	return nil, fmt.Errorf("unknown layer format %q", c.opts.Format)
 }
@@ -83,8 +102,11 @@ func (c *converter) newLayerWriter(out io.Writer) (layerWriter, error) {
 func inFormat(layer ocispec.Descriptor, f Format) bool {
 	switch f {
 	case EStargz:
-		_, ok := layer.Annotations[estargz.TOCDigestAnnotation]
-		return ok && images.IsLayerType(layer.MediaType) && strings.Contains(layer.MediaType, "gzip")
+		kind, ok := format.KindOf(layer)
+		return ok && kind == format.EStargz && strings.Contains(layer.MediaType, "gzip")
+	case ZstdChunked:
+		kind, ok := format.KindOf(layer)
+		return ok && kind == format.ZstdChunked && strings.Contains(layer.MediaType, "zstd")
 	}
 	return false
 }
@@ -120,7 +142,8 @@ func (c *converter) convertLayer(ctx context.Context, layer ocispec.Descriptor, 
 		return ocispec.Descriptor{}, "", err
 	}
 	defer f.Close()
-	w, err := c.newLayerWriter(f)
+	out := &digestingWriter{w: f, d: digest.SHA256.Digester()}
+	w, err := c.newLayerWriter(out)
 	if err != nil {
 		return ocispec.Descriptor{}, "", err
 	}
@@ -143,7 +166,8 @@ func (c *converter) convertLayer(ctx context.Context, layer ocispec.Descriptor, 
 	if err := f.Close(); err != nil {
 		return ocispec.Descriptor{}, "", err
 	}
-	path := filepath.Join(c.stage, res.digest.Encoded())
+	blobDigest := out.d.Digest()
+	path := filepath.Join(c.stage, blobDigest.Encoded())
 	if err := os.Rename(f.Name(), path); err != nil {
 		return ocispec.Descriptor{}, "", err
 	}
@@ -157,7 +181,7 @@ func (c *converter) convertLayer(ctx context.Context, layer ocispec.Descriptor, 
 	for k, v := range res.annotations {
 		annotations[k] = v
 	}
-	desc := ocispec.Descriptor{MediaType: res.mediaType, Digest: res.digest, Size: res.size, Annotations: annotations}
+	desc := ocispec.Descriptor{MediaType: res.mediaType, Digest: blobDigest, Size: out.n, Annotations: annotations}
 	c.add(stagedBlob{desc: desc, file: path})
 	return desc, res.diffID, nil
 }
@@ -167,4 +191,18 @@ func (c *converter) convertLayer(ctx context.Context, layer ocispec.Descriptor, 
 func formatAnnotation(key string) bool {
 	return key == estargz.TOCDigestAnnotation || key == estargz.UncompressedSizeAnnotation ||
 		strings.HasPrefix(key, "io.github.containers.zstd-chunked.")
+}
+
+// digestingWriter counts and digests a converted blob as it is written.
+type digestingWriter struct {
+	w io.Writer
+	d digest.Digester
+	n int64
+}
+
+func (d *digestingWriter) Write(p []byte) (int, error) {
+	n, err := d.w.Write(p)
+	d.d.Hash().Write(p[:n])
+	d.n += int64(n)
+	return n, err
 }

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 
@@ -78,3 +79,28 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 }
 
 func (v *verifyingReader) Close() error { return v.r.Close() }
+
+// MaxManifestSize bounds the manifests, indexes and configs read from any
+// location: they are small, and untrusted.
+const MaxManifestSize = 8 << 20
+
+// FetchJSON fetches a manifest, index or config, checks it and decodes it
+// into v; it returns the raw bytes too.
+func FetchJSON(ctx context.Context, loc Location, desc ocispec.Descriptor, v any) ([]byte, error) {
+	if desc.Size > MaxManifestSize {
+		return nil, fmt.Errorf("%s: %d bytes, more than %d for a manifest or config", desc.Digest, desc.Size, MaxManifestSize)
+	}
+	rc, err := loc.Fetch(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", desc.Digest, err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Errorf("%s (%s): %w", desc.Digest, desc.MediaType, err)
+	}
+	return data, nil
+}

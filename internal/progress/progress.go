@@ -88,7 +88,7 @@ func (t *Tracker) Done(err error) {
 	}
 	t.d.mu.Lock()
 	defer t.d.mu.Unlock()
-	fmt.Fprintf(t.d.w, "%-8s %s %s %s\n", t.action, short(t.desc), size(t.desc.Size), status)
+	fmt.Fprintf(t.d.w, "%-8s %s %s %s\n", t.action, short(t.desc), Bytes(t.desc.Size), status)
 }
 
 func short(desc ocispec.Descriptor) string {
@@ -98,7 +98,8 @@ func short(desc ocispec.Descriptor) string {
 	return desc.Digest.Algorithm().String() + ":" + desc.Digest.Encoded()[:12]
 }
 
-func size(n int64) string {
+// Bytes writes a byte count for people: 12.3 MiB.
+func Bytes(n int64) string {
 	switch {
 	case n >= 1<<30:
 		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))

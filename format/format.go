@@ -1,0 +1,135 @@
+// Package format opens a lazily pullable layer blob whatever its format:
+// it tells eStargz from zstd:chunked by the layer descriptor, verifies the
+// TOC against the descriptor's annotation and offers what lazy reading
+// needs. Like the formats below it, it knows bytes, not where they come
+// from.
+package format
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/format/estargz"
+	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/format/zstdchunked"
+)
+
+// Kind names a lazily pullable format.
+type Kind string
+
+// The formats.
+const (
+	EStargz     Kind = "estargz"
+	ZstdChunked Kind = "zstdchunked"
+)
+
+// ErrNotLazy says a layer is in no lazily pullable format, or carries no
+// TOC digest to verify one by.
+var ErrNotLazy = errors.New("not a lazily pullable layer")
+
+// KindOf tells a layer's format from its descriptor's annotations, which
+// also carry the digest its TOC is verified against.
+func KindOf(desc ocispec.Descriptor) (Kind, bool) {
+	if _, ok := desc.Annotations[estargz.TOCDigestAnnotation]; ok {
+		return EStargz, true
+	}
+	if _, ok := desc.Annotations[zstdchunked.ManifestChecksumAnnotation]; ok {
+		return ZstdChunked, true
+	}
+	if _, ok := desc.Annotations["io.containers.zstd-chunked.manifest-checksum"]; ok {
+		return ZstdChunked, true
+	}
+	return "", false
+}
+
+// Blob is an opened lazy layer.
+type Blob interface {
+	TOC() *toc.TOC
+	// TOCDigest is the digest the TOC was verified against (eStargz: of
+	// the TOC JSON; zstd:chunked: of the compressed manifest).
+	TOCDigest() digest.Digest
+	// DataEnd is where file data ends and the TOC begins.
+	DataEnd() int64
+	// PrefetchEnd is where the files to fetch first end, if the layer
+	// names any.
+	PrefetchEnd() (int64, bool)
+	// ReadChunk decompresses and verifies one chunk, given exactly the
+	// bytes c.Offset..c.EndOffset of the blob.
+	ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error)
+}
+
+// Options configure Open.
+type Options struct {
+	Limits toc.Limits
+	// Unverified opens layers that carry no TOC digest annotation, by
+	// their footer. Their TOC is then only as good as the registry.
+	Unverified bool
+}
+
+// Open opens the blob a layer descriptor describes.
+func Open(ra io.ReaderAt, desc ocispec.Descriptor, opts Options) (Blob, Kind, error) {
+	kind, ok := KindOf(desc)
+	if !ok {
+		if !opts.Unverified {
+			return nil, "", fmt.Errorf("layer %s: %w (no TOC digest annotation)", desc.Digest, ErrNotLazy)
+		}
+		if kind, ok = sniff(ra, desc.Size); !ok {
+			return nil, "", fmt.Errorf("layer %s: %w (no eStargz or zstd:chunked footer)", desc.Digest, ErrNotLazy)
+		}
+	}
+	switch kind {
+	case EStargz:
+		eopts := []estargz.OpenOption{estargz.WithLimits(opts.Limits)}
+		if d, ok := desc.Annotations[estargz.TOCDigestAnnotation]; ok {
+			parsed, err := digest.Parse(d)
+			if err != nil {
+				return nil, kind, fmt.Errorf("layer %s: annotation %s: %w", desc.Digest, estargz.TOCDigestAnnotation, err)
+			}
+			eopts = append(eopts, estargz.WithTOCDigest(parsed))
+		}
+		r, err := estargz.Open(ra, desc.Size, eopts...)
+		if err != nil {
+			return nil, kind, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		return estargzBlob{r}, kind, nil
+	default:
+		r, err := zstdchunked.Open(ra, desc.Size, zstdchunked.WithLimits(opts.Limits), zstdchunked.WithAnnotations(desc.Annotations))
+		if err != nil {
+			return nil, kind, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		return zstdBlob{r}, kind, nil
+	}
+}
+
+// sniff looks for a footer at the blob's end.
+func sniff(ra io.ReaderAt, size int64) (Kind, bool) {
+	tail := make([]byte, min(size, int64(max(estargz.FooterSize, zstdchunked.TailSize))))
+	if _, err := ra.ReadAt(tail, size-int64(len(tail))); err != nil && err != io.EOF {
+		return "", false
+	}
+	if _, _, err := estargz.ParseFooter(tail); err == nil {
+		return EStargz, true
+	}
+	if _, err := zstdchunked.ParseFooter(tail); err == nil {
+		return ZstdChunked, true
+	}
+	return "", false
+}
+
+type estargzBlob struct{ *estargz.Reader }
+
+func (estargzBlob) ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
+	return estargz.ReadChunk(compressed, c)
+}
+
+type zstdBlob struct{ *zstdchunked.Reader }
+
+func (zstdBlob) PrefetchEnd() (int64, bool) { return 0, false }
+
+func (zstdBlob) ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
+	return zstdchunked.ReadChunk(compressed, c)
+}

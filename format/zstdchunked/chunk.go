@@ -1,0 +1,200 @@
+package zstdchunked
+
+import (
+	"bytes"
+	_ "crypto/sha256" // digests the TOC may name
+	_ "crypto/sha512"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/format/toc"
+)
+
+// ErrDigestMismatch is the error a read wraps when a chunk's bytes are not
+// the ones its TOC entry names.
+var ErrDigestMismatch = errors.New("digest mismatch")
+
+// minWindowCap is the largest zstd window a frame may declare beyond the
+// bytes a read needs. Decoders allocate the whole window up front, so a
+// hostile frame must not choose it; 8 MiB is what zstd's own levels up to
+// 19 and klauspost's streaming encoder use.
+const minWindowCap = 8 << 20
+
+// decoders are streaming decoders that decode synchronously (concurrency 1:
+// no goroutines, nothing read ahead), reused across reads.
+var decoders sync.Pool
+
+func getDecoder() (*zstd.Decoder, error) {
+	if d, ok := decoders.Get().(*zstd.Decoder); ok {
+		return d, nil
+	}
+	return zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderLowmem(true),
+		// Never decode a whole in-memory input at once: only a stream
+		// stops at the bytes asked for.
+		zstd.WithDecodeBuffersBelow(0),
+	)
+}
+
+func putDecoder(d *zstd.Decoder) {
+	_ = d.Reset(nil) // drop the reference to the input
+	decoders.Put(d)
+}
+
+// decodePrefix decompresses the first n bytes of the zstd frames in src
+// into dst (reusing its capacity). It never produces more than n bytes, and
+// refuses frames whose window exceeds max(n, 8 MiB). With exact, src must
+// hold exactly n bytes. hint, if not 0, is how much the first frame says
+// it holds: what to allocate first, at most n.
+func decodePrefix(dst []byte, src io.Reader, n int64, exact bool, hint int64) ([]byte, error) {
+	if n < 0 || n > math.MaxInt-1 {
+		return nil, fmt.Errorf("cannot decode %d bytes", n)
+	}
+	d, err := getDecoder()
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	defer putDecoder(d)
+	window := uint64(max(n, minWindowCap))
+	if err := d.ResetWithOptions(src, zstd.WithDecoderMaxWindow(window)); err != nil {
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	// Grow the buffer with what the frames really hold, so that a chunk
+	// claiming more than its frame has costs no more than the frame.
+	out := dst[:0]
+	if int64(cap(out)) < n && hint > 0 {
+		out = make([]byte, 0, min(n, hint))
+	}
+	for int64(len(out)) < n {
+		if len(out) == cap(out) {
+			grown := make([]byte, len(out), min(n, max(2*int64(cap(out)), 64<<10)))
+			copy(grown, out)
+			out = grown
+		}
+		m, err := d.Read(out[len(out):min(int64(cap(out)), n)])
+		out = out[:len(out)+m]
+		if err == io.EOF {
+			return nil, fmt.Errorf("decompresses to %d bytes, want %d", len(out), n)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+	}
+	dst = out
+	if exact {
+		var one [1]byte
+		if m, err := d.Read(one[:]); m > 0 || (err != nil && err != io.EOF) {
+			if err == nil {
+				err = fmt.Errorf("more than %d bytes", n)
+			}
+			return nil, fmt.Errorf("decompresses to %w", err)
+		}
+	}
+	return dst, nil
+}
+
+// ReadChunk decompresses one chunk: compressed must be exactly the blob's
+// bytes [c.Offset, c.EndOffset). It returns the c.Size bytes at
+// c.InnerOffset of the frame's content once they match c.Digest. It
+// decompresses no more than c.InnerOffset+c.Size bytes, whatever the frame
+// claims. A zero chunk needs no bytes and reads as zeros (up to 1 GiB: a
+// caller serves larger holes itself).
+func ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
+	data, err := readChunk(nil, compressed, c)
+	if err != nil {
+		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: %w", c.Offset, err)
+	}
+	return data, nil
+}
+
+// readChunk is ReadChunk decompressing into buf's storage, with errors that
+// leave naming the chunk to the caller.
+func readChunk(buf, compressed []byte, c toc.Chunk) ([]byte, error) {
+	if err := checkChunk(c); err != nil {
+		return nil, err
+	}
+	if c.Zero {
+		if int64(cap(buf)) < c.Size {
+			buf = make([]byte, c.Size)
+		}
+		buf = buf[:c.Size]
+		clear(buf)
+		return buf, nil
+	}
+	if want := c.EndOffset - c.Offset; int64(len(compressed)) != want {
+		return nil, fmt.Errorf("got %d compressed bytes, the chunk spans %d (%d..%d)", len(compressed), want, c.Offset, c.EndOffset)
+	}
+	return decodeChunk(buf, bytes.NewReader(compressed), c, contentSizeHint(compressed))
+}
+
+// contentSizeHint is the content size the first frame in b declares, or 0.
+func contentSizeHint(b []byte) int64 {
+	var h zstd.Header
+	if err := h.Decode(b); err != nil || !h.HasFCS || h.FrameContentSize > math.MaxInt64 {
+		return 0
+	}
+	return int64(h.FrameContentSize)
+}
+
+// maxChunkAlloc bounds the chunks ReadChunk serves, whatever it is handed:
+// a TOC's chunks are bounded tighter by toc.Limits, but its holes are not,
+// and File serves those without allocating.
+const maxChunkAlloc = 1 << 30
+
+// checkChunk refuses chunks no reader could serve: they come from a TOC,
+// but ReadChunk may be handed anything.
+func checkChunk(c toc.Chunk) error {
+	if c.Size < 0 || c.InnerOffset < 0 || c.Size > maxChunkAlloc || c.InnerOffset > maxChunkAlloc {
+		return fmt.Errorf("bad geometry (inner offset %d, size %d)", c.InnerOffset, c.Size)
+	}
+	if c.Zero {
+		return nil
+	}
+	if c.Offset < 0 || c.EndOffset < c.Offset {
+		return fmt.Errorf("bad placement %d..%d", c.Offset, c.EndOffset)
+	}
+	if c.Digest == "" {
+		return errors.New("no digest to verify it against")
+	}
+	if err := c.Digest.Validate(); err != nil {
+		return fmt.Errorf("digest %q: %w", c.Digest, err)
+	}
+	return nil
+}
+
+// decodeChunk decompresses a checked data chunk from src, which starts at
+// the chunk's frame, and verifies it.
+func decodeChunk(buf []byte, src io.Reader, c toc.Chunk, hint int64) ([]byte, error) {
+	data, err := decodePrefix(buf, src, c.InnerOffset+c.Size, false, hint)
+	if err != nil {
+		return nil, err
+	}
+	data = data[c.InnerOffset:]
+	if got := c.Digest.Algorithm().FromBytes(data); got != c.Digest {
+		return nil, fmt.Errorf("%w (want %s, got %s)", ErrDigestMismatch, c.Digest, got)
+	}
+	return data, nil
+}
+
+// chunkBuffers recycle the decompressed bytes of reads through File.
+var chunkBuffers sync.Pool
+
+func getBuffer(n int64) *[]byte {
+	if p, ok := chunkBuffers.Get().(*[]byte); ok && int64(cap(*p)) >= n {
+		return p
+	}
+	b := make([]byte, 0, n)
+	return &b
+}
+
+func putBuffer(p *[]byte) { chunkBuffers.Put(p) }
+
+// digestOf is the sha256 digest of b: what this package's writer uses.
+func digestOf(b []byte) digest.Digest { return digest.SHA256.FromBytes(b) }

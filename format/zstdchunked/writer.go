@@ -1,0 +1,447 @@
+package zstdchunked
+
+import (
+	"archive/tar"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"runtime"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/format/toc"
+)
+
+// DefaultChunkSize is the largest chunk a file is cut into: big enough
+// that a frame compresses well and a file costs few TOC entries, small
+// enough that a random read fetches little.
+const DefaultChunkSize = 4 << 20
+
+// DefaultCompressionLevel is zstd's own default level.
+const DefaultCompressionLevel = 3
+
+// WriterOption configures a Writer.
+type WriterOption func(*Writer)
+
+// WithChunkSize sets the largest chunk of a file, in bytes; at most the
+// toc.DefaultLimits.MaxChunkBytes that readers accept.
+func WithChunkSize(n int) WriterOption { return func(w *Writer) { w.chunkSize = int64(n) } }
+
+// WithCompressionLevel sets the zstd level (1 fastest … 19 and up best).
+func WithCompressionLevel(level int) WriterOption { return func(w *Writer) { w.level = level } }
+
+// WithConcurrency sets how many frames are compressed at once; the output
+// does not depend on it. Each holds about three chunks' worth of memory.
+// The default is runtime.NumCPU().
+func WithConcurrency(n int) WriterOption { return func(w *Writer) { w.concurrency = n } }
+
+// Result describes a written blob.
+type Result struct {
+	// TOCDigest is the digest of the compressed manifest.
+	TOCDigest digest.Digest
+	// DiffID is the digest of the uncompressed tar: of the input.
+	DiffID           digest.Digest
+	UncompressedSize int64
+	// Annotations are the layer descriptor's: the manifest checksum and
+	// position.
+	Annotations map[string]string
+}
+
+// Writer converts an uncompressed tar into a zstd:chunked blob. The blob
+// decompresses, with any zstd decoder, to exactly the input tar.
+//
+// It writes no tar-split data: containers/storage then pulls the layer
+// whole (or rebuilds a canonical tar), rather than trust a tar-split that
+// could disagree with the TOC.
+type Writer struct {
+	out         io.Writer
+	chunkSize   int64
+	level       int
+	concurrency int
+
+	fr       *framer
+	frames   int // frames submitted
+	appended bool
+	closed   bool
+	err      error // sticky: the first failure
+	scratch  []byte
+
+	entries []*entry
+	live    map[string]int   // name → index of the entry that has it now
+	links   map[string][]int // name → live hard links to it
+}
+
+// entry is one TOC entry in the making; its chunks point at frames whose
+// offsets are known only once they are written.
+type entry struct {
+	wire       toc.WireEntry
+	chunks     []chunkRef
+	fileHash   hash.Hash     // files of several chunks: hashed as written
+	fileDigest digest.Digest // sparse files: hashed as read
+	dead       bool          // replaced by a later entry of the same name
+}
+
+type chunkRef struct {
+	fileOffset, size int64
+	// frame holds a data chunk; for a hole, it is the frame after it,
+	// where the hole is placed (it has no bytes of its own).
+	frame int
+	zero  bool
+}
+
+// NewWriter returns a Writer that writes the blob to out.
+func NewWriter(out io.Writer, opts ...WriterOption) *Writer {
+	w := &Writer{
+		out:         out,
+		chunkSize:   DefaultChunkSize,
+		level:       DefaultCompressionLevel,
+		concurrency: runtime.NumCPU(),
+		live:        make(map[string]int),
+		links:       make(map[string][]int),
+	}
+	for _, o := range opts {
+		o(w)
+	}
+	if w.chunkSize <= 0 {
+		w.chunkSize = DefaultChunkSize
+	}
+	if w.concurrency <= 0 {
+		w.concurrency = runtime.NumCPU()
+	}
+	return w
+}
+
+// AppendTar reads an uncompressed tar to its end and writes its frames. A
+// blob holds one tar: a second call fails.
+func (w *Writer) AppendTar(r io.Reader) error {
+	switch {
+	case w.err != nil:
+		return w.err
+	case w.closed:
+		return errors.New("zstdchunked: AppendTar after Close")
+	case w.appended:
+		return w.fail(errors.New("zstdchunked: AppendTar called twice; a blob holds one tar"))
+	}
+	w.appended = true
+	if err := w.start(); err != nil {
+		return w.fail(err)
+	}
+	if err := w.appendTar(r); err != nil {
+		return w.fail(err)
+	}
+	return nil
+}
+
+func (w *Writer) start() error {
+	if w.fr != nil {
+		return nil
+	}
+	if max := toc.DefaultLimits.MaxChunkBytes; w.chunkSize > max {
+		return fmt.Errorf("zstdchunked: chunk size %d is over the %d that readers accept", w.chunkSize, max)
+	}
+	fr, err := newFramer(w.out, w.level, w.concurrency, int(w.chunkSize))
+	if err != nil {
+		return fmt.Errorf("zstdchunked: zstd encoder: %w", err)
+	}
+	w.fr = fr
+	return nil
+}
+
+// fail records the first error and stops the workers.
+func (w *Writer) fail(err error) error {
+	if w.err == nil {
+		w.err = err
+	}
+	if w.fr != nil {
+		_ = w.fr.finish()
+		w.fr.enc.Close()
+		w.fr = nil
+	}
+	return w.err
+}
+
+func (w *Writer) submit(raw []byte, isChunk bool, fileHash hash.Hash) {
+	w.fr.submit(raw, isChunk, fileHash)
+	w.frames++
+}
+
+// appendTar cuts the tar into frames: tar headers (with the padding before
+// them) in frames of their own, each regular file's content in frames of
+// at most chunkSize. Every byte read from r lands in exactly one frame, in
+// order.
+func (w *Writer) appendTar(r io.Reader) error {
+	rec := &recorder{r: r, on: true}
+	tr := tar.NewReader(rec)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("zstdchunked: reading the tar at byte %d: %w", rec.n, err)
+		}
+		if err := w.fr.failed(); err != nil {
+			return fmt.Errorf("zstdchunked: writing the blob: %w", err)
+		}
+		wire, ok := toc.EntryFromTar(h)
+		if !ok {
+			// Not a file (a PAX global header, a volume label): whatever
+			// it holds goes along with the headers.
+			if err := w.drain(tr, rec); err != nil {
+				return fmt.Errorf("zstdchunked: tar member %q: %w", h.Name, err)
+			}
+			continue
+		}
+		e := &entry{wire: wire}
+		if wire.Type == toc.TypeReg && wire.Size > 0 {
+			w.flushHeaders(rec, 0)
+			if isSparse(h) {
+				err = w.appendSparse(tr, rec, e)
+			} else {
+				err = w.appendContent(tr, rec, e)
+			}
+			if err != nil {
+				return fmt.Errorf("zstdchunked: file %q: %w", h.Name, err)
+			}
+		}
+		w.add(e)
+		w.flushHeaders(rec, w.chunkSize)
+	}
+	// The end of the archive, and whatever a tool padded it with.
+	if err := w.drain(rec, rec); err != nil {
+		return fmt.Errorf("zstdchunked: reading the end of the tar: %w", err)
+	}
+	w.flushHeaders(rec, 0)
+	return w.fr.failed()
+}
+
+// flushHeaders makes the recorded bytes a frame once there are at least
+// atLeast of them (and some).
+func (w *Writer) flushHeaders(rec *recorder, atLeast int64) {
+	if len(rec.buf) == 0 || int64(len(rec.buf)) < atLeast {
+		return
+	}
+	w.submit(rec.take(), false, nil)
+}
+
+// drain reads src to its end while recording, in frames of at most
+// chunkSize.
+func (w *Writer) drain(src io.Reader, rec *recorder) error {
+	buf := make([]byte, 64<<10)
+	for {
+		_, err := src.Read(buf)
+		w.flushHeaders(rec, w.chunkSize)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// appendContent cuts a file's content into chunks, read straight into the
+// frames' buffers.
+func (w *Writer) appendContent(tr *tar.Reader, rec *recorder, e *entry) error {
+	size := e.wire.Size
+	if size > w.chunkSize {
+		e.fileHash = sha256.New()
+	}
+	rec.on = false
+	defer func() { rec.on = true }()
+	for off := int64(0); off < size; {
+		n := min(w.chunkSize, size-off)
+		buf := w.fr.getRaw()[:n]
+		before := rec.n
+		if _, err := io.ReadFull(tr, buf); err != nil {
+			return fmt.Errorf("reading %d bytes at %d: %w", n, off, err)
+		}
+		if rec.n-before != n {
+			// The tar reader made up bytes the archive does not hold: a
+			// sparse file isSparse missed. Its frames would not
+			// decompress to the input.
+			return fmt.Errorf("%d bytes at %d came from %d bytes of the archive", n, off, rec.n-before)
+		}
+		e.chunks = append(e.chunks, chunkRef{fileOffset: off, size: n, frame: w.frames})
+		w.submit(buf, true, e.fileHash)
+		off += n
+	}
+	return nil
+}
+
+// add puts an entry in the TOC. In a tar a later member of a name replaces
+// an earlier one, so the TOC keeps only the last; hard links always name
+// the file itself, never another hard link.
+func (w *Writer) add(e *entry) {
+	name := e.wire.Name
+	if e.wire.Type == toc.TypeHardlink {
+		if i, ok := w.live[e.wire.LinkName]; ok && w.entries[i].wire.Type == toc.TypeHardlink {
+			e.wire.LinkName = w.entries[i].wire.LinkName
+		}
+	}
+	if i, ok := w.live[name]; ok {
+		w.replace(i)
+	}
+	i := len(w.entries)
+	w.entries = append(w.entries, e)
+	w.live[name] = i
+	if e.wire.Type == toc.TypeHardlink {
+		w.links[e.wire.LinkName] = append(w.links[e.wire.LinkName], i)
+	}
+}
+
+// replace retires entry i for a later one of the same name. Hard links
+// made to it before keep its content, as they would on disk: the first
+// becomes a copy of it, the others link to that copy.
+func (w *Writer) replace(i int) {
+	old := w.entries[i]
+	old.dead = true
+	name := old.wire.Name
+	delete(w.live, name)
+	if old.wire.Type == toc.TypeHardlink {
+		target := old.wire.LinkName
+		kept := w.links[target][:0]
+		for _, j := range w.links[target] {
+			if j != i {
+				kept = append(kept, j)
+			}
+		}
+		w.links[target] = kept
+	}
+	links := w.links[name]
+	delete(w.links, name)
+	if len(links) == 0 {
+		return
+	}
+	first := w.entries[links[0]]
+	kept := *old
+	kept.wire.Name = first.wire.Name
+	kept.dead = false
+	w.entries[links[0]] = &kept
+	for _, j := range links[1:] {
+		w.entries[j].wire.LinkName = kept.wire.Name
+	}
+	w.links[kept.wire.Name] = links[1:]
+}
+
+// Close writes the manifest and the footer, and describes the blob.
+func (w *Writer) Close() (Result, error) {
+	if w.closed {
+		return Result{}, errors.New("zstdchunked: Close called twice")
+	}
+	w.closed = true
+	if w.err != nil {
+		return Result{}, w.err
+	}
+	if err := w.start(); err != nil {
+		return Result{}, w.fail(err)
+	}
+	fr := w.fr
+	enc := fr.enc
+	defer enc.Close()
+	err := fr.finish()
+	w.fr = nil
+	if err != nil {
+		return Result{}, w.fail(fmt.Errorf("zstdchunked: writing the blob: %w", err))
+	}
+
+	manifest, err := json.Marshal(toc.JSON{Version: manifestVersion, Entries: w.wireEntries(fr)})
+	if err != nil {
+		return Result{}, w.fail(fmt.Errorf("zstdchunked: encoding the manifest: %w", err))
+	}
+	dataEnd := fr.pos
+	// Whatever this layer holds, a reader must be able to open it: check
+	// the TOC as Open will, and fail here rather than there.
+	if _, err := toc.Parse(manifest, dataEnd, toc.DefaultLimits); err != nil {
+		return Result{}, w.fail(fmt.Errorf("zstdchunked: the layer cannot be read lazily: %w", err))
+	}
+	compressed := enc.EncodeAll(manifest, nil)
+	pos := Position{Offset: dataEnd + skippableHeaderSize, Length: int64(len(compressed)), UncompressedLength: int64(len(manifest))}
+	tail := appendSkippableFrame(nil, compressed)
+	tail = append(tail, encodeFooter(pos)...)
+	if _, err := w.out.Write(tail); err != nil {
+		return Result{}, w.fail(fmt.Errorf("zstdchunked: writing the manifest: %w", err))
+	}
+	tocDigest := digestOf(compressed)
+	return Result{
+		TOCDigest:        tocDigest,
+		DiffID:           digest.NewDigest(digest.SHA256, fr.diffID),
+		UncompressedSize: fr.uncompressed,
+		Annotations: map[string]string{
+			ManifestChecksumAnnotation: tocDigest.String(),
+			ManifestPositionAnnotation: formatManifestPosition(pos),
+		},
+	}, nil
+}
+
+// wireEntries lays out the TOC now that every frame has its place.
+func (w *Writer) wireEntries(fr *framer) []toc.WireEntry {
+	out := make([]toc.WireEntry, 0, len(w.entries))
+	for _, e := range w.entries {
+		if e.dead {
+			continue
+		}
+		we := e.wire
+		if we.Type != toc.TypeReg {
+			out = append(out, we)
+			continue
+		}
+		we.Digest = w.fileDigest(fr, e).String()
+		if len(e.chunks) == 0 {
+			out = append(out, we)
+			continue
+		}
+		for k, c := range e.chunks {
+			ce := toc.WireEntry{Name: we.Name, Type: toc.TypeChunk}
+			if k == 0 {
+				ce = we
+			}
+			ce.ChunkOffset = c.fileOffset
+			if len(e.chunks) > 1 {
+				ce.ChunkSize = c.size
+			}
+			if c.zero {
+				ce.ChunkType = toc.ChunkTypeZeros
+				ce.Offset = fr.start(c.frame)
+				ce.EndOffset = ce.Offset
+			} else {
+				ce.Offset = fr.start(c.frame)
+				ce.EndOffset = fr.end(c.frame)
+				ce.ChunkDigest = fr.chunkDigests[c.frame].String()
+			}
+			out = append(out, ce)
+		}
+	}
+	return out
+}
+
+func (w *Writer) fileDigest(fr *framer, e *entry) digest.Digest {
+	switch {
+	case e.fileHash != nil:
+		return digest.NewDigest(digest.SHA256, e.fileHash)
+	case e.fileDigest != "":
+		return e.fileDigest
+	case len(e.chunks) == 1 && !e.chunks[0].zero:
+		return fr.chunkDigests[e.chunks[0].frame]
+	default:
+		return digest.SHA256.FromBytes(nil)
+	}
+}
+
+// isSparse tells whether tar.Reader expands holes into this file's
+// content: GNU sparse members, old style or PAX.
+func isSparse(h *tar.Header) bool {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,205 @@
+// Package inspect describes an image's layers as lazypull sees them —
+// format, sizes, TOC, prefetch area — and verifies them chunk by chunk. It
+// reads through transport locations and opens layers with format/; it knows
+// no registry protocol and mounts nothing.
+package inspect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/format"
+	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/transport"
+)
+
+// Manifest describes one image manifest and its layers.
+type Manifest struct {
+	Digest   digest.Digest      `json:"digest"`
+	Platform *ocispec.Platform  `json:"platform,omitempty"`
+	Layers   []Layer            `json:"layers"`
+	Desc     ocispec.Descriptor `json:"-"`
+}
+
+// Layer describes one layer.
+type Layer struct {
+	Digest       digest.Digest `json:"digest"`
+	MediaType    string        `json:"mediaType"`
+	Size         int64         `json:"size"`
+	Format       format.Kind   `json:"format,omitempty"` // empty: not lazily pullable
+	TOCDigest    digest.Digest `json:"tocDigest,omitempty"`
+	Entries      int           `json:"entries,omitempty"`
+	Files        int           `json:"files,omitempty"` // regular files
+	Chunks       int           `json:"chunks,omitempty"`
+	FileBytes    int64         `json:"fileBytes,omitempty"`    // uncompressed size of the regular files
+	PrefetchSize int64         `json:"prefetchSize,omitempty"` // compressed bytes before the prefetch landmark
+	Verified     bool          `json:"verified,omitempty"`
+	Problem      string        `json:"problem,omitempty"`
+}
+
+// Options configure Image.
+type Options struct {
+	// Verify fetches every lazy layer whole and checks its digest, its TOC
+	// digest and every chunk's digest.
+	Verify bool
+	// TempDir holds layers being verified (default: the system's).
+	TempDir string
+}
+
+// ErrVerify marks a layer that failed verification.
+var ErrVerify = errors.New("verification failed")
+
+// Image describes every manifest the location names. With Verify, the
+// returned error names the first bad layer and entry (and wraps ErrVerify);
+// the reports are complete either way.
+func Image(ctx context.Context, loc transport.Location, opts Options) ([]Manifest, error) {
+	root, err := loc.Resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var manifests []ocispec.Descriptor
+	if images.IsIndexType(root.MediaType) {
+		var idx ocispec.Index
+		if _, err := transport.FetchJSON(ctx, loc, root, &idx); err != nil {
+			return nil, err
+		}
+		for _, m := range idx.Manifests {
+			if images.IsManifestType(m.MediaType) {
+				manifests = append(manifests, m)
+			}
+		}
+	} else {
+		manifests = []ocispec.Descriptor{root}
+	}
+
+	var reports []Manifest
+	var firstProblem error
+	for _, desc := range manifests {
+		var m ocispec.Manifest
+		if _, err := transport.FetchJSON(ctx, loc, desc, &m); err != nil {
+			return nil, err
+		}
+		report := Manifest{Digest: desc.Digest, Platform: desc.Platform, Desc: desc}
+		for _, l := range m.Layers {
+			layer, err := describeLayer(ctx, loc, l, opts)
+			if err != nil {
+				layer.Problem = err.Error()
+				if firstProblem == nil {
+					firstProblem = err
+				}
+			}
+			report.Layers = append(report.Layers, layer)
+		}
+		reports = append(reports, report)
+	}
+	return reports, firstProblem
+}
+
+func describeLayer(ctx context.Context, loc transport.Location, desc ocispec.Descriptor, opts Options) (Layer, error) {
+	layer := Layer{Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size}
+	if !images.IsLayerType(desc.MediaType) {
+		return layer, nil
+	}
+	_, lazy := format.KindOf(desc)
+	var ra transport.ReaderAt
+	var err error
+	if opts.Verify {
+		ra, err = fetchWhole(ctx, loc, desc, opts.TempDir)
+	} else if lazy {
+		ra, err = loc.ReaderAt(ctx, desc)
+	}
+	if err != nil {
+		return layer, fmt.Errorf("layer %s: %w: %w", desc.Digest, ErrVerify, err)
+	}
+	if ra == nil {
+		return layer, nil
+	}
+	defer ra.Close()
+
+	blob, kind, err := format.Open(ra, desc, format.Options{Unverified: !lazy})
+	if errors.Is(err, format.ErrNotLazy) {
+		if opts.Verify {
+			layer.Verified = true // its digest checked out
+		}
+		return layer, nil
+	}
+	layer.Format = kind
+	if err != nil {
+		return layer, fmt.Errorf("%w: %w", ErrVerify, err)
+	}
+	if !lazy {
+		layer.Problem = "has a " + string(kind) + " footer but no TOC digest annotation: its TOC cannot be verified"
+	}
+	t := blob.TOC()
+	layer.TOCDigest = blob.TOCDigest()
+	layer.Entries = len(t.Entries)
+	for _, e := range t.Entries {
+		if e.Type == toc.TypeReg {
+			layer.Files++
+			layer.FileBytes += e.Size
+			layer.Chunks += len(e.Chunks)
+		}
+	}
+	if end, ok := blob.PrefetchEnd(); ok {
+		layer.PrefetchSize = end
+	}
+	if opts.Verify && lazy {
+		if err := verifyChunks(ra, blob); err != nil {
+			return layer, fmt.Errorf("layer %s: %w: %w", desc.Digest, ErrVerify, err)
+		}
+		layer.Verified = true
+	}
+	return layer, nil
+}
+
+// verifyChunks reads every chunk of every file and checks its digest.
+func verifyChunks(ra io.ReaderAt, blob format.Blob) error {
+	for _, e := range blob.TOC().Entries {
+		for i, c := range e.Chunks {
+			if c.Zero {
+				continue
+			}
+			compressed := make([]byte, c.EndOffset-c.Offset)
+			if _, err := ra.ReadAt(compressed, c.Offset); err != nil && err != io.EOF {
+				return fmt.Errorf("file %q chunk %d: %w", e.Name, i, err)
+			}
+			if _, err := blob.ReadChunk(compressed, c); err != nil {
+				return fmt.Errorf("file %q chunk %d: %w", e.Name, i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// fetchWhole downloads a blob into a temporary file, checking its digest.
+func fetchWhole(ctx context.Context, loc transport.Location, desc ocispec.Descriptor, dir string) (transport.ReaderAt, error) {
+	rc, err := loc.Fetch(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(dir, "lazypull-inspect-")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name()) // gone when closed
+	if _, err := io.Copy(f, rc); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return tempBlob{f, desc.Size}, nil
+}
+
+type tempBlob struct {
+	*os.File
+	size int64
+}
+
+func (t tempBlob) Size() int64 { return t.size }
