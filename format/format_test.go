@@ -22,7 +22,6 @@ func layerTar(t *testing.T) []byte {
 	return buf.Bytes()
 }
 
-
 func TestOpenBothFormats(t *testing.T) {
 	var esgz bytes.Buffer
 	ew := estargz.NewWriter(&esgz)
