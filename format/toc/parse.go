@@ -158,7 +158,13 @@ func build(wire []WireEntry, dataEnd int64, limits Limits) (*TOC, error) {
 			if !ok {
 				return nil, errorf(w.Name, "hard link to %q, which no earlier entry is", e.LinkName)
 			}
-			if target.Type == TypeDir || target.Type == TypeHardlink {
+			if target.Type == TypeHardlink {
+				// A link to a link (tar allows it): the earlier link was
+				// resolved already, so one step reaches the file.
+				target = t.byName[target.LinkName]
+				e.LinkName = target.Name
+			}
+			if target.Type == TypeDir {
 				return nil, errorf(w.Name, "hard link to %q, a %s", e.LinkName, target.Type)
 			}
 			target.NumLink++

@@ -29,6 +29,7 @@ func TestParseIndexes(t *testing.T) {
 		WireEntry{Name: "usr/bin/tool", Type: TypeReg, Size: 10, Offset: 100, ChunkSize: 6, ChunkDigest: d1, Mode: 0o100755},
 		WireEntry{Name: "usr/bin/tool", Type: TypeChunk, Offset: 200, ChunkOffset: 6, ChunkDigest: d2},
 		WireEntry{Name: "usr/bin/alias", Type: TypeHardlink, LinkName: "./usr/bin/tool"},
+		WireEntry{Name: "usr/bin/alias2", Type: TypeHardlink, LinkName: "usr/bin/alias"},
 		WireEntry{Name: "usr/", Type: TypeDir, Mode: 0o711, UID: 7},
 		WireEntry{Name: "usr/lib/", Type: TypeDir, Mode: 0o755},
 		WireEntry{Name: "usr/lib/", Type: TypeDir, Mode: 0o755},
@@ -50,8 +51,11 @@ func TestParseIndexes(t *testing.T) {
 		t.Errorf("usr/bin = %+v, %v; want an implicit directory", bin, ok)
 	}
 	tool, _ := toc.Lookup("usr/bin/tool")
-	if tool.Mode != 0o755 || tool.NumLink != 2 {
-		t.Errorf("tool mode %o nlink %d, want 0755 and 2", tool.Mode, tool.NumLink)
+	if tool.Mode != 0o755 || tool.NumLink != 3 {
+		t.Errorf("tool mode %o nlink %d, want 0755 and 3", tool.Mode, tool.NumLink)
+	}
+	if alias2, _ := toc.Lookup("usr/bin/alias2"); toc.HardlinkTarget(alias2) != tool {
+		t.Errorf("a hard link to a hard link does not resolve to the file")
 	}
 	want := []Chunk{
 		{Offset: 100, EndOffset: 200, FileOffset: 0, Size: 6, Digest: digest.Digest(d1)},
