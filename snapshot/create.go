@@ -117,6 +117,9 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
 			return fmt.Errorf("create snapshot %s: %w", key, err)
 		}
+		if err := s.checkParents(snap.ParentIDs); err != nil {
+			return fmt.Errorf("create snapshot %s: %w", key, err)
+		}
 		if err := s.chownRoot(filepath.Join(tmp, "fs"), snap, info); err != nil {
 			return fmt.Errorf("create snapshot %s: %w", key, err)
 		}

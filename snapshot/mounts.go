@@ -28,6 +28,9 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	if err != nil {
 		return nil, err
 	}
+	if err := s.checkParents(snap.ParentIDs); err != nil {
+		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
+	}
 	return s.mounts(snap, info), nil
 }
 

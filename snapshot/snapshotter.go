@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -36,6 +37,9 @@ type Snapshotter struct {
 	remapIDs      bool
 	mountOptions  []string // appended to every overlay mount
 	remote        Remote   // nil: every layer is unpacked
+
+	brokenMu sync.Mutex
+	broken   map[string]error // remote snapshots Restore could not mount, by id
 }
 
 var _ snapshots.Snapshotter = (*Snapshotter)(nil)

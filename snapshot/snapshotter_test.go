@@ -312,3 +312,51 @@ func TestCleanupRemovesOrphans(t *testing.T) {
 		t.Errorf("Cleanup left %s: %v", id, err)
 	}
 }
+
+func TestRestoreRemountsRemoteSnapshots(t *testing.T) {
+	testenv.NeedRoot(t)
+	layerDir := t.TempDir()
+	os.WriteFile(filepath.Join(layerDir, "f"), []byte("remote"), 0o644)
+	root := t.TempDir()
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	unpack := snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "chain"})
+
+	s, err := New(root, WithRemote(&bindRemote{source: layerDir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prepare(ctx, "extract", "", unpack); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	id, _, _, _ := s.idOf(ctx, "chain")
+	fsDir := s.upperPath(id)
+	s.Close()
+	unix.Unmount(fsDir, unix.MNT_DETACH) // the daemon died and its mount with it
+
+	// A restart that can mount it again.
+	s, err = New(root, WithRemote(&bindRemote{source: layerDir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(fsDir, "f")); err != nil || string(got) != "remote" {
+		t.Errorf("after Restore: %q, %v", got, err)
+	}
+	s.Close()
+	unix.Unmount(fsDir, unix.MNT_DETACH)
+
+	// A restart that cannot: the snapshot is reported, and nothing stacks on it.
+	s, err = New(root, WithRemote(&bindRemote{fail: errors.New("registry unreachable")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Restore(ctx); err == nil || !strings.Contains(err.Error(), "chain") || !strings.Contains(err.Error(), "registry unreachable") {
+		t.Errorf("Restore with the registry gone: err = %v, want one naming the snapshot and the reason", err)
+	}
+	if _, err := s.Prepare(ctx, "container", "chain"); err == nil || !strings.Contains(err.Error(), "registry unreachable") {
+		t.Errorf("Prepare on a broken remote snapshot: err = %v", err)
+	}
+}

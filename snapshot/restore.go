@@ -1,0 +1,80 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/log"
+)
+
+// Restore mounts again every committed remote snapshot, as after a
+// restart. A snapshot that cannot be restored is recorded as broken:
+// Prepare, View and Mounts on top of it fail with its name and the reason,
+// rather than stack containers on an empty directory. The returned error
+// lists the broken snapshots.
+func (s *Snapshotter) Restore(ctx context.Context) error {
+	if s.remote == nil {
+		return nil
+	}
+	type remoteSnap struct {
+		id   string
+		info snapshots.Info
+	}
+	var found []remoteSnap
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			if _, ok := info.Labels[LabelRemote]; !ok || info.Kind != snapshots.KindCommitted {
+				return nil
+			}
+			id, _, _, err := storage.GetInfo(ctx, info.Name)
+			if err != nil {
+				return err
+			}
+			found = append(found, remoteSnap{id, info})
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("list remote snapshots: %w", err)
+	}
+	var errs []error
+	for _, r := range found {
+		dir := s.upperPath(r.id)
+		// Whatever is left there is a dead mount of the last daemon.
+		if err := s.unmountDir(ctx, dir); err != nil {
+			log.G(ctx).WithError(err).WithField("snapshot", r.info.Name).Warn("cannot clear the old mount")
+		}
+		if err := s.remote.Mount(ctx, dir, r.info.Labels); err != nil {
+			err = fmt.Errorf("snapshot %s: %w", r.info.Name, err)
+			s.markBroken(r.id, err)
+			errs = append(errs, err)
+			continue
+		}
+		log.G(ctx).WithField("snapshot", r.info.Name).Debug("remote snapshot restored")
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Snapshotter) markBroken(id string, err error) {
+	s.brokenMu.Lock()
+	defer s.brokenMu.Unlock()
+	if s.broken == nil {
+		s.broken = make(map[string]error)
+	}
+	s.broken[id] = err
+}
+
+// checkParents fails if a snapshot stacks on a broken remote snapshot.
+func (s *Snapshotter) checkParents(parentIDs []string) error {
+	s.brokenMu.Lock()
+	defer s.brokenMu.Unlock()
+	for _, id := range parentIDs {
+		if err, ok := s.broken[id]; ok {
+			return fmt.Errorf("a parent layer could not be mounted after a restart, so the container cannot start: %w", err)
+		}
+	}
+	return nil
+}
