@@ -38,6 +38,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	}
 	if err := s.remote.Mount(ctx, s.upperPath(id), requested.Labels); err != nil {
 		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not mounted remotely; it will be unpacked")
+		s.fallbackMu.Lock()
+		s.fallback[key] = err.Error()
+		s.fallbackMu.Unlock()
 		return mounts, nil
 	}
 	if err := s.commitRemote(ctx, target, key, opts); err != nil {
@@ -62,6 +65,12 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 
 // Commit turns the active snapshot key into the committed snapshot name.
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	s.fallbackMu.Lock()
+	if why, ok := s.fallback[key]; ok {
+		delete(s.fallback, key)
+		opts = append(opts[:len(opts):len(opts)], snapshots.WithLabels(map[string]string{LabelUnpacked: truncate(why, 1000)}))
+	}
+	s.fallbackMu.Unlock()
 	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		id, _, _, err := storage.GetInfo(ctx, key)
 		if err != nil {
@@ -187,4 +196,11 @@ func (s *Snapshotter) chownRoot(dir string, snap storage.Snapshot, info snapshot
 		return nil
 	}
 	return os.Lchown(dir, uid, gid)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

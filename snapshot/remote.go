@@ -6,6 +6,10 @@ import "context"
 // Remote rather than unpacked. Its value names the kind of mount.
 const LabelRemote = "containerd.io/snapshot/lazypull.remote"
 
+// LabelUnpacked tells why a layer that was offered to the Remote was
+// unpacked instead; it is set on the committed snapshot.
+const LabelUnpacked = "containerd.io/snapshot/lazypull.unpacked"
+
 // Remote mounts layers from elsewhere (lazily, from a registry) so that
 // containerd need not download and unpack them.
 //

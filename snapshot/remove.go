@@ -14,6 +14,9 @@ import (
 // Remove drops a snapshot. Its directories go now, or on the next Cleanup
 // with WithAsyncRemove.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	s.fallbackMu.Lock()
+	delete(s.fallback, key)
+	s.fallbackMu.Unlock()
 	var orphans []string
 	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
 		if _, _, err = storage.Remove(ctx, key); err != nil {

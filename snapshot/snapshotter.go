@@ -40,6 +40,9 @@ type Snapshotter struct {
 
 	brokenMu sync.Mutex
 	broken   map[string]error // remote snapshots Restore could not mount, by id
+
+	fallbackMu sync.Mutex
+	fallback   map[string]string // active key → why the Remote declined it
 }
 
 var _ snapshots.Snapshotter = (*Snapshotter)(nil)
@@ -76,7 +79,7 @@ func WithRemote(r Remote) Opt {
 // New opens (or creates) a snapshotter rooted at root: metadata.db holds the
 // metadata and snapshots/<id>/{fs,work} the directories.
 func New(root string, opts ...Opt) (*Snapshotter, error) {
-	s := &Snapshotter{root: root}
+	s := &Snapshotter{root: root, fallback: make(map[string]string)}
 	for _, opt := range opts {
 		if err := opt(s); err != nil {
 			return nil, err

@@ -293,6 +293,9 @@ func TestRemoteFailureFallsBackToUnpack(t *testing.T) {
 	if _, ok := info.Labels[LabelRemote]; ok {
 		t.Errorf("an unpacked layer is labelled remote: %v", info.Labels)
 	}
+	if why := info.Labels[LabelUnpacked]; why != "not a lazy layer" {
+		t.Errorf("label %s = %q, want the remote's reason", LabelUnpacked, why)
+	}
 }
 
 func TestCleanupRemovesOrphans(t *testing.T) {
