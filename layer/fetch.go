@@ -1,0 +1,359 @@
+package layer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/format/toc"
+)
+
+// ReadAt reads file e (a regular file; hard links resolved by the caller)
+// at off, fetching the chunks it needs and verifying each. A sequential
+// reader gets the next chunks fetched ahead of it.
+func (l *Layer) ReadAt(ctx context.Context, e *toc.Entry, p []byte, off int64) (int, error) {
+	if off >= e.Size {
+		return 0, io.EOF
+	}
+	end := min(off+int64(len(p)), e.Size)
+	n := 0
+	first, _ := e.ChunkAt(off)
+	for i := first; i < len(e.Chunks) && e.Chunks[i].FileOffset < end; i++ {
+		c := e.Chunks[i]
+		data, err := l.chunk(ctx, e, i)
+		if err != nil {
+			return n, err
+		}
+		from := max(off, c.FileOffset) - c.FileOffset
+		to := min(end, c.FileOffset+c.Size) - c.FileOffset
+		n += copy(p[n:], data[from:to])
+	}
+	if last, ok := e.ChunkAt(end - 1); ok && end < e.Size {
+		l.readAhead(e, last+1)
+	}
+	if int64(n) < int64(len(p)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// chunk returns chunk i of e, verified: from the cache, from a fetch in
+// flight, or fetched now.
+func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) {
+	c := e.Chunks[i]
+	if c.Zero {
+		return make([]byte, c.Size), nil
+	}
+	if data, ok := l.cache.Get(c.Digest); ok && int64(len(data)) == c.Size {
+		return data, nil
+	}
+	k := l.byChunk[chunkKey{e, i}]
+	for attempt := 0; attempt < 2; attempt++ {
+		cl, mine := l.claim(k, k+1)
+		if mine {
+			l.foreground.Add(1)
+			l.fetchSpan(ctx, k, k+1, cl)
+			l.foreground.Add(-1)
+		} else if cl != nil {
+			select {
+			case <-cl.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if cl != nil {
+			if cl.err != nil {
+				return nil, fmt.Errorf("%q: %w", e.Name, cl.err)
+			}
+			if data, ok := cl.data[c.Digest]; ok {
+				return data, nil
+			}
+		}
+		if data, ok := l.cache.Get(c.Digest); ok && int64(len(data)) == c.Size {
+			return data, nil
+		}
+		// Marked done, but the cache lost it (evicted): fetch it again.
+		l.mu.Lock()
+		l.done[k] = false
+		l.mu.Unlock()
+	}
+	return nil, l.record(fmt.Errorf("%q chunk %d: not cached after it was fetched", e.Name, i))
+}
+
+// claim returns the fetch that brings member k: a new one (mine), covering
+// the members from k up to end that no fetch has claimed and the cache
+// does not hold, or the one already in flight, or nil if k is cached.
+func (l *Layer) claim(k, end int) (cl *call, mine bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cl := l.inflight[k]; cl != nil {
+		return cl, false
+	}
+	if l.done[k] {
+		return nil, false
+	}
+	cl = &call{done: make(chan struct{}), data: make(map[digest.Digest][]byte)}
+	for j := k; j < end && l.inflight[j] == nil && !l.done[j]; j++ {
+		l.inflight[j] = cl
+	}
+	return cl, true
+}
+
+// fetchSpan fetches the members claimed by cl from k on (up to end) in one
+// request, verifies and caches their chunks, and releases the claim.
+func (l *Layer) fetchSpan(ctx context.Context, k, end int, cl *call) {
+	l.mu.Lock()
+	last := k
+	for last+1 < end && l.inflight[last+1] == cl {
+		last++
+	}
+	l.mu.Unlock()
+
+	start, stop := l.members[k].off, l.members[last].end
+	buf := make([]byte, stop-start)
+	fetchEnd := stop
+	if tp := l.tailPiece; tp.data != nil && tp.member >= k && tp.member <= last {
+		// The end of the span came with the TOC: fetch only the rest.
+		fetchEnd = tp.from
+		copy(buf[fetchEnd-start:], tp.data)
+	}
+	var err error
+	if fetchEnd > start {
+		l.requests.Add(1)
+		err = l.fetcher.FetchAt(ctx, buf[:fetchEnd-start], start)
+	}
+	if err == nil {
+		l.fetched.Add(fetchEnd - start)
+		for j := k; j <= last && err == nil; j++ {
+			m := l.members[j]
+			err = l.decodeMember(buf[m.off-start:m.end-start], m, cl)
+		}
+	}
+	l.release(k, last+1, cl, err)
+}
+
+// release ends the fetch cl of members [k, end): they are done unless it
+// failed, and its waiters wake.
+func (l *Layer) release(k, end int, cl *call, err error) {
+	l.mu.Lock()
+	for j := k; j < end; j++ {
+		if l.inflight[j] != cl {
+			continue
+		}
+		delete(l.inflight, j)
+		if err == nil && !l.done[j] {
+			l.done[j] = true
+			l.cachedData.Add(l.members[j].end - l.members[j].off)
+		}
+	}
+	l.mu.Unlock()
+	cl.err = l.record(err)
+	close(cl.done)
+}
+
+// decodeMember verifies and caches every chunk a member holds.
+func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
+	for _, r := range m.chunks {
+		c := r.e.Chunks[r.i]
+		if l.cache.Has(c.Digest) {
+			continue
+		}
+		data, err := l.blob.ReadChunk(compressed, c)
+		if err != nil {
+			return fmt.Errorf("%q chunk %d: %w", r.e.Name, r.i, err)
+		}
+		l.chunks.Add(1)
+		cl.data[c.Digest] = data
+		if err := l.cache.Put(c.Digest, data); err != nil {
+			log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("cannot cache a chunk; it will be fetched again when needed")
+		}
+	}
+	return nil
+}
+
+// readAhead fetches, in the background, the chunks of e that follow a
+// sequential read, up to ReadAhead bytes.
+func (l *Layer) readAhead(e *toc.Entry, from int) {
+	if from >= len(e.Chunks) {
+		return
+	}
+	var size int64
+	first, last := -1, -1
+	for i := from; i < len(e.Chunks) && size < l.opts.ReadAhead; i++ {
+		c := e.Chunks[i]
+		if c.Zero {
+			continue
+		}
+		k := l.byChunk[chunkKey{e, i}]
+		if first < 0 {
+			first = k
+		}
+		last = k
+		size += c.Size
+	}
+	if first < 0 {
+		return
+	}
+	if cl, mine := l.claim(first, last+1); mine {
+		go l.fetchSpan(context.Background(), first, last+1, cl)
+	}
+}
+
+// Prefetch fetches the files the image marks as needed first (before the
+// prefetch landmark), waiting at most timeout.
+func (l *Layer) Prefetch(ctx context.Context, timeout time.Duration) error {
+	end, ok := l.blob.PrefetchEnd()
+	if !ok || end == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	last := sort.Search(len(l.members), func(k int) bool { return l.members[k].off >= end })
+	return l.fetchRange(ctx, 0, last, false)
+}
+
+// StartBackground fetches every member not yet cached, in spans of
+// SpanSize, Parallel at a time, yielding to foreground reads.
+func (l *Layer) StartBackground() {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.stop = cancel
+	l.bgDone = make(chan struct{})
+	go func() {
+		defer close(l.bgDone)
+		if err := l.fetchRange(ctx, 0, len(l.members), true); err != nil && ctx.Err() == nil {
+			log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("background fetch stopped")
+		}
+	}()
+}
+
+// BackgroundDone is closed when the background fetch has ended (all
+// fetched, failed, or the layer closed).
+func (l *Layer) BackgroundDone() <-chan struct{} { return l.bgDone }
+
+// fetchRange fetches members [from, to) that are not cached, in spans run
+// in parallel. Background work waits while foreground reads fetch.
+func (l *Layer) fetchRange(ctx context.Context, from, to int, background bool) error {
+	slots := make(chan struct{}, l.opts.Parallel)
+	var pending []*call
+	for k := from; k < to; {
+		if ctx.Err() != nil {
+			break
+		}
+		// The span: members from k whose bytes fit in SpanSize.
+		end := k + 1
+		for end < to && l.members[end].end-l.members[k].off <= l.opts.SpanSize {
+			end++
+		}
+		l.markCached(k, end)
+		cl, mine := l.claim(k, end)
+		if !mine {
+			if cl != nil {
+				pending = append(pending, cl)
+			}
+			k++
+			continue
+		}
+		for background && l.foreground.Load() > 0 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		slots <- struct{}{}
+		pending = append(pending, cl)
+		go func(k, end int) {
+			defer func() { <-slots }()
+			l.fetchSpan(ctx, k, end, cl)
+		}(k, end)
+		// Skip what this span claimed.
+		l.mu.Lock()
+		for k < to && l.inflight[k] == cl {
+			k++
+		}
+		l.mu.Unlock()
+	}
+	var first error
+	for _, cl := range pending {
+		select {
+		case <-cl.done:
+			if cl.err != nil && first == nil {
+				first = cl.err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return first
+}
+
+// markCached marks members whose chunks the cache holds already (from an
+// earlier mount, or another layer with the same chunks) as done.
+func (l *Layer) markCached(from, to int) {
+	for k := from; k < to; k++ {
+		l.mu.Lock()
+		skip := l.done[k] || l.inflight[k] != nil
+		l.mu.Unlock()
+		if skip {
+			continue
+		}
+		all := true
+		for _, r := range l.members[k].chunks {
+			if !l.cache.Has(r.e.Chunks[r.i].Digest) {
+				all = false
+				break
+			}
+		}
+		if all {
+			l.mu.Lock()
+			if !l.done[k] {
+				l.done[k] = true
+				l.cachedData.Add(l.members[k].end - l.members[k].off)
+			}
+			l.mu.Unlock()
+		}
+	}
+}
+
+// CachedFile returns a file holding e's whole content, if every chunk of it
+// is cached: the backing file for FUSE passthrough.
+func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
+	if len(e.Chunks) == 1 && !e.Chunks[0].Zero {
+		// One chunk is the whole file: its cache entry serves as it is.
+		return l.cache.Open(e.Chunks[0].Digest)
+	}
+	if e.Digest == "" || len(e.Chunks) == 0 {
+		return nil, false
+	}
+	if f, ok := l.cache.Open(e.Digest); ok {
+		return f, true
+	}
+	for _, c := range e.Chunks {
+		if !c.Zero && !l.cache.Has(c.Digest) {
+			return nil, false
+		}
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		for i, c := range e.Chunks {
+			data, err := l.chunk(context.Background(), e, i)
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+			if _, err := pw.Write(data[:c.Size]); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	err := l.cache.PutFile(e.Digest, pr)
+	pr.Close()
+	if err != nil {
+		log.L.WithError(err).WithField("file", e.Name).Debug("cannot assemble a cached file for passthrough")
+		return nil, false
+	}
+	return l.cache.Open(e.Digest)
+}

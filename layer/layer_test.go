@@ -1,0 +1,329 @@
+package layer
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/format/estargz"
+)
+
+// blobFetcher serves a blob from memory and records every range asked for.
+type blobFetcher struct {
+	data    []byte
+	mu      sync.Mutex
+	ranges  [][2]int64
+	corrupt int64 // flip the byte at this offset in what is served (-1: none)
+}
+
+func (f *blobFetcher) Size() int64 { return int64(len(f.data)) }
+
+func (f *blobFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
+	f.mu.Lock()
+	f.ranges = append(f.ranges, [2]int64{off, off + int64(len(p))})
+	f.mu.Unlock()
+	copy(p, f.data[off:])
+	if f.corrupt >= off && f.corrupt < off+int64(len(p)) {
+		p[f.corrupt-off] ^= 0xff
+	}
+	return nil
+}
+
+// overlaps reports byte ranges fetched more than once.
+func (f *blobFetcher) overlaps() []string {
+	f.mu.Lock()
+	rs := append([][2]int64(nil), f.ranges...)
+	f.mu.Unlock()
+	sort.Slice(rs, func(i, j int) bool { return rs[i][0] < rs[j][0] })
+	var out []string
+	for i := 1; i < len(rs); i++ {
+		if rs[i][0] < rs[i-1][1] {
+			out = append(out, fmt.Sprintf("%v and %v", rs[i-1], rs[i]))
+		}
+	}
+	return out
+}
+
+func (f *blobFetcher) fetchedBytes() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	for _, r := range f.ranges {
+		n += r[1] - r[0]
+	}
+	return n
+}
+
+// memCache is a map: the layer's logic is tested here, the cache's in cache/.
+type memCache struct {
+	mu sync.Mutex
+	m  map[digest.Digest][]byte
+	// dir holds files for Open.
+	dir string
+}
+
+func newMemCache(t *testing.T) *memCache {
+	return &memCache{m: make(map[digest.Digest][]byte), dir: t.TempDir()}
+}
+
+func (c *memCache) Get(d digest.Digest) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.m[d]
+	return b, ok
+}
+
+func (c *memCache) Put(d digest.Digest, data []byte) error {
+	if digest.FromBytes(data) != d {
+		return fmt.Errorf("digest mismatch for %s", d)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[d] = data
+	return nil
+}
+
+func (c *memCache) PutFile(d digest.Digest, r io.Reader) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	return c.Put(d, data)
+}
+
+func (c *memCache) Open(d digest.Digest) (*os.File, bool) {
+	data, ok := c.Get(d)
+	if !ok {
+		return nil, false
+	}
+	path := filepath.Join(c.dir, d.Encoded())
+	os.WriteFile(path, data, 0o644)
+	f, err := os.Open(path)
+	return f, err == nil
+}
+
+func (c *memCache) Has(d digest.Digest) bool {
+	_, ok := c.Get(d)
+	return ok
+}
+
+type file struct {
+	name string
+	data []byte
+}
+
+func testFiles() []file {
+	r := rand.New(rand.NewPCG(1, 2))
+	var files []file
+	for i := range 40 {
+		n := []int{0, 10, 4000, 70000, 300000}[i%5]
+		data := make([]byte, n)
+		for j := range data {
+			data[j] = byte(r.Uint32())
+		}
+		files = append(files, file{fmt.Sprintf("dir%d/file%02d", i%3, i), data})
+	}
+	return files
+}
+
+func buildBlob(t *testing.T, files []file, opts ...estargz.WriterOption) ([]byte, ocispec.Descriptor) {
+	t.Helper()
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	for _, f := range files {
+		tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f.data))})
+		tw.Write(f.data)
+	}
+	tw.Close()
+	var out bytes.Buffer
+	w := estargz.NewWriter(&out, append([]estargz.WriterOption{estargz.WithChunkSize(64 << 10)}, opts...)...)
+	if err := w.AppendTar(&tarBuf); err != nil {
+		t.Fatal(err)
+	}
+	res, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(out.Bytes()), Size: int64(out.Len()), Annotations: res.Annotations}
+	return out.Bytes(), desc
+}
+
+func openLayer(t *testing.T, blob []byte, desc ocispec.Descriptor) (*Layer, *blobFetcher) {
+	t.Helper()
+	f := &blobFetcher{data: blob, corrupt: -1}
+	l, err := Open(context.Background(), desc, f, newMemCache(t), Options{TailSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return l, f
+}
+
+func readFile(t *testing.T, l *Layer, name string) ([]byte, error) {
+	e, ok := l.TOC().Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("%s not in the TOC", name)
+	}
+	buf := make([]byte, e.Size)
+	n, err := l.ReadAt(context.Background(), e, buf, 0)
+	if err == io.EOF && n == len(buf) {
+		err = nil
+	}
+	return buf[:n], err
+}
+
+func TestReadsFetchOnlyWhatTheyNeed(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	l, f := openLayer(t, blob, desc)
+	opened := f.fetchedBytes()
+
+	got, err := readFile(t, l, files[3].name) // 70000 bytes: two chunks
+	if err != nil || !bytes.Equal(got, files[3].data) {
+		t.Fatalf("read %s: %v", files[3].name, err)
+	}
+	e, _ := l.TOC().Lookup(files[3].name)
+	need := e.Chunks[len(e.Chunks)-1].EndOffset - e.Chunks[0].Offset
+	if fetched := f.fetchedBytes() - opened; fetched > need+int64(l.opts.ReadAhead) {
+		t.Errorf("reading one file fetched %d bytes; its chunks take %d", fetched, need)
+	}
+
+	// Every file reads back right, from many readers at once.
+	var wg sync.WaitGroup
+	for _, fl := range files {
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got, err := readFile(t, l, fl.name)
+				if err != nil || !bytes.Equal(got, fl.data) {
+					t.Errorf("read %s: %v (%d bytes)", fl.name, err, len(got))
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if o := f.overlaps(); len(o) > 0 {
+		t.Errorf("byte ranges fetched twice: %v", o)
+	}
+}
+
+func TestBackgroundFetchesEverythingOnce(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	l, f := openLayer(t, blob, desc)
+	// A foreground read races the background.
+	go readFile(t, l, files[9].name)
+	l.StartBackground()
+	select {
+	case <-l.BackgroundDone():
+	case <-time.After(30 * time.Second):
+		t.Fatal("background fetch did not finish")
+	}
+	if o := f.overlaps(); len(o) > 0 {
+		t.Errorf("byte ranges fetched twice: %v", o)
+	}
+	before := f.fetchedBytes()
+	for _, fl := range files {
+		if got, err := readFile(t, l, fl.name); err != nil || !bytes.Equal(got, fl.data) {
+			t.Errorf("read %s after the background fetch: %v", fl.name, err)
+		}
+	}
+	if after := f.fetchedBytes(); after != before {
+		t.Errorf("reads after the background fetch fetched %d more bytes", after-before)
+	}
+	s := l.Stats()
+	if s.CachedBytes != s.DataSize {
+		t.Errorf("stats: %d of %d data bytes cached after the background fetch", s.CachedBytes, s.DataSize)
+	}
+	if total := f.fetchedBytes(); total > int64(len(blob))+s.DataSize/10 {
+		t.Errorf("fetched %d bytes of a %d-byte blob", total, len(blob))
+	}
+}
+
+func TestPrefetch(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files, estargz.WithPrioritizedFiles([]string{files[4].name, files[8].name}))
+	l, f := openLayer(t, blob, desc)
+	if err := l.Prefetch(context.Background(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	before := f.fetchedBytes()
+	for _, i := range []int{4, 8} {
+		if got, err := readFile(t, l, files[i].name); err != nil || !bytes.Equal(got, files[i].data) {
+			t.Errorf("read prefetched %s: %v", files[i].name, err)
+		}
+	}
+	if after := f.fetchedBytes(); after != before {
+		t.Errorf("reading prefetched files fetched %d more bytes", after-before)
+	}
+}
+
+func TestCorruptChunkNeverServed(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	l, f := openLayer(t, blob, desc)
+	e, _ := l.TOC().Lookup(files[4].name)
+	f.corrupt = e.Chunks[1].Offset + 20 // inside the compressed member
+	got, err := readFile(t, l, files[4].name)
+	if err == nil {
+		t.Fatalf("a corrupted chunk was served (%d bytes)", len(got))
+	}
+	if int64(len(got)) > e.Chunks[1].FileOffset {
+		t.Errorf("%d bytes returned, past the start of the bad chunk at %d", len(got), e.Chunks[1].FileOffset)
+	}
+	if s := l.Stats(); s.Errors == 0 || s.LastError == "" {
+		t.Errorf("stats do not record the error: %+v", s)
+	}
+	// Once the registry serves good bytes again, the read succeeds.
+	f.corrupt = -1
+	if got, err := readFile(t, l, files[4].name); err != nil || !bytes.Equal(got, files[4].data) {
+		t.Errorf("read after the fault cleared: %v", err)
+	}
+}
+
+func TestCachedFile(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	l, _ := openLayer(t, blob, desc)
+	for _, i := range []int{2, 4} { // one chunk; several chunks
+		e, _ := l.TOC().Lookup(files[i].name)
+		if _, ok := l.CachedFile(e); ok {
+			t.Errorf("%s: a cached file before any read", e.Name)
+		}
+		readFile(t, l, e.Name)
+		cf, ok := l.CachedFile(e)
+		if !ok {
+			t.Fatalf("%s: no cached file after reading it whole", e.Name)
+		}
+		data, _ := io.ReadAll(cf)
+		cf.Close()
+		if !bytes.Equal(data, files[i].data) {
+			t.Errorf("%s: cached file differs", e.Name)
+		}
+	}
+}
+
+func TestOpenRefusesUnverified(t *testing.T) {
+	blob, desc := buildBlob(t, testFiles()[:3])
+	desc.Annotations = nil
+	f := &blobFetcher{data: blob, corrupt: -1}
+	if _, err := Open(context.Background(), desc, f, newMemCache(t), Options{}); err == nil {
+		t.Errorf("a layer without a TOC digest was opened")
+	}
+	if _, err := Open(context.Background(), desc, f, newMemCache(t), Options{Unverified: true}); err != nil {
+		t.Errorf("with Unverified: %v", err)
+	}
+}
