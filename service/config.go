@@ -12,10 +12,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/sirupsen/logrus"
 
+	"github.com/lazypull/lazypull/fusefs"
+	"github.com/lazypull/lazypull/layer"
+	"github.com/lazypull/lazypull/mounter"
+	"github.com/lazypull/lazypull/remote"
 	"github.com/lazypull/lazypull/snapshot"
 )
 
@@ -38,7 +44,73 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 
 	Snapshotter SnapshotterConfig `toml:"snapshotter"`
+	Cache       CacheConfig       `toml:"cache"`
+	Fetch       FetchConfig       `toml:"fetch"`
+	FUSE        FUSEConfig        `toml:"fuse"`
 }
+
+// CacheConfig places and bounds the cache of fetched chunks.
+type CacheConfig struct {
+	// Dir holds the cache (default <root>/cache).
+	Dir string `toml:"dir"`
+	// MaxBytes bounds the cache on disk; least recently used data goes
+	// first (0: unbounded).
+	MaxBytes int64 `toml:"max_bytes"`
+	// MemoryBytes bounds the in-memory cache of hot chunks (default 64 MiB).
+	MemoryBytes int64 `toml:"memory_bytes"`
+	// Sync fsyncs every cached chunk (default false: every chunk is
+	// verified when read, so a torn write after a crash costs only a
+	// refetch, while an fsync would delay the container's first reads).
+	Sync bool `toml:"sync"`
+}
+
+// FetchConfig says how layers are fetched from registries.
+type FetchConfig struct {
+	// Prefetch fetches the files an image marks as needed first before
+	// a mount is ready (default true).
+	Prefetch *bool `toml:"prefetch"`
+	// PrefetchTimeout bounds that wait (default "10s").
+	PrefetchTimeout Duration `toml:"prefetch_timeout"`
+	// Background fetches the rest of each layer after it is mounted
+	// (default true).
+	Background *bool `toml:"background"`
+	// AllowUnverified mounts lazy layers whose descriptor has no TOC
+	// digest; otherwise they are downloaded and unpacked.
+	AllowUnverified bool `toml:"allow_unverified"`
+	// HostsDir holds containerd-style <host>/hosts.toml mirror files.
+	HostsDir string `toml:"hosts_dir"`
+	// RequestTimeout bounds one ranged request (default "60s").
+	RequestTimeout Duration `toml:"request_timeout"`
+	// MaxRetries is how often a failed request is retried (default 5).
+	MaxRetries int `toml:"max_retries"`
+	// Parallel is how many requests one layer has in flight (default 8).
+	Parallel int `toml:"parallel"`
+}
+
+// FUSEConfig tunes the layer filesystems.
+type FUSEConfig struct {
+	// Passthrough serves cached files with FUSE passthrough where the
+	// kernel has it (default true).
+	Passthrough *bool `toml:"passthrough"`
+	// OpaqueXattr is "trusted", "user", "both", or "auto" (default):
+	// user when the overlay mounts use userxattr, else trusted.
+	OpaqueXattr string `toml:"opaque_xattr"`
+}
+
+// Duration is a TOML string such as "10s".
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as \"10s\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+func enabled(b *bool) bool { return b == nil || *b }
 
 // SnapshotterConfig mirrors the options of containerd's overlayfs plugin.
 type SnapshotterConfig struct {
@@ -120,6 +192,17 @@ func (c Config) Validate() error {
 	if _, err := logrus.ParseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level %q: want one of trace, debug, info, warn, error", c.LogLevel)
 	}
+	switch c.FUSE.OpaqueXattr {
+	case "", "auto", "trusted", "user", "both":
+	default:
+		return fmt.Errorf("fuse.opaque_xattr %q: want auto, trusted, user or both", c.FUSE.OpaqueXattr)
+	}
+	if c.Cache.MaxBytes < 0 || c.Cache.MemoryBytes < 0 || c.Fetch.MaxRetries < 0 || c.Fetch.Parallel < 0 {
+		return errors.New("cache sizes, fetch.max_retries and fetch.parallel cannot be negative")
+	}
+	if c.Cache.Dir != "" && !filepath.IsAbs(c.Cache.Dir) {
+		return fmt.Errorf("cache.dir %q: must be an absolute path", c.Cache.Dir)
+	}
 	for _, o := range c.Snapshotter.MountOptions {
 		if k, _, _ := strings.Cut(o, "="); k == "lowerdir" || k == "upperdir" || k == "workdir" {
 			return fmt.Errorf("snapshotter.mount_options: %q is set per snapshot and cannot be configured", o)
@@ -142,6 +225,35 @@ func (c SnapshotterConfig) snapshotOpts() []snapshot.Opt {
 	}
 	if len(c.MountOptions) > 0 {
 		opts = append(opts, snapshot.WithMountOptions(c.MountOptions...))
+	}
+	return opts
+}
+
+// mounterOptions turns the configuration into the mounter's options.
+func (c Config) mounterOptions() mounter.Options {
+	opts := mounter.Options{
+		Registry:        remote.Options{HostsDir: c.Fetch.HostsDir},
+		Blob:            remote.BlobOptions{MaxRetries: c.Fetch.MaxRetries, RequestTimeout: c.Fetch.RequestTimeout.Duration, Parallel: c.Fetch.Parallel},
+		Layer:           layer.Options{Unverified: c.Fetch.AllowUnverified},
+		FUSE:            fusefs.Options{Passthrough: enabled(c.FUSE.Passthrough)},
+		PrefetchTimeout: c.Fetch.PrefetchTimeout.Duration,
+		NoPrefetch:      !enabled(c.Fetch.Prefetch),
+		NoBackground:    !enabled(c.Fetch.Background),
+	}
+	switch c.FUSE.OpaqueXattr {
+	case "trusted":
+		opts.FUSE.OpaqueXattrs = []string{fusefs.TrustedOpaque}
+	case "user":
+		opts.FUSE.OpaqueXattrs = []string{fusefs.UserOpaque}
+	case "both":
+		opts.FUSE.OpaqueXattrs = []string{fusefs.TrustedOpaque, fusefs.UserOpaque}
+	default:
+		// What the overlay mounts will read: user.* inside a user
+		// namespace (userxattr), trusted.* otherwise.
+		opts.FUSE.OpaqueXattrs = []string{fusefs.TrustedOpaque}
+		if need, err := overlayutils.NeedsUserXAttr(c.Root); err == nil && need {
+			opts.FUSE.OpaqueXattrs = []string{fusefs.UserOpaque}
+		}
 	}
 	return opts
 }

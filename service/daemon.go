@@ -17,6 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/snapshot"
 )
 
@@ -39,7 +41,29 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	}
 	defer unlock()
 
-	sn, err := snapshot.New(cfg.Root, cfg.Snapshotter.snapshotOpts()...)
+	cacheDir := cfg.Cache.Dir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(cfg.Root, "cache")
+	}
+	copts := []cache.Option{cache.WithMaxBytes(cfg.Cache.MaxBytes), cache.WithSync(cfg.Cache.Sync)}
+	if cfg.Cache.MemoryBytes > 0 {
+		copts = append(copts, cache.WithMemoryBytes(cfg.Cache.MemoryBytes))
+	}
+	c, err := cache.New(cacheDir, copts...)
+	if err != nil {
+		return fmt.Errorf("open cache: %w", err)
+	}
+	defer c.Close()
+	mnt := mounter.New(c, cfg.mounterOptions())
+	// Unmount the layers after the snapshotter stops serving (defers run
+	// in reverse).
+	defer func() {
+		if err := mnt.Close(); err != nil {
+			log.G(ctx).WithError(err).Error("failed to unmount layers")
+		}
+	}()
+
+	sn, err := snapshot.New(cfg.Root, append(cfg.Snapshotter.snapshotOpts(), snapshot.WithRemote(mnt))...)
 	if err != nil {
 		return err
 	}
@@ -48,6 +72,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 			log.G(ctx).WithError(err).Error("failed to close snapshot metadata")
 		}
 	}()
+	if err := sn.Restore(ctx); err != nil {
+		log.G(ctx).WithError(err).Error("some lazily pulled layers could not be mounted again; containers on them cannot start until they are removed and pulled again")
+	}
 
 	lis, err := listen(cfg.Address)
 	if err != nil {

@@ -25,7 +25,7 @@ Examples:
   lazypull convert docker://registry.example/app:1.0 docker://registry.example/app:1.0-esgz
   lazypull inspect --verify docker://registry.example/app:1.0-esgz`,
 		Version:  version.String(),
-		Commands: []*cli.Command{convertCommand, inspectCommand, versionCommand},
+		Commands: []*cli.Command{convertCommand, inspectCommand, pullCommand, versionCommand},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "lazypull:", err)

@@ -95,7 +95,7 @@ func (e *Env) StartDaemon(extraArgs ...string) error {
 	args := append([]string{
 		"--root", e.DaemonRoot,
 		"--address", e.DaemonSocket,
-		"--config", filepath.Join(e.Dir, "lazypull.toml"), // absent: the defaults
+		"--config", e.ConfigPath(),
 		"--log-level", "debug",
 	}, extraArgs...)
 	p, err := startProcess(e.Dir, filepath.Join(e.BinDir, "lazypull-snapshotter"), args...)
@@ -109,6 +109,21 @@ func (e *Env) StartDaemon(extraArgs ...string) error {
 	e.Daemon = p
 	return nil
 }
+
+// RestartDaemon stops our daemon (SIGTERM) and starts it again, reading
+// ConfigPath afresh.
+func (e *Env) RestartDaemon() error {
+	if e.Daemon != nil {
+		if err := e.Daemon.Stop(15 * time.Second); err != nil {
+			return err
+		}
+	}
+	return e.StartDaemon()
+}
+
+// ConfigPath is the daemon's configuration file (absent unless a test
+// writes it).
+func (e *Env) ConfigPath() string { return filepath.Join(e.Dir, "lazypull.toml") }
 
 // Close stops everything the Env started, by PID, unmounts whatever is left
 // under its directory and removes it. It reports leaked mounts as errors.

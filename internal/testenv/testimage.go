@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 )
@@ -11,6 +12,8 @@ import (
 // HelloImage is the small image the integration tests and the demo run:
 // a static Go program over two layers whose upper layer deletes a file and
 // a directory, makes a directory opaque, adds a hard link and a symlink.
+// The base layer also carries 8 MiB the program never reads, so that a lazy
+// pull has something to not fetch.
 func HelloImage(helloPath string) (Image, error) {
 	hello, err := os.ReadFile(helloPath)
 	if err != nil {
@@ -26,6 +29,8 @@ func HelloImage(helloPath string) (Image, error) {
 		Dir("data/opaque"),
 		File("data/opaque/old.txt", "hidden by the opaque directory"),
 		Symlink("data/link", "keep.txt"),
+		Dir("opt"),
+		{Path: "opt/unused.bin", Type: tar.TypeReg, Mode: 0o644, Data: unusedData()},
 	}
 	upper := []Entry{
 		Whiteout("data/gone.txt"),
@@ -67,4 +72,14 @@ func (e *Env) PushHello(ctx context.Context) (string, error) {
 	}
 	ref := e.Registry.Host + "/hello:v1"
 	return ref, Push(ctx, layout, "v1", ref)
+}
+
+// unusedData is 8 MiB that does not compress.
+func unusedData() []byte {
+	r := rand.New(rand.NewPCG(8, 8))
+	b := make([]byte, 8<<20)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
 }

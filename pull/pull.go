@@ -1,0 +1,133 @@
+// Package pull pulls an image into containerd for the lazypull snapshotter:
+// it fetches the manifest and config through containerd's client, labels
+// each layer so that the snapshotter can mount it from the registry, and
+// unpacks — which, for lazy layers, downloads nothing. It is the lazy
+// counterpart of `ctr image pull`; it knows containerd's client, not how
+// layers are mounted.
+package pull
+
+import (
+	"context"
+	"fmt"
+	"maps"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/mounter"
+	"github.com/lazypull/lazypull/remote"
+	"github.com/lazypull/lazypull/snapshot"
+)
+
+// Options configure a pull.
+type Options struct {
+	Snapshotter string // default "lazypull"
+	Platform    string // default: this machine's
+	Registry    remote.Options
+}
+
+// Layer says how one layer arrived.
+type Layer struct {
+	Digest digest.Digest
+	Size   int64
+	Lazy   bool   // mounted from the registry
+	Reason string // why not, when it was downloaded and unpacked
+}
+
+// Result is a pulled image.
+type Result struct {
+	Image  containerd.Image
+	Layers []Layer
+}
+
+// Image pulls ref (a normalized reference) and unpacks it for the
+// snapshotter.
+func Image(ctx context.Context, client *containerd.Client, ref string, opts Options) (Result, error) {
+	if opts.Snapshotter == "" {
+		opts.Snapshotter = "lazypull"
+	}
+	pullOpts := []containerd.RemoteOpt{
+		containerd.WithResolver(remote.NewResolver(ctx, opts.Registry)),
+		containerd.WithPullUnpack,
+		containerd.WithPullSnapshotter(opts.Snapshotter),
+		containerd.WithImageHandlerWrapper(labelLayers(ref)),
+	}
+	if opts.Platform != "" {
+		pullOpts = append(pullOpts, containerd.WithPlatform(opts.Platform))
+	}
+	img, err := client.Pull(ctx, ref, pullOpts...)
+	if err != nil {
+		return Result{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	layers, err := describeLayers(ctx, client, img, opts.Snapshotter)
+	if err != nil {
+		return Result{Image: img}, err
+	}
+	return Result{Image: img, Layers: layers}, nil
+}
+
+// labelLayers gives every layer of a manifest the annotations that the
+// unpacker hands to the snapshotter as labels: the image, the layer, its
+// siblings and its format annotations.
+func labelLayers(ref string) func(images.Handler) images.Handler {
+	return func(h images.Handler) images.Handler {
+		return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+			children, err := h.Handle(ctx, desc)
+			if err != nil || !images.IsManifestType(desc.MediaType) {
+				return children, err
+			}
+			var layers []ocispec.Descriptor
+			for _, c := range children {
+				if images.IsLayerType(c.MediaType) {
+					layers = append(layers, c)
+				}
+			}
+			for i, c := range children {
+				if !images.IsLayerType(c.MediaType) {
+					continue
+				}
+				annotations := maps.Clone(c.Annotations)
+				if annotations == nil {
+					annotations = make(map[string]string)
+				}
+				maps.Copy(annotations, mounter.Labels(ref, c, layers))
+				children[i].Annotations = annotations
+			}
+			return children, nil
+		})
+	}
+}
+
+// describeLayers asks the snapshotter how each layer arrived.
+func describeLayers(ctx context.Context, client *containerd.Client, img containerd.Image, snapshotter string) ([]Layer, error) {
+	manifest, err := images.Manifest(ctx, client.ContentStore(), img.Target(), img.Platform())
+	if err != nil {
+		return nil, err
+	}
+	diffIDs, err := img.RootFS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(diffIDs) != len(manifest.Layers) {
+		return nil, fmt.Errorf("image %s: %d layers, %d diff IDs", img.Name(), len(manifest.Layers), len(diffIDs))
+	}
+	chain := identity.ChainIDs(diffIDs)
+	sn := client.SnapshotService(snapshotter)
+	var out []Layer
+	for i, l := range manifest.Layers {
+		info, err := sn.Stat(ctx, chain[i].String())
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+		}
+		layer := Layer{Digest: l.Digest, Size: l.Size}
+		_, layer.Lazy = info.Labels[snapshot.LabelRemote]
+		if !layer.Lazy {
+			layer.Reason = info.Labels[snapshot.LabelUnpacked]
+		}
+		out = append(out, layer)
+	}
+	return out, nil
+}

@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lazypull/lazypull/fusefs"
+	"github.com/lazypull/lazypull/internal/testenv"
+)
+
+// TestLazyRun converts the test image, pulls it with `lazypull pull` and
+// runs it: the layers are mounted from the registry, the container prints
+// what the image holds, and far fewer bytes than the image's are fetched.
+func TestLazyRun(t *testing.T) {
+	env := testenv.New(t)
+	// Without the background fetch, what was fetched is what was needed.
+	if err := os.WriteFile(env.ConfigPath(), []byte("[fetch]\nbackground = false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.RestartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ref, err := env.PushHello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An ordinary image falls back to download and unpack, and says why.
+	out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out, "downloaded: "); n != 2 {
+		t.Errorf("an ordinary image: %d layers downloaded with a reason, want 2:\n%s", n, out)
+	}
+	if run, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, "plain"); err != nil || run != testenv.HelloOutput {
+		t.Errorf("the ordinary image through lazypull: %v\n%s", err, run)
+	}
+	// zstd:chunked keeps the layers' diff IDs, so containerd would take
+	// these unpacked snapshots for the converted image's: remove them.
+	if _, err := env.Containerd.Ctr(ctx, "images", "rm", "--sync", ref); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, format := range []string{"estargz", "zstdchunked"} {
+		t.Run(format, func(t *testing.T) {
+			lazy := env.Registry.Host + "/hello:" + format
+			if _, err := lazypull(t, env.BinDir, "convert", "-q", "--format", format, "docker://"+ref, "docker://"+lazy); err != nil {
+				t.Fatal(err)
+			}
+			out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := strings.Count(out, "mounted lazily"); n != 2 {
+				t.Errorf("lazypull pull mounted %d of 2 layers lazily:\n%s", n, out)
+			}
+			run, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "lazy-"+format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if run != testenv.HelloOutput {
+				t.Errorf("the lazily pulled container printed:\n%s", run)
+			}
+			fetched, size := layerStates(t, env)
+			t.Logf("%s: fetched %d bytes of %d in its layers (%.0f%%)", format, fetched, size, float64(fetched)*100/float64(size))
+			if fetched*2 > size {
+				t.Errorf("fetched %d bytes of a %d-byte image: lazy pulling fetched more than half", fetched, size)
+			}
+			if _, err := env.Containerd.Ctr(ctx, "images", "rm", "--sync", lazy); err != nil {
+				t.Fatal(err)
+			}
+			if m := testenv.MountsUnder(filepath.Join(env.DaemonRoot, "snapshots")); len(m) > 0 {
+				t.Errorf("layers still mounted after the image was removed: %v", m)
+			}
+		})
+	}
+
+}
+
+// layerStates adds up the state files of every mounted layer.
+func layerStates(t *testing.T, env *testenv.Env) (fetched, size int64) {
+	t.Helper()
+	// The state directory is hidden from listings: name it.
+	snaps, _ := filepath.Glob(filepath.Join(env.DaemonRoot, "snapshots", "*"))
+	for _, snap := range snaps {
+		dir := filepath.Join(snap, "fs", fusefs.StateDirName)
+		files, err := os.ReadDir(dir)
+		if err != nil {
+			continue // not a lazily mounted layer
+		}
+		for _, f := range files {
+			data, err := os.ReadFile(filepath.Join(dir, f.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st fusefs.State
+			if err := json.Unmarshal(data, &st); err != nil {
+				t.Fatal(err)
+			}
+			fetched += st.FetchedBytes
+			size += st.Size
+		}
+	}
+	if size == 0 {
+		t.Fatal("no mounted layer has a state file")
+	}
+	return fetched, size
+}
