@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/format"
 	"github.com/lazypull/lazypull/fusefs"
@@ -84,6 +85,17 @@ func New(c layer.Cache, opts Options) *Mounter {
 func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
 	t, err := targetFromLabels(labels)
 	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	_, serving := m.mounts[mountpoint]
+	m.mu.Unlock()
+	if serving {
+		return nil // restoring what this mounter serves already
+	}
+	// A mount left there by a server that is gone answers nothing but
+	// ENOTCONN: take it away before mounting anew.
+	if err := detachStale(mountpoint); err != nil {
 		return err
 	}
 	desc := t.desc
@@ -284,4 +296,18 @@ func (m *Mounter) Close() error {
 		errs = append(errs, m.Unmount(context.Background(), mp))
 	}
 	return errors.Join(errs...)
+}
+
+// detachStale lazily unmounts whatever is mounted at mountpoint.
+func detachStale(mountpoint string) error {
+	for {
+		switch err := unix.Unmount(mountpoint, unix.MNT_DETACH); err {
+		case nil:
+			continue
+		case unix.EINVAL, unix.ENOENT:
+			return nil
+		default:
+			return fmt.Errorf("clear the old mount at %s: %w", mountpoint, err)
+		}
+	}
 }

@@ -36,6 +36,8 @@ const (
 // Config is the daemon's configuration file (TOML). Every key is documented
 // in the README with its default; keep the two in step.
 type Config struct {
+	// Path is the file the configuration was read from, if any.
+	Path string `toml:"-"`
 	// Root holds the daemon's state: snapshot metadata and directories.
 	Root string `toml:"root"`
 	// Address is the unix socket that containerd's proxy plugin dials.
@@ -95,6 +97,10 @@ type FUSEConfig struct {
 	// OpaqueXattr is "trusted", "user", "both", or "auto" (default):
 	// user when the overlay mounts use userxattr, else trusted.
 	OpaqueXattr string `toml:"opaque_xattr"`
+	// Manager serves the layers from a separate, long-lived process so
+	// that running containers keep them when the daemon restarts or
+	// crashes (default true).
+	Manager *bool `toml:"manager"`
 }
 
 // Duration is a TOML string such as "10s".
@@ -140,6 +146,7 @@ func LoadConfig(path string) (Config, error) {
 	if errors.Is(err, os.ErrNotExist) {
 		return cfg, nil
 	}
+	cfg.Path = path
 	if err != nil {
 		return cfg, fmt.Errorf("read config: %w", err)
 	}

@@ -40,6 +40,7 @@ mount_options = ["volatile"]
 		t.Fatal(err)
 	}
 	want := DefaultConfig()
+	want.Path = cfg.Path
 	want.Root = "/srv/lazypull"
 	want.LogLevel = "debug"
 	want.Snapshotter = SnapshotterConfig{AsyncRemove: true, UpperdirLabel: true, MountOptions: []string{"volatile"}}

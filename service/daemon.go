@@ -18,9 +18,75 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/fusemanager"
 	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/snapshot"
 )
+
+// openRemote returns what mounts lazy layers: the FUSE manager, a process
+// of its own that outlives the daemon (started if it is not running), or
+// in the daemon itself when fuse.manager is off.
+func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error) {
+	if enabled(cfg.FUSE.Manager) {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, nil, err
+		}
+		command := []string{exe, fusemanager.Subcommand, "--root", cfg.Root, "--log-level", cfg.LogLevel}
+		if cfg.Path != "" {
+			command = append(command, "--config", cfg.Path)
+		}
+		client, err := fusemanager.Connect(ctx, cfg.Root, command)
+		if err != nil {
+			return nil, nil, err
+		}
+		// The manager keeps serving the mounted layers: running
+		// containers keep them while the daemon restarts.
+		return client, func() { client.Close() }, nil
+	}
+	mnt, closeMounter, err := newMounter(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return mnt, closeMounter, nil
+}
+
+// newMounter opens the cache and the mounter that serves lazy layers.
+func newMounter(cfg Config) (*mounter.Mounter, func(), error) {
+	cacheDir := cfg.Cache.Dir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(cfg.Root, "cache")
+	}
+	copts := []cache.Option{cache.WithMaxBytes(cfg.Cache.MaxBytes), cache.WithSync(cfg.Cache.Sync)}
+	if cfg.Cache.MemoryBytes > 0 {
+		copts = append(copts, cache.WithMemoryBytes(cfg.Cache.MemoryBytes))
+	}
+	c, err := cache.New(cacheDir, copts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open cache: %w", err)
+	}
+	mnt := mounter.New(c, cfg.mounterOptions())
+	return mnt, func() {
+		if err := mnt.Close(); err != nil {
+			log.L.WithError(err).Error("failed to unmount layers")
+		}
+		c.Close()
+	}, nil
+}
+
+// RunFUSEManager serves lazy layers for the daemon until ctx is done (see
+// package fusemanager), then unmounts them.
+func RunFUSEManager(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	mnt, closeMounter, err := newMounter(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeMounter()
+	return fusemanager.Serve(ctx, cfg.Root, mnt, nil)
+}
 
 // shutdownGrace bounds how long a stopping daemon waits for calls in flight.
 const shutdownGrace = 10 * time.Second
@@ -41,29 +107,15 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	}
 	defer unlock()
 
-	cacheDir := cfg.Cache.Dir
-	if cacheDir == "" {
-		cacheDir = filepath.Join(cfg.Root, "cache")
-	}
-	copts := []cache.Option{cache.WithMaxBytes(cfg.Cache.MaxBytes), cache.WithSync(cfg.Cache.Sync)}
-	if cfg.Cache.MemoryBytes > 0 {
-		copts = append(copts, cache.WithMemoryBytes(cfg.Cache.MemoryBytes))
-	}
-	c, err := cache.New(cacheDir, copts...)
+	remote, closeRemote, err := openRemote(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("open cache: %w", err)
+		return err
 	}
-	defer c.Close()
-	mnt := mounter.New(c, cfg.mounterOptions())
-	// Unmount the layers after the snapshotter stops serving (defers run
+	// Release the layers after the snapshotter stops serving (defers run
 	// in reverse).
-	defer func() {
-		if err := mnt.Close(); err != nil {
-			log.G(ctx).WithError(err).Error("failed to unmount layers")
-		}
-	}()
+	defer closeRemote()
 
-	sn, err := snapshot.New(cfg.Root, append(cfg.Snapshotter.snapshotOpts(), snapshot.WithRemote(mnt))...)
+	sn, err := snapshot.New(cfg.Root, append(cfg.Snapshotter.snapshotOpts(), snapshot.WithRemote(remote))...)
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,8 @@ func testConfig(t *testing.T) Config {
 	cfg := DefaultConfig()
 	cfg.Root = filepath.Join(dir, "root")
 	cfg.Address = filepath.Join(dir, "run", "lazypull.sock")
+	inProcess := false // the test binary cannot be a FUSE manager
+	cfg.FUSE.Manager = &inProcess
 	return cfg
 }
 

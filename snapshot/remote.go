@@ -22,6 +22,8 @@ const LabelUnpacked = "containerd.io/snapshot/lazypull.unpacked"
 type Remote interface {
 	// Mount makes the layer that labels describe appear at mountpoint, an
 	// empty directory. An error means "unpack it instead" and must say why.
+	// After a restart, Restore calls it again for every remote snapshot:
+	// it must keep a mount it still serves and replace a dead one.
 	Mount(ctx context.Context, mountpoint string, labels map[string]string) error
 	// Unmount releases what Mount set up at mountpoint. It is called for
 	// every snapshot directory the snapshotter removes, so it must return

@@ -42,12 +42,9 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 	}
 	var errs []error
 	for _, r := range found {
-		dir := s.upperPath(r.id)
-		// Whatever is left there is a dead mount of the last daemon.
-		if err := s.unmountDir(ctx, dir); err != nil {
-			log.G(ctx).WithError(err).WithField("snapshot", r.info.Name).Warn("cannot clear the old mount")
-		}
-		if err := s.remote.Mount(ctx, dir, r.info.Labels); err != nil {
+		// The Remote keeps a mount it still serves (one that outlived the
+		// daemon) and replaces a dead one.
+		if err := s.remote.Mount(ctx, s.upperPath(r.id), r.info.Labels); err != nil {
 			err = fmt.Errorf("snapshot %s: %w", r.info.Name, err)
 			s.markBroken(r.id, err)
 			errs = append(errs, err)

@@ -1,14 +1,16 @@
 // Command demo is `make demo`: on a bare machine it starts a private
-// registry, our daemon and containerd under a temporary root, runs a
-// container through the lazypull snapshotter, shows what happened and tears
-// everything down again.
+// registry, our daemon and containerd under a temporary root, converts an
+// image to eStargz, pulls it lazily and runs it, shows what was fetched and
+// tears everything down again.
 package main
 
 import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -48,24 +50,29 @@ func run(ctx context.Context) (err error) {
 	fmt.Printf("   lazypull-snapshotter %s (pid %d)\n", env.DaemonSocket, env.Daemon.PID())
 	fmt.Printf("   containerd           %s (pid %d), proxy snapshotter \"lazypull\"\n", env.Containerd.Address, env.Containerd.PID())
 
-	step("building a two-layer image (a static Go program; the upper layer deletes files) and pushing it")
+	step("building a two-layer image (a static Go program, 8 MiB it never reads; the upper layer deletes files) and pushing it")
 	ref, err := env.PushHello(ctx)
 	if err != nil {
 		return err
 	}
 	fmt.Println("  ", ref)
 
-	ctr := env.Containerd.Ctr
-	step("pulling with the lazypull snapshotter (an ordinary image: its layers are unpacked)")
+	lazy := env.Registry.Host + "/hello:esgz"
+	step("converting it to eStargz: lazypull convert docker://" + ref + " docker://" + lazy)
+	if err := lazypull(env, "convert", "--quiet", "docker://"+ref, "docker://"+lazy); err != nil {
+		return err
+	}
+
+	step("pulling it lazily: lazypull pull " + lazy)
 	start := time.Now()
-	if _, err := ctr(ctx, "images", "pull", "--plain-http", "--snapshotter", "lazypull", ref); err != nil {
+	if err := lazypull(env, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil {
 		return err
 	}
 	fmt.Printf("   pulled in %v\n", time.Since(start).Round(time.Millisecond))
 
-	step("running it: ctr run --rm --snapshotter lazypull " + ref)
+	step("running it: ctr run --rm --snapshotter lazypull " + lazy)
 	start = time.Now()
-	out, err := ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, "demo")
+	out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "demo")
 	if err != nil {
 		return err
 	}
@@ -75,12 +82,18 @@ func run(ctx context.Context) (err error) {
 		return fmt.Errorf("the container printed something unexpected; want:\n%s", testenv.HelloOutput)
 	}
 
-	step("the snapshots containerd keeps in lazypull")
-	list, err := ctr(ctx, "snapshots", "--snapshotter", "lazypull", "ls")
+	step("what the layers fetched: lazypull status")
+	return lazypull(env, "status", "--root", env.DaemonRoot)
+}
+
+// lazypull runs our CLI with its output shown, indented.
+func lazypull(env *testenv.Env, args ...string) error {
+	cmd := exec.Command(filepath.Join(env.BinDir, "lazypull"), args...)
+	out, err := cmd.CombinedOutput()
+	fmt.Print(indent(string(out)))
 	if err != nil {
-		return err
+		return fmt.Errorf("lazypull %s: %w", strings.Join(args, " "), err)
 	}
-	fmt.Print(indent(list))
 	return nil
 }
 

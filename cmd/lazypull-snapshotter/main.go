@@ -1,5 +1,7 @@
 // Command lazypull-snapshotter is the lazypull daemon: it serves containerd's
-// snapshots API on a unix socket, for containerd's proxy_plugins.
+// snapshots API on a unix socket, for containerd's proxy_plugins. Run as
+// `lazypull-snapshotter fuse-manager`, it is the long-lived process that the
+// daemon starts to serve lazily mounted layers.
 package main
 
 import (
@@ -12,13 +14,17 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/lazypull/lazypull/fusemanager"
 	"github.com/lazypull/lazypull/service"
 	"github.com/lazypull/lazypull/version"
 )
 
 const usage = `Usage: lazypull-snapshotter [flags]
 
-Serves the lazypull snapshotter to containerd over a unix socket.
+Serves the lazypull snapshotter to containerd over a unix socket. Lazily
+mounted layers are served by a FUSE manager process that the daemon starts
+and that outlives it, so running containers survive a daemon restart
+(stop it with: kill $(cat ROOT/fusemanager.lock)).
 
 Examples:
   # with the defaults (config %[1]s)
@@ -36,6 +42,11 @@ Flags:
 `
 
 func main() {
+	manager := len(os.Args) > 1 && os.Args[1] == fusemanager.Subcommand
+	args := os.Args[1:]
+	if manager {
+		args = os.Args[2:]
+	}
 	fs := flag.NewFlagSet("lazypull-snapshotter", flag.ExitOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), usage, service.DefaultConfigPath, service.DefaultAddress)
@@ -46,7 +57,7 @@ func main() {
 	root := fs.String("root", service.DefaultRoot, "state `directory` (overrides the config's root)")
 	logLevel := fs.String("log-level", service.DefaultLogLevel, "trace, debug, info, warn or error (overrides the config's log_level)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.Parse(os.Args[1:])
+	fs.Parse(args)
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "lazypull-snapshotter: unexpected argument %q (it takes flags only; see --help)\n", fs.Arg(0))
 		os.Exit(2)
@@ -80,7 +91,12 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := service.Run(ctx, cfg, nil); err != nil {
+	if manager {
+		err = service.RunFUSEManager(ctx, cfg)
+	} else {
+		err = service.Run(ctx, cfg, nil)
+	}
+	if err != nil {
 		fatal(err)
 	}
 }

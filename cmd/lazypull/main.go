@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/containerd/log"
 	"github.com/urfave/cli/v2"
 
 	"github.com/lazypull/lazypull/version"
@@ -24,8 +25,14 @@ registry and fetches file contents on demand.
 Examples:
   lazypull convert docker://registry.example/app:1.0 docker://registry.example/app:1.0-esgz
   lazypull inspect --verify docker://registry.example/app:1.0-esgz`,
-		Version:  version.String(),
-		Commands: []*cli.Command{convertCommand, inspectCommand, pullCommand, versionCommand},
+		Version: version.String(),
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "trace, debug, info, warn or error"},
+		},
+		Before: func(c *cli.Context) error {
+			return log.SetLevel(c.String("log-level"))
+		},
+		Commands: []*cli.Command{convertCommand, inspectCommand, pullCommand, statusCommand, versionCommand},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "lazypull:", err)

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/fusemanager"
 )
 
 // Env is a private stack under one directory: a registry, our daemon, and a
@@ -31,13 +33,13 @@ type Env struct {
 
 // New starts an Env for a test and tears it down when the test ends. It
 // needs root and Debian's containerd, runc, docker-registry and skopeo.
-func New(t testing.TB) *Env {
+func New(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	NeedRoot(t)
 	for _, prog := range []string{"containerd", "ctr", "runc", "docker-registry", "skopeo"} {
 		NeedBinary(t, prog)
 	}
-	env, err := Start("")
+	env, err := Start("", opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +53,7 @@ func New(t testing.TB) *Env {
 
 // Start builds our binaries and starts the stack under a new directory in
 // parent (the system's temporary directory when empty).
-func Start(parent string) (_ *Env, err error) {
+func Start(parent string, opts ...Option) (_ *Env, err error) {
 	// Short paths: unix socket paths must fit in 108 bytes.
 	dir, err := os.MkdirTemp(parent, "lazypull-")
 	if err != nil {
@@ -73,6 +75,11 @@ func Start(parent string) (_ *Env, err error) {
 	if err := BuildCommands(e.BinDir); err != nil {
 		return e, err
 	}
+	for _, o := range opts {
+		if err := o(e); err != nil {
+			return e, err
+		}
+	}
 	for _, sub := range []string{"registry", "containerd"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return e, err
@@ -88,6 +95,15 @@ func Start(parent string) (_ *Env, err error) {
 		return e, err
 	}
 	return e, nil
+}
+
+// Option sets the Env up before it starts.
+type Option func(*Env) error
+
+// WithDaemonConfig gives our daemon (and its FUSE manager) this TOML
+// configuration.
+func WithDaemonConfig(toml string) Option {
+	return func(e *Env) error { return os.WriteFile(e.ConfigPath(), []byte(toml), 0o644) }
 }
 
 // StartDaemon starts lazypull-snapshotter on the Env's root and socket.
@@ -110,8 +126,8 @@ func (e *Env) StartDaemon(extraArgs ...string) error {
 	return nil
 }
 
-// RestartDaemon stops our daemon (SIGTERM) and starts it again, reading
-// ConfigPath afresh.
+// RestartDaemon stops our daemon (SIGTERM) and starts it again. Its FUSE
+// manager keeps running, with the configuration it started with.
 func (e *Env) RestartDaemon() error {
 	if e.Daemon != nil {
 		if err := e.Daemon.Stop(15 * time.Second); err != nil {
@@ -135,6 +151,8 @@ func (e *Env) Close() error {
 	if e.Daemon != nil {
 		errs = append(errs, e.Daemon.Stop(15*time.Second))
 	}
+	// The daemon's FUSE manager outlives it by design: stop it by its pid.
+	errs = append(errs, fusemanager.Stop(e.DaemonRoot, 15*time.Second))
 	if e.Registry != nil {
 		errs = append(errs, e.Registry.Stop(5*time.Second))
 	}
@@ -224,4 +242,12 @@ func goBuild(out, pkg string, env []string) error {
 		return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
 	}
 	return nil
+}
+
+// KillDaemon kills our daemon with SIGKILL, as the OOM killer would.
+func (e *Env) KillDaemon() {
+	if e.Daemon != nil {
+		e.Daemon.Kill()
+		e.Daemon = nil
+	}
 }

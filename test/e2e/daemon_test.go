@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazypull/lazypull/fusemanager"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -67,6 +68,12 @@ func TestDaemonLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	root, sock := filepath.Join(dir, "root"), filepath.Join(dir, "lazypull.sock")
 	args := []string{"--config", filepath.Join(dir, "absent.toml"), "--root", root, "--address", sock}
+	// The daemon starts a FUSE manager that outlives it, by design.
+	t.Cleanup(func() {
+		if err := fusemanager.Stop(root, 10*time.Second); err != nil {
+			t.Error(err)
+		}
+	})
 
 	first := startDaemon(t, bin, sock, args...)
 	code, stderr := daemon(t, bin, append(args[:len(args):len(args)], "--address", filepath.Join(dir, "other.sock"))...)

@@ -17,14 +17,8 @@ import (
 // runs it: the layers are mounted from the registry, the container prints
 // what the image holds, and far fewer bytes than the image's are fetched.
 func TestLazyRun(t *testing.T) {
-	env := testenv.New(t)
 	// Without the background fetch, what was fetched is what was needed.
-	if err := os.WriteFile(env.ConfigPath(), []byte("[fetch]\nbackground = false\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.RestartDaemon(); err != nil {
-		t.Fatal(err)
-	}
+	env := testenv.New(t, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ref, err := env.PushHello(ctx)

@@ -1,0 +1,65 @@
+// Package fusemanager keeps lazily mounted layers alive across restarts of
+// the snapshotter daemon. A FUSE mount dies with the process that serves
+// it, so the layers are served by a separate, long-lived process — the FUSE
+// manager — much as containerd's shims keep containers alive while
+// containerd restarts. The daemon asks it over a unix socket to mount and
+// unmount layers; after a crash the daemon starts again, finds the manager
+// still serving and carries on, and running containers never notice.
+//
+// The manager runs the mounter; this package knows the protocol and the
+// process, not how layers are fetched.
+package fusemanager
+
+import (
+	"path/filepath"
+)
+
+// Files in the daemon's root.
+const (
+	socketName = "fusemanager.sock"
+	lockName   = "fusemanager.lock" // held by the running manager; holds its pid
+	logName    = "fusemanager.log"
+)
+
+// Subcommand is the argument that makes the daemon's binary a manager.
+const Subcommand = "fuse-manager"
+
+// SocketPath is where the manager for root listens.
+func SocketPath(root string) string { return filepath.Join(root, socketName) }
+
+// PIDPath holds the running manager's pid.
+func PIDPath(root string) string { return filepath.Join(root, lockName) }
+
+// MountArgs asks for a layer to be mounted.
+type MountArgs struct {
+	Mountpoint string
+	Labels     map[string]string
+}
+
+// UnmountArgs asks for a mountpoint to be released.
+type UnmountArgs struct {
+	Mountpoint string
+}
+
+// Empty is the reply of calls that return nothing but an error.
+type Empty struct{}
+
+// LayerStatus describes one mounted layer.
+type LayerStatus struct {
+	Mountpoint    string
+	Digest        string
+	Size          int64
+	DataSize      int64
+	FetchedBytes  int64
+	CachedBytes   int64
+	Requests      int64
+	ChunksFetched int64
+	Errors        int64
+	LastError     string
+}
+
+// StatusReply lists the mounted layers.
+type StatusReply struct {
+	PID    int
+	Layers []LayerStatus
+}

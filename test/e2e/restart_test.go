@@ -1,0 +1,58 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lazypull/lazypull/internal/testenv"
+)
+
+// TestContainerSurvivesDaemonKill runs a container that keeps reading its
+// lazily mounted files, SIGKILLs the daemon and starts it again meanwhile:
+// the container must keep reading the right bytes (including files first
+// read after the kill), and a new container must start afterwards.
+func TestContainerSurvivesDaemonKill(t *testing.T) {
+	env := testenv.New(t, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ref, err := env.PushHello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lazy := env.Registry.Host + "/hello:esgz"
+	if _, err := lazypull(t, env.BinDir, "convert", "-q", "docker://"+ref, "docker://"+lazy); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil || strings.Count(out, "mounted lazily") != 2 {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// /data first, then /opt: /opt/unused.bin is first read well
+		// after the kill below.
+		out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "reader",
+			"/hello", "--for", "4s", "/data", "/opt")
+		done <- result{out, err}
+	}()
+	time.Sleep(time.Second)
+	env.KillDaemon()
+	time.Sleep(500 * time.Millisecond)
+	if err := env.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || !strings.HasPrefix(r.out, "stable over") {
+		t.Fatalf("the container across a daemon kill: %v\n%s", r.err, r.out)
+	}
+	out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "after")
+	if err != nil || out != testenv.HelloOutput {
+		t.Errorf("a new container after the restart: %v\n%s", err, out)
+	}
+}
