@@ -4,11 +4,14 @@ import (
 	"context"
 	"io"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/metrics"
 )
 
 // fileNode is a regular file.
@@ -17,6 +20,7 @@ type fileNode struct{ node }
 var _ fs.NodeOpener = (*fileNode)(nil)
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	defer metrics.ObserveFUSE("open", time.Now())
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
 	}
@@ -45,6 +49,7 @@ type fileHandle struct {
 var _ fs.FileReader = (*fileHandle)(nil)
 
 func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer metrics.ObserveFUSE("read", time.Now())
 	n, err := h.fsys.layer.ReadAt(ctx, h.node.e, dest, off)
 	if err != nil && err != io.EOF {
 		return nil, h.fsys.readError(h.node.e, err)

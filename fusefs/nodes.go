@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/metrics"
 )
 
 // mode returns the file type bits of an entry.
@@ -82,6 +84,7 @@ var (
 )
 
 func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	defer metrics.ObserveFUSE("getattr", time.Now())
 	n.fsys.fillAttr(n.e, &out.Attr)
 	return 0
 }
@@ -157,6 +160,7 @@ var (
 )
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer metrics.ObserveFUSE("lookup", time.Now())
 	f := d.fsys
 	if d.e == f.toc.Root() {
 		if name == StateDirName {
@@ -198,6 +202,7 @@ func (f *filesystem) newNode(e *toc.Entry) fs.InodeEmbedder {
 }
 
 func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	defer metrics.ObserveFUSE("readdir", time.Now())
 	f := d.fsys
 	children := d.e.Children()
 	list := make([]fuse.DirEntry, 0, len(children))

@@ -14,13 +14,21 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
-	"github.com/lazypull/lazypull/mounter"
+	"github.com/lazypull/lazypull/layer"
 )
+
+// Mounter mounts lazy layers (mounter.Mounter does).
+type Mounter interface {
+	Mount(ctx context.Context, mountpoint string, labels map[string]string) error
+	Unmount(ctx context.Context, mountpoint string) error
+	Layers() map[string]layer.Stats
+	Close() error
+}
 
 // Serve runs the manager for root until ctx is done: it takes root's
 // manager lock, serves the protocol on root's socket and mounts layers
 // with m. When ctx ends it unmounts everything.
-func Serve(ctx context.Context, root string, m *mounter.Mounter, ready chan<- struct{}) error {
+func Serve(ctx context.Context, root string, m Mounter, ready chan<- struct{}) error {
 	lock, err := lockFile(PIDPath(root))
 	if err != nil {
 		return err
@@ -59,7 +67,7 @@ func Serve(ctx context.Context, root string, m *mounter.Mounter, ready chan<- st
 }
 
 // service is the RPC face of the mounter.
-type service struct{ m *mounter.Mounter }
+type service struct{ m Mounter }
 
 func (s *service) Mount(args MountArgs, _ *Empty) error {
 	return s.m.Mount(context.Background(), args.Mountpoint, args.Labels)

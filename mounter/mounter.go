@@ -21,6 +21,7 @@ import (
 	"github.com/lazypull/lazypull/format"
 	"github.com/lazypull/lazypull/fusefs"
 	"github.com/lazypull/lazypull/layer"
+	"github.com/lazypull/lazypull/metrics"
 	"github.com/lazypull/lazypull/remote"
 	"github.com/lazypull/lazypull/transport"
 )
@@ -130,6 +131,7 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 	m.mu.Lock()
 	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm}
 	m.mu.Unlock()
+	metrics.MountedLayers.Inc()
 	log.G(ctx).WithField("layer", desc.Digest).WithField("mountpoint", mountpoint).Info("layer mounted lazily")
 	return nil
 }
@@ -268,6 +270,7 @@ func (m *Mounter) Unmount(ctx context.Context, mountpoint string) error {
 	if !ok {
 		return nil
 	}
+	metrics.MountedLayers.Dec()
 	mt.layer.Close()
 	return mt.fuse.Unmount()
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/reference"
 	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/metrics"
 )
 
 // Tuning of ranged reads; see BlobOptions.
@@ -182,10 +184,15 @@ func (b *Blob) fetch(ctx context.Context, off int64, dst []byte) error {
 		if errors.Is(err, errUnauthorized) {
 			// A second refusal in a row: start over with fresh
 			// authorizers (an expired token the authorizer still trusts).
+			// A fresh authorizer's first request is refused too (it has
+			// not seen the challenge yet): count from zero again, or that
+			// refusal would reset it again, and so on until the retries
+			// run out.
 			if unauthorized++; unauthorized > 1 {
 				if rerr := b.resetHosts(ctx); rerr != nil {
 					return rerr
 				}
+				unauthorized = 0
 			}
 			b.retries.Add(1)
 			continue
@@ -209,6 +216,8 @@ func (b *Blob) try(ctx context.Context, off int64, dst []byte) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.bopts.RequestTimeout)
 	defer cancel()
 	b.requests.Add(1)
+	registry := b.refspec.Hostname()
+	start := time.Now()
 
 	b.mu.Lock()
 	redirected, hosts := b.redirected, b.hosts
@@ -231,10 +240,13 @@ func (b *Blob) try(ctx context.Context, off int64, dst []byte) (int, error) {
 	} else {
 		resp, err = b.getFromHosts(ctx, hosts, off, len(dst))
 		if err != nil {
+			metrics.RegistryRequests.WithLabelValues(registry, "error").Inc()
 			return 0, err
 		}
 	}
 	defer resp.Body.Close()
+	metrics.RegistryLatency.WithLabelValues(registry).Observe(time.Since(start).Seconds())
+	metrics.RegistryRequests.WithLabelValues(registry, strconv.Itoa(resp.StatusCode)).Inc()
 
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
@@ -249,6 +261,7 @@ func (b *Blob) try(ctx context.Context, off int64, dst []byte) (int, error) {
 		return 0, fmt.Errorf("unexpected status %s", resp.Status)
 	}
 	n, err := io.ReadFull(resp.Body, dst)
+	metrics.RegistryBytes.WithLabelValues(registry).Add(float64(n))
 	if err != nil {
 		return n, fmt.Errorf("read body after %d of %d bytes: %w", n, len(dst), err)
 	}

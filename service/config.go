@@ -44,6 +44,9 @@ type Config struct {
 	Address string `toml:"address"`
 	// LogLevel is one of trace, debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
+	// MetricsAddress, if set, is where the FUSE manager serves Prometheus
+	// metrics on /metrics (host:port, or a unix socket path).
+	MetricsAddress string `toml:"metrics_address"`
 
 	Snapshotter SnapshotterConfig `toml:"snapshotter"`
 	Cache       CacheConfig       `toml:"cache"`

@@ -19,6 +19,7 @@ import (
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/fusemanager"
+	"github.com/lazypull/lazypull/metrics"
 	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/snapshot"
 )
@@ -36,6 +37,9 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		if cfg.Path != "" {
 			command = append(command, "--config", cfg.Path)
 		}
+		if cfg.MetricsAddress != "" {
+			command = append(command, "--metrics-address", cfg.MetricsAddress)
+		}
 		client, err := fusemanager.Connect(ctx, cfg.Root, command)
 		if err != nil {
 			return nil, nil, err
@@ -44,15 +48,27 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		// containers keep them while the daemon restarts.
 		return client, func() { client.Close() }, nil
 	}
-	mnt, closeMounter, err := newMounter(cfg)
+	mnt, c, closeMounter, err := newMounter(cfg)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := serveMetrics(ctx, cfg, c); err != nil {
+		closeMounter()
 		return nil, nil, err
 	}
 	return mnt, closeMounter, nil
 }
 
+// serveMetrics serves Prometheus metrics where the configuration says.
+func serveMetrics(ctx context.Context, cfg Config, c *cache.Cache) error {
+	if cfg.MetricsAddress == "" {
+		return nil
+	}
+	return metrics.Serve(ctx, cfg.MetricsAddress, cacheCollector{c})
+}
+
 // newMounter opens the cache and the mounter that serves lazy layers.
-func newMounter(cfg Config) (*mounter.Mounter, func(), error) {
+func newMounter(cfg Config) (*mounter.Mounter, *cache.Cache, func(), error) {
 	cacheDir := cfg.Cache.Dir
 	if cacheDir == "" {
 		cacheDir = filepath.Join(cfg.Root, "cache")
@@ -63,10 +79,10 @@ func newMounter(cfg Config) (*mounter.Mounter, func(), error) {
 	}
 	c, err := cache.New(cacheDir, copts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open cache: %w", err)
+		return nil, nil, nil, fmt.Errorf("open cache: %w", err)
 	}
 	mnt := mounter.New(c, cfg.mounterOptions())
-	return mnt, func() {
+	return mnt, c, func() {
 		if err := mnt.Close(); err != nil {
 			log.L.WithError(err).Error("failed to unmount layers")
 		}
@@ -80,11 +96,14 @@ func RunFUSEManager(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	mnt, closeMounter, err := newMounter(cfg)
+	mnt, c, closeMounter, err := newMounter(cfg)
 	if err != nil {
 		return err
 	}
 	defer closeMounter()
+	if err := serveMetrics(ctx, cfg, c); err != nil {
+		return err
+	}
 	return fusemanager.Serve(ctx, cfg.Root, mnt, nil)
 }
 

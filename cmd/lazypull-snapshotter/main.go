@@ -56,6 +56,7 @@ func main() {
 	address := fs.String("address", service.DefaultAddress, "unix `socket` to serve on (overrides the config's address)")
 	root := fs.String("root", service.DefaultRoot, "state `directory` (overrides the config's root)")
 	logLevel := fs.String("log-level", service.DefaultLogLevel, "trace, debug, info, warn or error (overrides the config's log_level)")
+	metricsAddress := fs.String("metrics-address", "", "serve Prometheus metrics on `ADDR` (host:port or socket path; overrides the config's metrics_address)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -80,6 +81,8 @@ func main() {
 			cfg.Root = *root
 		case "log-level":
 			cfg.LogLevel = *logLevel
+		case "metrics-address":
+			cfg.MetricsAddress = *metricsAddress
 		}
 	})
 	if err := cfg.Validate(); err != nil {

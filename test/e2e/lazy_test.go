@@ -3,6 +3,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,7 +22,8 @@ import (
 // what the image holds, and far fewer bytes than the image's are fetched.
 func TestLazyRun(t *testing.T) {
 	// Without the background fetch, what was fetched is what was needed.
-	env := testenv.New(t, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
+	metricsAddr := freeAddr(t)
+	env := testenv.New(t, testenv.WithDaemonConfig(fmt.Sprintf("metrics_address = %q\n[fetch]\nbackground = false\n", metricsAddr)))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ref, err := env.PushHello(ctx)
@@ -62,6 +67,11 @@ func TestLazyRun(t *testing.T) {
 			if run != testenv.HelloOutput {
 				t.Errorf("the lazily pulled container printed:\n%s", run)
 			}
+			status, err := lazypull(t, env.BinDir, "status", "--root", env.DaemonRoot)
+			if err != nil || strings.Count(status, "sha256:") != 2 {
+				t.Errorf("lazypull status: %v\n%s", err, status)
+			}
+			checkMetrics(t, metricsAddr)
 			fetched, size := layerStates(t, env)
 			t.Logf("%s: fetched %d bytes of %d in its layers (%.0f%%)", format, fetched, size, float64(fetched)*100/float64(size))
 			if fetched*2 > size {
@@ -106,4 +116,36 @@ func layerStates(t *testing.T, env *testenv.Env) (fetched, size int64) {
 		t.Fatal("no mounted layer has a state file")
 	}
 	return fetched, size
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// checkMetrics scrapes the FUSE manager's Prometheus endpoint.
+func checkMetrics(t *testing.T, addr string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Errorf("scrape metrics: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		"lazypull_mounted_layers 2",
+		"lazypull_registry_fetched_bytes_total{registry=",
+		`lazypull_fuse_operation_seconds_count{operation="read"}`,
+		`lazypull_cache_hits_total{from="memory"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 }
