@@ -20,8 +20,9 @@ import (
 type Process struct {
 	Name string
 	Log  string // file holding its stdout and stderr
-	cmd  *exec.Cmd
-	done chan error
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when the process has exited
+	waitErr error         // how it exited, once done is closed
 }
 
 // startProcess runs name with args, logging to dir/<name>.log.
@@ -40,8 +41,8 @@ func startProcess(dir, name string, args ...string) (*Process, error) {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &Process{Name: filepath.Base(name), Log: logPath, cmd: cmd, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait(); logFile.Close() }()
+	p := &Process{Name: filepath.Base(name), Log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() { p.waitErr = cmd.Wait(); logFile.Close(); close(p.done) }()
 	return p, nil
 }
 
@@ -51,9 +52,8 @@ func (p *Process) PID() int { return p.cmd.Process.Pid }
 // Exited reports whether the process has ended, and how.
 func (p *Process) Exited() (bool, error) {
 	select {
-	case err := <-p.done:
-		p.done <- err
-		return true, err
+	case <-p.done:
+		return true, p.waitErr
 	default:
 		return false, nil
 	}
@@ -79,7 +79,6 @@ func (p *Process) Stop(grace time.Duration) error {
 func (p *Process) Kill() {
 	p.cmd.Process.Kill()
 	<-p.done
-	p.done <- nil
 }
 
 // LogTail returns the end of the process's log, for error messages.

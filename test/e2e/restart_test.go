@@ -56,3 +56,40 @@ func TestContainerSurvivesDaemonKill(t *testing.T) {
 		t.Errorf("a new container after the restart: %v\n%s", err, out)
 	}
 }
+
+// TestRegistryGone: after the registry stops, files a container already
+// read stay readable; a file never read fails with an I/O error (never
+// wrong or empty bytes), and the layer's state file says why.
+func TestRegistryGone(t *testing.T) {
+	env := testenv.New(t, testenv.WithDaemonConfig("[fetch]\nbackground = false\nmax_retries = 1\nrequest_timeout = \"5s\"\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ref, err := env.PushHello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lazy := env.Registry.Host + "/hello:esgz"
+	if _, err := lazypull(t, env.BinDir, "convert", "-q", "docker://"+ref, "docker://"+lazy); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "first"); err != nil || out != testenv.HelloOutput {
+		t.Fatalf("first run: %v\n%s", err, out)
+	}
+	if err := env.Registry.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "cached"); err != nil || out != testenv.HelloOutput {
+		t.Errorf("what was read before runs without the registry: %v\n%s", err, out)
+	}
+	out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "uncached", "/hello", "--for", "0s", "/opt")
+	if err == nil || !strings.Contains(out, "input/output error") {
+		t.Errorf("reading a never-fetched file without the registry: %v\n%s", err, out)
+	}
+	status, err := lazypull(t, env.BinDir, "status", "--root", env.DaemonRoot)
+	if err != nil || !strings.Contains(status, "last error") {
+		t.Errorf("status does not report the fetch error: %v\n%s", err, status)
+	}
+}

@@ -60,7 +60,8 @@ func main() {
 func watch(d time.Duration, roots []string) {
 	first := map[string][32]byte{}
 	rounds := 0
-	for end := time.Now().Add(d); time.Now().Before(end); rounds++ {
+	// At least one round, however short d is.
+	for end := time.Now().Add(d); rounds == 0 || time.Now().Before(end); rounds++ {
 		for _, root := range roots {
 			err := filepath.WalkDir(root, func(path string, e fs.DirEntry, err error) error {
 				if err != nil || !e.Type().IsRegular() {
