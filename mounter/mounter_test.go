@@ -1,0 +1,102 @@
+package mounter
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/convert"
+	"github.com/lazypull/lazypull/internal/testenv"
+	"github.com/lazypull/lazypull/remote"
+	"github.com/lazypull/lazypull/transport"
+)
+
+// TestMountWithCRILabels mounts a layer the way containerd's CRI plugin
+// asks for it: only the image reference and the layer digest, so that the
+// mounter must find the layer's descriptor in the image's manifest.
+func TestMountWithCRILabels(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedBinary(t, "docker-registry")
+	_, err := os.Stat("/dev/fuse")
+	testenv.Need(t, "/dev/fuse", err)
+	ctx := context.Background()
+	dir := t.TempDir()
+	reg, err := testenv.StartRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Stop(0) })
+
+	hello, err := testenv.BuildHello(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := testenv.HelloImage(hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := filepath.Join(dir, "oci")
+	if _, err := img.WriteOCILayout(layout, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	plainRef, lazyRef := reg.Host+"/hello:v1", reg.Host+"/hello:esgz"
+	src, _ := transport.Open(ctx, transport.Ref{Transport: transport.OCI, Name: layout, Tag: "v1"}, remote.Options{})
+	dst, _ := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: lazyRef}, remote.Options{})
+	if _, err := convert.Image(ctx, src, dst, convert.Options{Format: convert.EStargz}); err != nil {
+		t.Fatal(err)
+	}
+	if err := testenv.Push(ctx, layout, "v1", plainRef); err != nil {
+		t.Fatal(err)
+	}
+	layers := func(ref string) []ocispec.Descriptor {
+		ls, err := fetchLayers(ctx, ref, remote.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ls
+	}
+
+	c, err := cache.New(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m := New(c, Options{NoBackground: true})
+	defer m.Close()
+
+	mp := filepath.Join(dir, "mnt")
+	os.Mkdir(mp, 0o755)
+	lazy := layers(lazyRef)
+	cri := map[string]string{LabelCRIImageRef: lazyRef, LabelCRIDigest: lazy[0].Digest.String(), LabelCRILayers: lazy[0].Digest.String() + "," + lazy[1].Digest.String()}
+	if err := m.Mount(ctx, mp, cri); err != nil {
+		t.Fatalf("mount with CRI labels: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(mp, "hello")); err != nil || fi.Size() == 0 {
+		t.Errorf("the mounted layer lacks /hello: %v", err)
+	}
+	if err := m.Mount(ctx, mp, cri); err != nil {
+		t.Errorf("mounting again what is mounted (a restore) failed: %v", err)
+	}
+	if err := m.Unmount(ctx, mp); err != nil {
+		t.Fatal(err)
+	}
+	if m := testenv.MountsUnder(mp); len(m) > 0 {
+		t.Errorf("still mounted after Unmount: %v", m)
+	}
+
+	// An ordinary layer, and a Prepare with no image labels, are declined.
+	plain := layers(plainRef)
+	err = m.Mount(ctx, mp, map[string]string{LabelCRIImageRef: plainRef, LabelCRIDigest: plain[0].Digest.String()})
+	if !errors.Is(err, errNotLazy) {
+		t.Errorf("an ordinary layer: err = %v, want a not-lazy error", err)
+	}
+	if err := m.Mount(ctx, mp, map[string]string{}); !errors.Is(err, errNotLazy) || !strings.Contains(err.Error(), "lazypull pull") {
+		t.Errorf("no labels: err = %v", err)
+	}
+}
