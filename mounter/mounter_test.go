@@ -33,16 +33,8 @@ func TestMountWithCRILabels(t *testing.T) {
 	}
 	t.Cleanup(func() { reg.Stop(0) })
 
-	hello, err := testenv.BuildHello(dir)
+	layout, err := testenv.HelloLayout(dir)
 	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := testenv.HelloImage(hello)
-	if err != nil {
-		t.Fatal(err)
-	}
-	layout := filepath.Join(dir, "oci")
-	if _, err := img.WriteOCILayout(layout, "v1"); err != nil {
 		t.Fatal(err)
 	}
 	plainRef, lazyRef := reg.Host+"/hello:v1", reg.Host+"/hello:esgz"

@@ -27,16 +27,8 @@ func pushedLayer(t *testing.T) (string, ocispec.Descriptor, []byte) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Stop(0) })
-	hello, err := testenv.BuildHello(dir)
+	layout, err := testenv.HelloLayout(dir)
 	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := testenv.HelloImage(hello)
-	if err != nil {
-		t.Fatal(err)
-	}
-	layout := filepath.Join(dir, "oci")
-	if _, err := img.WriteOCILayout(layout, "v1"); err != nil {
 		t.Fatal(err)
 	}
 	ref := reg.Host + "/test/hello:v1"

@@ -1,16 +1,15 @@
 package images
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/internal/testenv"
 )
 
 // overlay is an overlayfs mount of a writable upper directory over a
@@ -59,69 +58,11 @@ func removeTemp(dir string) error {
 	if err := mount.UnmountRecursive(dir, 0); err != nil {
 		mount.UnmountRecursive(dir, unix.MNT_DETACH)
 	}
-	left, err := mountsUnder(dir)
-	if err != nil {
-		return err
-	}
-	if len(left) > 0 {
+	if left := testenv.MountsUnder(dir); len(left) > 0 {
 		return fmt.Errorf("not removing %s: still mounted there: %s", dir, strings.Join(left, ", "))
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove work directory: %w", err)
 	}
 	return nil
-}
-
-// mountsUnder lists the mount points at or under dir in this mount
-// namespace.
-func mountsUnder(dir string) ([]string, error) {
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, err
-	}
-	if real, err := filepath.EvalSymlinks(dir); err == nil {
-		dir = real
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var under []string
-	s := bufio.NewScanner(f)
-	s.Buffer(nil, 1<<20)
-	for s.Scan() {
-		// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw": the fifth field is the mount point.
-		fields := strings.Fields(s.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			under = append(under, mp)
-		}
-	}
-	return under, s.Err()
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) the kernel
-// writes in /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -166,6 +166,13 @@ func (e *Env) Close() error {
 
 // MountsUnder lists the mountpoints at or below dir, deepest first.
 func MountsUnder(dir string) []string {
+	// mountinfo has real paths: resolve /tmp links and relative names.
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil

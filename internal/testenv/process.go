@@ -18,8 +18,8 @@ import (
 // Process is a daemon the environment started. It is stopped by its PID:
 // SIGTERM, then SIGKILL if it does not exit in time.
 type Process struct {
-	Name string
-	Log  string // file holding its stdout and stderr
+	Name    string
+	Log     string // file holding its stdout and stderr
 	cmd     *exec.Cmd
 	done    chan struct{} // closed when the process has exited
 	waitErr error         // how it exited, once done is closed

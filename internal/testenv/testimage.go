@@ -54,11 +54,10 @@ const HelloOutput = `hello from lazypull
 /data/opaque/new.txt: new in the opaque directory
 `
 
-// PushHello builds HelloImage and pushes it to the Env's registry as
-// <registry>/hello:v1, returning that reference.
-func (e *Env) PushHello(ctx context.Context) (string, error) {
-	work := filepath.Join(e.Dir, "hello-image")
-	hello, err := BuildHello(work)
+// HelloLayout builds HelloImage as an OCI layout tagged v1 under dir and
+// returns the layout's directory.
+func HelloLayout(dir string) (string, error) {
+	hello, err := BuildHello(dir)
 	if err != nil {
 		return "", err
 	}
@@ -66,9 +65,19 @@ func (e *Env) PushHello(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	layout := filepath.Join(work, "oci")
+	layout := filepath.Join(dir, "oci")
 	if _, err := img.WriteOCILayout(layout, "v1"); err != nil {
 		return "", fmt.Errorf("write hello image: %w", err)
+	}
+	return layout, nil
+}
+
+// PushHello builds HelloImage and pushes it to the Env's registry as
+// <registry>/hello:v1, returning that reference.
+func (e *Env) PushHello(ctx context.Context) (string, error) {
+	layout, err := HelloLayout(filepath.Join(e.Dir, "hello-image"))
+	if err != nil {
+		return "", err
 	}
 	ref := e.Registry.Host + "/hello:v1"
 	return ref, Push(ctx, layout, "v1", ref)

@@ -154,16 +154,8 @@ func TestConvertRunsEverywhere(t *testing.T) {
 func TestConvertFailureLeavesNothing(t *testing.T) {
 	bin := buildCommands(t)
 	work := t.TempDir()
-	hello, err := testenv.BuildHello(work)
+	src, err := testenv.HelloLayout(work)
 	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := testenv.HelloImage(hello)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := filepath.Join(work, "src")
-	if _, err := img.WriteOCILayout(src, "v1"); err != nil {
 		t.Fatal(err)
 	}
 	// Damage the second layer's blob, keeping its size.
@@ -189,18 +181,11 @@ func TestConvertFailureLeavesNothing(t *testing.T) {
 func TestInspectVerify(t *testing.T) {
 	bin := buildCommands(t)
 	work := t.TempDir()
-	hello, err := testenv.BuildHello(work)
+	src, err := testenv.HelloLayout(work)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := testenv.HelloImage(hello)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, dst := filepath.Join(work, "src"), filepath.Join(work, "dst")
-	if _, err := img.WriteOCILayout(src, "v1"); err != nil {
-		t.Fatal(err)
-	}
+	dst := filepath.Join(work, "dst")
 	if _, err := lazypull(t, bin, "convert", "-q", "oci:"+src+":v1", "oci:"+dst+":v1"); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +197,7 @@ func TestInspectVerify(t *testing.T) {
 		t.Errorf("inspect output does not show two verified eStargz layers:\n%s", out)
 	}
 
-	forgeLayer(t, dst, "v1", hello)
+	forgeLayer(t, dst, "v1", filepath.Join(work, "hello"))
 	out, err = lazypull(t, bin, "inspect", "--verify", "oci:"+dst+":v1")
 	if err == nil || !strings.Contains(err.Error(), `file "hello"`) {
 		t.Errorf("inspect --verify of a forged layer: err = %v, want one naming file \"hello\"\n%s", err, out)

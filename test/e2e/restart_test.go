@@ -17,14 +17,7 @@ func TestContainerSurvivesDaemonKill(t *testing.T) {
 	env := testenv.New(t, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	ref, err := env.PushHello(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lazy := env.Registry.Host + "/hello:esgz"
-	if _, err := lazypull(t, env.BinDir, "convert", "-q", "docker://"+ref, "docker://"+lazy); err != nil {
-		t.Fatal(err)
-	}
+	lazy := pushLazyHello(t, ctx, env)
 	if out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil || strings.Count(out, "mounted lazily") != 2 {
 		t.Fatalf("pull: %v\n%s", err, out)
 	}
@@ -64,14 +57,7 @@ func TestRegistryGone(t *testing.T) {
 	env := testenv.New(t, testenv.WithDaemonConfig("[fetch]\nbackground = false\nmax_retries = 1\nrequest_timeout = \"5s\"\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	ref, err := env.PushHello(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lazy := env.Registry.Host + "/hello:esgz"
-	if _, err := lazypull(t, env.BinDir, "convert", "-q", "docker://"+ref, "docker://"+lazy); err != nil {
-		t.Fatal(err)
-	}
+	lazy := pushLazyHello(t, ctx, env)
 	if _, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil {
 		t.Fatal(err)
 	}
@@ -92,4 +78,19 @@ func TestRegistryGone(t *testing.T) {
 	if err != nil || !strings.Contains(status, "last error") {
 		t.Errorf("status does not report the fetch error: %v\n%s", err, status)
 	}
+}
+
+// pushLazyHello pushes the test image and its eStargz conversion, and
+// returns the converted image's reference.
+func pushLazyHello(t *testing.T, ctx context.Context, env *testenv.Env) string {
+	t.Helper()
+	ref, err := env.PushHello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lazy := env.Registry.Host + "/hello:esgz"
+	if _, err := lazypull(t, env.BinDir, "convert", "-q", "docker://"+ref, "docker://"+lazy); err != nil {
+		t.Fatal(err)
+	}
+	return lazy
 }
