@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/lazypull/lazypull/version.Version=$(VERSION)
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps demo test bench vet clean
+.PHONY: all build deps demo test fuzz bench vet clean
 
 all: build
 
@@ -25,6 +25,18 @@ demo: deps build
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) fuzz FUZZTIME=5s
+
+# A short run of every fuzz target over untrusted input (the parsers of
+# TOCs, footers and chunks); the corpus in testdata/fuzz runs in `go test`.
+FUZZTIME ?= 30s
+FUZZ_TARGETS = ./format/toc:FuzzParse ./format/estargz:FuzzOpen ./format/estargz:FuzzParseFooter \
+	./format/zstdchunked:FuzzOpen ./format/zstdchunked:FuzzReadChunk
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
 
 # Benchmarks, each reporting its ratio to a baseline measured in the same run.
 bench:
