@@ -2,7 +2,10 @@ package fusefs
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -15,7 +18,13 @@ import (
 )
 
 // fileNode is a regular file.
-type fileNode struct{ node }
+type fileNode struct {
+	node
+	// The kernel refuses (EIO) to open an inode with passthrough while
+	// another open of it reads through the page cache: count those.
+	mu          sync.Mutex
+	cachedOpens int
+}
 
 var _ fs.NodeOpener = (*fileNode)(nil)
 
@@ -25,19 +34,62 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.EROFS
 	}
 	f := n.fsys
-	if f.passthrough {
-		if cached, ok := f.layer.CachedFile(n.e); ok {
-			// The kernel reads the cached file itself: no daemon in the
-			// way, local speed. The loopback file closes its descriptor
-			// at release: give it one of its own.
-			fd, err := unix.Dup(int(cached.Fd()))
-			cached.Close()
-			if err == nil {
-				return &passthroughFile{FileHandle: fs.NewLoopbackFile(fd), fsys: f}, fuse.FOPEN_KEEP_CACHE, 0
-			}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if cached, ok := f.layer.CachedFile(n.e); ok {
+		if !f.passthrough || n.cachedOpens > 0 {
+			n.cachedOpens++
+			// The daemon reads the cached file, verified when the cache
+			// opened it: one pread a request, where a read through the
+			// layer would read and hash a whole chunk for each.
+			return &cachedFileHandle{f: cached, fsys: f, node: n}, fuse.FOPEN_KEEP_CACHE, 0
+		}
+		// The kernel reads the cached file itself: no daemon in the
+		// way, local speed. The loopback file closes its descriptor
+		// at release: give it one of its own.
+		fd, err := unix.Dup(int(cached.Fd()))
+		cached.Close()
+		if err == nil {
+			return &passthroughFile{FileHandle: fs.NewLoopbackFile(fd), fsys: f}, fuse.FOPEN_KEEP_CACHE, 0
 		}
 	}
+	n.cachedOpens++
 	return &fileHandle{fsys: f, node: n}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// released ends one open that read through the page cache.
+func (n *fileNode) released() {
+	n.mu.Lock()
+	n.cachedOpens--
+	n.mu.Unlock()
+}
+
+// cachedFileHandle reads a file whose every chunk is cached from its cache
+// file, on a mount without passthrough.
+type cachedFileHandle struct {
+	f    *os.File
+	fsys *filesystem
+	node *fileNode
+}
+
+var (
+	_ fs.FileReader   = (*cachedFileHandle)(nil)
+	_ fs.FileReleaser = (*cachedFileHandle)(nil)
+)
+
+func (h *cachedFileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer metrics.ObserveFUSE("read", time.Now())
+	n, err := h.f.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		return nil, h.fsys.readError(h.node.e, fmt.Errorf("cached file %s: %w", h.f.Name(), err))
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *cachedFileHandle) Release(ctx context.Context) syscall.Errno {
+	h.f.Close()
+	h.node.released()
+	return 0
 }
 
 // fileHandle reads through the layer: fetched on demand, verified.
@@ -46,7 +98,15 @@ type fileHandle struct {
 	node *fileNode
 }
 
-var _ fs.FileReader = (*fileHandle)(nil)
+var (
+	_ fs.FileReader   = (*fileHandle)(nil)
+	_ fs.FileReleaser = (*fileHandle)(nil)
+)
+
+func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	h.node.released()
+	return 0
+}
 
 func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	defer metrics.ObserveFUSE("read", time.Now())

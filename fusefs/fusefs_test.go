@@ -367,3 +367,28 @@ func TestPassthrough(t *testing.T) {
 		t.Errorf("%d reads fell back from passthrough to the daemon", n)
 	}
 }
+
+// TestPassthroughWhileAnotherOpenReadsThroughTheCache: the kernel refuses
+// to open an inode with passthrough while another open of it reads through
+// the page cache; a file opened before it was cached must still open again.
+func TestPassthroughWhileAnotherOpenReadsThroughTheCache(t *testing.T) {
+	mnt, _, _ := mountLayer(t, lowerLayer(), Options{Passthrough: true})
+	p := filepath.Join(mnt, "data/big")
+	first, err := os.Open(p) // not cached yet: read through the daemon
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	whole := make([]byte, 5<<20+77)
+	if _, err := first.ReadAt(whole, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Cached now; the first open is still there.
+	second, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("opening a cached file while an earlier open is live: %v", err)
+	}
+	if !bytes.Equal(second, whole) {
+		t.Errorf("the two opens read different bytes")
+	}
+}

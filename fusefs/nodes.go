@@ -194,7 +194,7 @@ func (f *filesystem) newNode(e *toc.Entry) fs.InodeEmbedder {
 	case toc.TypeDir:
 		return &dirNode{node{fsys: f, e: e}}
 	case toc.TypeReg:
-		return &fileNode{node{fsys: f, e: e}}
+		return &fileNode{node: node{fsys: f, e: e}}
 	case toc.TypeSymlink:
 		return &symlinkNode{node{fsys: f, e: e}}
 	}
