@@ -53,7 +53,7 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 	if data, ok := l.cache.Get(c.Digest); ok && int64(len(data)) == c.Size {
 		return data, nil
 	}
-	k := l.byChunk[chunkKey{e, i}]
+	k := l.memberOf(c)
 	for attempt := 0; attempt < 2; attempt++ {
 		cl, mine := l.claim(k, k+1)
 		if mine {
@@ -117,23 +117,32 @@ func (l *Layer) fetchSpan(ctx context.Context, k, end int, cl *call) {
 
 	start, stop := l.members[k].off, l.members[last].end
 	buf := make([]byte, stop-start)
-	fetchEnd := stop
-	if tp := l.tailPiece; tp.data != nil && tp.member >= k && tp.member <= last {
-		// The end of the span came with the TOC: fetch only the rest.
-		fetchEnd = tp.from
-		copy(buf[fetchEnd-start:], tp.data)
-	}
 	var err error
-	if fetchEnd > start {
-		l.requests.Add(1)
-		err = l.fetcher.FetchAt(ctx, buf[:fetchEnd-start], start)
-	}
-	if err == nil {
-		l.fetched.Add(fetchEnd - start)
+	for attempt := 0; attempt < 2; attempt++ {
+		fetchEnd := stop
+		if tp := l.tailPiece; attempt == 0 && tp.data != nil && tp.member >= k && tp.member <= last {
+			// The end of the span came with the TOC: fetch only the rest.
+			fetchEnd = tp.from
+			copy(buf[fetchEnd-start:], tp.data)
+		}
+		if fetchEnd > start {
+			l.requests.Add(1)
+			if err = l.fetcher.FetchAt(ctx, buf[:fetchEnd-start], start); err != nil {
+				break // the fetcher has retried already
+			}
+			l.fetched.Add(fetchEnd - start)
+		}
 		for j := k; j <= last && err == nil; j++ {
 			m := l.members[j]
 			err = l.decodeMember(buf[m.off-start:m.end-start], m, cl)
 		}
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		// The bytes arrived but did not verify: damaged on the way (or in
+		// the tail kept from Open). Fetch the whole span once more before
+		// the reader gets EIO; chunks that did verify are cached already.
+		log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("fetched data failed verification; fetching it again")
 	}
 	l.release(k, last+1, cl, err)
 }
@@ -190,7 +199,7 @@ func (l *Layer) readAhead(e *toc.Entry, from int) {
 		if c.Zero {
 			continue
 		}
-		k := l.byChunk[chunkKey{e, i}]
+		k := l.memberOf(c)
 		if first < 0 {
 			first = k
 		}
@@ -200,6 +209,9 @@ func (l *Layer) readAhead(e *toc.Entry, from int) {
 	if first < 0 {
 		return
 	}
+	// Chunks cached by an earlier mount (or another layer) are not
+	// fetched again: claim skips members marked done.
+	l.markCached(first, last+1)
 	if cl, mine := l.claim(first, last+1); mine {
 		go l.fetchSpan(context.Background(), first, last+1, cl)
 	}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -96,10 +97,9 @@ type Layer struct {
 	cache   Cache
 	opts    Options
 
-	members   []member         // compressed members (gzip) or frames (zstd), by offset
-	dataBytes int64            // their total size
-	tailPiece tailPiece        // set once, at Open
-	byChunk   map[chunkKey]int // chunk → its member
+	members   []member  // compressed members (gzip) or frames (zstd), by offset
+	dataBytes int64     // their total size
+	tailPiece tailPiece // set once, at Open
 
 	mu       sync.Mutex
 	inflight map[int]*call // member index → the fetch that brings it
@@ -115,6 +115,7 @@ type Layer struct {
 
 	stop      context.CancelFunc
 	bgDone    chan struct{}
+	tailDone  chan struct{} // closed when the members the tail read brought are cached
 	closeOnce sync.Once
 }
 
@@ -131,11 +132,6 @@ type member struct {
 }
 
 type chunkRef struct {
-	e *toc.Entry
-	i int
-}
-
-type chunkKey struct {
 	e *toc.Entry
 	i int
 }
@@ -190,12 +186,20 @@ func (l *Layer) keepTail(tail []byte, tailOff int64) {
 	if !mine {
 		return
 	}
-	var err error
-	for k := first; k < len(l.members) && err == nil; k++ {
-		m := l.members[k]
-		err = l.decodeMember(tail[m.off-tailOff:m.end-tailOff], m, cl)
-	}
-	l.release(first, len(l.members), cl, err)
+	// Caching them costs a file create per chunk: for a layer of small
+	// files, hundreds, which would delay the mount by as many
+	// milliseconds. Cache them after Open returns; they stay claimed, so a
+	// read of one waits for this call and takes its data from it.
+	l.tailDone = make(chan struct{})
+	go func() {
+		defer close(l.tailDone)
+		var err error
+		for k := first; k < len(l.members) && err == nil; k++ {
+			m := l.members[k]
+			err = l.decodeMember(tail[m.off-tailOff:m.end-tailOff], m, cl)
+		}
+		l.release(first, len(l.members), cl, err)
+	}()
 }
 
 // index groups chunks by the member that holds them.
@@ -216,16 +220,21 @@ func (l *Layer) index() {
 		}
 	}
 	sort.Slice(l.members, func(a, b int) bool { return l.members[a].off < l.members[b].off })
-	l.byChunk = make(map[chunkKey]int)
-	for k, m := range l.members {
-		for _, r := range m.chunks {
-			l.byChunk[chunkKey(r)] = k
-		}
-	}
+	// Kept for the layer's life: no spare capacity (a layer of 50,000
+	// files has as many members).
+	l.members = slices.Clone(l.members)
 	l.done = make([]bool, len(l.members))
 	for _, m := range l.members {
 		l.dataBytes += m.end - m.off
 	}
+}
+
+// memberOf returns the index of the member that holds chunk c (not a
+// hole). Members are sorted by offset and one offset is one member: a
+// binary search, where a map from chunks would cost megabytes per layer
+// of many files.
+func (l *Layer) memberOf(c toc.Chunk) int {
+	return sort.Search(len(l.members), func(k int) bool { return l.members[k].off >= c.Offset })
 }
 
 // TOC is the layer's verified table of contents.
@@ -252,12 +261,15 @@ func (l *Layer) Stats() Stats {
 	return s
 }
 
-// Close stops background fetching.
+// Close stops background fetching, and waits for what is being cached.
 func (l *Layer) Close() {
 	l.closeOnce.Do(func() {
 		if l.stop != nil {
 			l.stop()
 			<-l.bgDone
+		}
+		if l.tailDone != nil {
+			<-l.tailDone
 		}
 	})
 }
