@@ -57,9 +57,9 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 	for attempt := 0; attempt < 2; attempt++ {
 		cl, mine := l.claim(k, k+1)
 		if mine {
-			l.foreground.Add(1)
+			l.gate.enter()
 			l.fetchSpan(ctx, k, k+1, cl)
-			l.foreground.Add(-1)
+			l.gate.leave()
 		} else if cl != nil {
 			select {
 			case <-cl.done:
@@ -213,7 +213,11 @@ func (l *Layer) readAhead(e *toc.Entry, from int) {
 	// fetched again: claim skips members marked done.
 	l.markCached(first, last+1)
 	if cl, mine := l.claim(first, last+1); mine {
-		go l.fetchSpan(context.Background(), first, last+1, cl)
+		l.gate.enter() // the reader will want these next
+		go func() {
+			defer l.gate.leave()
+			l.fetchSpan(context.Background(), first, last+1, cl)
+		}()
 	}
 }
 
@@ -231,13 +235,18 @@ func (l *Layer) Prefetch(ctx context.Context, timeout time.Duration) error {
 }
 
 // StartBackground fetches every member not yet cached, in spans of
-// SpanSize, Parallel at a time, yielding to foreground reads.
+// SpanSize, two at a time (enough to fill a link), giving way to
+// foreground reads of every layer that shares the Gate.
 func (l *Layer) StartBackground() {
 	ctx, cancel := context.WithCancel(context.Background())
 	l.stop = cancel
 	l.bgDone = make(chan struct{})
+	mounted := time.Now()
 	go func() {
 		defer close(l.bgDone)
+		if err := l.gate.waitStart(ctx, mounted); err != nil {
+			return
+		}
 		if err := l.fetchRange(ctx, 0, len(l.members), true); err != nil && ctx.Err() == nil {
 			log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("background fetch stopped")
 		}
@@ -251,15 +260,28 @@ func (l *Layer) BackgroundDone() <-chan struct{} { return l.bgDone }
 // fetchRange fetches members [from, to) that are not cached, in spans run
 // in parallel. Background work waits while foreground reads fetch.
 func (l *Layer) fetchRange(ctx context.Context, from, to int, background bool) error {
-	slots := make(chan struct{}, l.opts.Parallel)
+	parallel, spanSize := l.opts.Parallel, l.opts.SpanSize
+	if background {
+		// Small spans, few at once: a read that arrives meanwhile waits
+		// for at most a couple of megabytes ahead of it on the link.
+		parallel, spanSize = min(parallel, 2), min(spanSize, 2<<20)
+	}
+	slots := make(chan struct{}, parallel)
 	var pending []*call
 	for k := from; k < to; {
 		if ctx.Err() != nil {
 			break
 		}
+		if background {
+			// Before claiming: a reader must never wait for a span that
+			// waits for readers.
+			if err := l.gate.waitQuiet(ctx); err != nil {
+				break
+			}
+		}
 		// The span: members from k whose bytes fit in SpanSize.
 		end := k + 1
-		for end < to && l.members[end].end-l.members[k].off <= l.opts.SpanSize {
+		for end < to && l.members[end].end-l.members[k].off <= spanSize {
 			end++
 		}
 		l.markCached(k, end)
@@ -270,9 +292,6 @@ func (l *Layer) fetchRange(ctx context.Context, from, to int, background bool) e
 			}
 			k++
 			continue
-		}
-		for background && l.foreground.Load() > 0 && ctx.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
 		}
 		slots <- struct{}{}
 		pending = append(pending, cl)

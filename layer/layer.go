@@ -57,6 +57,9 @@ type Options struct {
 	// ReadAhead is how many bytes past a sequential read are fetched
 	// ahead of it (default 4 MiB).
 	ReadAhead int64
+	// Gate is shared by the layers that share a link (default: the
+	// layer's own).
+	Gate *Gate
 }
 
 func (o Options) withDefaults() Options {
@@ -71,6 +74,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ReadAhead <= 0 {
 		o.ReadAhead = 4 << 20
+	}
+	if o.Gate == nil {
+		o.Gate = NewGate()
 	}
 	return o
 }
@@ -106,7 +112,7 @@ type Layer struct {
 	done     []bool        // member index → all its chunks are cached
 	lastErr  error
 
-	foreground atomic.Int64 // foreground fetches running: background yields
+	gate       *Gate // foreground fetches, which the background gives way to
 	fetched    atomic.Int64
 	requests   atomic.Int64
 	chunks     atomic.Int64
@@ -161,7 +167,7 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 	if err != nil {
 		return nil, err
 	}
-	l := &Layer{desc: desc, blob: blob, kind: kind, fetcher: f, cache: c, opts: opts, inflight: make(map[int]*call)}
+	l := &Layer{desc: desc, blob: blob, kind: kind, fetcher: f, cache: c, opts: opts, gate: opts.Gate, inflight: make(map[int]*call)}
 	l.requests.Add(1 + ra.extra)
 	l.fetched.Add(tailSize + ra.extraBytes)
 	l.index()

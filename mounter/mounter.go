@@ -77,6 +77,10 @@ func New(c layer.Cache, opts Options) *Mounter {
 	if opts.PrefetchTimeout <= 0 {
 		opts.PrefetchTimeout = 10 * time.Second
 	}
+	if opts.Layer.Gate == nil {
+		// Every layer shares the machine's link: one gate for all.
+		opts.Layer.Gate = layer.NewGate()
+	}
 	return &Mounter{cache: c, opts: opts, mounts: make(map[string]*mounted), opening: make(map[digest.Digest]*open), manifests: make(map[string]*manifest)}
 }
 
