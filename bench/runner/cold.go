@@ -1,0 +1,100 @@
+package runner
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/fusemanager"
+)
+
+// coldState brings the node back to what a fresh node has: no image, no
+// snapshots, an empty lazypull cache, a FUSE manager and daemon that start
+// from nothing (so that their peak memory is this run's), and no page cache.
+func (r *bench) coldState(ctx context.Context) error {
+	if err := r.removeImages(ctx); err != nil {
+		return err
+	}
+	// Snapshots left in our snapshotter would keep layers mounted and their
+	// chunks cached: a run after them would not be cold.
+	if out, err := r.env.Containerd.Ctr(ctx, "snapshots", "--snapshotter", "lazypull", "ls"); err == nil {
+		if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) > 1 {
+			return fmt.Errorf("snapshots still in lazypull after removing every image:\n%s", out)
+		}
+	}
+	if err := fusemanager.Stop(r.env.DaemonRoot, 15*time.Second); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Join(r.env.DaemonRoot, "cache")); err != nil {
+		return err
+	}
+	// A fresh daemon starts a fresh manager on first use.
+	if err := r.env.RestartDaemon(); err != nil {
+		return err
+	}
+	return dropPageCache()
+}
+
+// removeImages removes every image and waits for containerd's garbage
+// collector to delete their content and snapshots (in both snapshotters).
+func (r *bench) removeImages(ctx context.Context) error {
+	out, err := r.env.Containerd.Ctr(ctx, "images", "ls", "-q")
+	if err != nil {
+		return err
+	}
+	if refs := strings.Fields(out); len(refs) > 0 {
+		args := append([]string{"images", "rm", "--sync"}, refs...)
+		if _, err := r.env.Containerd.Ctr(ctx, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropPageCache writes dirty pages out and drops the clean ones, so that no
+// run reads what the previous one left in memory.
+func dropPageCache() error {
+	unix.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
+		return fmt.Errorf("drop the page cache: %w", err)
+	}
+	return nil
+}
+
+// peakMemory is a process's peak resident set (VmHWM) in bytes; 0 when
+// the process is gone.
+func peakMemory(pid int) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			f := strings.Fields(v) // "1234 kB"
+			if len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// managerPID is the running FUSE manager's pid, from its lock file.
+func managerPID(root string) int {
+	b, err := os.ReadFile(fusemanager.PIDPath(root))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}

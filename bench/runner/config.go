@@ -1,0 +1,109 @@
+package runner
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Image is one image to measure: an OCI layout and the line its command
+// prints once it has done its first useful work.
+type Image struct {
+	Name   string
+	Layout string // OCI image layout directory
+	Tag    string // the layout's tag for the image
+	Ready  string // the line the workload prints when it is ready
+	Size   int64  // compressed size (layers, config, manifest), for the report
+}
+
+// Scenario is one way of getting an image to run.
+type Scenario struct {
+	Name string
+	// Format is the layer format lazypull converts the image to; empty for
+	// containerd's own overlayfs snapshotter with a full pull.
+	Format string
+}
+
+// Lazy tells whether the scenario pulls through lazypull.
+func (s Scenario) Lazy() bool { return s.Format != "" }
+
+// The built-in scenarios, in report order; the first is the baseline the
+// ratios are taken against.
+var (
+	Overlayfs       = Scenario{Name: "overlayfs"}
+	LazypullEStargz = Scenario{Name: "lazypull-estargz", Format: "estargz"}
+	LazypullZstd    = Scenario{Name: "lazypull-zstd", Format: "zstdchunked"}
+)
+
+// Scenarios lists the built-in scenarios.
+func Scenarios() []Scenario { return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd} }
+
+// ScenariosByName picks built-in scenarios by name.
+func ScenariosByName(names []string) ([]Scenario, error) {
+	var out []Scenario
+	for _, n := range names {
+		found := false
+		for _, s := range Scenarios() {
+			if s.Name == n {
+				out, found = append(out, s), true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("no scenario %q (there are overlayfs, lazypull-estargz, lazypull-zstd)", n)
+		}
+	}
+	return out, nil
+}
+
+// Config says how to run the benchmark.
+type Config struct {
+	Runs      int           // cold runs per image and scenario
+	RTT       time.Duration // round-trip delay the proxy adds per request
+	Bandwidth int64         // bits per second shared by all responses; 0: no cap
+	Scenarios []Scenario
+	// DaemonConfig is lazypull-snapshotter's TOML configuration; empty for
+	// its defaults.
+	DaemonConfig string
+	// RunTimeout bounds one run (pull and run until the ready line).
+	RunTimeout time.Duration
+	Progress   io.Writer // one line per run; nil for none
+	// LogDir, if set, receives the daemons' logs when a run fails.
+	LogDir string
+}
+
+func (c Config) withDefaults() Config {
+	if c.Runs <= 0 {
+		c.Runs = 5
+	}
+	if len(c.Scenarios) == 0 {
+		c.Scenarios = Scenarios()
+	}
+	if c.RunTimeout <= 0 {
+		c.RunTimeout = 10 * time.Minute
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	return c
+}
+
+// ParseBandwidth reads "100M", "1G", "500k" or a plain number as bits per
+// second ("0" is no cap).
+func ParseBandwidth(s string) (int64, error) {
+	s = strings.TrimSuffix(strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), "bit/s"), "bps")
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "k"):
+		mult, s = 1e3, strings.TrimSuffix(s, "k")
+	case strings.HasSuffix(s, "m"):
+		mult, s = 1e6, strings.TrimSuffix(s, "m")
+	case strings.HasSuffix(s, "g"):
+		mult, s = 1e9, strings.TrimSuffix(s, "g")
+	}
+	var f float64
+	if _, err := fmt.Sscanf(s, "%g", &f); err != nil || f < 0 {
+		return 0, fmt.Errorf("bandwidth %q: want bits per second like 100M", s)
+	}
+	return int64(f * float64(mult)), nil
+}

@@ -1,0 +1,106 @@
+package runner
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Write puts results.json, results.md and totals.png into dir.
+func (rep *Report) Write(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	var md strings.Builder
+	rep.Markdown(&md, "totals.png")
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	return rep.Chart(filepath.Join(dir, "totals.png"))
+}
+
+// Rerender rewrites the markdown and chart in dir from its results.json,
+// for when the report's form changes after a long run.
+func Rerender(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return err
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	return rep.Write(dir)
+}
+
+// Markdown writes a header with the conditions, then one table per image:
+// medians with min–max, and each scenario's total as a ratio to overlayfs.
+// chart, if not empty, is linked below the tables.
+func (rep *Report) Markdown(w io.Writer, chart string) {
+	fmt.Fprintf(w, "# lazypull benchmark, %s\n\n", rep.Started.Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(w, "Machine: %s. Link: %s round trip, %s through the proxy. %d cold runs per scenario; medians, min–max in brackets. Times in seconds; first output counts from `ctr run` to the workload's ready line; MB and requests crossed the proxy until then; memory is the peak RSS of lazypull-snapshotter plus its FUSE manager.\n",
+		rep.Machine, rep.RTT, bandwidthString(rep.Bandwidth), rep.Runs)
+	sizes := map[string]int64{}
+	for _, img := range rep.Images {
+		sizes[img.Name] = img.Size
+	}
+	image := ""
+	for _, s := range rep.Summaries() {
+		if s.Image != image {
+			image = s.Image
+			fmt.Fprintf(w, "\n## %s", image)
+			if sizes[image] > 0 {
+				fmt.Fprintf(w, " (%.1f MB compressed)", mb(sizes[image]))
+			}
+			fmt.Fprint(w, "\n\n| scenario | pull s | first output s | total s | MB fetched | requests | peak memory MiB | total vs overlayfs |\n")
+			fmt.Fprint(w, "|---|---|---|---|---|---|---|---|\n")
+		}
+		mem := "—"
+		if s.MemoryMiB.Max > 0 {
+			mem = cell(s.MemoryMiB, "%.0f")
+		}
+		ratio := "—"
+		if s.Ratio > 0 {
+			ratio = fmt.Sprintf("%.2f", s.Ratio)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Scenario,
+			cell(s.Pull, "%.2f"), cell(s.FirstOutput, "%.2f"), cell(s.Total, "%.2f"),
+			cell(s.MB, "%.1f"), cell(s.Requests, "%.0f"), mem, ratio)
+	}
+	if chart != "" {
+		fmt.Fprintf(w, "\n![median total time to first output](%s)\n", chart)
+	}
+}
+
+// cell is "median (min–max)", or just the median when all runs agree.
+func cell(s Spread, format string) string {
+	med := fmt.Sprintf(format, s.Median)
+	lo, hi := fmt.Sprintf(format, s.Min), fmt.Sprintf(format, s.Max)
+	if lo == hi {
+		return med
+	}
+	return fmt.Sprintf("%s (%s–%s)", med, lo, hi)
+}
+
+func bandwidthString(bps int64) string {
+	switch {
+	case bps == 0:
+		return "no bandwidth cap"
+	case bps%1e9 == 0:
+		return fmt.Sprintf("%d Gbit/s", bps/1e9)
+	case bps%1e6 == 0:
+		return fmt.Sprintf("%d Mbit/s", bps/1e6)
+	default:
+		return fmt.Sprintf("%d bit/s", bps)
+	}
+}

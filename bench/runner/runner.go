@@ -1,0 +1,148 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lazypull/lazypull/internal/regproxy"
+	"github.com/lazypull/lazypull/internal/testenv"
+)
+
+// Run starts a private stack, puts every image into its registry in each
+// scenario's form (unshaped: that is setup, not the measure), then measures
+// cfg.Runs cold runs of every image and scenario through the shaped proxy.
+// It tears the stack down before it returns, even on error, and returns
+// what it measured so far along with any error.
+func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error) {
+	cfg = cfg.withDefaults()
+	rep = newReport(cfg, imgs)
+
+	var opts []testenv.Option
+	if cfg.DaemonConfig != "" {
+		opts = append(opts, testenv.WithDaemonConfig(cfg.DaemonConfig))
+	}
+	env, err := testenv.Start("", opts...)
+	if err != nil {
+		return rep, err
+	}
+	defer func() {
+		if cerr := env.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("tearing down: %w", cerr))
+		}
+	}()
+	proxy, err := regproxy.Start(env.Registry.Host, regproxy.WithRTT(cfg.RTT), regproxy.WithBandwidth(cfg.Bandwidth))
+	if err != nil {
+		return rep, err
+	}
+	defer func() {
+		if cerr := proxy.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing the proxy: %w", cerr))
+		}
+	}()
+	r := &bench{cfg: cfg, env: env, proxy: proxy}
+
+	for _, img := range imgs {
+		if err := r.publish(ctx, img); err != nil {
+			return rep, err
+		}
+	}
+	// Scenarios take turns within each round, so that a drift of the
+	// machine over time (other load, thermal) spreads over all of them.
+	for i := 1; i <= cfg.Runs; i++ {
+		for _, img := range imgs {
+			for _, sc := range cfg.Scenarios {
+				res, err := r.measure(ctx, img, sc, i)
+				if err != nil {
+					r.keepLogs()
+					return rep, fmt.Errorf("%s/%s run %d: %w", img.Name, sc.Name, i, err)
+				}
+				rep.Results = append(rep.Results, res)
+				fmt.Fprintln(cfg.Progress, res.progressLine(cfg.Runs))
+			}
+		}
+	}
+	return rep, r.finalClean(ctx)
+}
+
+// bench is one Run's stack.
+type bench struct {
+	cfg   Config
+	env   *testenv.Env
+	proxy *regproxy.Proxy
+}
+
+// repo is where an image lives in the registry for a scenario.
+func repo(img Image, sc Scenario) string {
+	tag := "orig"
+	if sc.Lazy() {
+		tag = sc.Format
+	}
+	return "bench/" + img.Name + ":" + tag
+}
+
+// publish pushes the image (overlayfs) and converts it once per lazy
+// scenario, straight into the registry, not through the shaped link.
+func (r *bench) publish(ctx context.Context, img Image) error {
+	for _, sc := range r.cfg.Scenarios {
+		dst := r.env.Registry.Host + "/" + repo(img, sc)
+		start := time.Now()
+		if !sc.Lazy() {
+			if err := testenv.Push(ctx, img.Layout, img.Tag, dst); err != nil {
+				return err
+			}
+		} else if _, err := r.lazypull(ctx, "convert", "--quiet", "--plain-http", "--format", sc.Format,
+			"oci:"+img.Layout+":"+img.Tag, "docker://"+dst); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.cfg.Progress, "setup %s/%s: %s in %v\n", img.Name, sc.Name, dst, time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// keepLogs copies the daemons' logs to cfg.LogDir, since Close removes
+// them with the rest of the stack and a failed run needs them.
+func (r *bench) keepLogs() {
+	if r.cfg.LogDir == "" {
+		return
+	}
+	logs := map[string]string{
+		"lazypull-snapshotter.log": r.env.Daemon.Log,
+		"fusemanager.log":          filepath.Join(r.env.DaemonRoot, "fusemanager.log"),
+		"containerd.log":           r.env.Containerd.Log,
+	}
+	os.MkdirAll(r.cfg.LogDir, 0o755)
+	for name, src := range logs {
+		if b, err := os.ReadFile(src); err == nil {
+			os.WriteFile(filepath.Join(r.cfg.LogDir, name), b, 0o644)
+		}
+	}
+	fmt.Fprintln(r.cfg.Progress, "logs of the failed run in", r.cfg.LogDir)
+}
+
+// lazypull runs our CLI and returns its combined output.
+func (r *bench) lazypull(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, filepath.Join(r.env.BinDir, "lazypull"), args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("lazypull %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// finalClean removes the last image, so that Env.Close finds no container
+// mounts; it checks that nothing of ours stays mounted outside the Env's
+// directory either.
+func (r *bench) finalClean(ctx context.Context) error {
+	if err := r.removeImages(ctx); err != nil {
+		return err
+	}
+	if m := testenv.MountsUnder(r.env.Dir); len(m) > 0 {
+		fmt.Fprintf(os.Stderr, "bench: mounts still under %s before teardown (Close unmounts them): %v\n", r.env.Dir, m)
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package runner
+
+import (
+	"slices"
+)
+
+// Spread is the median and range of one measure over the runs.
+type Spread struct {
+	Median, Min, Max float64
+}
+
+// spreadOf summarises values; the median of an even count is the mean of
+// the middle two. Empty input gives the zero Spread.
+func spreadOf(values []float64) Spread {
+	if len(values) == 0 {
+		return Spread{}
+	}
+	v := slices.Clone(values)
+	slices.Sort(v)
+	n := len(v)
+	med := v[n/2]
+	if n%2 == 0 {
+		med = (v[n/2-1] + v[n/2]) / 2
+	}
+	return Spread{Median: med, Min: v[0], Max: v[n-1]}
+}
+
+// Summary is one image and scenario over all its runs.
+type Summary struct {
+	Image, Scenario          string
+	Runs                     int
+	Pull, FirstOutput, Total Spread  // seconds
+	MB, Requests, MemoryMiB  Spread  // MemoryMiB: daemon + FUSE manager
+	Ratio                    float64 // median total / overlayfs's median total; 0 if unknown
+}
+
+// Summaries gives one Summary per image and scenario that has results, in
+// the report's order.
+func (rep *Report) Summaries() []Summary {
+	var out []Summary
+	for _, img := range rep.Images {
+		first := len(out)
+		for _, sc := range rep.Scenarios {
+			var pull, first, total, mbs, reqs, mem []float64
+			for _, r := range rep.Results {
+				if r.Image != img.Name || r.Scenario != sc {
+					continue
+				}
+				pull = append(pull, r.Pull)
+				first = append(first, r.FirstOutput)
+				total = append(total, r.Total)
+				mbs = append(mbs, mb(r.Bytes))
+				reqs = append(reqs, float64(r.Requests))
+				mem = append(mem, mib(r.DaemonPeak+r.ManagerPeak))
+			}
+			if len(total) == 0 {
+				continue
+			}
+			s := Summary{Image: img.Name, Scenario: sc, Runs: len(total),
+				Pull: spreadOf(pull), FirstOutput: spreadOf(first), Total: spreadOf(total),
+				MB: spreadOf(mbs), Requests: spreadOf(reqs), MemoryMiB: spreadOf(mem)}
+			out = append(out, s)
+		}
+		// Ratios against overlayfs's full pull, whatever order it ran in.
+		for _, b := range out[first:] {
+			if b.Scenario == Overlayfs.Name && b.Total.Median > 0 {
+				for i := first; i < len(out); i++ {
+					out[i].Ratio = out[i].Total.Median / b.Total.Median
+				}
+			}
+		}
+	}
+	return out
+}

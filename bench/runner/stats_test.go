@@ -1,0 +1,106 @@
+package runner
+
+import (
+	"math"
+	"strings"
+	"testing"
+)
+
+func TestSpreadOf(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want Spread
+	}{
+		{nil, Spread{}},
+		{[]float64{3}, Spread{3, 3, 3}},
+		{[]float64{5, 1, 3}, Spread{3, 1, 5}},
+		{[]float64{4, 1, 3, 2}, Spread{2.5, 1, 4}},
+	} {
+		in := append([]float64(nil), tc.in...)
+		if got := spreadOf(tc.in); got != tc.want {
+			t.Errorf("spreadOf(%v) = %+v, want %+v", tc.in, got, tc.want)
+		}
+		for i := range in {
+			if in[i] != tc.in[i] {
+				t.Errorf("spreadOf reordered its input: %v", tc.in)
+			}
+		}
+	}
+}
+
+func testReport() *Report {
+	rep := &Report{
+		Machine: "test", RTT: "20ms", Bandwidth: 100e6, Runs: 3,
+		Scenarios: []string{"overlayfs", "lazypull-estargz"},
+		Images:    []ImageInfo{{Name: "python", Size: 62.4e6}, {Name: "gcc"}},
+	}
+	for i, tot := range []float64{8, 10, 9} {
+		rep.Results = append(rep.Results, Result{Image: "python", Scenario: "overlayfs", Run: i + 1, Pull: tot - 0.1, FirstOutput: 0.1, Total: tot, Bytes: 62.4e6, Requests: 5})
+	}
+	for i, tot := range []float64{2, 1.8, 2.7} {
+		rep.Results = append(rep.Results, Result{Image: "python", Scenario: "lazypull-estargz", Run: i + 1, Pull: 0.5, FirstOutput: tot - 0.5, Total: tot, Bytes: 5e6, Requests: 40 + int64(i), DaemonPeak: 30 << 20, ManagerPeak: 20 << 20})
+	}
+	// gcc has only a lazy result: no ratio.
+	rep.Results = append(rep.Results, Result{Image: "gcc", Scenario: "lazypull-estargz", Run: 1, Total: 3})
+	return rep
+}
+
+func TestSummaries(t *testing.T) {
+	s := testReport().Summaries()
+	if len(s) != 3 {
+		t.Fatalf("got %d summaries, want 3: %+v", len(s), s)
+	}
+	base, lazy, gcc := s[0], s[1], s[2]
+	if base.Scenario != "overlayfs" || base.Total != (Spread{9, 8, 10}) || base.Ratio != 1 {
+		t.Errorf("overlayfs summary: %+v", base)
+	}
+	if lazy.Total != (Spread{2, 1.8, 2.7}) || math.Abs(lazy.Ratio-2.0/9) > 1e-9 {
+		t.Errorf("lazy summary: %+v", lazy)
+	}
+	if lazy.MemoryMiB != (Spread{50, 50, 50}) || lazy.Requests != (Spread{41, 40, 42}) || lazy.MB.Median != 5 {
+		t.Errorf("lazy counters: %+v", lazy)
+	}
+	if gcc.Ratio != 0 || gcc.Runs != 1 {
+		t.Errorf("gcc without a baseline: %+v", gcc)
+	}
+}
+
+func TestMarkdown(t *testing.T) {
+	var b strings.Builder
+	testReport().Markdown(&b, "totals.png")
+	md := b.String()
+	for _, want := range []string{
+		"20ms round trip, 100 Mbit/s",
+		"## python (62.4 MB compressed)",
+		"| scenario | pull s | first output s | total s | MB fetched | requests | peak memory MiB | total vs overlayfs |",
+		"| overlayfs | 8.90 (7.90–9.90) | 0.10 | 9.00 (8.00–10.00) | 62.4 | 5 | — | 1.00 |",
+		"| lazypull-estargz | 0.50 | 1.50 (1.30–2.20) | 2.00 (1.80–2.70) | 5.0 | 41 (40–42) | 50 | 0.22 |",
+		"## gcc\n",
+		"| lazypull-estargz | 0.00 | 0.00 | 3.00 | 0.0 | 0 | — | — |",
+		"![median total time to first output](totals.png)",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestWriteChart(t *testing.T) {
+	dir := t.TempDir()
+	if err := testReport().Write(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseBandwidth(t *testing.T) {
+	for in, want := range map[string]int64{"100M": 100e6, "1g": 1e9, "500k": 500e3, "0": 0, "2.5M": 2.5e6, "100Mbit/s": 100e6} {
+		if got, err := ParseBandwidth(in); err != nil || got != want {
+			t.Errorf("ParseBandwidth(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "fast", "-1M"} {
+		if _, err := ParseBandwidth(bad); err == nil {
+			t.Errorf("ParseBandwidth(%q): no error", bad)
+		}
+	}
+}
