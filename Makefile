@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/lazypull/lazypull/version.Version=$(VERSION)
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps demo test fuzz bench vet clean
+.PHONY: all build deps demo test fuzz bench bench-images vet clean
 
 all: build
 
@@ -41,6 +41,12 @@ fuzz:
 # Benchmarks, each reporting its ratio to a baseline measured in the same run.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./...
+
+# Time to first output of real images (python, gcc, java) through a 20 ms,
+# 100 Mbit/s link: containerd's overlayfs full pull against lazypull.
+# Builds the images from Debian packages the first time (cached).
+bench-images: deps build
+	$(GO) run ./bench/cmd/bench -n 5
 
 clean:
 	rm -rf bin
