@@ -58,7 +58,9 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 		cl, mine := l.claim(k, k+1)
 		if mine {
 			l.gate.enter()
-			l.fetchSpan(ctx, k, k+1, cl)
+			// Others may wait on this fetch: a reader interrupted
+			// meanwhile must not fail it for them.
+			l.fetchSpan(context.WithoutCancel(ctx), k, k+1, cl)
 			l.gate.leave()
 		} else if cl != nil {
 			select {
