@@ -48,10 +48,7 @@ func Open(ra io.ReaderAt, size int64, opts ...OpenOption) (*Reader, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	limits := cfg.limits
-	if limits.MaxTOCBytes <= 0 {
-		limits.MaxTOCBytes = toc.DefaultLimits.MaxTOCBytes
-	}
+	limits := cfg.limits.WithDefaults()
 	if size < legacyFooterSize {
 		return nil, fmt.Errorf("estargz: blob of %d bytes is too small to hold a footer", size)
 	}

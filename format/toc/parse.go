@@ -31,7 +31,8 @@ var DefaultLimits = Limits{
 	MaxChunkBytes: 64 << 20,
 }
 
-func (l Limits) withDefaults() Limits {
+// WithDefaults fills the zero fields with DefaultLimits.
+func (l Limits) WithDefaults() Limits {
 	if l.MaxTOCBytes <= 0 {
 		l.MaxTOCBytes = DefaultLimits.MaxTOCBytes
 	}
@@ -78,7 +79,7 @@ func errorf(entry, format string, args ...any) error {
 // Parse decodes and checks the TOC JSON of a blob whose compressed file
 // data ends at dataEnd (where the TOC begins), and indexes it.
 func Parse(data []byte, dataEnd int64, limits Limits) (*TOC, error) {
-	limits = limits.withDefaults()
+	limits = limits.WithDefaults()
 	if int64(len(data)) > limits.MaxTOCBytes {
 		return nil, errorf("", "%d bytes, more than the limit of %d", len(data), limits.MaxTOCBytes)
 	}

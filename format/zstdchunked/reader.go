@@ -65,7 +65,7 @@ func Open(ra io.ReaderAt, size int64, opts ...OpenOption) (*Reader, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	limits := withDefaultLimits(cfg.limits)
+	limits := cfg.limits.WithDefaults()
 	if size < 0 {
 		return nil, fmt.Errorf("zstdchunked: blob size %d is negative", size)
 	}
@@ -125,23 +125,6 @@ func Open(ra io.ReaderAt, size int64, opts ...OpenOption) (*Reader, error) {
 		return nil, fmt.Errorf("zstdchunked: %w", err)
 	}
 	return &Reader{ra: ra, toc: t, tocDigest: tocDigest, manifest: pos, dataEnd: dataEnd}, nil
-}
-
-func withDefaultLimits(l toc.Limits) toc.Limits {
-	d := toc.DefaultLimits
-	if l.MaxTOCBytes <= 0 {
-		l.MaxTOCBytes = d.MaxTOCBytes
-	}
-	if l.MaxEntries <= 0 {
-		l.MaxEntries = d.MaxEntries
-	}
-	if l.MaxFileSize <= 0 {
-		l.MaxFileSize = d.MaxFileSize
-	}
-	if l.MaxChunkBytes <= 0 {
-		l.MaxChunkBytes = d.MaxChunkBytes
-	}
-	return l
 }
 
 // fromAnnotations reads the TOC digest and the manifest position from the
