@@ -55,13 +55,6 @@ func envInt(b *testing.B, name string, def int) int {
 	return n
 }
 
-func benchNeedFUSE(b *testing.B) {
-	b.Helper()
-	testenv.NeedRoot(b)
-	_, err := os.Stat("/dev/fuse")
-	testenv.Need(b, "/dev/fuse", err)
-}
-
 // dropCaches empties the kernel's caches so that the next access reads the
 // disk (what "3" drops: page cache, dentries and inodes; "1" only the page
 // cache). Without /proc/sys/vm/drop_caches it drops the named files' pages.
@@ -217,7 +210,7 @@ func (lm *liveMounts) close() error {
 // reads, and in random 4 KiB reads. Target: lazypull/local ≥ 0.9 with
 // passthrough.
 func BenchmarkCachedRead(b *testing.B) {
-	benchNeedFUSE(b)
+	testenv.NeedFUSE(b)
 	size := int64(envInt(b, "LAZYPULL_BENCH_MB", 1024)) << 20
 	dir := b.TempDir()
 
@@ -457,7 +450,7 @@ func (tf treeFiles) statAll(b *testing.B, root string) time.Duration {
 // asks the daemon for every name); warm: everything in the kernel's
 // caches. Target: lazypull/local ≥ 0.5.
 func BenchmarkStatTree(b *testing.B) {
-	benchNeedFUSE(b)
+	testenv.NeedFUSE(b)
 	tf := newTreeFiles(envInt(b, "LAZYPULL_BENCH_FILES", 50000), 1)
 	dir := b.TempDir()
 	bl := writeBlob(b, filepath.Join(dir, "blob"), tf.writeTar)
@@ -575,21 +568,13 @@ func pushBlob(b *testing.B, host, repo string, bl benchLayer) {
 // took. The baseline is downloading the whole blob over the same link, as
 // an ordinary pull must before it can unpack.
 func BenchmarkMountReady(b *testing.B) {
-	benchNeedFUSE(b)
+	testenv.NeedFUSE(b)
 	testenv.NeedBinary(b, "docker-registry")
 	const rtt, bandwidth = 20 * time.Millisecond, 100_000_000
 	tf := newTreeFiles(envInt(b, "LAZYPULL_BENCH_FILES", 50000), 2)
 	dir := b.TempDir()
 	bl := writeBlob(b, filepath.Join(dir, "blob"), tf.writeTar)
-	regDir := filepath.Join(dir, "registry")
-	if err := os.Mkdir(regDir, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	reg, err := testenv.StartRegistry(regDir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { reg.Stop(5 * time.Second) })
+	reg := testenv.NewRegistry(b)
 	pushBlob(b, reg.Host, "bench/tree", bl)
 	p, err := regproxy.Start(reg.Host, regproxy.WithRTT(rtt), regproxy.WithBandwidth(bandwidth))
 	if err != nil {
@@ -678,7 +663,7 @@ func download(b *testing.B, url string, size int64) time.Duration {
 // and after every file has been stat'ed (the kernel has looked up each
 // name, so go-fuse holds an inode for each). Target: ≤ 30 MiB per layer.
 func BenchmarkMemoryPerLayer(b *testing.B) {
-	benchNeedFUSE(b)
+	testenv.NeedFUSE(b)
 	const layers = 3
 	n := envInt(b, "LAZYPULL_BENCH_FILES", 50000)
 	dir := b.TempDir()

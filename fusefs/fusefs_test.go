@@ -97,9 +97,7 @@ func upperLayer() []entry {
 // and mounts it.
 func mountLayer(t *testing.T, entries []entry, opts Options) (string, *MountedLayer, *layer.Layer) {
 	t.Helper()
-	testenv.NeedRoot(t)
-	_, err := os.Stat("/dev/fuse")
-	testenv.Need(t, "/dev/fuse", err)
+	testenv.NeedFUSE(t)
 
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)

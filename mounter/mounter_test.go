@@ -21,17 +21,10 @@ import (
 // asks for it: only the image reference and the layer digest, so that the
 // mounter must find the layer's descriptor in the image's manifest.
 func TestMountWithCRILabels(t *testing.T) {
-	testenv.NeedRoot(t)
-	testenv.NeedBinary(t, "docker-registry")
-	_, err := os.Stat("/dev/fuse")
-	testenv.Need(t, "/dev/fuse", err)
+	testenv.NeedFUSE(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	reg, err := testenv.StartRegistry(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Stop(0) })
+	reg := testenv.NewRegistry(t)
 
 	layout, err := testenv.HelloLayout(dir)
 	if err != nil {

@@ -19,14 +19,9 @@ import (
 // image reference, its first layer and that layer's bytes.
 func pushedLayer(t *testing.T) (string, ocispec.Descriptor, []byte) {
 	t.Helper()
-	testenv.NeedBinary(t, "docker-registry")
 	testenv.NeedBinary(t, "skopeo")
 	dir := t.TempDir()
-	reg, err := testenv.StartRegistry(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Stop(0) })
+	reg := testenv.NewRegistry(t)
 	layout, err := testenv.HelloLayout(dir)
 	if err != nil {
 		t.Fatal(err)

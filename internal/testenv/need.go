@@ -74,3 +74,12 @@ func lookPath(name string) (string, error) {
 	}
 	return path, nil
 }
+
+// NeedFUSE stops the test unless it can mount FUSE filesystems: root and
+// /dev/fuse.
+func NeedFUSE(t testing.TB) {
+	t.Helper()
+	NeedRoot(t)
+	_, err := os.Stat("/dev/fuse")
+	Need(t, "/dev/fuse", err)
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 )
 
@@ -50,4 +51,20 @@ http:
 		return nil, err
 	}
 	return &Registry{Host: addr, Process: p}, nil
+}
+
+// NewRegistry starts a registry for a test and stops it when the test ends.
+func NewRegistry(t testing.TB) *Registry {
+	t.Helper()
+	NeedBinary(t, "docker-registry")
+	reg, err := StartRegistry(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := reg.Stop(5 * time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+	return reg
 }

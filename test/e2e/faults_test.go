@@ -297,21 +297,8 @@ func startProxy(t *testing.T, upstream string) *regproxy.Proxy {
 // corruption gives EIO and is recorded in the state file, a corrupt cache
 // file is detected and refetched, and no read ever returns wrong bytes.
 func TestRegistryFaultsNeverGiveWrongBytes(t *testing.T) {
-	testenv.NeedRoot(t)
-	_, err := os.Stat("/dev/fuse")
-	testenv.Need(t, "/dev/fuse", err)
-	testenv.NeedBinary(t, "docker-registry")
-
-	regDir := t.TempDir()
-	reg, err := testenv.StartRegistry(regDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := reg.Stop(5 * time.Second); err != nil {
-			t.Error(err)
-		}
-	})
+	testenv.NeedFUSE(t)
+	reg := testenv.NewRegistry(t)
 	fl, blob := buildFaultLayer(t)
 	pushBlobHTTP(t, reg.Host, fl.repo, blob) // straight to the registry: no proxy has seen it
 	t.Logf("layer %s: %d bytes, %d files", fl.desc.Digest, fl.desc.Size, len(fl.names))
