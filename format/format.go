@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -44,6 +45,30 @@ func KindOf(desc ocispec.Descriptor) (Kind, bool) {
 		return ZstdChunked, true
 	}
 	return "", false
+}
+
+// TOCStart tells, from the descriptor's annotations, where the blob's TOC
+// starts: the first read of a layer then asks for exactly the TOC and the
+// footer. The answer is a hint from the manifest, within the blob's size
+// or absent; Open checks what it reads as always.
+func TOCStart(desc ocispec.Descriptor) (int64, bool) {
+	var off int64
+	var ok bool
+	switch kind, _ := KindOf(desc); kind {
+	case EStargz:
+		off, ok = parseOffset(desc.Annotations[estargz.TOCOffsetAnnotation])
+	case ZstdChunked:
+		off, ok = zstdchunked.ManifestStart(desc.Annotations)
+	}
+	if !ok || off < 0 || off >= desc.Size {
+		return 0, false
+	}
+	return off, true
+}
+
+func parseOffset(s string) (int64, bool) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }
 
 // Blob is an opened lazy layer.

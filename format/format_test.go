@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"io"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -75,4 +76,77 @@ func TestOpenBothFormats(t *testing.T) {
 	if _, _, err := Open(bytes.NewReader(plain), desc, Options{Unverified: true}); !errors.Is(err, ErrNotLazy) {
 		t.Errorf("a plain tar: err = %v, want ErrNotLazy", err)
 	}
+}
+
+func TestTOCStart(t *testing.T) {
+	var esgz bytes.Buffer
+	ew := estargz.NewWriter(&esgz)
+	ew.AppendTar(bytes.NewReader(layerTar(t)))
+	eres, err := ew.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var zstd bytes.Buffer
+	zw := zstdchunked.NewWriter(&zstd)
+	zw.AppendTar(bytes.NewReader(layerTar(t)))
+	zres, err := zw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		kind        Kind
+		blob        []byte
+		annotations map[string]string
+	}{
+		{EStargz, esgz.Bytes(), eres.Annotations},
+		{ZstdChunked, zstd.Bytes(), zres.Annotations},
+	} {
+		desc := ocispec.Descriptor{Digest: digest.FromBytes(tc.blob), Size: int64(len(tc.blob)), Annotations: tc.annotations}
+		start, ok := TOCStart(desc)
+		if !ok {
+			t.Fatalf("%s: no TOC start in %v", tc.kind, tc.annotations)
+		}
+		blob, _, err := Open(bytes.NewReader(tc.blob), desc, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The TOC starts where file data ends, and a reader handed only
+		// the bytes from there on opens the layer.
+		if start != blob.DataEnd() {
+			t.Errorf("%s: TOC start %d, data ends at %d", tc.kind, start, blob.DataEnd())
+		}
+		tail := &offsetReader{data: tc.blob[start:], off: start}
+		if _, _, err := Open(tail, desc, Options{}); err != nil {
+			t.Errorf("%s: open from the TOC start on: %v", tc.kind, err)
+		}
+	}
+
+	// A hint outside the blob or not a number is no hint.
+	for _, v := range []string{"-1", "999999", "x", ""} {
+		a := map[string]string{estargz.TOCDigestAnnotation: eres.TOCDigest.String(), estargz.TOCOffsetAnnotation: v}
+		if off, ok := TOCStart(ocispec.Descriptor{Size: 1000, Annotations: a}); ok {
+			t.Errorf("offset annotation %q: TOCStart = %d, want none", v, off)
+		}
+	}
+}
+
+// offsetReader holds only the blob's bytes from off on; reading before
+// them fails.
+type offsetReader struct {
+	data []byte
+	off  int64
+}
+
+func (r *offsetReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < r.off {
+		return 0, errors.New("read before the bytes given")
+	}
+	if off-r.off >= int64(len(r.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.data[off-r.off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }

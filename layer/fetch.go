@@ -60,7 +60,7 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 			l.gate.enter()
 			// Others may wait on this fetch: a reader interrupted
 			// meanwhile must not fail it for them.
-			l.fetchSpan(context.WithoutCancel(ctx), k, k+1, cl)
+			l.fetchSpan(context.WithoutCancel(ctx), k, k+1, cl, e.Name)
 			l.gate.leave()
 		} else if cl != nil {
 			select {
@@ -108,8 +108,9 @@ func (l *Layer) claim(k, end int) (cl *call, mine bool) {
 }
 
 // fetchSpan fetches the members claimed by cl from k on (up to end) in one
-// request, verifies and caches their chunks, and releases the claim.
-func (l *Layer) fetchSpan(ctx context.Context, k, end int, cl *call) {
+// request, verifies and caches their chunks, and releases the claim. why
+// names the file or the work the fetch is for, in the debug log.
+func (l *Layer) fetchSpan(ctx context.Context, k, end int, cl *call, why string) {
 	l.mu.Lock()
 	last := k
 	for last+1 < end && l.inflight[last+1] == cl {
@@ -129,7 +130,11 @@ func (l *Layer) fetchSpan(ctx context.Context, k, end int, cl *call) {
 		}
 		if fetchEnd > start {
 			l.requests.Add(1)
-			if err = l.fetcher.FetchAt(ctx, buf[:fetchEnd-start], start); err != nil {
+			began := time.Now()
+			err = l.fetcher.FetchAt(ctx, buf[:fetchEnd-start], start)
+			log.G(ctx).WithFields(log.Fields{"layer": l.desc.Digest, "for": why, "offset": start, "bytes": fetchEnd - start,
+				"members": last + 1 - k, "took": time.Since(began)}).Debug("fetched")
+			if err != nil {
 				break // the fetcher has retried already
 			}
 			l.fetched.Add(fetchEnd - start)
@@ -218,7 +223,7 @@ func (l *Layer) readAhead(e *toc.Entry, from int) {
 		l.gate.enter() // the reader will want these next
 		go func() {
 			defer l.gate.leave()
-			l.fetchSpan(context.Background(), first, last+1, cl)
+			l.fetchSpan(context.Background(), first, last+1, cl, "read-ahead of "+e.Name)
 		}()
 	}
 }
@@ -233,7 +238,7 @@ func (l *Layer) Prefetch(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	last := sort.Search(len(l.members), func(k int) bool { return l.members[k].off >= end })
-	return l.fetchRange(ctx, 0, last, false)
+	return l.fetchRange(ctx, 0, last, "prefetch")
 }
 
 // StartBackground fetches every member not yet cached, in spans of
@@ -249,7 +254,7 @@ func (l *Layer) StartBackground() {
 		if err := l.gate.waitStart(ctx, mounted); err != nil {
 			return
 		}
-		if err := l.fetchRange(ctx, 0, len(l.members), true); err != nil && ctx.Err() == nil {
+		if err := l.fetchRange(ctx, 0, len(l.members), "background"); err != nil && ctx.Err() == nil {
 			log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("background fetch stopped")
 		}
 	}()
@@ -260,8 +265,10 @@ func (l *Layer) StartBackground() {
 func (l *Layer) BackgroundDone() <-chan struct{} { return l.bgDone }
 
 // fetchRange fetches members [from, to) that are not cached, in spans run
-// in parallel. Background work waits while foreground reads fetch.
-func (l *Layer) fetchRange(ctx context.Context, from, to int, background bool) error {
+// in parallel, for why ("prefetch" or "background"). Background work waits
+// while foreground reads fetch.
+func (l *Layer) fetchRange(ctx context.Context, from, to int, why string) error {
+	background := why == "background"
 	parallel, spanSize := l.opts.Parallel, l.opts.SpanSize
 	if background {
 		// Small spans, few at once: a read that arrives meanwhile waits
@@ -299,7 +306,7 @@ func (l *Layer) fetchRange(ctx context.Context, from, to int, background bool) e
 		pending = append(pending, cl)
 		go func(k, end int) {
 			defer func() { <-slots }()
-			l.fetchSpan(ctx, k, end, cl)
+			l.fetchSpan(ctx, k, end, cl, why)
 		}(k, end)
 		// Skip what this span claimed.
 		l.mu.Lock()

@@ -48,7 +48,8 @@ type Options struct {
 	Unverified bool
 	Limits     toc.Limits
 	// TailSize is how much of the blob's end the first request reads,
-	// hoping to get the footer and the whole TOC at once (default 512 KiB).
+	// hoping to get the footer and the whole TOC at once (default 512 KiB),
+	// when the layer's annotations do not say where its TOC starts.
 	TailSize int64
 	// SpanSize bounds one background or prefetch request (default 8 MiB);
 	// Parallel is how many such requests run at once (default 4).
@@ -158,6 +159,11 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 		return nil, fmt.Errorf("layer %s: the blob has %d bytes, the descriptor says %d", desc.Digest, f.Size(), desc.Size)
 	}
 	tailSize := min(desc.Size, opts.TailSize)
+	if start, ok := format.TOCStart(desc); ok && desc.Size-start <= opts.Limits.WithDefaults().MaxTOCBytes {
+		// The manifest says where the TOC starts: read it and the footer,
+		// and no file data the container may never want.
+		tailSize = desc.Size - start
+	}
 	tail := make([]byte, tailSize)
 	if err := f.FetchAt(ctx, tail, desc.Size-tailSize); err != nil {
 		return nil, fmt.Errorf("layer %s: read its end: %w", desc.Digest, err)

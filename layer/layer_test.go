@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazypull/lazypull/format"
 	"github.com/lazypull/lazypull/format/estargz"
 )
 
@@ -325,5 +326,25 @@ func TestOpenRefusesUnverified(t *testing.T) {
 	}
 	if _, err := Open(context.Background(), desc, f, newMemCache(t), Options{Unverified: true}); err != nil {
 		t.Errorf("with Unverified: %v", err)
+	}
+}
+
+func TestOpenReadsOnlyTheTOCWhenTheManifestPlacesIt(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	_, f := openLayer(t, blob, desc)
+	start, _ := format.TOCStart(desc)
+	if len(f.ranges) != 1 || f.ranges[0] != [2]int64{start, int64(len(blob))} {
+		t.Errorf("Open fetched %v; want the TOC and footer alone, [%d %d]", f.ranges, start, len(blob))
+	}
+
+	// A wrong hint costs a request, never the layer.
+	desc.Annotations[estargz.TOCOffsetAnnotation] = fmt.Sprint(len(blob) - 10)
+	l, f := openLayer(t, blob, desc)
+	if len(f.ranges) < 2 {
+		t.Errorf("a hint that misses the footer: Open fetched %v", f.ranges)
+	}
+	if got, err := readFile(t, l, files[3].name); err != nil || !bytes.Equal(got, files[3].data) {
+		t.Errorf("read after a wrong hint: %v", err)
 	}
 }

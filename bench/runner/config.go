@@ -68,8 +68,11 @@ type Config struct {
 	// RunTimeout bounds one run (pull and run until the ready line).
 	RunTimeout time.Duration
 	Progress   io.Writer // one line per run; nil for none
-	// LogDir, if set, receives the daemons' logs when a run fails.
-	LogDir string
+	// LogDir, if set, receives the daemons' logs when a run fails, or
+	// always with KeepLogs (with log_level = "debug" in DaemonConfig,
+	// every fetch and what it was for).
+	LogDir   string
+	KeepLogs bool
 }
 
 func (c Config) withDefaults() Config {

@@ -46,6 +46,9 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 		}
 	}()
 	r := &bench{cfg: cfg, env: env, proxy: proxy}
+	if cfg.KeepLogs {
+		defer r.keepLogs()
+	}
 
 	for _, img := range imgs {
 		if err := r.publish(ctx, img); err != nil {
@@ -59,7 +62,9 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 			for _, sc := range cfg.Scenarios {
 				res, err := r.measure(ctx, img, sc, i)
 				if err != nil {
-					r.keepLogs()
+					if !cfg.KeepLogs {
+						r.keepLogs()
+					}
 					return rep, fmt.Errorf("%s/%s run %d: %w", img.Name, sc.Name, i, err)
 				}
 				rep.Results = append(rep.Results, res)
@@ -122,7 +127,7 @@ func (r *bench) keepLogs() {
 			os.WriteFile(filepath.Join(r.cfg.LogDir, name), b, 0o644)
 		}
 	}
-	fmt.Fprintln(r.cfg.Progress, "logs of the failed run in", r.cfg.LogDir)
+	fmt.Fprintln(r.cfg.Progress, "daemon logs in", r.cfg.LogDir)
 }
 
 // lazypull runs our CLI and returns its combined output.

@@ -91,6 +91,10 @@ func main() {
 	if err := log.SetLevel(cfg.LogLevel); err != nil {
 		fatal(err)
 	}
+	// Nanosecond timestamps, as containerd's: a fetch takes milliseconds.
+	if err := log.SetFormat(log.TextFormat); err != nil {
+		fatal(err)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -31,6 +31,11 @@ const (
 	// TOC JSON; UncompressedSizeAnnotation the size of the layer's tar.
 	TOCDigestAnnotation        = "containerd.io/snapshot/stargz/toc.digest"
 	UncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
+	// TOCOffsetAnnotation (lazypull's own) holds where the TOC's gzip
+	// member starts, so that a reader fetches the TOC and the footer, and
+	// nothing else, in its first request. It is only a hint: the footer
+	// and the TOC digest are checked as always.
+	TOCOffsetAnnotation = "io.github.lazypull.estargz.toc-offset"
 )
 
 // FooterSize is the size of the eStargz footer; legacyFooterSize that of

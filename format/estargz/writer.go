@@ -361,6 +361,7 @@ func (w *Writer) Close() (Result, error) {
 	res.Annotations = map[string]string{
 		TOCDigestAnnotation:        res.TOCDigest.String(),
 		UncompressedSizeAnnotation: strconv.FormatInt(res.UncompressedSize, 10),
+		TOCOffsetAnnotation:        strconv.FormatInt(tocOffset, 10),
 	}
 	return res, nil
 }

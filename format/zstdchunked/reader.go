@@ -153,6 +153,17 @@ func fromAnnotations(a map[string]string) (digest.Digest, Position, bool, error)
 	return d, Position{}, false, nil
 }
 
+// ManifestStart returns where the manifest's skippable frame starts, by the
+// manifest position annotation, if there is one and it parses: everything
+// from there to the blob's end is what Open reads.
+func ManifestStart(annotations map[string]string) (int64, bool) {
+	_, p, ok, err := fromAnnotations(annotations)
+	if !ok || err != nil || p.Offset < skippableHeaderSize {
+		return 0, false
+	}
+	return p.Offset - skippableHeaderSize, true
+}
+
 // checkManifestPosition confines the manifest (and its skippable frame
 // header) to the blob before limit, and its sizes to the limits.
 func checkManifestPosition(p Position, limit int64, limits toc.Limits) error {

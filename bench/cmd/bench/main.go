@@ -36,6 +36,7 @@ func main() {
 	cache := flag.String("cache", images.DefaultCacheDir(), "image build cache `DIR`")
 	dataSize := flag.Int64("data-size", images.DefaultDataSize, "size in bytes of the data image's data layer")
 	daemonConfig := flag.String("daemon-config", "", "lazypull-snapshotter TOML `FILE` (default: its defaults)")
+	keepLogs := flag.Bool("keep-logs", false, "keep the daemons' logs under the results directory (else only when a run fails)")
 	rerender := flag.String("rerender", "", "only rewrite results.md and totals.png of the results `DIR` from its results.json")
 	flag.Parse()
 
@@ -73,7 +74,7 @@ func main() {
 		fail(err)
 	}
 	dir := filepath.Join(*out, time.Now().Format("20060102-150405"))
-	cfg.LogDir = filepath.Join(dir, "logs")
+	cfg.LogDir, cfg.KeepLogs = filepath.Join(dir, "logs"), *keepLogs
 	rep, err := runner.Run(ctx, cfg, imgs)
 	// Whatever was measured is written, even when a later run failed.
 	if rep != nil && len(rep.Results) > 0 {
