@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/containerd/log"
@@ -55,12 +57,14 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 	}
 	k := l.memberOf(c)
 	for attempt := 0; attempt < 2; attempt++ {
-		cl, mine := l.claim(k, k+1)
+		lo, hi := l.neighbours(e, k)
+		cl, mine, start := l.claimAround(k, lo, hi)
 		if mine {
 			l.gate.enter()
+			l.fetchRest(e, k)
 			// Others may wait on this fetch: a reader interrupted
 			// meanwhile must not fail it for them.
-			l.fetchSpan(context.WithoutCancel(ctx), k, k+1, cl, e.Name)
+			l.fetchSpan(context.WithoutCancel(ctx), start, hi, cl, e.Name)
 			l.gate.leave()
 		} else if cl != nil {
 			select {
@@ -92,19 +96,71 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 // the members from k up to end that no fetch has claimed and the cache
 // does not hold, or the one already in flight, or nil if k is cached.
 func (l *Layer) claim(k, end int) (cl *call, mine bool) {
+	cl, mine, _ = l.claimAround(k, k, end)
+	return cl, mine
+}
+
+// claimAround is claim that also takes the free members just before k,
+// down to lo; start is the first member it claimed.
+func (l *Layer) claimAround(k, lo, end int) (cl *call, mine bool, start int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if cl := l.inflight[k]; cl != nil {
-		return cl, false
+		return cl, false, k
 	}
 	if l.done[k] {
-		return nil, false
+		return nil, false, k
 	}
 	cl = &call{done: make(chan struct{}), data: make(map[digest.Digest][]byte)}
 	for j := k; j < end && l.inflight[j] == nil && !l.done[j]; j++ {
 		l.inflight[j] = cl
 	}
-	return cl, true
+	start = k
+	for j := k - 1; j >= lo && l.inflight[j] == nil && !l.done[j]; j-- {
+		l.inflight[j] = cl
+		start = j
+	}
+	return cl, true, start
+}
+
+// Small files are fetched with their neighbours: a program that reads one
+// file of a directory (a header, a module, a locale) usually reads others
+// of it soon, and each on-demand request costs a round trip, while
+// neighbourWindow bytes more cost a fraction of one on a typical link.
+const (
+	smallMember     = 32 << 10
+	neighbourWindow = 64 << 10 // on each side
+)
+
+// neighbours returns the members [lo, hi) to fetch with member k, which
+// holds a chunk of e: k alone, or with the small members around it that
+// hold files of e's directory (or below it), within neighbourWindow.
+func (l *Layer) neighbours(e *toc.Entry, k int) (lo, hi int) {
+	m := l.members[k]
+	if m.end-m.off > smallMember {
+		return k, k + 1
+	}
+	dir := path.Dir(e.Name) + "/"
+	near := func(j int) bool {
+		n := l.members[j]
+		if n.end-n.off > smallMember {
+			return false
+		}
+		for _, r := range n.chunks {
+			if !strings.HasPrefix(r.e.Name, dir) {
+				return false
+			}
+		}
+		return true
+	}
+	lo, hi = k, k+1
+	for lo > 0 && m.off-l.members[lo-1].off <= neighbourWindow && near(lo-1) {
+		lo--
+	}
+	for hi < len(l.members) && l.members[hi].end-m.end <= neighbourWindow && near(hi) {
+		hi++
+	}
+	return lo, hi
 }
 
 // fetchSpan fetches the members claimed by cl from k on (up to end) in one
@@ -193,10 +249,51 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 	return nil
 }
 
+// fetchRest fetches, alongside the reader that missed member k, the rest
+// of e when e's compressed data is at most WholeFile bytes: a program
+// that reads part of a binary or a library it maps reads most of it soon,
+// in an order of page faults that no read-ahead follows. Spans go two at a
+// time, claimed just before each is fetched, so that a reader who wants
+// one of them meanwhile fetches it at once instead of queueing behind.
+func (l *Layer) fetchRest(e *toc.Entry, k int) {
+	first, last, ok := l.memberSpan(e)
+	if !ok || first == last || l.members[last].end-l.members[first].off > l.opts.WholeFile {
+		return
+	}
+	l.gate.enter()
+	go func() {
+		defer l.gate.leave()
+		why := "rest of " + e.Name
+		p := pace{parallel: 2, span: 2 << 20}
+		l.fetchRange(context.Background(), k+1, last+1, why, p)
+		l.fetchRange(context.Background(), first, k, why, p)
+	}()
+}
+
+// memberSpan returns the first and last members that hold e's data.
+func (l *Layer) memberSpan(e *toc.Entry) (first, last int, ok bool) {
+	first, last = -1, -1
+	for _, c := range e.Chunks {
+		if c.Zero {
+			continue
+		}
+		k := l.memberOf(c)
+		if first < 0 {
+			first = k
+		}
+		last = k
+	}
+	return first, last, first >= 0
+}
+
 // readAhead fetches, in the background, the chunks of e that follow a
-// sequential read, up to ReadAhead bytes.
+// sequential read, up to ReadAhead bytes, for files too large for
+// fetchRest.
 func (l *Layer) readAhead(e *toc.Entry, from int) {
 	if from >= len(e.Chunks) {
+		return
+	}
+	if first, last, ok := l.memberSpan(e); ok && l.members[last].end-l.members[first].off <= l.opts.WholeFile {
 		return
 	}
 	var size int64
@@ -238,7 +335,7 @@ func (l *Layer) Prefetch(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	last := sort.Search(len(l.members), func(k int) bool { return l.members[k].off >= end })
-	return l.fetchRange(ctx, 0, last, "prefetch")
+	return l.fetchRange(ctx, 0, last, "prefetch", pace{parallel: l.opts.Parallel, span: l.opts.SpanSize})
 }
 
 // StartBackground fetches every member not yet cached, in spans of
@@ -254,7 +351,10 @@ func (l *Layer) StartBackground() {
 		if err := l.gate.waitStart(ctx, mounted); err != nil {
 			return
 		}
-		if err := l.fetchRange(ctx, 0, len(l.members), "background"); err != nil && ctx.Err() == nil {
+		// Small spans, few at once: a read that arrives meanwhile waits
+		// for at most a couple of megabytes ahead of it on the link.
+		p := pace{parallel: min(l.opts.Parallel, 2), span: min(l.opts.SpanSize, 2<<20), yield: true}
+		if err := l.fetchRange(ctx, 0, len(l.members), "background", p); err != nil && ctx.Err() == nil {
 			log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("background fetch stopped")
 		}
 	}()
@@ -264,45 +364,48 @@ func (l *Layer) StartBackground() {
 // fetched, failed, or the layer closed).
 func (l *Layer) BackgroundDone() <-chan struct{} { return l.bgDone }
 
+// pace is how fetchRange fetches: spans of at most span bytes, parallel
+// at once, and whether to yield to foreground fetches (background work).
+type pace struct {
+	parallel int
+	span     int64
+	yield    bool
+}
+
 // fetchRange fetches members [from, to) that are not cached, in spans run
-// in parallel, for why ("prefetch" or "background"). Background work waits
-// while foreground reads fetch.
-func (l *Layer) fetchRange(ctx context.Context, from, to int, why string) error {
-	background := why == "background"
-	parallel, spanSize := l.opts.Parallel, l.opts.SpanSize
-	if background {
-		// Small spans, few at once: a read that arrives meanwhile waits
-		// for at most a couple of megabytes ahead of it on the link.
-		parallel, spanSize = min(parallel, 2), min(spanSize, 2<<20)
-	}
-	slots := make(chan struct{}, parallel)
+// in parallel, for why (in the debug log). A span is claimed only when a
+// slot is free to fetch it: until then a reader fetches what it needs
+// itself rather than wait in the queue.
+func (l *Layer) fetchRange(ctx context.Context, from, to int, why string, p pace) error {
+	slots := make(chan struct{}, p.parallel)
 	var pending []*call
 	for k := from; k < to; {
 		if ctx.Err() != nil {
 			break
 		}
-		if background {
+		slots <- struct{}{}
+		if p.yield {
 			// Before claiming: a reader must never wait for a span that
 			// waits for readers.
 			if err := l.gate.waitQuiet(ctx); err != nil {
 				break
 			}
 		}
-		// The span: members from k whose bytes fit in SpanSize.
+		// The span: members from k whose bytes fit in the pace's span.
 		end := k + 1
-		for end < to && l.members[end].end-l.members[k].off <= spanSize {
+		for end < to && l.members[end].end-l.members[k].off <= p.span {
 			end++
 		}
 		l.markCached(k, end)
 		cl, mine := l.claim(k, end)
 		if !mine {
+			<-slots
 			if cl != nil {
 				pending = append(pending, cl)
 			}
 			k++
 			continue
 		}
-		slots <- struct{}{}
 		pending = append(pending, cl)
 		go func(k, end int) {
 			defer func() { <-slots }()

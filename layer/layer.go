@@ -55,8 +55,10 @@ type Options struct {
 	// Parallel is how many such requests run at once (default 4).
 	SpanSize int64
 	Parallel int
-	// ReadAhead is how many bytes past a sequential read are fetched
-	// ahead of it (default 4 MiB).
+	// WholeFile is the largest file, in compressed bytes, that a first
+	// read fetches whole (default 16 MiB); ReadAhead is how many bytes
+	// past a read of a larger file are fetched ahead of it (default 4 MiB).
+	WholeFile int64
 	ReadAhead int64
 	// Gate is shared by the layers that share a link (default: the
 	// layer's own).
@@ -72,6 +74,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Parallel <= 0 {
 		o.Parallel = 4
+	}
+	if o.WholeFile <= 0 {
+		o.WholeFile = 16 << 20
 	}
 	if o.ReadAhead <= 0 {
 		o.ReadAhead = 4 << 20
