@@ -61,6 +61,9 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 		cl, mine, start := l.claimAround(k, lo, hi)
 		if mine {
 			l.gate.enter()
+			if l.opts.OnMiss != nil {
+				go l.opts.OnMiss(e)
+			}
 			l.fetchRest(e, k)
 			// Others may wait on this fetch: a reader interrupted
 			// meanwhile must not fail it for them.
@@ -129,7 +132,7 @@ func (l *Layer) claimAround(k, lo, end int) (cl *call, mine bool, start int) {
 // neighbourWindow bytes more cost a fraction of one on a typical link.
 const (
 	smallMember     = 32 << 10
-	neighbourWindow = 64 << 10 // on each side
+	neighbourWindow = 32 << 10 // on each side
 )
 
 // neighbours returns the members [lo, hi) to fetch with member k, which
@@ -256,16 +259,32 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 // time, claimed just before each is fetched, so that a reader who wants
 // one of them meanwhile fetches it at once instead of queueing behind.
 func (l *Layer) fetchRest(e *toc.Entry, k int) {
+	if first, last, ok := l.memberSpan(e); ok && first != last {
+		l.fetchFile(e, k+1, "rest of "+e.Name)
+	}
+}
+
+// FetchFile fetches the whole of e (up to WholeFile bytes; hard links
+// resolved by the caller), without waiting, as a read would: for a file
+// the caller expects the container to read soon.
+func (l *Layer) FetchFile(e *toc.Entry) {
+	if first, _, ok := l.memberSpan(e); ok {
+		l.fetchFile(e, first, "expected "+e.Name)
+	}
+}
+
+// fetchFile fetches e's members from k to its last, then its first ones
+// up to k, in the background but ahead of background work.
+func (l *Layer) fetchFile(e *toc.Entry, k int, why string) {
 	first, last, ok := l.memberSpan(e)
-	if !ok || first == last || l.members[last].end-l.members[first].off > l.opts.WholeFile {
+	if !ok || l.members[last].end-l.members[first].off > l.opts.WholeFile {
 		return
 	}
 	l.gate.enter()
 	go func() {
 		defer l.gate.leave()
-		why := "rest of " + e.Name
 		p := pace{parallel: 2, span: 2 << 20}
-		l.fetchRange(context.Background(), k+1, last+1, why, p)
+		l.fetchRange(context.Background(), k, last+1, why, p)
 		l.fetchRange(context.Background(), first, k, why, p)
 	}()
 }

@@ -63,6 +63,10 @@ type Options struct {
 	// Gate is shared by the layers that share a link (default: the
 	// layer's own).
 	Gate *Gate
+	// OnMiss, if set, is told (in a goroutine of its own) of each file a
+	// read had to fetch for: the mounter guesses from it what the
+	// container reads next.
+	OnMiss func(e *toc.Entry)
 }
 
 func (o Options) withDefaults() Options {

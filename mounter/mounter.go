@@ -48,6 +48,8 @@ type Mounter struct {
 	cache layer.Cache
 	opts  Options
 
+	hints *hints
+
 	mu        sync.Mutex
 	mounts    map[string]*mounted     // by mountpoint
 	opening   map[digest.Digest]*open // layers being opened, by digest
@@ -81,7 +83,20 @@ func New(c layer.Cache, opts Options) *Mounter {
 		// Every layer shares the machine's link: one gate for all.
 		opts.Layer.Gate = layer.NewGate()
 	}
-	return &Mounter{cache: c, opts: opts, mounts: make(map[string]*mounted), opening: make(map[digest.Digest]*open), manifests: make(map[string]*manifest)}
+	m := &Mounter{cache: c, opts: opts, mounts: make(map[string]*mounted), opening: make(map[digest.Digest]*open), manifests: make(map[string]*manifest)}
+	m.hints = &hints{m: m, seen: make(map[string]bool)}
+	return m
+}
+
+// openRemote opens a layer of image ref from its registry.
+func (m *Mounter) openRemote(ctx context.Context, ref string, desc ocispec.Descriptor) (*layer.Layer, error) {
+	blob, err := remote.OpenBlob(ctx, ref, desc, m.opts.Registry, m.opts.Blob)
+	if err != nil {
+		return nil, err
+	}
+	opts := m.opts.Layer
+	opts.OnMiss = m.hints.onMiss(ref, desc.Digest)
+	return layer.Open(ctx, desc, blob, m.cache, opts)
 }
 
 // Mount mounts the layer the labels name at mountpoint. It fails (and the
@@ -154,11 +169,7 @@ func (m *Mounter) openLayer(ctx context.Context, ref string, desc ocispec.Descri
 			return o.layer, nil
 		}
 	}
-	blob, err := remote.OpenBlob(ctx, ref, desc, m.opts.Registry, m.opts.Blob)
-	if err != nil {
-		return nil, err
-	}
-	return layer.Open(ctx, desc, blob, m.cache, m.opts.Layer)
+	return m.openRemote(ctx, ref, desc)
 }
 
 // preopen opens the TOCs of an image's lazy layers in parallel, so that
@@ -179,11 +190,7 @@ func (m *Mounter) preopen(ctx context.Context, ref string) {
 			m.opening[desc.Digest] = o
 			go func() {
 				defer close(o.done)
-				blob, err := remote.OpenBlob(ctx, ref, desc, m.opts.Registry, m.opts.Blob)
-				if err == nil {
-					o.layer, err = layer.Open(ctx, desc, blob, m.cache, m.opts.Layer)
-				}
-				o.err = err
+				o.layer, o.err = m.openRemote(ctx, ref, desc)
 			}()
 		}
 		m.mu.Unlock()

@@ -1,0 +1,144 @@
+package mounter
+
+import (
+	"context"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/elfdeps"
+	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/layer"
+)
+
+// maxHinted bounds the files the mounter remembers having looked at.
+const maxHinted = 100_000
+
+// hints fetches, when a container first reads an ELF program or library,
+// the interpreter and libraries the dynamic loader will open for it next,
+// from whichever of the image's layers holds them: the loader opens them
+// one after another, and each would otherwise cost its own round trip.
+type hints struct {
+	m    *Mounter
+	mu   sync.Mutex
+	seen map[string]bool // layer digest + file name
+}
+
+// onMiss returns the layer.Options.OnMiss of a layer of image ref.
+func (h *hints) onMiss(ref string, d digest.Digest) func(*toc.Entry) {
+	return func(e *toc.Entry) {
+		if l := h.m.mountedLayer(d); l != nil {
+			h.look(ref, l, e)
+		}
+	}
+}
+
+// first tells whether file e of layer l is looked at for the first time.
+func (h *hints) first(l *layer.Layer, e *toc.Entry) bool {
+	key := l.Descriptor().Digest.String() + "/" + e.Name
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seen[key] || len(h.seen) >= maxHinted {
+		return false
+	}
+	h.seen[key] = true
+	return true
+}
+
+// look reads e (a file of l, which image ref has) and, if it is a
+// dynamically linked ELF file, fetches what it needs, and what that needs.
+func (h *hints) look(ref string, l *layer.Layer, e *toc.Entry) {
+	if e.Type != toc.TypeReg || e.Size < 64 || !h.first(l, e) {
+		return
+	}
+	ctx := context.Background()
+	head := make([]byte, 4)
+	if n, _ := l.ReadAt(ctx, e, head, 0); !elfdeps.IsELF(head[:n]) {
+		return
+	}
+	deps, err := elfdeps.Read(entryReader{l, e}, e.Size, e.Name)
+	if err != nil {
+		log.L.WithError(err).Debug("no dependencies read")
+		return
+	}
+	tree := h.m.imageTree(ctx, ref)
+	for _, p := range elfdeps.Resolve(tree, deps) {
+		l2, e2 := tree.entry(p)
+		if e2 == nil || e2.Type != toc.TypeReg {
+			continue
+		}
+		log.L.WithFields(log.Fields{"file": e2.Name, "for": e.Name}).Debug("fetching what the loader will open")
+		l2.FetchFile(e2) // nothing to do if cached
+		go h.look(ref, l2, e2)
+	}
+}
+
+// entryReader reads one file of a layer.
+type entryReader struct {
+	l *layer.Layer
+	e *toc.Entry
+}
+
+func (r entryReader) ReadAt(p []byte, off int64) (int, error) {
+	return r.l.ReadAt(context.Background(), r.e, p, off)
+}
+
+// imageTree is an image's file tree as far as its mounted lazy layers
+// show it, upper layers first.
+type imageTree struct {
+	layers []*layer.Layer
+}
+
+func (m *Mounter) imageTree(ctx context.Context, ref string) imageTree {
+	descs, err := m.imageLayers(ctx, ref)
+	if err != nil {
+		return imageTree{}
+	}
+	var t imageTree
+	for i := len(descs) - 1; i >= 0; i-- {
+		if l := m.mountedLayer(descs[i].Digest); l != nil {
+			t.layers = append(t.layers, l)
+		}
+	}
+	return t
+}
+
+// entry finds the clean absolute path p, hard links resolved.
+func (t imageTree) entry(p string) (*layer.Layer, *toc.Entry) {
+	name := strings.TrimPrefix(p, "/")
+	for _, l := range t.layers {
+		if e, ok := l.TOC().Lookup(name); ok {
+			return l, l.TOC().HardlinkTarget(e)
+		}
+		if _, ok := l.TOC().Lookup(path.Join(path.Dir(name), ".wh."+path.Base(name))); ok {
+			return nil, nil // deleted in this layer
+		}
+	}
+	return nil, nil
+}
+
+func (t imageTree) Lookup(p string) (string, bool) {
+	_, e := t.entry(p)
+	switch {
+	case e == nil:
+		return "", false
+	case e.Type == toc.TypeSymlink:
+		return e.LinkName, true
+	}
+	return "", true
+}
+
+// mountedLayer returns the mounted layer of digest d, if any.
+func (m *Mounter) mountedLayer(d digest.Digest) *layer.Layer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, mt := range m.mounts {
+		if mt.layer.Descriptor().Digest == d {
+			return mt.layer
+		}
+	}
+	return nil
+}
