@@ -22,11 +22,13 @@ func (r *bench) coldState(ctx context.Context) error {
 	if err := r.removeImages(ctx); err != nil {
 		return err
 	}
-	// Snapshots left in our snapshotter would keep layers mounted and their
-	// chunks cached: a run after them would not be cold.
-	if out, err := r.env.Containerd.Ctr(ctx, "snapshots", "--snapshotter", "lazypull", "ls"); err == nil {
-		if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) > 1 {
-			return fmt.Errorf("snapshots still in lazypull after removing every image:\n%s", out)
+	// Snapshots left in a lazy snapshotter would keep layers mounted and
+	// their chunks cached: a run after them would not be cold.
+	for _, sn := range r.snapshotters() {
+		if out, err := r.env.Containerd.Ctr(ctx, "snapshots", "--snapshotter", sn, "ls"); err == nil {
+			if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) > 1 {
+				return fmt.Errorf("snapshots still in %s after removing every image:\n%s", sn, out)
+			}
 		}
 	}
 	if err := fusemanager.Stop(r.env.DaemonRoot, 15*time.Second); err != nil {
@@ -39,7 +41,25 @@ func (r *bench) coldState(ctx context.Context) error {
 	if err := r.env.RestartDaemon(); err != nil {
 		return err
 	}
+	for _, d := range r.daemons {
+		if err := d.reset(); err != nil {
+			return err
+		}
+	}
 	return dropPageCache()
+}
+
+// snapshotters lists the lazy snapshotters the scenarios use.
+func (r *bench) snapshotters() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, sc := range r.cfg.Scenarios {
+		if sc.Lazy() && !seen[sc.Snapshotter] {
+			seen[sc.Snapshotter] = true
+			out = append(out, sc.Snapshotter)
+		}
+	}
+	return out
 }
 
 // removeImages removes every image and waits for containerd's garbage

@@ -17,32 +17,60 @@ type Image struct {
 	Size   int64  // compressed size (layers, config, manifest), for the report
 }
 
-// Scenario is one way of getting an image to run.
+// Scenario is one way of getting an image to run: which form of the image,
+// which snapshotter, which pull command. Besides the built-in ones, a
+// scenario file (TOML, these keys) describes another snapshotter, so that
+// it is measured on the same images and link; see bench/scenarios/.
 type Scenario struct {
-	Name string
-	// Format is the layer format lazypull converts the image to; empty for
-	// containerd's own overlayfs snapshotter with a full pull.
-	Format string
+	Name string `toml:"name"`
+	// Format is the form of the image pulled: "" as built (gzip layers),
+	// or a lazy format `lazypull convert` writes: estargz, zstdchunked.
+	Format string `toml:"format"`
+	// Snapshotter is the containerd snapshotter `ctr run` uses: "" for
+	// overlayfs, "lazypull" for ours, else the scenario's own daemon's.
+	Snapshotter string `toml:"snapshotter"`
+	// Pull is the pull command, with {ref}, {containerd} (its socket),
+	// {namespace}, {snapshotter} and {bin} (lazypull's binaries) replaced. Empty: `ctr images pull`, or
+	// `lazypull pull` for lazypull.
+	Pull []string `toml:"pull"`
+	// Daemon is the command serving Snapshotter on {socket}, keeping its
+	// state under {root} and reading {config} ({bin} too): another snapshotter's
+	// daemon, which the runner starts, stops and empties for each cold run.
+	Daemon []string `toml:"daemon"`
+	// Config is written to {config} before Daemon starts.
+	Config string `toml:"config"`
 }
 
-// Lazy tells whether the scenario pulls through lazypull.
-func (s Scenario) Lazy() bool { return s.Format != "" }
+// Lazy tells whether the scenario pulls through a lazy snapshotter.
+func (s Scenario) Lazy() bool { return s.Snapshotter != "" }
+
+// external tells whether the runner starts the scenario's daemon.
+func (s Scenario) external() bool { return len(s.Daemon) > 0 }
 
 // The built-in scenarios, in report order; the first is the baseline the
 // ratios are taken against.
 var (
 	Overlayfs       = Scenario{Name: "overlayfs"}
-	LazypullEStargz = Scenario{Name: "lazypull-estargz", Format: "estargz"}
-	LazypullZstd    = Scenario{Name: "lazypull-zstd", Format: "zstdchunked"}
+	LazypullEStargz = Scenario{Name: "lazypull-estargz", Format: "estargz", Snapshotter: "lazypull"}
+	LazypullZstd    = Scenario{Name: "lazypull-zstd", Format: "zstdchunked", Snapshotter: "lazypull"}
 )
 
 // Scenarios lists the built-in scenarios.
 func Scenarios() []Scenario { return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd} }
 
-// ScenariosByName picks built-in scenarios by name.
+// ScenariosByName picks built-in scenarios by name, and reads scenario
+// files given by a path ending in .toml.
 func ScenariosByName(names []string) ([]Scenario, error) {
 	var out []Scenario
 	for _, n := range names {
+		if strings.HasSuffix(n, ".toml") {
+			sc, err := LoadScenario(n)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, sc)
+			continue
+		}
 		found := false
 		for _, s := range Scenarios() {
 			if s.Name == n {
@@ -50,7 +78,7 @@ func ScenariosByName(names []string) ([]Scenario, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("no scenario %q (there are overlayfs, lazypull-estargz, lazypull-zstd)", n)
+			return nil, fmt.Errorf("no scenario %q (there are overlayfs, lazypull-estargz, lazypull-zstd, or a scenario file ending in .toml)", n)
 		}
 	}
 	return out, nil

@@ -10,11 +10,16 @@ import (
 	"strings"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/lazypull/lazypull/internal/testenv"
+	"github.com/lazypull/lazypull/remote"
+	"github.com/lazypull/lazypull/transport"
 )
 
 // measure does one cold run of img in scenario sc: pull, then run until
-// the workload prints its ready line.
+// the workload prints its ready line; then, the image present, it waits
+// for the background fetch to settle and measures a warm start.
 func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration int) (Result, error) {
 	res := Result{Image: img.Name, Scenario: sc.Name, Run: iteration}
 	if err := r.coldState(ctx); err != nil {
@@ -42,21 +47,120 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 	res.FirstOutput = seconds(ready.Sub(pulled))
 	res.Total = seconds(ready.Sub(start))
 	res.Bytes, res.Requests = st.BytesSent, st.Requests
-	if sc.Lazy() {
+	switch {
+	case sc.Snapshotter == "lazypull":
 		res.DaemonPeak = peakMemory(r.env.Daemon.PID())
 		res.ManagerPeak = peakMemory(managerPID(r.env.DaemonRoot))
+	case sc.external():
+		res.DaemonPeak = peakMemory(r.daemons[sc.Name].pid())
 	}
+	if err := wait(); err != nil {
+		return res, err
+	}
+
+	// What the node ends up fetching, and how fast the background did it.
+	bg := r.settle(ctx, ready)
+	res.SettledBytes, res.BackgroundBytes, res.BackgroundSeconds = r.proxy.Stats().BytesSent, bg.bytes, bg.seconds
+	if res.ImageBytes, err = r.imageBytes(ctx, img, sc); err != nil {
+		return res, err
+	}
+
+	// A warm start: the image is there (for a lazy snapshotter, mounted
+	// and cached), the page cache dropped.
+	if err := dropPageCache(); err != nil {
+		return res, err
+	}
+	warmStart := time.Now()
+	wait, err = r.runUntilReady(ctx, sc, ref, name+"-warm", img.Ready)
+	if err != nil {
+		return res, fmt.Errorf("warm start: %w", err)
+	}
+	res.Warm = seconds(time.Since(warmStart))
 	return res, wait()
 }
 
+// settleQuiet is how long the link must carry nothing for the background
+// fetch to count as settled.
+const settleQuiet = 3 * time.Second
+
+// transfer is what crossed the link after the ready line: bytes, and the
+// seconds from the first of them to the last.
+type transfer struct {
+	bytes   int64
+	seconds float64
+}
+
+// settle waits until nothing has crossed the proxy for settleQuiet (or
+// the run's context ends), sampling its byte count.
+func (r *bench) settle(ctx context.Context, ready time.Time) transfer {
+	base := r.proxy.Stats().BytesSent
+	last, lastChange := base, time.Now()
+	var first time.Time
+	for time.Since(lastChange) < settleQuiet && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+		n := r.proxy.Stats().BytesSent
+		if n != last {
+			now := time.Now()
+			if first.IsZero() {
+				first = now
+			}
+			last, lastChange = n, now
+		}
+	}
+	if first.IsZero() {
+		return transfer{}
+	}
+	return transfer{bytes: last - base, seconds: lastChange.Sub(first).Seconds()}
+}
+
+// imageBytes sums the blobs of the image in the scenario's form: its
+// manifest, config and layers, as the registry holds them.
+func (r *bench) imageBytes(ctx context.Context, img Image, sc Scenario) (int64, error) {
+	ref, err := transport.ParseRef("docker://" + r.env.Registry.Host + "/" + repo(img, sc))
+	if err != nil {
+		return 0, err
+	}
+	loc, err := transport.Open(ctx, ref, remote.Options{PlainHTTP: true})
+	if err != nil {
+		return 0, err
+	}
+	desc, err := loc.Resolve(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var mf ocispec.Manifest
+	if _, err := transport.FetchJSON(ctx, loc, desc, &mf); err != nil {
+		return 0, err
+	}
+	n := desc.Size + mf.Config.Size
+	for _, l := range mf.Layers {
+		n += l.Size
+	}
+	return n, nil
+}
+
 func (r *bench) pull(ctx context.Context, sc Scenario, ref string) error {
-	if !sc.Lazy() {
-		_, err := r.env.Containerd.Ctr(ctx, "images", "pull", "--plain-http", ref)
+	switch {
+	case len(sc.Pull) > 0:
+		args := expand(sc.Pull, map[string]string{"ref": ref, "containerd": r.env.Containerd.Address,
+			"namespace": testenv.Namespace, "snapshotter": sc.Snapshotter, "bin": r.env.BinDir})
+		out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	case sc.Snapshotter == "lazypull":
+		_, err := r.lazypull(ctx, "pull", "--plain-http", "--address", r.env.Containerd.Address,
+			"--namespace", testenv.Namespace, ref)
+		return err
+	default:
+		args := []string{"images", "pull", "--plain-http"}
+		if sc.Snapshotter != "" {
+			args = append(args, "--snapshotter", sc.Snapshotter)
+		}
+		_, err := r.env.Containerd.Ctr(ctx, append(args, ref)...)
 		return err
 	}
-	_, err := r.lazypull(ctx, "pull", "--plain-http", "--address", r.env.Containerd.Address,
-		"--namespace", testenv.Namespace, ref)
-	return err
 }
 
 // runUntilReady starts `ctr run --rm` and returns once the container has
@@ -68,8 +172,8 @@ func (r *bench) runUntilReady(ctx context.Context, sc Scenario, ref, name, ready
 		return nil, err
 	}
 	args := []string{"--address", r.env.Containerd.Address, "--namespace", testenv.Namespace, "run", "--rm"}
-	if sc.Lazy() {
-		args = append(args, "--snapshotter", "lazypull")
+	if sc.Snapshotter != "" {
+		args = append(args, "--snapshotter", sc.Snapshotter)
 	}
 	args = append(args, ref, name)
 	cmd := exec.CommandContext(ctx, ctrBin, args...)

@@ -48,8 +48,13 @@ func Rerender(dir string) error {
 // chart, if not empty, is linked below the tables.
 func (rep *Report) Markdown(w io.Writer, chart string) {
 	fmt.Fprintf(w, "# lazypull benchmark, %s\n\n", rep.Started.Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(w, "Machine: %s. Link: %s round trip, %s through the proxy. %d cold runs per scenario; medians, min–max in brackets. Times in seconds; first output counts from `ctr run` to the workload's ready line; MB and requests crossed the proxy until then; memory is the peak RSS of lazypull-snapshotter plus its FUSE manager.\n",
+	fmt.Fprintf(w, "Machine: %s. Link: %s round trip, %s through the proxy. %d cold runs per scenario; medians, min–max in brackets.\n\n",
 		rep.Machine, rep.RTT, bandwidthString(rep.Bandwidth), rep.Runs)
+	fmt.Fprint(w, "Times in seconds. *pull*: the pull command; *first output*: from `ctr run` to the workload's ready line; "+
+		"*total*: both, the number a user waits, also as a ratio to overlayfs's full pull. *MB*, *requests*: what crossed the link until the ready line. "+
+		"*memory*: peak RSS of the snapshotter's processes. *settled*: all bytes fetched once the link has been quiet for 3 s, "+
+		"as a multiple of the image's blobs. *background*: the rate of what was fetched after the ready line, as a share of the link. "+
+		"*warm*: from `ctr run` to the ready line again, the image present, page cache dropped, and its ratio to overlayfs's.\n")
 	sizes := map[string]int64{}
 	for _, img := range rep.Images {
 		sizes[img.Name] = img.Size
@@ -62,24 +67,43 @@ func (rep *Report) Markdown(w io.Writer, chart string) {
 			if sizes[image] > 0 {
 				fmt.Fprintf(w, " (%.1f MB compressed)", mb(sizes[image]))
 			}
-			fmt.Fprint(w, "\n\n| scenario | pull s | first output s | total s | MB fetched | requests | peak memory MiB | total vs overlayfs |\n")
-			fmt.Fprint(w, "|---|---|---|---|---|---|---|---|\n")
+			fmt.Fprint(w, "\n\n| scenario | pull | first output | total | total vs overlayfs | MB | requests | memory MiB | settled | background | warm | warm vs overlayfs |\n")
+			fmt.Fprint(w, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		}
-		mem := "—"
-		if s.MemoryMiB.Max > 0 {
-			mem = cell(s.MemoryMiB, "%.0f")
-		}
-		ratio := "—"
-		if s.Ratio > 0 {
-			ratio = fmt.Sprintf("%.2f", s.Ratio)
-		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Scenario,
-			cell(s.Pull, "%.2f"), cell(s.FirstOutput, "%.2f"), cell(s.Total, "%.2f"),
-			cell(s.MB, "%.1f"), cell(s.Requests, "%.0f"), mem, ratio)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Scenario,
+			cell(s.Pull, "%.2f"), cell(s.FirstOutput, "%.2f"), cell(s.Total, "%.2f"), ratioCell(s.Ratio),
+			cell(s.MB, "%.1f"), cell(s.Requests, "%.0f"), orDash(s.MemoryMiB, "%.0f"),
+			orDash(s.Settled, "%.3f×"), percent(s.BackgroundLink), orDash(s.Warm, "%.2f"), ratioCell(s.WarmRatio))
 	}
 	if chart != "" {
 		fmt.Fprintf(w, "\n![median total time to first output](%s)\n", chart)
 	}
+}
+
+func ratioCell(r float64) string {
+	if r <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", r)
+}
+
+// orDash is cell, or a dash for a measure nothing was recorded for.
+func orDash(s Spread, format string) string {
+	if s.Max <= 0 {
+		return "—"
+	}
+	return cell(s, format)
+}
+
+func percent(s Spread) string {
+	if s.Max <= 0 {
+		return "—"
+	}
+	med, lo, hi := fmt.Sprintf("%.0f", s.Median*100), fmt.Sprintf("%.0f", s.Min*100), fmt.Sprintf("%.0f", s.Max*100)
+	if lo == hi {
+		return med + "%"
+	}
+	return fmt.Sprintf("%s%% (%s–%s%%)", med, lo, hi)
 }
 
 // cell is "median (min–max)", or just the median when all runs agree.

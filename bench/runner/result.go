@@ -24,10 +24,33 @@ type Result struct {
 	// the ready line (background fetch after it is not counted).
 	Bytes    int64 `json:"bytes"`
 	Requests int64 `json:"requests"`
-	// Peak resident memory (VmHWM) of lazypull-snapshotter and its FUSE
-	// manager, both started fresh for the run; 0 for overlayfs.
+	// Peak resident memory (VmHWM) until the ready line of the
+	// snapshotter's daemon (lazypull: and its FUSE manager), started fresh
+	// for the run; 0 for overlayfs.
 	DaemonPeak  int64 `json:"daemonPeakBytes"`
 	ManagerPeak int64 `json:"managerPeakBytes"`
+	// SettledBytes crossed the proxy from the pull's start until the link
+	// was quiet for settleQuiet after the ready line: a lazy snapshotter's
+	// background fetch included. ImageBytes is the size of the pulled
+	// image's blobs (manifest, config, layers) in the scenario's form.
+	SettledBytes int64 `json:"settledBytes"`
+	ImageBytes   int64 `json:"imageBytes"`
+	// BackgroundBytes crossed the proxy after the ready line, in
+	// BackgroundSeconds from the first of them to the last.
+	BackgroundBytes   int64   `json:"backgroundBytes"`
+	BackgroundSeconds float64 `json:"backgroundSeconds"`
+	// Warm is the time from `ctr run` to the ready line with the image
+	// present (and, for a lazy snapshotter, settled), page cache dropped.
+	Warm float64 `json:"warmSeconds"`
+}
+
+// BackgroundRate is the background fetch's rate in bits per second, 0 if
+// it moved too little to tell.
+func (r Result) BackgroundRate() float64 {
+	if r.BackgroundBytes < 1<<20 || r.BackgroundSeconds <= 0 {
+		return 0
+	}
+	return float64(r.BackgroundBytes) * 8 / r.BackgroundSeconds
 }
 
 func (r Result) progressLine(runs int) string {
@@ -35,8 +58,12 @@ func (r Result) progressLine(runs int) string {
 	if r.DaemonPeak+r.ManagerPeak > 0 {
 		mem = fmt.Sprintf(" mem %.0f MiB", mib(r.DaemonPeak+r.ManagerPeak))
 	}
-	return fmt.Sprintf("run %d/%d %-7s %-17s pull %6.2fs  first output %6.2fs  total %6.2fs  %7.1f MB %5d requests%s",
-		r.Run, runs, r.Image, r.Scenario, r.Pull, r.FirstOutput, r.Total, mb(r.Bytes), r.Requests, mem)
+	bg := ""
+	if rate := r.BackgroundRate(); rate > 0 {
+		bg = fmt.Sprintf(" background %.0f Mbit/s", rate/1e6)
+	}
+	return fmt.Sprintf("run %d/%d %-7s %-17s pull %6.2fs  first output %6.2fs  total %6.2fs  %7.1f MB %5d requests%s  settled %.1f MB%s  warm %.2fs",
+		r.Run, runs, r.Image, r.Scenario, r.Pull, r.FirstOutput, r.Total, mb(r.Bytes), r.Requests, mem, mb(r.SettledBytes), bg, r.Warm)
 }
 
 // ImageInfo describes a measured image in the report.

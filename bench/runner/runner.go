@@ -27,6 +27,11 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 	if cfg.DaemonConfig != "" {
 		opts = append(opts, testenv.WithDaemonConfig(cfg.DaemonConfig))
 	}
+	for _, sc := range cfg.Scenarios {
+		if sc.external() {
+			opts = append(opts, testenv.WithProxySnapshotter(sc.Snapshotter))
+		}
+	}
 	env, err := testenv.Start("", opts...)
 	if err != nil {
 		return rep, err
@@ -45,7 +50,23 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 			err = errors.Join(err, fmt.Errorf("closing the proxy: %w", cerr))
 		}
 	}()
-	r := &bench{cfg: cfg, env: env, proxy: proxy}
+	r := &bench{cfg: cfg, env: env, proxy: proxy, daemons: make(map[string]*daemon)}
+	defer func() {
+		for _, d := range r.daemons {
+			if derr := d.stop(); derr != nil {
+				err = errors.Join(err, derr)
+			}
+		}
+	}()
+	for _, sc := range cfg.Scenarios {
+		if sc.external() {
+			d := newDaemon(sc, env)
+			r.daemons[sc.Name] = d
+			if err := d.start(); err != nil {
+				return rep, err
+			}
+		}
+	}
 	if cfg.KeepLogs {
 		defer r.keepLogs()
 	}
@@ -77,27 +98,34 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 
 // bench is one Run's stack.
 type bench struct {
-	cfg   Config
-	env   *testenv.Env
-	proxy *regproxy.Proxy
+	cfg     Config
+	env     *testenv.Env
+	proxy   *regproxy.Proxy
+	daemons map[string]*daemon // other snapshotters', by scenario name
 }
 
-// repo is where an image lives in the registry for a scenario.
+// repo is where an image lives in the registry in a scenario's form.
 func repo(img Image, sc Scenario) string {
 	tag := "orig"
-	if sc.Lazy() {
+	if sc.Format != "" {
 		tag = sc.Format
 	}
 	return "bench/" + img.Name + ":" + tag
 }
 
-// publish pushes the image (overlayfs) and converts it once per lazy
-// scenario, straight into the registry, not through the shaped link.
+// publish pushes the image as built and converts it once per lazy format
+// the scenarios pull, straight into the registry, not through the shaped
+// link.
 func (r *bench) publish(ctx context.Context, img Image) error {
+	done := map[string]bool{}
 	for _, sc := range r.cfg.Scenarios {
+		if done[sc.Format] {
+			continue
+		}
+		done[sc.Format] = true
 		dst := r.env.Registry.Host + "/" + repo(img, sc)
 		start := time.Now()
-		if !sc.Lazy() {
+		if sc.Format == "" {
 			if err := testenv.Push(ctx, img.Layout, img.Tag, dst); err != nil {
 				return err
 			}
@@ -105,7 +133,7 @@ func (r *bench) publish(ctx context.Context, img Image) error {
 			"oci:"+img.Layout+":"+img.Tag, "docker://"+dst); err != nil {
 			return err
 		}
-		fmt.Fprintf(r.cfg.Progress, "setup %s/%s: %s in %v\n", img.Name, sc.Name, dst, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(r.cfg.Progress, "setup %s: %s in %v\n", img.Name, dst, time.Since(start).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -120,6 +148,9 @@ func (r *bench) keepLogs() {
 		"lazypull-snapshotter.log": r.env.Daemon.Log,
 		"fusemanager.log":          filepath.Join(r.env.DaemonRoot, "fusemanager.log"),
 		"containerd.log":           r.env.Containerd.Log,
+	}
+	for name, d := range r.daemons {
+		logs[name+".log"] = d.logPath()
 	}
 	os.MkdirAll(r.cfg.LogDir, 0o755)
 	for name, src := range logs {

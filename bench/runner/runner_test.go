@@ -11,16 +11,19 @@ import (
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
-// TestRunEndToEnd runs one cold run of each scenario on the small hello
-// image through the whole stack. It takes a while and needs root and the
-// Debian packages, so it runs only with LAZYPULL_BENCH_E2E=1.
+// TestRunEndToEnd runs one cold run of each built-in scenario, and of a
+// scenario file (lazypull again, as another snapshotter), on the small
+// hello image through the whole stack: registry, shaping proxy,
+// containerd, the daemons, the background fetch and a warm start.
 func TestRunEndToEnd(t *testing.T) {
-	if os.Getenv("LAZYPULL_BENCH_E2E") != "1" {
-		t.Skip("set LAZYPULL_BENCH_E2E=1 to run the benchmark end to end")
-	}
 	testenv.NeedRoot(t)
 	for _, prog := range []string{"containerd", "ctr", "runc", "docker-registry", "skopeo"} {
 		testenv.NeedBinary(t, prog)
+	}
+	testenv.NeedFUSE(t)
+	again, err := LoadScenario("testdata/lazypull-again.toml")
+	if err != nil {
+		t.Fatal(err)
 	}
 	work := t.TempDir()
 	hello, err := testenv.BuildHello(work)
@@ -36,21 +39,34 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	var progress strings.Builder
-	cfg := Config{Runs: 1, RTT: 5 * time.Millisecond, Bandwidth: 100e6, Progress: &progress}
+	cfg := Config{Runs: 1, RTT: 5 * time.Millisecond, Bandwidth: 100e6, Progress: &progress,
+		Scenarios: append(Scenarios(), again)}
 	rep, err := Run(context.Background(), cfg, []Image{{Name: "hello", Layout: layout, Tag: "v1", Ready: "hello from lazypull"}})
 	t.Log(progress.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Results) != 3 {
+	if len(rep.Results) != 4 {
 		t.Fatalf("got %d results, want one per scenario: %+v", len(rep.Results), rep.Results)
 	}
 	for _, r := range rep.Results {
-		if r.Total <= 0 || r.Requests == 0 || r.Bytes == 0 {
+		if r.Total <= 0 || r.Requests == 0 || r.Bytes == 0 || r.Warm <= 0 || r.ImageBytes == 0 {
 			t.Errorf("%s: nothing measured: %+v", r.Scenario, r)
 		}
-		if lazy := r.Scenario != Overlayfs.Name; lazy && (r.DaemonPeak == 0 || r.ManagerPeak == 0) {
-			t.Errorf("%s: no peak memory: %+v", r.Scenario, r)
+		// Once settled, every scenario has fetched the image: the lazy
+		// ones in the background, each byte once.
+		if r.SettledBytes < r.ImageBytes*95/100 || r.SettledBytes > r.ImageBytes*105/100 {
+			t.Errorf("%s: settled after %d bytes; the image has %d", r.Scenario, r.SettledBytes, r.ImageBytes)
+		}
+		switch r.Scenario {
+		case LazypullEStargz.Name, LazypullZstd.Name:
+			if r.DaemonPeak == 0 || r.ManagerPeak == 0 {
+				t.Errorf("%s: no peak memory: %+v", r.Scenario, r)
+			}
+		case again.Name:
+			if r.DaemonPeak == 0 || r.Bytes >= r.ImageBytes {
+				t.Errorf("%s: no peak memory, or not lazy: %+v", r.Scenario, r)
+			}
 		}
 	}
 	dir := t.TempDir()

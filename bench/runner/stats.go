@@ -29,9 +29,15 @@ func spreadOf(values []float64) Spread {
 type Summary struct {
 	Image, Scenario          string
 	Runs                     int
-	Pull, FirstOutput, Total Spread  // seconds
-	MB, Requests, MemoryMiB  Spread  // MemoryMiB: daemon + FUSE manager
-	Ratio                    float64 // median total / overlayfs's median total; 0 if unknown
+	Pull, FirstOutput, Total Spread // seconds
+	MB, Requests, MemoryMiB  Spread // MemoryMiB: daemon + FUSE manager
+	Warm                     Spread // seconds
+	// Settled is the bytes fetched once the link is quiet as a multiple
+	// of the image's blobs; BackgroundLink the background fetch's rate as
+	// a fraction of the link (0 where too little moved, or no cap).
+	Settled, BackgroundLink Spread
+	Ratio                   float64 // median total / overlayfs's median total; 0 if unknown
+	WarmRatio               float64 // median warm / overlayfs's median warm; 0 if unknown
 }
 
 // Summaries gives one Summary per image and scenario that has results, in
@@ -41,10 +47,19 @@ func (rep *Report) Summaries() []Summary {
 	for _, img := range rep.Images {
 		first := len(out)
 		for _, sc := range rep.Scenarios {
-			var pull, first, total, mbs, reqs, mem []float64
+			var pull, first, total, mbs, reqs, mem, warm, settled, link []float64
 			for _, r := range rep.Results {
 				if r.Image != img.Name || r.Scenario != sc {
 					continue
+				}
+				if r.Warm > 0 {
+					warm = append(warm, r.Warm)
+				}
+				if r.ImageBytes > 0 && r.SettledBytes > 0 {
+					settled = append(settled, float64(r.SettledBytes)/float64(r.ImageBytes))
+				}
+				if rate := r.BackgroundRate(); rate > 0 && rep.Bandwidth > 0 {
+					link = append(link, rate/float64(rep.Bandwidth))
 				}
 				pull = append(pull, r.Pull)
 				first = append(first, r.FirstOutput)
@@ -58,7 +73,8 @@ func (rep *Report) Summaries() []Summary {
 			}
 			s := Summary{Image: img.Name, Scenario: sc, Runs: len(total),
 				Pull: spreadOf(pull), FirstOutput: spreadOf(first), Total: spreadOf(total),
-				MB: spreadOf(mbs), Requests: spreadOf(reqs), MemoryMiB: spreadOf(mem)}
+				MB: spreadOf(mbs), Requests: spreadOf(reqs), MemoryMiB: spreadOf(mem),
+				Warm: spreadOf(warm), Settled: spreadOf(settled), BackgroundLink: spreadOf(link)}
 			out = append(out, s)
 		}
 		// Ratios against overlayfs's full pull, whatever order it ran in.
@@ -66,6 +82,9 @@ func (rep *Report) Summaries() []Summary {
 			if b.Scenario == Overlayfs.Name && b.Total.Median > 0 {
 				for i := first; i < len(out); i++ {
 					out[i].Ratio = out[i].Total.Median / b.Total.Median
+					if b.Warm.Median > 0 {
+						out[i].WarmRatio = out[i].Warm.Median / b.Warm.Median
+					}
 				}
 			}
 		}

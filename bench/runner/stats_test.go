@@ -35,10 +35,13 @@ func testReport() *Report {
 		Images:    []ImageInfo{{Name: "python", Size: 62.4e6}, {Name: "gcc"}},
 	}
 	for i, tot := range []float64{8, 10, 9} {
-		rep.Results = append(rep.Results, Result{Image: "python", Scenario: "overlayfs", Run: i + 1, Pull: tot - 0.1, FirstOutput: 0.1, Total: tot, Bytes: 62.4e6, Requests: 5})
+		rep.Results = append(rep.Results, Result{Image: "python", Scenario: "overlayfs", Run: i + 1, Pull: tot - 0.1, FirstOutput: 0.1, Total: tot, Bytes: 62.4e6, Requests: 5,
+			SettledBytes: 62.4e6, ImageBytes: 62.4e6, Warm: 0.2})
 	}
 	for i, tot := range []float64{2, 1.8, 2.7} {
-		rep.Results = append(rep.Results, Result{Image: "python", Scenario: "lazypull-estargz", Run: i + 1, Pull: 0.5, FirstOutput: tot - 0.5, Total: tot, Bytes: 5e6, Requests: 40 + int64(i), DaemonPeak: 30 << 20, ManagerPeak: 20 << 20})
+		rep.Results = append(rep.Results, Result{Image: "python", Scenario: "lazypull-estargz", Run: i + 1, Pull: 0.5, FirstOutput: tot - 0.5, Total: tot, Bytes: 5e6, Requests: 40 + int64(i), DaemonPeak: 30 << 20, ManagerPeak: 20 << 20,
+			// 60 MB in the background at 96, 90 and 80 Mbit/s; 66 MB in all of a 65 MB image.
+			SettledBytes: 66e6, ImageBytes: 65e6, BackgroundBytes: 60e6, BackgroundSeconds: []float64{5, 5.333333333, 6}[i], Warm: []float64{0.21, 0.22, 0.3}[i]})
 	}
 	// gcc has only a lazy result: no ratio.
 	rep.Results = append(rep.Results, Result{Image: "gcc", Scenario: "lazypull-estargz", Run: 1, Total: 3})
@@ -60,6 +63,12 @@ func TestSummaries(t *testing.T) {
 	if lazy.MemoryMiB != (Spread{50, 50, 50}) || lazy.Requests != (Spread{41, 40, 42}) || lazy.MB.Median != 5 {
 		t.Errorf("lazy counters: %+v", lazy)
 	}
+	if math.Abs(lazy.Settled.Median-66.0/65) > 1e-9 || math.Abs(lazy.BackgroundLink.Median-0.9) > 1e-6 || math.Abs(lazy.BackgroundLink.Max-0.96) > 1e-6 {
+		t.Errorf("lazy settled bytes and background rate: %+v, %+v", lazy.Settled, lazy.BackgroundLink)
+	}
+	if math.Abs(lazy.WarmRatio-0.22/0.2) > 1e-9 || base.WarmRatio != 1 {
+		t.Errorf("warm ratios: %v, %v", lazy.WarmRatio, base.WarmRatio)
+	}
 	if gcc.Ratio != 0 || gcc.Runs != 1 {
 		t.Errorf("gcc without a baseline: %+v", gcc)
 	}
@@ -72,11 +81,11 @@ func TestMarkdown(t *testing.T) {
 	for _, want := range []string{
 		"20ms round trip, 100 Mbit/s",
 		"## python (62.4 MB compressed)",
-		"| scenario | pull s | first output s | total s | MB fetched | requests | peak memory MiB | total vs overlayfs |",
-		"| overlayfs | 8.90 (7.90–9.90) | 0.10 | 9.00 (8.00–10.00) | 62.4 | 5 | — | 1.00 |",
-		"| lazypull-estargz | 0.50 | 1.50 (1.30–2.20) | 2.00 (1.80–2.70) | 5.0 | 41 (40–42) | 50 | 0.22 |",
+		"| scenario | pull | first output | total | total vs overlayfs | MB | requests | memory MiB | settled | background | warm | warm vs overlayfs |",
+		"| overlayfs | 8.90 (7.90–9.90) | 0.10 | 9.00 (8.00–10.00) | 1.00 | 62.4 | 5 | — | 1.000× | — | 0.20 | 1.00 |",
+		"| lazypull-estargz | 0.50 | 1.50 (1.30–2.20) | 2.00 (1.80–2.70) | 0.22 | 5.0 | 41 (40–42) | 50 | 1.015× | 90% (80–96%) | 0.22 (0.21–0.30) | 1.10 |",
 		"## gcc\n",
-		"| lazypull-estargz | 0.00 | 0.00 | 3.00 | 0.0 | 0 | — | — |",
+		"| lazypull-estargz | 0.00 | 0.00 | 3.00 | — | 0.0 | 0 | — | — | — | — | — |",
 		"![median total time to first output](totals.png)",
 	} {
 		if !strings.Contains(md, want) {

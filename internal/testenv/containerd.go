@@ -23,8 +23,9 @@ type Containerd struct {
 }
 
 // StartContainerd starts containerd under dir with a proxy snapshot plugin
-// named lazypull at snapshotterSocket.
-func StartContainerd(dir, snapshotterSocket string) (*Containerd, error) {
+// named lazypull at snapshotterSocket, and one for each of others (name →
+// socket): other snapshotters a benchmark compares.
+func StartContainerd(dir, snapshotterSocket string, others map[string]string) (*Containerd, error) {
 	bin, err := lookPath("containerd")
 	if err != nil {
 		return nil, err
@@ -49,6 +50,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   type = "snapshot"
   address = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, filepath.Join(dir, "opt"), snapshotterSocket)
+	for name, socket := range others {
+		config += fmt.Sprintf("\n[proxy_plugins.%q]\n  type = \"snapshot\"\n  address = %q\n", name, socket)
+	}
 	configPath := filepath.Join(dir, "containerd.toml")
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return nil, err

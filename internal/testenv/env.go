@@ -29,6 +29,10 @@ type Env struct {
 
 	DaemonRoot   string
 	DaemonSocket string
+
+	// Proxy snapshotters besides ours that containerd is told of, by
+	// name: their sockets (WithProxySnapshotter).
+	Snapshotters map[string]string
 }
 
 // New starts an Env for a test and tears it down when the test ends. It
@@ -91,7 +95,7 @@ func Start(parent string, opts ...Option) (_ *Env, err error) {
 	if err := e.StartDaemon(); err != nil {
 		return e, err
 	}
-	if e.Containerd, err = StartContainerd(filepath.Join(dir, "containerd"), e.DaemonSocket); err != nil {
+	if e.Containerd, err = StartContainerd(filepath.Join(dir, "containerd"), e.DaemonSocket, e.Snapshotters); err != nil {
 		return e, err
 	}
 	return e, nil
@@ -99,6 +103,18 @@ func Start(parent string, opts ...Option) (_ *Env, err error) {
 
 // Option sets the Env up before it starts.
 type Option func(*Env) error
+
+// WithProxySnapshotter tells containerd of another snapshotter, name,
+// served on the socket Env.Dir/name.sock by a daemon the caller starts.
+func WithProxySnapshotter(name string) Option {
+	return func(e *Env) error {
+		if e.Snapshotters == nil {
+			e.Snapshotters = make(map[string]string)
+		}
+		e.Snapshotters[name] = filepath.Join(e.Dir, name+".sock")
+		return nil
+	}
+}
 
 // WithDaemonConfig gives our daemon (and its FUSE manager) this TOML
 // configuration.
@@ -158,7 +174,7 @@ func (e *Env) Close() error {
 	}
 	if leaked := MountsUnder(e.Dir); len(leaked) > 0 {
 		errs = append(errs, fmt.Errorf("mounts left under %s after shutdown (now unmounted): %s", e.Dir, strings.Join(leaked, ", ")))
-		errs = append(errs, unmountAll(leaked))
+		errs = append(errs, UnmountAll(leaked))
 	}
 	errs = append(errs, os.RemoveAll(e.Dir))
 	return errors.Join(errs...)
@@ -214,7 +230,8 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
-func unmountAll(mountpoints []string) error {
+// UnmountAll detaches every mountpoint given (MountsUnder's list).
+func UnmountAll(mountpoints []string) error {
 	var errs []error
 	for _, mp := range mountpoints {
 		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && err != unix.EINVAL {
