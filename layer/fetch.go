@@ -8,6 +8,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/log"
@@ -170,6 +171,13 @@ func (l *Layer) neighbours(e *toc.Entry, k int) (lo, hi int) {
 // request, verifies and caches their chunks, and releases the claim. why
 // names the file or the work the fetch is for, in the debug log.
 func (l *Layer) fetchSpan(ctx context.Context, k, end int, cl *call, why string) {
+	l.fetchSpanThen(ctx, k, end, cl, why, nil)
+}
+
+// fetchSpanThen is fetchSpan that calls arrived (if not nil) once the
+// bytes are in, before it verifies and caches them: a caller pacing its
+// requests starts the next while this one is decoded.
+func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why string, arrived func()) {
 	l.mu.Lock()
 	last := k
 	for last+1 < end && l.inflight[last+1] == cl {
@@ -197,6 +205,9 @@ func (l *Layer) fetchSpan(ctx context.Context, k, end int, cl *call, why string)
 				break // the fetcher has retried already
 			}
 			l.fetched.Add(fetchEnd - start)
+		}
+		if attempt == 0 && arrived != nil {
+			arrived()
 		}
 		for j := k; j <= last && err == nil; j++ {
 			m := l.members[j]
@@ -284,8 +295,15 @@ func (l *Layer) fetchFile(e *toc.Entry, k int, why string) {
 	go func() {
 		defer l.gate.leave()
 		p := pace{parallel: 2, span: 2 << 20}
-		l.fetchRange(context.Background(), k, last+1, why, p)
-		l.fetchRange(context.Background(), first, k, why, p)
+		err := l.fetchRange(context.Background(), k, last+1, why, p)
+		if err == nil {
+			err = l.fetchRange(context.Background(), first, k, why, p)
+		}
+		if err == nil && len(e.Chunks) > 1 && e.Digest != "" && !l.cache.Has(e.Digest) {
+			// A file read now is read again at the next start: have it
+			// ready for passthrough then.
+			l.assemble(e)
+		}
 	}()
 }
 
@@ -427,8 +445,10 @@ func (l *Layer) fetchRange(ctx context.Context, from, to int, why string, p pace
 		}
 		pending = append(pending, cl)
 		go func(k, end int) {
-			defer func() { <-slots }()
-			l.fetchSpan(ctx, k, end, cl, why)
+			var once sync.Once
+			free := func() { once.Do(func() { <-slots }) }
+			defer free()
+			l.fetchSpanThen(ctx, k, end, cl, why, free)
 		}(k, end)
 		// Skip what this span claimed.
 		l.mu.Lock()
@@ -480,7 +500,9 @@ func (l *Layer) markCached(from, to int) {
 }
 
 // CachedFile returns a file holding e's whole content, if every chunk of it
-// is cached: the backing file for FUSE passthrough.
+// is cached: the backing file for FUSE passthrough. A file of several
+// chunks is assembled into one the first time, in the background: this
+// open is served from the chunks, the next ones from the assembled file.
 func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 	if len(e.Chunks) == 1 && !e.Chunks[0].Zero {
 		// One chunk is the whole file: its cache entry serves as it is.
@@ -489,14 +511,36 @@ func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 	if e.Digest == "" || len(e.Chunks) == 0 {
 		return nil, false
 	}
-	if f, ok := l.cache.Open(e.Digest); ok {
-		return f, true
+	if l.cache.Has(e.Digest) {
+		return l.cache.Open(e.Digest)
 	}
 	for _, c := range e.Chunks {
 		if !c.Zero && !l.cache.Has(c.Digest) {
 			return nil, false
 		}
 	}
+	l.assemble(e)
+	return nil, false
+}
+
+// assemble puts e's whole content into the cache as one file, in the
+// background, unless that is under way.
+func (l *Layer) assemble(e *toc.Entry) {
+	l.mu.Lock()
+	busy := l.assembling[e.Digest]
+	l.assembling[e.Digest] = true
+	l.mu.Unlock()
+	if !busy {
+		go l.assembleNow(e)
+	}
+}
+
+func (l *Layer) assembleNow(e *toc.Entry) {
+	defer func() {
+		l.mu.Lock()
+		delete(l.assembling, e.Digest)
+		l.mu.Unlock()
+	}()
 	pr, pw := io.Pipe()
 	go func() {
 		for i, c := range e.Chunks {
@@ -515,7 +559,5 @@ func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 	pr.Close()
 	if err != nil {
 		log.L.WithError(err).WithField("file", e.Name).Debug("cannot assemble a cached file for passthrough")
-		return nil, false
 	}
-	return l.cache.Open(e.Digest)
 }

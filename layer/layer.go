@@ -120,6 +120,8 @@ type Layer struct {
 	mu       sync.Mutex
 	inflight map[int]*call // member index → the fetch that brings it
 	done     []bool        // member index → all its chunks are cached
+	// assembling holds the files being assembled for passthrough.
+	assembling map[digest.Digest]bool
 	lastErr  error
 
 	gate       *Gate // foreground fetches, which the background gives way to
@@ -182,7 +184,7 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 	if err != nil {
 		return nil, err
 	}
-	l := &Layer{desc: desc, blob: blob, kind: kind, fetcher: f, cache: c, opts: opts, gate: opts.Gate, inflight: make(map[int]*call)}
+	l := &Layer{desc: desc, blob: blob, kind: kind, fetcher: f, cache: c, opts: opts, gate: opts.Gate, inflight: make(map[int]*call), assembling: make(map[digest.Digest]bool)}
 	l.requests.Add(1 + ra.extra)
 	l.fetched.Add(tailSize + ra.extraBytes)
 	l.index()

@@ -305,7 +305,13 @@ func TestCachedFile(t *testing.T) {
 			t.Errorf("%s: a cached file before any read", e.Name)
 		}
 		readFile(t, l, e.Name)
+		// A file of several chunks is assembled in the background after
+		// the first ask.
 		cf, ok := l.CachedFile(e)
+		for deadline := time.Now().Add(10 * time.Second); !ok && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+			cf, ok = l.CachedFile(e)
+		}
 		if !ok {
 			t.Fatalf("%s: no cached file after reading it whole", e.Name)
 		}

@@ -74,12 +74,16 @@ func targetFromLabels(labels map[string]string) (target, error) {
 
 // Labels are the labels that let the snapshotter mount layer desc of the
 // image ref lazily; `lazypull pull` puts them on the layer descriptors.
+// They include the CRI plugin's, which every remote snapshotter reads, so
+// that `lazypull pull --snapshotter NAME` serves others too.
 func Labels(ref string, desc ocispec.Descriptor, layers []ocispec.Descriptor) map[string]string {
 	labels := map[string]string{
-		LabelRef:       ref,
-		LabelDigest:    desc.Digest.String(),
-		LabelSize:      strconv.FormatInt(desc.Size, 10),
-		LabelMediaType: desc.MediaType,
+		LabelRef:         ref,
+		LabelDigest:      desc.Digest.String(),
+		LabelSize:        strconv.FormatInt(desc.Size, 10),
+		LabelMediaType:   desc.MediaType,
+		LabelCRIImageRef: ref,
+		LabelCRIDigest:   desc.Digest.String(),
 	}
 	var all []string
 	for _, l := range layers {
@@ -88,6 +92,7 @@ func Labels(ref string, desc ocispec.Descriptor, layers []ocispec.Descriptor) ma
 	// containerd bounds a label's size: leave the list out when too long.
 	if list := strings.Join(all, ","); len(list) < 3500 {
 		labels[LabelLayers] = list
+		labels[LabelCRILayers] = list
 	}
 	for k, v := range desc.Annotations {
 		if len(LabelAnnotation+k)+len(v) < 4000 {

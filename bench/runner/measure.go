@@ -84,33 +84,46 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 const settleQuiet = 3 * time.Second
 
 // transfer is what crossed the link after the ready line: bytes, and the
-// seconds from the first of them to the last.
+// seconds the link carried them.
 type transfer struct {
 	bytes   int64
 	seconds float64
 }
+
+// Sampling of the proxy's byte count while the background fetch runs: a
+// stretch of idleGap or more without a byte is the snapshotter waiting on
+// purpose (for quiet after a container's reads), not the link's rate.
+const (
+	sampleEvery = 20 * time.Millisecond
+	idleGap     = 300 * time.Millisecond
+)
 
 // settle waits until nothing has crossed the proxy for settleQuiet (or
 // the run's context ends), sampling its byte count.
 func (r *bench) settle(ctx context.Context, ready time.Time) transfer {
 	base := r.proxy.Stats().BytesSent
 	last, lastChange := base, time.Now()
-	var first time.Time
+	var busy time.Duration
+	moved := false
 	for time.Since(lastChange) < settleQuiet && ctx.Err() == nil {
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(sampleEvery)
 		n := r.proxy.Stats().BytesSent
-		if n != last {
-			now := time.Now()
-			if first.IsZero() {
-				first = now
-			}
-			last, lastChange = n, now
+		if n == last {
+			continue
 		}
+		now := time.Now()
+		switch gap := now.Sub(lastChange); {
+		case !moved || gap >= idleGap:
+			busy += sampleEvery
+		default:
+			busy += gap
+		}
+		moved, last, lastChange = true, n, now
 	}
-	if first.IsZero() {
+	if !moved {
 		return transfer{}
 	}
-	return transfer{bytes: last - base, seconds: lastChange.Sub(first).Seconds()}
+	return transfer{bytes: last - base, seconds: busy.Seconds()}
 }
 
 // imageBytes sums the blobs of the image in the scenario's form: its

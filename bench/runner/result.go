@@ -36,7 +36,8 @@ type Result struct {
 	SettledBytes int64 `json:"settledBytes"`
 	ImageBytes   int64 `json:"imageBytes"`
 	// BackgroundBytes crossed the proxy after the ready line, in
-	// BackgroundSeconds from the first of them to the last.
+	// BackgroundSeconds of the link carrying them (stretches of idleGap
+	// without a byte left out).
 	BackgroundBytes   int64   `json:"backgroundBytes"`
 	BackgroundSeconds float64 `json:"backgroundSeconds"`
 	// Warm is the time from `ctr run` to the ready line with the image
