@@ -122,7 +122,7 @@ type Layer struct {
 	done     []bool        // member index → all its chunks are cached
 	// assembling holds the files being assembled for passthrough.
 	assembling map[digest.Digest]bool
-	lastErr  error
+	lastErr    error
 
 	gate       *Gate // foreground fetches, which the background gives way to
 	fetched    atomic.Int64
