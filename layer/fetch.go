@@ -299,7 +299,7 @@ func (l *Layer) fetchFile(e *toc.Entry, k int, why string) {
 		if err == nil {
 			err = l.fetchRange(context.Background(), first, k, why, p)
 		}
-		if err == nil && len(e.Chunks) > 1 && e.Digest != "" && !l.cache.Has(e.Digest) {
+		if err == nil && len(e.Chunks) > 1 && e.Digest != "" && e.Size <= l.opts.WholeFile && !l.cache.Has(e.Digest) {
 			// A file read now is read again at the next start: have it
 			// ready for passthrough then.
 			l.assemble(e)
@@ -501,14 +501,17 @@ func (l *Layer) markCached(from, to int) {
 
 // CachedFile returns a file holding e's whole content, if every chunk of it
 // is cached: the backing file for FUSE passthrough. A file of several
-// chunks is assembled into one the first time, in the background: this
-// open is served from the chunks, the next ones from the assembled file.
+// chunks, up to WholeFile bytes, is assembled into one the first time, in
+// the background: this open is served from the chunks, the next ones from
+// the assembled file. Larger files are always served from their chunks:
+// a copy would double their room on disk, and assembling them would
+// triple the disk traffic of the start that reads them.
 func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 	if len(e.Chunks) == 1 && !e.Chunks[0].Zero {
 		// One chunk is the whole file: its cache entry serves as it is.
 		return l.cache.Open(e.Chunks[0].Digest)
 	}
-	if e.Digest == "" || len(e.Chunks) == 0 {
+	if e.Digest == "" || len(e.Chunks) == 0 || e.Size > l.opts.WholeFile {
 		return nil, false
 	}
 	if l.cache.Has(e.Digest) {

@@ -1,11 +1,17 @@
 // Command demo is `make demo`: on a bare machine it starts a private
-// registry, our daemon and containerd under a temporary root, converts an
-// image to eStargz, pulls it lazily and runs it, shows what was fetched and
-// tears everything down again.
+// registry behind a link shaper (20 ms round trip, 100 Mbit/s), our daemon
+// and containerd under a temporary root; builds a real image (python3 on
+// Debian, cached after the first time), converts it to eStargz with
+// `lazypull convert`, runs it once after a full pull with containerd's
+// overlayfs snapshotter and once lazily through lazypull, prints both times
+// and what each fetched, and tears everything down again.
+//
+//	go run ./bench/demo [--image python|gcc|java] [--rtt 20ms] [--bandwidth 100M]
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,24 +21,55 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lazypull/lazypull/bench/images"
+	"github.com/lazypull/lazypull/bench/runner"
+	"github.com/lazypull/lazypull/internal/regproxy"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
 func main() {
+	image := flag.String("image", "python", "the image to run (of "+strings.Join(images.Names(), ", ")+")")
+	rtt := flag.Duration("rtt", 20*time.Millisecond, "round-trip time the link shaper adds per request")
+	bandwidth := flag.String("bandwidth", "100M", "link bandwidth in bit/s (k, M, G suffixes)")
+	cache := flag.String("cache", images.DefaultCacheDir(), "image build cache `DIR`")
+	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "demo: containerd and overlay mounts need root; run `sudo make demo`")
 		os.Exit(1)
 	}
+	bps, err := runner.ParseBandwidth(*bandwidth)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx); err != nil {
+	if err := run(ctx, *image, *cache, *rtt, bps); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context) (err error) {
-	step("building lazypull and starting registry, lazypull-snapshotter and containerd")
+// outcome is one way of running the image.
+type outcome struct {
+	pull, run time.Duration
+	bytes     int64
+	requests  int64
+}
+
+func run(ctx context.Context, name, cache string, rtt time.Duration, bps int64) (err error) {
+	step(fmt.Sprintf("building the %s image from Debian packages (the first time takes a few minutes; cached in %s)", name, cache))
+	b, err := images.New(cache, images.WithProgress(os.Stdout))
+	if err != nil {
+		return err
+	}
+	img, err := b.Build(ctx, name)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   %s: %d layers, %.1f MB compressed; it prints %q when ready\n", img.Ref(), len(img.Layers), float64(img.Size())/1e6, img.Ready)
+
+	step("building lazypull; starting a registry, a link shaper, lazypull-snapshotter and containerd")
 	env, err := testenv.Start("")
 	if err != nil {
 		return err
@@ -46,44 +83,132 @@ func run(ctx context.Context) (err error) {
 			fmt.Println("   stopped every process it started; no mounts left behind")
 		}
 	}()
+	link, err := regproxy.Start(env.Registry.Host, regproxy.WithRTT(rtt), regproxy.WithBandwidth(bps))
+	if err != nil {
+		return err
+	}
+	defer link.Close()
 	fmt.Printf("   registry             http://%s (pid %d)\n", env.Registry.Host, env.Registry.PID())
+	fmt.Printf("   link shaper          http://%s: %v round trip, %s, counting bytes\n", link.Addr(), rtt, mbits(bps))
 	fmt.Printf("   lazypull-snapshotter %s (pid %d)\n", env.DaemonSocket, env.Daemon.PID())
 	fmt.Printf("   containerd           %s (pid %d), proxy snapshotter \"lazypull\"\n", env.Containerd.Address, env.Containerd.PID())
 
-	step("building a two-layer image (a static Go program, 8 MiB it never reads; the upper layer deletes files) and pushing it")
-	ref, err := env.PushHello(ctx)
+	plain, lazy := env.Registry.Host+"/demo/"+name+":v1", env.Registry.Host+"/demo/"+name+":v1-esgz"
+	step("pushing it, and converting it to eStargz: lazypull convert " + img.Ref() + " docker://" + lazy)
+	if err := testenv.Push(ctx, img.Layout, img.Tag, plain); err != nil {
+		return err
+	}
+	if err := lazypull(env, "convert", "--quiet", "--plain-http", img.Ref(), "docker://"+lazy); err != nil {
+		return err
+	}
+	// From here on every byte goes through the shaped link.
+	plain, lazy = strings.Replace(plain, env.Registry.Host, link.Addr(), 1), strings.Replace(lazy, env.Registry.Host, link.Addr(), 1)
+
+	step("the usual way: ctr images pull " + plain + ", then ctr run")
+	full, err := timed(ctx, env, link, img.Ready,
+		func() error {
+			_, err := env.Containerd.Ctr(ctx, "images", "pull", "--plain-http", plain)
+			return err
+		},
+		[]string{"run", "--rm", plain, "demo-full"})
 	if err != nil {
 		return err
 	}
-	fmt.Println("  ", ref)
 
-	lazy := env.Registry.Host + "/hello:esgz"
-	step("converting it to eStargz: lazypull convert docker://" + ref + " docker://" + lazy)
-	if err := lazypull(env, "convert", "--quiet", "docker://"+ref, "docker://"+lazy); err != nil {
-		return err
-	}
-
-	step("pulling it lazily: lazypull pull " + lazy)
-	start := time.Now()
-	if err := lazypull(env, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil {
-		return err
-	}
-	fmt.Printf("   pulled in %v\n", time.Since(start).Round(time.Millisecond))
-
-	step("running it: ctr run --rm --snapshotter lazypull " + lazy)
-	start = time.Now()
-	out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "demo")
+	step("lazily: lazypull pull " + lazy + ", then ctr run --snapshotter lazypull")
+	lazily, err := timed(ctx, env, link, img.Ready,
+		func() error {
+			return lazypull(env, "pull", "--plain-http", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy)
+		},
+		[]string{"run", "--rm", "--snapshotter", "lazypull", lazy, "demo-lazy"})
 	if err != nil {
 		return err
 	}
-	fmt.Print(indent(out))
-	fmt.Printf("   ran in %v\n", time.Since(start).Round(time.Millisecond))
-	if out != testenv.HelloOutput {
-		return fmt.Errorf("the container printed something unexpected; want:\n%s", testenv.HelloOutput)
-	}
 
-	step("what the layers fetched: lazypull status")
+	step(fmt.Sprintf("time until %q, and what crossed the link until then", img.Ready))
+	fmt.Printf("   %-26s %8s %8s %8s %10s %9s\n", "", "pull", "run", "total", "fetched", "requests")
+	for _, r := range []struct {
+		name string
+		o    outcome
+	}{{"full pull, overlayfs", full}, {"lazy pull, lazypull", lazily}} {
+		fmt.Printf("   %-26s %7.2fs %7.2fs %7.2fs %7.1f MB %9d\n", r.name, r.o.pull.Seconds(), r.o.run.Seconds(),
+			(r.o.pull + r.o.run).Seconds(), float64(r.o.bytes)/1e6, r.o.requests)
+	}
+	speedup := (full.pull + full.run).Seconds() / (lazily.pull + lazily.run).Seconds()
+	fmt.Printf("   lazypull started it %.1f× sooner, having fetched %.0f%% of the bytes; the rest follows in the background.\n",
+		speedup, 100*float64(lazily.bytes)/float64(full.bytes))
+
+	step("what each layer has fetched by now: lazypull status")
 	return lazypull(env, "status", "--root", env.DaemonRoot)
+}
+
+// timed pulls, then runs the container until it prints ready, counting the
+// link's bytes and requests from the pull's start until then.
+func timed(ctx context.Context, env *testenv.Env, link *regproxy.Proxy, ready string, pull func() error, ctrRun []string) (outcome, error) {
+	link.ResetStats()
+	start := time.Now()
+	if err := pull(); err != nil {
+		return outcome{}, err
+	}
+	pulled := time.Now()
+	var o outcome
+	err := runUntil(ctx, env, ctrRun, ready, func() {
+		o.run = time.Since(pulled)
+		st := link.Stats()
+		o.bytes, o.requests = st.BytesSent, st.Requests
+	})
+	o.pull = pulled.Sub(start)
+	if err != nil {
+		return o, err
+	}
+	fmt.Printf("   pulled in %.2fs, printed %q %.2fs later; %.1f MB in %d requests over the link\n",
+		o.pull.Seconds(), ready, o.run.Seconds(), float64(o.bytes)/1e6, o.requests)
+	return o, nil
+}
+
+// runUntil runs ctr with args, calls seen when a line of its output is
+// ready, and waits for the container to end.
+func runUntil(ctx context.Context, env *testenv.Env, args []string, ready string, seen func()) error {
+	ctr, err := exec.LookPath("ctr")
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, ctr, append([]string{"--address", env.Containerd.Address, "--namespace", testenv.Namespace}, args...)...)
+	cmd.Stderr = os.Stderr
+	lines := &lineWatcher{want: ready, seen: seen}
+	cmd.Stdout = lines
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("ctr %s: %w", strings.Join(args, " "), err)
+	}
+	if !lines.found {
+		return fmt.Errorf("ctr %s: the container never printed %q", strings.Join(args, " "), ready)
+	}
+	return nil
+}
+
+// lineWatcher calls seen at the first output line equal to want.
+type lineWatcher struct {
+	want    string
+	seen    func()
+	partial string
+	found   bool
+}
+
+func (w *lineWatcher) Write(p []byte) (int, error) {
+	w.partial += string(p)
+	for {
+		i := strings.IndexByte(w.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := w.partial[:i]
+		w.partial = w.partial[i+1:]
+		if !w.found && strings.TrimSpace(line) == strings.TrimSpace(w.want) {
+			w.found = true
+			w.seen()
+		}
+	}
+	return len(p), nil
 }
 
 // lazypull runs our CLI with its output shown, indented.
@@ -96,6 +221,8 @@ func lazypull(env *testenv.Env, args ...string) error {
 	}
 	return nil
 }
+
+func mbits(bps int64) string { return fmt.Sprintf("%g Mbit/s", float64(bps)/1e6) }
 
 func step(s string) { fmt.Println("==>", s) }
 
