@@ -11,7 +11,7 @@ type options struct {
 
 // DefaultMemoryBytes is the size of the in-memory LRU unless WithMemoryBytes
 // says otherwise.
-const DefaultMemoryBytes = 64 << 20
+const DefaultMemoryBytes = 16 << 20
 
 func defaultOptions() options {
 	return options{memoryBytes: DefaultMemoryBytes, sync: true}

@@ -354,3 +354,105 @@ func TestOpenReadsOnlyTheTOCWhenTheManifestPlacesIt(t *testing.T) {
 		t.Errorf("read after a wrong hint: %v", err)
 	}
 }
+
+// fetchedFiles lists the files whose every chunk the layer has cached.
+func fetchedFiles(l *Layer) map[string]bool {
+	out := map[string]bool{}
+	for _, e := range l.TOC().Entries {
+		if e.Type != "reg" || e.Size == 0 {
+			continue
+		}
+		all := true
+		for _, c := range e.Chunks {
+			if !c.Zero && !l.cache.Has(c.Digest) {
+				all = false
+			}
+		}
+		if all {
+			out[e.Name] = true
+		}
+	}
+	return out
+}
+
+// waitFor polls cond for up to ten seconds: fetches alongside a read end
+// after it.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+	}
+}
+
+func TestFirstReadFetchesTheWholeFileAlongside(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		return b
+	}
+	files := []file{{"bin/prog", random(600 << 10)}, {"data/big", random(3 << 20)}}
+	blob, desc := buildBlob(t, files) // 64 KiB chunks
+	f := &blobFetcher{data: blob, corrupt: -1}
+	l, err := Open(context.Background(), desc, f, newMemCache(t), Options{WholeFile: 1 << 20, ReadAhead: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	// A read in the middle of a file under WholeFile brings all of it.
+	prog, _ := l.TOC().Lookup("bin/prog")
+	buf := make([]byte, 4096)
+	if _, err := l.ReadAt(context.Background(), prog, buf, 300<<10); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the rest of bin/prog", func() bool { return fetchedFiles(l)["bin/prog"] })
+	if got, _ := readFile(t, l, "bin/prog"); !bytes.Equal(got, files[0].data) {
+		t.Error("bin/prog reads back wrong")
+	}
+
+	// A larger file gets ReadAhead past the read, not all of it.
+	big, _ := l.TOC().Lookup("data/big")
+	before := f.fetchedBytes()
+	if _, err := l.ReadAt(context.Background(), big, buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // let the read-ahead land
+	if got := f.fetchedBytes() - before; got > 512<<10 {
+		t.Errorf("one read of a file over WholeFile fetched %d bytes", got)
+	}
+	if o := f.overlaps(); len(o) > 0 {
+		t.Errorf("byte ranges fetched twice: %v", o)
+	}
+}
+
+func TestSmallFilesComeWithTheirNeighbours(t *testing.T) {
+	var files []file
+	for i := range 8 {
+		files = append(files, file{fmt.Sprintf("include/h%d.h", i), bytes.Repeat([]byte{byte('a' + i)}, 3000)})
+	}
+	files = append(files, file{"other/x.txt", []byte("elsewhere")})
+	blob, desc := buildBlob(t, files)
+	l, f := openLayer(t, blob, desc)
+	opened := len(f.ranges)
+
+	if _, err := readFile(t, l, "include/h3.h"); err != nil {
+		t.Fatal(err)
+	}
+	got := fetchedFiles(l)
+	for i := range 8 {
+		if name := fmt.Sprintf("include/h%d.h", i); !got[name] {
+			t.Errorf("%s, a small neighbour in the same directory, was not fetched with include/h3.h", name)
+		}
+	}
+	if got["other/x.txt"] {
+		t.Error("a file of another directory came along")
+	}
+	if n := len(f.ranges) - opened; n != 1 {
+		t.Errorf("%d requests for a directory of small files; want 1", n)
+	}
+}

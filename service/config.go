@@ -61,7 +61,7 @@ type CacheConfig struct {
 	// MaxBytes bounds the cache on disk; least recently used data goes
 	// first (0: unbounded).
 	MaxBytes int64 `toml:"max_bytes"`
-	// MemoryBytes bounds the in-memory cache of hot chunks (default 64 MiB).
+	// MemoryBytes bounds the in-memory cache of hot chunks (default 16 MiB).
 	MemoryBytes int64 `toml:"memory_bytes"`
 	// Sync fsyncs every cached chunk (default false: every chunk is
 	// verified when read, so a torn write after a crash costs only a
