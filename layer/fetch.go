@@ -53,7 +53,7 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 	if c.Zero {
 		return make([]byte, c.Size), nil
 	}
-	if data, ok := l.cache.Get(c.Digest); ok && int64(len(data)) == c.Size {
+	if data, ok := l.cachedChunk(e, i); ok {
 		return data, nil
 	}
 	k := l.memberOf(c)
@@ -85,7 +85,7 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 				return data, nil
 			}
 		}
-		if data, ok := l.cache.Get(c.Digest); ok && int64(len(data)) == c.Size {
+		if data, ok := l.cachedChunk(e, i); ok {
 			return data, nil
 		}
 		// Marked done, but the cache lost it (evicted): fetch it again.
@@ -94,6 +94,41 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 		l.mu.Unlock()
 	}
 	return nil, l.record(fmt.Errorf("%q chunk %d: not cached after it was fetched", e.Name, i))
+}
+
+// cachedChunk returns chunk i of e from the cache: its own entry, or the
+// file's assembled entry (which replaces the chunks of a file assembled for
+// passthrough, verified whole when the cache first opens it).
+func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
+	c := e.Chunks[i]
+	if data, ok := l.cache.Get(c.Digest); ok && int64(len(data)) == c.Size {
+		return data, true
+	}
+	if !assembles(e) {
+		return nil, false
+	}
+	f, ok := l.cache.Open(e.Digest)
+	if !ok {
+		return nil, false
+	}
+	defer f.Close()
+	data := make([]byte, c.Size)
+	if _, err := f.ReadAt(data, c.FileOffset); err != nil {
+		return nil, false
+	}
+	return data, true
+}
+
+// hasChunk tells whether the cache holds chunk r, in its own entry or in
+// its file's assembled one.
+func (l *Layer) hasChunk(r chunkRef) bool {
+	return l.cache.Has(r.e.Chunks[r.i].Digest) || (assembles(r.e) && l.cache.Has(r.e.Digest))
+}
+
+// assembles tells whether e is a file of several chunks small enough to
+// be assembled into one cache entry (see maxAssembled).
+func assembles(e *toc.Entry) bool {
+	return len(e.Chunks) > 1 && e.Digest != "" && e.Size <= maxAssembled
 }
 
 // claim returns the fetch that brings member k: a new one (mine), covering
@@ -247,7 +282,7 @@ func (l *Layer) release(k, end int, cl *call, err error) {
 func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 	for _, r := range m.chunks {
 		c := r.e.Chunks[r.i]
-		if l.cache.Has(c.Digest) {
+		if l.hasChunk(r) {
 			continue
 		}
 		data, err := l.blob.ReadChunk(compressed, c)
@@ -299,7 +334,7 @@ func (l *Layer) fetchFile(e *toc.Entry, k int, why string) {
 		if err == nil {
 			err = l.fetchRange(context.Background(), first, k, why, p)
 		}
-		if err == nil && len(e.Chunks) > 1 && e.Digest != "" && e.Size <= l.opts.WholeFile && !l.cache.Has(e.Digest) {
+		if err == nil && assembles(e) && !l.cache.Has(e.Digest) {
 			// A file read now is read again at the next start: have it
 			// ready for passthrough then.
 			l.assemble(e)
@@ -483,7 +518,7 @@ func (l *Layer) markCached(from, to int) {
 		}
 		all := true
 		for _, r := range l.members[k].chunks {
-			if !l.cache.Has(r.e.Chunks[r.i].Digest) {
+			if !l.hasChunk(r) {
 				all = false
 				break
 			}
@@ -499,19 +534,24 @@ func (l *Layer) markCached(from, to int) {
 	}
 }
 
+// maxAssembled is the largest file assembled from its chunks into one
+// cache file for passthrough: programs and libraries are (a warm start
+// maps them at local speed); larger files, data mostly, are served from
+// their chunks, since a copy doubles their room on disk and assembling
+// them while a container reads them triples its disk traffic.
+const maxAssembled = 64 << 20
+
 // CachedFile returns a file holding e's whole content, if every chunk of it
 // is cached: the backing file for FUSE passthrough. A file of several
-// chunks, up to WholeFile bytes, is assembled into one the first time, in
-// the background: this open is served from the chunks, the next ones from
-// the assembled file. Larger files are always served from their chunks:
-// a copy would double their room on disk, and assembling them would
-// triple the disk traffic of the start that reads them.
+// chunks, up to maxAssembled bytes, is assembled into one the first time,
+// in the background: this open is served from the chunks, the next ones
+// from the assembled file.
 func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 	if len(e.Chunks) == 1 && !e.Chunks[0].Zero {
 		// One chunk is the whole file: its cache entry serves as it is.
 		return l.cache.Open(e.Chunks[0].Digest)
 	}
-	if e.Digest == "" || len(e.Chunks) == 0 || e.Size > l.opts.WholeFile {
+	if !assembles(e) {
 		return nil, false
 	}
 	if l.cache.Has(e.Digest) {
@@ -562,5 +602,12 @@ func (l *Layer) assembleNow(e *toc.Entry) {
 	pr.Close()
 	if err != nil {
 		log.L.WithError(err).WithField("file", e.Name).Debug("cannot assemble a cached file for passthrough")
+		return
+	}
+	// The assembled file holds the chunks now: keep them once on disk.
+	for _, c := range e.Chunks {
+		if !c.Zero {
+			l.cache.Remove(c.Digest)
+		}
 	}
 }

@@ -40,6 +40,7 @@ type Cache interface {
 	PutFile(d digest.Digest, r io.Reader) error
 	Open(d digest.Digest) (*os.File, bool)
 	Has(d digest.Digest) bool
+	Remove(d digest.Digest) error
 }
 
 // Options tune a layer.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"testing"
@@ -109,10 +108,25 @@ func (c *memCache) Open(d digest.Digest) (*os.File, bool) {
 	if !ok {
 		return nil, false
 	}
-	path := filepath.Join(c.dir, d.Encoded())
-	os.WriteFile(path, data, 0o644)
-	f, err := os.Open(path)
-	return f, err == nil
+	// A file of its own per open: another open must not rewrite it under
+	// a reader.
+	f, err := os.CreateTemp(c.dir, d.Encoded())
+	if err != nil {
+		return nil, false
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return nil, false
+	}
+	f.Seek(0, io.SeekStart) // as a freshly opened file
+	return f, true
+}
+
+func (c *memCache) Remove(d digest.Digest) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, d)
+	return nil
 }
 
 func (c *memCache) Has(d digest.Digest) bool {
@@ -363,8 +377,8 @@ func fetchedFiles(l *Layer) map[string]bool {
 			continue
 		}
 		all := true
-		for _, c := range e.Chunks {
-			if !c.Zero && !l.cache.Has(c.Digest) {
+		for i, c := range e.Chunks {
+			if !c.Zero && !l.hasChunk(chunkRef{e, i}) {
 				all = false
 			}
 		}
@@ -454,5 +468,46 @@ func TestSmallFilesComeWithTheirNeighbours(t *testing.T) {
 	}
 	if n := len(f.ranges) - opened; n != 1 {
 		t.Errorf("%d requests for a directory of small files; want 1", n)
+	}
+}
+
+func TestAssembledFileReplacesItsChunks(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	c := newMemCache(t)
+	f := &blobFetcher{data: blob, corrupt: -1}
+	l, err := Open(context.Background(), desc, f, c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e, _ := l.TOC().Lookup(files[4].name) // 300000 bytes: five chunks
+	if _, err := readFile(t, l, e.Name); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the assembled file", func() bool { return c.Has(e.Digest) && !c.Has(e.Chunks[0].Digest) })
+	for _, ch := range e.Chunks {
+		if c.Has(ch.Digest) {
+			t.Errorf("chunk at %d still cached on its own next to the assembled file", ch.FileOffset)
+		}
+	}
+	if got, err := readFile(t, l, e.Name); err != nil || !bytes.Equal(got, files[4].data) {
+		t.Errorf("read from the assembled file: %v", err)
+	}
+
+	// A layer opened again over the same cache (a restart) fetches none of
+	// the file again.
+	f2 := &blobFetcher{data: blob, corrupt: -1}
+	l2, err := Open(context.Background(), desc, f2, c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	opened := len(f2.ranges)
+	if got, err := readFile(t, l2, e.Name); err != nil || !bytes.Equal(got, files[4].data) {
+		t.Errorf("read after a restart: %v", err)
+	}
+	if len(f2.ranges) != opened {
+		t.Errorf("a restart fetched the assembled file again: %v", f2.ranges[opened:])
 	}
 }
