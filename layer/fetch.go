@@ -574,7 +574,11 @@ func (l *Layer) assemble(e *toc.Entry) {
 	l.assembling[e.Digest] = true
 	l.mu.Unlock()
 	if !busy {
-		go l.assembleNow(e)
+		l.assemblies.Add(1)
+		go func() {
+			defer l.assemblies.Done()
+			l.assembleNow(e)
+		}()
 	}
 }
 

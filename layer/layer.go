@@ -121,8 +121,10 @@ type Layer struct {
 	mu       sync.Mutex
 	inflight map[int]*call // member index → the fetch that brings it
 	done     []bool        // member index → all its chunks are cached
-	// assembling holds the files being assembled for passthrough.
+	// assembling holds the files being assembled for passthrough;
+	// Close waits for assemblies.
 	assembling map[digest.Digest]bool
+	assemblies sync.WaitGroup
 	lastErr    error
 
 	gate       *Gate // foreground fetches, which the background gives way to
@@ -295,6 +297,7 @@ func (l *Layer) Close() {
 		if l.tailDone != nil {
 			<-l.tailDone
 		}
+		l.assemblies.Wait()
 	})
 }
 

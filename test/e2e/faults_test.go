@@ -21,6 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/format"
 	"github.com/lazypull/lazypull/format/estargz"
 	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/fusefs"
@@ -444,7 +445,8 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 		t.Error("the background fetch fetched nothing of a half-read layer")
 	}
 	// Every chunk is cached now: passthrough assembles each multi-chunk
-	// file into a whole-file cache entry as it is opened.
+	// file into a whole-file cache entry as it is opened, which replaces
+	// the file's chunk entries.
 	if failed := m.readFiles(t, fl, fl.names); len(failed) > 0 {
 		t.Fatalf("cached reads failed: %v", failed)
 	}
@@ -457,29 +459,63 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	index := m.layer.TOC()
 	multi, _ := index.Lookup("var/data.bin")
 	small, _ := index.Lookup("etc/motd")
-	partial, _ := index.Lookup("lib/libbig.so")
+	gone, _ := index.Lookup("lib/libbig.so")
 	assembled, _ := index.Lookup("bin/tool")
-	m.close(t)
+	m.close(t) // waits for the assemblies
+	for _, e := range []*toc.Entry{multi, gone, assembled} {
+		if _, err := os.Stat(cachePath(cacheDir, e.Digest)); err != nil {
+			t.Fatalf("%s was not assembled into one cache entry: %v", e.Name, err)
+		}
+		if _, err := os.Stat(cachePath(cacheDir, e.Chunks[0].Digest)); err == nil {
+			t.Errorf("%s: a chunk entry is still there beside the assembled file", e.Name)
+		}
+	}
+	// What layer.Open reads: the TOC and footer where the annotations
+	// place them, else the last faultTail bytes.
 	tail := [2]int64{fl.desc.Size - faultTail, fl.desc.Size - 1}
+	if start, ok := format.TOCStart(fl.desc); ok {
+		tail[0] = start
+	}
 	member := func(c toc.Chunk) [2]int64 { return [2]int64{c.Offset, c.EndOffset - 1} }
+	span := func(e *toc.Entry) [2]int64 {
+		return [2]int64{e.Chunks[0].Offset, e.Chunks[len(e.Chunks)-1].EndOffset - 1}
+	}
+	members := func(es ...*toc.Entry) (out [][2]int64) {
+		for _, e := range es {
+			for _, c := range e.Chunks {
+				out = append(out, member(c))
+			}
+		}
+		return out
+	}
+	// checkRefetch: every range fetched lies within allowed (or is the
+	// tail), and every range of want was fetched again.
+	checkRefetch := func(fetched, allowed, want [][2]int64) {
+		t.Helper()
+		for _, r := range fetched {
+			if r != tail && !containedIn(r, allowed) {
+				t.Errorf("fetched %v, which holds no bad or missing data: only %v (and the tail %v) should be fetched", r, allowed, tail)
+			}
+		}
+		for _, w := range want {
+			if !containedIn(w, fetched) {
+				t.Errorf("%v, bad or missing, was not fetched again (fetched %v)", w, fetched)
+			}
+		}
+	}
 
 	// A mount without passthrough over a fresh cache on the same
 	// directory, where each file meets a different damage:
 	//  - etc/motd: its one chunk (which is its cache file) is corrupt;
-	//  - var/data.bin: its whole-file entry is corrupt, and so is one of
-	//    the chunks it is rebuilt from;
-	//  - lib/libbig.so: its whole-file entry and its first chunk are gone,
-	//    so it is read through the layer, and read-ahead over its other
-	//    chunks must find them cached rather than fetch them again.
-	// Only the members of the bad or missing chunks may be fetched.
-	corrupt := []digest.Digest{small.Chunks[0].Digest, multi.Digest, multi.Chunks[1].Digest}
+	//  - var/data.bin: its whole-file entry is corrupt;
+	//  - lib/libbig.so: its whole-file entry is gone;
+	//  - bin/tool: intact, and read from its whole-file entry.
+	// Only the bad or missing files' data may be fetched.
+	corrupt := []digest.Digest{small.Chunks[0].Digest, multi.Digest}
 	corruptCacheEntries(t, cacheDir, corrupt...)
-	for _, d := range []digest.Digest{partial.Digest, partial.Chunks[0].Digest} {
-		if err := os.Remove(cachePath(cacheDir, d)); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.Remove(cachePath(cacheDir, gone.Digest)); err != nil {
+		t.Fatal(err)
 	}
-	refetch := [][2]int64{member(small.Chunks[0]), member(multi.Chunks[1]), member(partial.Chunks[0])}
 	p2 := startProxy(t, upstream)
 	m2 := mountThrough(t, fl, p2.Addr(), cacheDir, remote.BlobOptions{}, false)
 	if failed := m2.readFiles(t, fl, fl.names); len(failed) > 0 {
@@ -488,22 +524,13 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	if n := m2.cache.Stats().Corruptions; n != int64(len(corrupt)) {
 		t.Errorf("the cache found %d corrupt entries, want %d", n, len(corrupt))
 	}
-	fetched := p2.Ranges(fl.desc.Digest)
-	for _, r := range fetched {
-		if r != tail && !containedIn(r, refetch) {
-			t.Errorf("fetched %v, which holds no bad or missing chunk: only %v (and the tail %v) should be fetched over this cache", r, refetch, tail)
-		}
-	}
-	for _, want := range refetch {
-		if !containedIn(want, fetched) {
-			t.Errorf("the member %v of a bad or missing chunk was not fetched again (fetched %v)", want, fetched)
-		}
-	}
+	checkRefetch(p2.Ranges(fl.desc.Digest), [][2]int64{member(small.Chunks[0]), span(multi), span(gone)},
+		append(members(multi, gone), member(small.Chunks[0])))
 	m2.close(t)
 
 	// With passthrough: a corrupt whole-file entry, the backing file of a
-	// passthrough open, is found when the new cache first opens it and
-	// rebuilt from the cached chunks without fetching anything.
+	// passthrough open, is found when the new cache first opens it, and the
+	// file's data alone is fetched again.
 	corruptCacheEntries(t, cacheDir, assembled.Digest)
 	p3 := startProxy(t, upstream)
 	m3 := mountThrough(t, fl, p3.Addr(), cacheDir, remote.BlobOptions{}, true)
@@ -513,13 +540,11 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	if n := m3.cache.Stats().Corruptions; n != 1 {
 		t.Errorf("the cache found %d corrupt entries, want 1", n)
 	}
-	if fetched := p3.Ranges(fl.desc.Digest); len(fetched) != 1 || fetched[0] != tail {
-		t.Errorf("rebuilding a whole-file entry from cached chunks fetched %v, want only the tail %v", fetched, tail)
-	}
+	checkRefetch(p3.Ranges(fl.desc.Digest), [][2]int64{span(assembled)}, members(assembled))
 	m3.close(t)
 
 	// Healed: each entry is back on disk, and right.
-	for _, d := range append(corrupt, assembled.Digest, partial.Chunks[0].Digest) {
+	for _, d := range append(corrupt, assembled.Digest, gone.Digest) {
 		data, err := os.ReadFile(cachePath(cacheDir, d))
 		if err != nil {
 			t.Errorf("entry %s not stored again: %v", d, err)
