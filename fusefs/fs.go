@@ -77,6 +77,22 @@ type filesystem struct {
 	warnOnce    sync.Once
 	readErrors  atomic.Int64
 	mountedAt   time.Time
+	// noXattrs: no entry has an xattr and no directory is opaque. Then
+	// getxattr answers ENOSYS, and the kernel stops asking this mount:
+	// overlayfs asks for its xattrs at every lookup of a lower entry, and
+	// each question would cost a round trip to this process.
+	noXattrs bool
+}
+
+// hasXattrs tells whether any entry of t has an xattr or is an opaque
+// directory's marker.
+func hasXattrs(t *toc.TOC) bool {
+	for _, e := range t.Entries {
+		if len(e.Xattrs) > 0 || e.Base() == toc.OpaqueWhiteout {
+			return true
+		}
+	}
+	return false
 }
 
 // Mount mounts the layer at mountpoint, as root with mount(2), readable by
@@ -86,6 +102,7 @@ func Mount(mountpoint string, l Layer, opts Options) (*MountedLayer, error) {
 		opts.OpaqueXattrs = []string{TrustedOpaque}
 	}
 	fsys := &filesystem{layer: l, toc: l.TOC(), opaque: opts.OpaqueXattrs, passthrough: opts.Passthrough, mountedAt: time.Now()}
+	fsys.noXattrs = !hasXattrs(fsys.toc)
 	// Stable inode numbers: the root is 1, entries follow in TOC order; a
 	// hard link shares its target's.
 	fsys.inos = make(map[*toc.Entry]uint64, len(fsys.toc.Entries)+1)

@@ -261,6 +261,21 @@ func TestWhiteoutsAndOpaqueDirs(t *testing.T) {
 	}
 }
 
+// TestNoXattrsNoQuestions: on a layer without xattrs or opaque directories
+// the kernel is told once that there are none (ENOSYS), and stops asking:
+// overlayfs's xattr questions at each lookup cost no round trips.
+func TestNoXattrsNoQuestions(t *testing.T) {
+	mnt, _, _ := mountLayer(t, []entry{dir("etc", 0o755), reg("etc/hostname", []byte("lazypull\n"), 0o644)}, Options{})
+	for range 2 {
+		if _, err := unix.Lgetxattr(filepath.Join(mnt, "etc/hostname"), TrustedOpaque, make([]byte, 8)); err != unix.EOPNOTSUPP {
+			t.Errorf("getxattr on a layer without xattrs: %v, want EOPNOTSUPP", err)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err != nil || string(b) != "lazypull\n" {
+		t.Errorf("read: %q, %v", b, err)
+	}
+}
+
 func readdir(t *testing.T, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(dir)

@@ -116,6 +116,10 @@ func isOpaque(dir *toc.Entry) bool {
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	defer metrics.ObserveFUSE("getxattr", time.Now())
+	if n.fsys.noXattrs {
+		return 0, syscall.ENOSYS
+	}
 	v, ok := n.xattrs()[attr]
 	if !ok {
 		return 0, syscall.ENODATA
@@ -130,6 +134,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if n.fsys.noXattrs {
+		return 0, syscall.ENOSYS
+	}
 	var size int
 	xattrs := n.xattrs()
 	for k := range xattrs {
@@ -252,10 +259,16 @@ func (w *whiteoutNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.
 }
 
 func (w *whiteoutNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if w.fsys.noXattrs {
+		return 0, syscall.ENOSYS
+	}
 	return 0, syscall.ENODATA
 }
 
 func (w *whiteoutNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if w.fsys.noXattrs {
+		return 0, syscall.ENOSYS
+	}
 	return 0, 0
 }
 
