@@ -230,50 +230,69 @@ func (c *Cache) Get(d digest.Digest) ([]byte, bool) {
 // caller reusing one buffer reads without allocating. It returns the data
 // as buf[:n].
 func (c *Cache) GetInto(d digest.Digest, buf []byte) ([]byte, bool) {
-	now := time.Now()
-	c.mu.Lock()
-	var e *entry
-	if !c.closed {
-		e = c.index.get(d)
-	}
-	if e == nil {
+	for {
+		now := time.Now()
+		c.mu.Lock()
+		var e *entry
+		if !c.closed {
+			e = c.index.get(d)
+		}
+		if e == nil {
+			c.mu.Unlock()
+			c.stats.misses.Add(1)
+			return buf[:0], false
+		}
+		c.index.touch(e, now)
+		if data := e.data; data != nil {
+			c.mu.Unlock()
+			c.stats.memoryHits.Add(1)
+			return append(buf[:0], data...), true // data is immutable: copy unlocked
+		}
+		if wait := e.loading; wait != nil {
+			c.mu.Unlock()
+			<-wait
+			continue // now in memory, most likely
+		}
+		size := e.size
+		keep := c.index.fitsMemory(int(size))
+		if keep {
+			e.loading = make(chan struct{})
+		}
 		c.mu.Unlock()
-		c.stats.misses.Add(1)
-		return buf[:0], false
+		return c.getFromDisk(d, e, size, buf, keep)
 	}
-	c.index.touch(e, now)
-	if data := e.data; data != nil {
-		c.mu.Unlock()
-		c.stats.memoryHits.Add(1)
-		return append(buf[:0], data...), true // data is immutable: copy unlocked
-	}
-	size := e.size
-	c.mu.Unlock()
+}
 
+// getFromDisk reads and hashes entry e, and keeps a copy in memory if keep
+// (then it has set e.loading, which it clears).
+func (c *Cache) getFromDisk(d digest.Digest, e *entry, size int64, buf []byte, keep bool) ([]byte, bool) {
 	p := c.path(d)
 	data, err := readEntry(p, size, buf)
 	if err == nil {
 		err = c.hashers.verifyBytes(d, data)
 	}
-	if err != nil {
-		c.drop(e, p, err, false)
-		c.stats.misses.Add(1)
-		return data[:0], false
-	}
-	c.stats.diskHits.Add(1)
-
 	var memoryCopy []byte
-	if c.index.fitsMemory(len(data)) {
+	if err == nil && keep {
 		memoryCopy = slices.Clone(data)
 	}
 	c.mu.Lock()
-	if c.index.current(e) && !c.closed {
+	if keep {
+		close(e.loading)
+		e.loading = nil
+	}
+	if err == nil && c.index.current(e) && !c.closed {
 		e.verified = true // the whole file was just hashed
 		if memoryCopy != nil {
 			c.index.keepInMemory(e, memoryCopy)
 		}
 	}
 	c.mu.Unlock()
+	if err != nil {
+		c.drop(e, p, err, false)
+		c.stats.misses.Add(1)
+		return data[:0], false
+	}
+	c.stats.diskHits.Add(1)
 	return data, true
 }
 

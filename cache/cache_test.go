@@ -481,7 +481,7 @@ func TestEvictionAtNewWhenLimitLowered(t *testing.T) {
 }
 
 func TestMemoryBounded(t *testing.T) {
-	const memory = 8 << 10 // entries up to 1 KiB are kept in memory
+	const memory = 8 << 10 // entries up to 2 KiB are kept in memory
 	c := newCache(t, t.TempDir(), WithMemoryBytes(memory))
 	var ds []digest.Digest
 	for i := range 100 {
@@ -500,7 +500,7 @@ func TestMemoryBounded(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 
-	big := blob(1, 2<<10) // over 1/8 of the memory cache
+	big := blob(1, 2<<10+1) // over 1/4 of the memory cache
 	bd := mustPut(t, c, big)
 	mustGet(t, c, bd, big)
 	if s := c.Stats(); s.DiskHits != 2 {
@@ -694,4 +694,33 @@ func TestConcurrentPutsWriteOnce(t *testing.T) {
 		t.Fatalf("%d PutFile calls wrote the entry, want 1", reads)
 	}
 	mustGet(t, c, d, data)
+}
+
+// TestConcurrentGetsHashOnce: the kernel reads one chunk in several pieces
+// at once; a disk entry is read and hashed once for all of them.
+func TestConcurrentGetsHashOnce(t *testing.T) {
+	dir := t.TempDir()
+	c := newCache(t, dir)
+	data := blob(5, 4<<20)
+	d := mustPut(t, c, data)
+	c.Close()
+	c = newCache(t, dir) // nothing in memory
+
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if got, ok := c.Get(d); !ok || !bytes.Equal(got, data) {
+				t.Error("Get: wrong data or a miss")
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if s := c.Stats(); s.DiskHits+s.MemoryHits != 8 || s.DiskHits >= 8 {
+		t.Errorf("8 Gets at once: %d disk reads, %d memory hits; want the disk read shared", s.DiskHits, s.MemoryHits)
+	}
 }

@@ -51,7 +51,7 @@ func TestIndexEvictNeverTakesKeep(t *testing.T) {
 }
 
 func TestIndexMemory(t *testing.T) {
-	x := newIndex(800) // entries up to 100 bytes
+	x := newIndex(400) // entries up to 100 bytes
 	var es []*entry
 	for i := range 10 {
 		e := newTestEntry(string(rune('a'+i)), 100)
@@ -59,24 +59,24 @@ func TestIndexMemory(t *testing.T) {
 		x.keepInMemory(e, make([]byte, 100))
 		es = append(es, e)
 	}
-	if x.memoryBytes != 800 || x.memory.Len() != 8 || es[0].data != nil || es[1].data != nil || es[9].data == nil {
+	if x.memoryBytes != 400 || x.memory.Len() != 4 || es[5].data != nil || es[0].data != nil || es[9].data == nil {
 		t.Fatalf("memory %d bytes, %d entries", x.memoryBytes, x.memory.Len())
 	}
 	big := newTestEntry("big", 101)
 	x.add(big)
 	x.keepInMemory(big, make([]byte, 101))
 	if big.data != nil || x.fitsMemory(101) || !x.fitsMemory(100) {
-		t.Fatal("an entry over 1/8 of the memory cache was kept")
+		t.Fatal("an entry over 1/4 of the memory cache was kept")
 	}
 	// Removing from disk drops the memory copy.
 	x.remove(es[9])
-	if x.memoryBytes != 700 || es[9].memElem != nil {
+	if x.memoryBytes != 300 || es[9].memElem != nil {
 		t.Fatalf("memory %d bytes after remove", x.memoryBytes)
 	}
 	// Disk eviction of a memory entry drops it too.
-	x.evict(100*3, nil)
-	if x.memoryBytes > 300 {
-		t.Fatalf("memory %d bytes after evicting to 300 disk bytes", x.memoryBytes)
+	x.evict(100*2, nil)
+	if x.memoryBytes > 200 {
+		t.Fatalf("memory %d bytes after evicting to 200 disk bytes", x.memoryBytes)
 	}
 }
 
