@@ -23,7 +23,10 @@ func layerTar(t *testing.T) []byte {
 	return buf.Bytes()
 }
 
-func TestOpenBothFormats(t *testing.T) {
+// bothFormats is the test layer as an eStargz and as a zstd:chunked blob,
+// with the annotations each writer gives its descriptor.
+func bothFormats(t *testing.T) []lazyBlob {
+	t.Helper()
 	var esgz bytes.Buffer
 	ew := estargz.NewWriter(&esgz)
 	ew.AppendTar(bytes.NewReader(layerTar(t)))
@@ -38,14 +41,17 @@ func TestOpenBothFormats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		kind        Kind
-		blob        []byte
-		annotations map[string]string
-	}{
-		{EStargz, esgz.Bytes(), eres.Annotations},
-		{ZstdChunked, zstd.Bytes(), zres.Annotations},
-	} {
+	return []lazyBlob{{EStargz, esgz.Bytes(), eres.Annotations}, {ZstdChunked, zstd.Bytes(), zres.Annotations}}
+}
+
+type lazyBlob struct {
+	kind        Kind
+	blob        []byte
+	annotations map[string]string
+}
+
+func TestOpenBothFormats(t *testing.T) {
+	for _, tc := range bothFormats(t) {
 		desc := ocispec.Descriptor{Digest: digest.FromBytes(tc.blob), Size: int64(len(tc.blob)), Annotations: tc.annotations}
 		blob, kind, err := Open(bytes.NewReader(tc.blob), desc, Options{})
 		if err != nil || kind != tc.kind {
@@ -79,28 +85,8 @@ func TestOpenBothFormats(t *testing.T) {
 }
 
 func TestTOCStart(t *testing.T) {
-	var esgz bytes.Buffer
-	ew := estargz.NewWriter(&esgz)
-	ew.AppendTar(bytes.NewReader(layerTar(t)))
-	eres, err := ew.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var zstd bytes.Buffer
-	zw := zstdchunked.NewWriter(&zstd)
-	zw.AppendTar(bytes.NewReader(layerTar(t)))
-	zres, err := zw.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		kind        Kind
-		blob        []byte
-		annotations map[string]string
-	}{
-		{EStargz, esgz.Bytes(), eres.Annotations},
-		{ZstdChunked, zstd.Bytes(), zres.Annotations},
-	} {
+	formats := bothFormats(t)
+	for _, tc := range formats {
 		desc := ocispec.Descriptor{Digest: digest.FromBytes(tc.blob), Size: int64(len(tc.blob)), Annotations: tc.annotations}
 		start, ok := TOCStart(desc)
 		if !ok {
@@ -123,7 +109,7 @@ func TestTOCStart(t *testing.T) {
 
 	// A hint outside the blob or not a number is no hint.
 	for _, v := range []string{"-1", "999999", "x", ""} {
-		a := map[string]string{estargz.TOCDigestAnnotation: eres.TOCDigest.String(), estargz.TOCOffsetAnnotation: v}
+		a := map[string]string{estargz.TOCDigestAnnotation: formats[0].annotations[estargz.TOCDigestAnnotation], estargz.TOCOffsetAnnotation: v}
 		if off, ok := TOCStart(ocispec.Descriptor{Size: 1000, Annotations: a}); ok {
 			t.Errorf("offset annotation %q: TOCStart = %d, want none", v, off)
 		}
