@@ -226,23 +226,33 @@ func (c *Cache) Get(d digest.Digest) ([]byte, bool) {
 	return data, true
 }
 
+// find looks d up for a read and marks it used: it returns the entry with
+// c.mu held, or nil (a miss, counted) with c.mu released.
+func (c *Cache) find(d digest.Digest) *entry {
+	now := time.Now()
+	c.mu.Lock()
+	var e *entry
+	if !c.closed {
+		e = c.index.get(d)
+	}
+	if e == nil {
+		c.mu.Unlock()
+		c.stats.misses.Add(1)
+		return nil
+	}
+	c.index.touch(e, now)
+	return e
+}
+
 // GetInto is Get reading into buf's storage (grown if too small), so a
 // caller reusing one buffer reads without allocating. It returns the data
 // as buf[:n].
 func (c *Cache) GetInto(d digest.Digest, buf []byte) ([]byte, bool) {
 	for {
-		now := time.Now()
-		c.mu.Lock()
-		var e *entry
-		if !c.closed {
-			e = c.index.get(d)
-		}
+		e := c.find(d)
 		if e == nil {
-			c.mu.Unlock()
-			c.stats.misses.Add(1)
 			return buf[:0], false
 		}
-		c.index.touch(e, now)
 		if data := e.data; data != nil {
 			c.mu.Unlock()
 			c.stats.memoryHits.Add(1)
@@ -306,18 +316,10 @@ func (c *Cache) getFromDisk(d digest.Digest, e *entry, size int64, buf []byte, k
 // the file; it stays readable even if the entry is evicted meanwhile.
 func (c *Cache) Open(d digest.Digest) (*os.File, bool) {
 	for {
-		now := time.Now()
-		c.mu.Lock()
-		var e *entry
-		if !c.closed {
-			e = c.index.get(d)
-		}
+		e := c.find(d)
 		if e == nil {
-			c.mu.Unlock()
-			c.stats.misses.Add(1)
 			return nil, false
 		}
-		c.index.touch(e, now)
 		if wait := e.verifying; wait != nil {
 			c.mu.Unlock()
 			<-wait

@@ -151,64 +151,18 @@ func timed(ctx context.Context, env *testenv.Env, link *regproxy.Proxy, ready st
 		return outcome{}, err
 	}
 	pulled := time.Now()
-	var o outcome
-	err := runUntil(ctx, env, ctrRun, ready, func() {
-		o.run = time.Since(pulled)
-		st := link.Stats()
-		o.bytes, o.requests = st.BytesSent, st.Requests
-	})
-	o.pull = pulled.Sub(start)
+	wait, err := runner.RunUntilReady(ctx, env.Containerd.Address, ctrRun, ready)
 	if err != nil {
+		return outcome{}, err
+	}
+	st := link.Stats()
+	o := outcome{pull: pulled.Sub(start), run: time.Since(pulled), bytes: st.BytesSent, requests: st.Requests}
+	if err := wait(); err != nil {
 		return o, err
 	}
 	fmt.Printf("   pulled in %.2fs, printed %q %.2fs later; %.1f MB in %d requests over the link\n",
 		o.pull.Seconds(), ready, o.run.Seconds(), float64(o.bytes)/1e6, o.requests)
 	return o, nil
-}
-
-// runUntil runs ctr with args, calls seen when a line of its output is
-// ready, and waits for the container to end.
-func runUntil(ctx context.Context, env *testenv.Env, args []string, ready string, seen func()) error {
-	ctr, err := exec.LookPath("ctr")
-	if err != nil {
-		return err
-	}
-	cmd := exec.CommandContext(ctx, ctr, append([]string{"--address", env.Containerd.Address, "--namespace", testenv.Namespace}, args...)...)
-	cmd.Stderr = os.Stderr
-	lines := &lineWatcher{want: ready, seen: seen}
-	cmd.Stdout = lines
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("ctr %s: %w", strings.Join(args, " "), err)
-	}
-	if !lines.found {
-		return fmt.Errorf("ctr %s: the container never printed %q", strings.Join(args, " "), ready)
-	}
-	return nil
-}
-
-// lineWatcher calls seen at the first output line equal to want.
-type lineWatcher struct {
-	want    string
-	seen    func()
-	partial string
-	found   bool
-}
-
-func (w *lineWatcher) Write(p []byte) (int, error) {
-	w.partial += string(p)
-	for {
-		i := strings.IndexByte(w.partial, '\n')
-		if i < 0 {
-			break
-		}
-		line := w.partial[:i]
-		w.partial = w.partial[i+1:]
-		if !w.found && strings.TrimSpace(line) == strings.TrimSpace(w.want) {
-			w.found = true
-			w.seen()
-		}
-	}
-	return len(p), nil
 }
 
 // lazypull runs our CLI with its output shown, indented.

@@ -59,11 +59,9 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 	}
 
 	// What the node ends up fetching, and how fast the background did it.
-	bg := r.settle(ctx, ready)
+	bg := r.settle(ctx)
 	res.SettledBytes, res.BackgroundBytes, res.BackgroundSeconds = r.proxy.Stats().BytesSent, bg.bytes, bg.seconds
-	if res.ImageBytes, err = r.imageBytes(ctx, img, sc); err != nil {
-		return res, err
-	}
+	res.ImageBytes = r.imageSizes[repo(img, sc)]
 
 	// A warm start: the image is there (for a lazy snapshotter, mounted
 	// and cached), the page cache dropped.
@@ -100,7 +98,7 @@ const (
 
 // settle waits until nothing has crossed the proxy for settleQuiet (or
 // the run's context ends), sampling its byte count.
-func (r *bench) settle(ctx context.Context, ready time.Time) transfer {
+func (r *bench) settle(ctx context.Context) transfer {
 	base := r.proxy.Stats().BytesSent
 	last, lastChange := base, time.Now()
 	var busy time.Duration
@@ -176,20 +174,26 @@ func (r *bench) pull(ctx context.Context, sc Scenario, ref string) error {
 	}
 }
 
-// runUntilReady starts `ctr run --rm` and returns once the container has
-// printed ready on its standard output. The returned wait lets the
-// container finish (and be removed) outside the timed part.
+// runUntilReady starts the scenario's `ctr run --rm` of ref (see
+// RunUntilReady).
 func (r *bench) runUntilReady(ctx context.Context, sc Scenario, ref, name, ready string) (wait func() error, err error) {
+	args := []string{"run", "--rm"}
+	if sc.Snapshotter != "" {
+		args = append(args, "--snapshotter", sc.Snapshotter)
+	}
+	return RunUntilReady(ctx, r.env.Containerd.Address, append(args, ref, name), ready)
+}
+
+// RunUntilReady runs ctr with args against the containerd at address (in
+// testenv.Namespace) and returns once the container has printed ready on
+// its standard output. The returned wait lets the container finish (and be
+// removed) outside the timed part.
+func RunUntilReady(ctx context.Context, address string, args []string, ready string) (wait func() error, err error) {
 	ctrBin, err := exec.LookPath("ctr")
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"--address", r.env.Containerd.Address, "--namespace", testenv.Namespace, "run", "--rm"}
-	if sc.Snapshotter != "" {
-		args = append(args, "--snapshotter", sc.Snapshotter)
-	}
-	args = append(args, ref, name)
-	cmd := exec.CommandContext(ctx, ctrBin, args...)
+	cmd := exec.CommandContext(ctx, ctrBin, append([]string{"--address", address, "--namespace", testenv.Namespace}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -200,12 +204,12 @@ func (r *bench) runUntilReady(ctx context.Context, sc Scenario, ref, name, ready
 		return nil, err
 	}
 	failed := func(err error) error {
-		return fmt.Errorf("ctr %s: %w: %s", strings.Join(args[4:], " "), err, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
-	sc2 := bufio.NewScanner(stdout)
+	lines := bufio.NewScanner(stdout)
 	var seen []string
-	for sc2.Scan() {
-		line := sc2.Text()
+	for lines.Scan() {
+		line := lines.Text()
 		if strings.TrimSpace(line) == strings.TrimSpace(ready) {
 			return func() error {
 				io.Copy(io.Discard, stdout) // the rest of its output, or it blocks writing

@@ -50,7 +50,7 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 			err = errors.Join(err, fmt.Errorf("closing the proxy: %w", cerr))
 		}
 	}()
-	r := &bench{cfg: cfg, env: env, proxy: proxy, daemons: make(map[string]*daemon)}
+	r := &bench{cfg: cfg, env: env, proxy: proxy, daemons: make(map[string]*daemon), imageSizes: make(map[string]int64)}
 	defer func() {
 		for _, d := range r.daemons {
 			if derr := d.stop(); derr != nil {
@@ -102,6 +102,8 @@ type bench struct {
 	env     *testenv.Env
 	proxy   *regproxy.Proxy
 	daemons map[string]*daemon // other snapshotters', by scenario name
+	// imageSizes holds each published image's blob bytes, by repo().
+	imageSizes map[string]int64
 }
 
 // repo is where an image lives in the registry in a scenario's form.
@@ -133,6 +135,11 @@ func (r *bench) publish(ctx context.Context, img Image) error {
 			"oci:"+img.Layout+":"+img.Tag, "docker://"+dst); err != nil {
 			return err
 		}
+		size, err := r.imageBytes(ctx, img, sc)
+		if err != nil {
+			return err
+		}
+		r.imageSizes[repo(img, sc)] = size
 		fmt.Fprintf(r.cfg.Progress, "setup %s: %s in %v\n", img.Name, dst, time.Since(start).Round(time.Millisecond))
 	}
 	return nil
