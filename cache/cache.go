@@ -31,6 +31,12 @@ import (
 // ErrClosed is returned by methods that change a closed Cache.
 var ErrClosed = errors.New("cache: closed")
 
+// ErrNoSpace is wrapped by the error of a Put or PutFile that found the
+// cache's filesystem full (ENOSPC, or EDQUOT: the quota is). Nothing was
+// stored; the caller still has its data and can serve it uncached. Each is
+// counted in Stats.NoSpace.
+var ErrNoSpace = errors.New("the cache's filesystem is full")
+
 // Cache is a directory of entries named by digest, with a size limit and an
 // in-memory LRU in front. All methods are safe for concurrent use.
 type Cache struct {
@@ -48,13 +54,16 @@ type Cache struct {
 	// channel closed when that is done. A busy digest is never in the index;
 	// Put, PutFile and Remove wait for it, so one digest has one writer.
 	busy map[digest.Digest]chan struct{}
+	// held counts the Holds on each digest: eviction spares their entries.
+	held map[digest.Digest]int
 }
 
 // New opens the cache in dir, creating it if needed. It takes an exclusive
 // lock on the directory, deletes temp files left by a crash, and lists the
 // entries to rebuild sizes and LRU order (see disk.go). Entries found on disk
-// are unverified until first read. If the entries exceed WithMaxBytes (the
-// limit was lowered), the least recently used are deleted now.
+// are unverified until first read. Without WithMaxBytes, the limit is
+// DefaultMaxPercent of the size of dir's filesystem. If the entries exceed
+// the limit (it was lowered), the least recently used are deleted now.
 func New(dir string, opts ...Option) (*Cache, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -62,6 +71,12 @@ func New(dir string, opts ...Option) (*Cache, error) {
 	}
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return nil, fmt.Errorf("cache: create %s: %w", dir, err)
+	}
+	if !o.maxBytesSet {
+		var err error
+		if o.maxBytes, err = defaultMaxBytes(dir); err != nil {
+			return nil, err
+		}
 	}
 	lock, err := lockDir(dir)
 	if err != nil {
@@ -74,6 +89,7 @@ func New(dir string, opts ...Option) (*Cache, error) {
 		hashers: newHasherPool(digest.SHA256),
 		index:   newIndex(o.memoryBytes),
 		busy:    make(map[digest.Digest]chan struct{}),
+		held:    make(map[digest.Digest]int),
 	}
 	if err := c.load(); err != nil {
 		unlockDir(lock)
@@ -95,7 +111,7 @@ func (c *Cache) load() error {
 	for _, s := range found { // oldest first
 		c.index.add(&entry{digest: s.digest, size: s.size})
 	}
-	for _, e := range c.index.evict(c.opts.maxBytes, nil) {
+	for _, e := range c.index.evict(c.opts.maxBytes, nil) { // no Holds yet
 		c.stats.evictions.Add(1)
 		if err := deleteEntryFile(c.path(e.digest)); err != nil {
 			return fmt.Errorf("cache: evict %s: %w", e.digest, err)
@@ -152,7 +168,8 @@ func (c *Cache) PutFile(d digest.Digest, r io.Reader) error {
 }
 
 // store claims d, writes its file with write, and indexes it, evicting older
-// entries if over the limit. memoryCopy, if not nil, is kept in memory.
+// entries if over the limit (never this one: a Get right after the Put finds
+// it). memoryCopy, if not nil, is kept in memory.
 func (c *Cache) store(d digest.Digest, memoryCopy []byte, write func(*os.File) (int64, error)) error {
 	done, err := c.claim(d)
 	if done == nil || err != nil {
@@ -173,19 +190,62 @@ func (c *Cache) store(d digest.Digest, memoryCopy []byte, write func(*os.File) (
 	if memoryCopy != nil {
 		c.index.keepInMemory(e, memoryCopy)
 	}
+	victims := c.evictLocked(e)
+	c.mu.Unlock()
+	c.deleteEvicted(victims)
+	return nil
+}
+
+// evictLocked takes least recently used entries out of the index until the
+// cache is within its limit, sparing keep and held digests, and marks them
+// busy; the caller deletes them with deleteEvicted after releasing c.mu,
+// which it holds, and the cache is open or a file change is in flight.
+func (c *Cache) evictLocked(keep *entry) []detached {
+	spare := func(e *entry) bool { return e == keep || c.held[e.digest] > 0 }
 	var victims []detached
-	for _, v := range c.index.evict(c.opts.maxBytes, e) {
+	for _, v := range c.index.evict(c.opts.maxBytes, spare) {
 		victims = append(victims, c.detachRemovedLocked(v))
 	}
-	c.mu.Unlock()
+	return victims
+}
 
+func (c *Cache) deleteEvicted(victims []detached) {
 	c.stats.evictions.Add(int64(len(victims)))
 	for _, v := range victims {
 		if err := c.deleteDetached(v); err != nil {
 			log.L.WithFields(log.Fields{"digest": v.digest, "path": c.path(v.digest)}).WithError(err).Warn("cache: cannot delete evicted entry")
 		}
 	}
-	return nil
+}
+
+// Hold keeps the entry for d, stored now or by a later Put, from eviction
+// until release is called (release may be called more than once). Eviction
+// already spares an entry in the Put that stores it, but the next Put of
+// another digest may take it when the limit is tight; a caller that puts
+// data, or finds it stored, and then tells readers to Get it holds d from
+// before until they have it, so the cache's own limit never turns their Get
+// into a miss. Holds nest. Held entries can keep the cache over its limit
+// until released; Remove and the deletion of a corrupt entry ignore them.
+func (c *Cache) Hold(d digest.Digest) (release func()) {
+	c.mu.Lock()
+	c.held[d]++
+	c.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { c.unhold(d) }) }
+}
+
+// unhold ends one Hold of d, and evicts what the Holds kept over the limit.
+func (c *Cache) unhold(d digest.Digest) {
+	c.mu.Lock()
+	if c.held[d]--; c.held[d] <= 0 {
+		delete(c.held, d)
+	}
+	var victims []detached
+	if !c.closed {
+		victims = c.evictLocked(nil)
+	}
+	c.mu.Unlock()
+	c.deleteEvicted(victims)
 }
 
 // claim makes the caller d's one writer: it returns a channel to close when
@@ -472,6 +532,7 @@ func (c *Cache) Stats() Stats {
 	s := Stats{
 		Entries:       len(c.index.entries),
 		Bytes:         c.index.diskBytes,
+		MaxBytes:      c.opts.maxBytes,
 		MemoryEntries: c.index.memory.Len(),
 		MemoryBytes:   c.index.memoryBytes,
 	}
@@ -481,6 +542,7 @@ func (c *Cache) Stats() Stats {
 	s.Misses = c.stats.misses.Load()
 	s.Evictions = c.stats.evictions.Load()
 	s.Corruptions = c.stats.corruptions.Load()
+	s.NoSpace = c.stats.noSpace.Load()
 	return s
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -93,7 +94,7 @@ func resetTempDir(dir string) error {
 func (c *Cache) writeEntry(d digest.Digest, write func(*os.File) (int64, error)) (int64, error) {
 	f, err := os.CreateTemp(filepath.Join(c.dir, tempDirName), "put-*")
 	if err != nil {
-		return 0, fmt.Errorf("cache: put %s: %w", d, err)
+		return 0, c.putError(d, err)
 	}
 	tmp := f.Name()
 	size, err := write(f)
@@ -108,9 +109,37 @@ func (c *Cache) writeEntry(d digest.Digest, write func(*os.File) (int64, error))
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return 0, fmt.Errorf("cache: put %s: %w", d, err)
+		return 0, c.putError(d, err)
 	}
 	return size, nil
+}
+
+// putError names d in a failed write, and tells a full filesystem apart (a
+// partly written temp file is gone by now, so the space it took is back).
+func (c *Cache) putError(d digest.Digest, err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		c.stats.noSpace.Add(1)
+		return fmt.Errorf("cache: put %s: %w (%w: free space on it, or lower the cache's size limit)", d, err, ErrNoSpace)
+	}
+	return fmt.Errorf("cache: put %s: %w", d, err)
+}
+
+// defaultMaxBytes is DefaultMaxPercent of the size of dir's filesystem, or 0
+// (unlimited) for a filesystem that reports no size.
+func defaultMaxBytes(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("cache: size the filesystem of %s for the default limit: %w (give the cache a limit explicitly)", dir, err)
+	}
+	size := st.Blocks * uint64(st.Frsize)
+	limit := int64(min(size/100*DefaultMaxPercent, math.MaxInt64))
+	l := log.L.WithFields(log.Fields{"dir": dir, "filesystem_bytes": size, "max_bytes": limit})
+	if limit == 0 {
+		l.Warn("cache: the filesystem reports no size; the cache is unlimited (give it a limit explicitly)")
+	} else {
+		l.Infof("cache: no size limit given; keeping at most %d%% of the filesystem", DefaultMaxPercent)
+	}
+	return limit, nil
 }
 
 // renameCreatingDir renames, creating the target's parent on first use

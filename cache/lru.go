@@ -130,9 +130,10 @@ func (x *index) dropMemory(e *entry) {
 }
 
 // evict removes least recently used entries until the disk bytes are at most
-// maxBytes, never removing keep (the entry being put, which may alone exceed
-// the limit). It returns the removed entries, whose files the caller deletes.
-func (x *index) evict(maxBytes int64, keep *entry) []*entry {
+// maxBytes, never removing those spare says to keep (the entry being put,
+// which may alone exceed the limit; held ones). spare may be nil. It returns
+// the removed entries, whose files the caller deletes.
+func (x *index) evict(maxBytes int64, spare func(*entry) bool) []*entry {
 	if maxBytes <= 0 {
 		return nil
 	}
@@ -140,7 +141,7 @@ func (x *index) evict(maxBytes int64, keep *entry) []*entry {
 	for el := x.disk.Back(); el != nil && x.diskBytes > maxBytes; {
 		e := el.Value.(*entry)
 		el = el.Prev()
-		if e == keep {
+		if spare != nil && spare(e) {
 			continue
 		}
 		x.remove(e)

@@ -5,6 +5,7 @@ type Option func(*options)
 
 type options struct {
 	maxBytes    int64
+	maxBytesSet bool // else New bounds the cache to DefaultMaxPercent of its filesystem
 	memoryBytes int64
 	sync        bool
 }
@@ -13,20 +14,30 @@ type options struct {
 // says otherwise.
 const DefaultMemoryBytes = 16 << 20
 
+// DefaultMaxPercent is the share of its filesystem's size that the cache
+// keeps at most, unless WithMaxBytes says otherwise. The cache usually
+// shares that filesystem with images, containers and logs, so it takes a
+// fifth and leaves the rest to them; a share rather than a fixed size,
+// because no one number suits both a 20 GiB node and a 2 TiB one.
+const DefaultMaxPercent = 20
+
 func defaultOptions() options {
 	return options{memoryBytes: DefaultMemoryBytes, sync: true}
 }
 
 // WithMaxBytes limits the bytes of content kept on disk (file sizes, not
 // filesystem blocks); least recently used entries are deleted to stay under
-// it. 0 means unlimited. An entry larger than the limit is still stored, and
-// then is all the cache holds.
+// it. 0 means unlimited. Without this option the limit is DefaultMaxPercent
+// of the size of the filesystem holding the cache, measured by New. An
+// entry larger than the limit is still stored, and then is all the cache
+// holds; entries under a Hold are not deleted, and may keep the cache over
+// the limit until they are released.
 func WithMaxBytes(n int64) Option {
-	return func(o *options) { o.maxBytes = max(n, 0) }
+	return func(o *options) { o.maxBytes, o.maxBytesSet = max(n, 0), true }
 }
 
 // WithMemoryBytes sizes the in-memory LRU that keeps hot small entries
-// (entries up to 1/8 of it) so repeated reads of a chunk make no syscall.
+// (entries up to 1/4 of it) so repeated reads of a chunk make no syscall.
 // 0 disables it.
 func WithMemoryBytes(n int64) Option {
 	return func(o *options) { o.memoryBytes = max(n, 0) }
