@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/pkg/reference"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -94,7 +94,7 @@ func OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor, opts Opt
 
 // resetHosts (re)builds the host list, and with it fresh authorizers.
 func (b *Blob) resetHosts(ctx context.Context) error {
-	hosts, err := config.ConfigureHosts(ctx, hostOptions(b.opts))(b.refspec.Hostname())
+	hosts, err := configureHosts(ctx, b.opts)(b.refspec.Hostname())
 	if err != nil {
 		return fmt.Errorf("blob %s: hosts of %s: %w", b.desc.Digest, b.refspec.Hostname(), err)
 	}
@@ -151,6 +151,25 @@ func (b *Blob) FetchAt(ctx context.Context, p []byte, off int64) error {
 	return b.fetch(ctx, off, p)
 }
 
+// StatusError is an HTTP answer other than the bytes asked for, from a
+// registry, a mirror or a blob store.
+type StatusError struct {
+	Host   string // host[:port] that answered
+	Code   int    // HTTP status code
+	Status string // as the server said it, e.g. "404 Not Found"
+}
+
+func (e *StatusError) Error() string { return e.Host + ": " + e.Status }
+
+// Is makes a 404 an errdefs.ErrNotFound, which containerd inspects.
+func (e *StatusError) Is(target error) bool {
+	return target == errdefs.ErrNotFound && e.Code == http.StatusNotFound
+}
+
+func statusError(resp *http.Response) *StatusError {
+	return &StatusError{Host: resp.Request.URL.Host, Code: resp.StatusCode, Status: resp.Status}
+}
+
 // errNoRetry marks failures that another attempt will not mend.
 type errNoRetry struct{ error }
 
@@ -171,6 +190,7 @@ func (b *Blob) fetch(ctx context.Context, off int64, dst []byte) error {
 	unauthorized := 0
 	for attempt := 0; ; attempt++ {
 		n, err := b.try(ctx, off+int64(got), dst[got:])
+		err = redact(err)
 		got += n
 		b.bytes.Add(int64(n))
 		if err == nil {
@@ -235,7 +255,10 @@ func (b *Blob) try(ctx context.Context, off int64, dst []byte) (int, error) {
 			b.mu.Lock()
 			b.redirected = ""
 			b.mu.Unlock()
-			return 0, fmt.Errorf("blob store %s: %w", redactURL(redirected), orStatus(err, resp))
+			if err == nil {
+				err = statusError(resp)
+			}
+			return 0, fmt.Errorf("blob store %s: %w", redactURL(redirected), err)
 		}
 	} else {
 		resp, err = b.getFromHosts(ctx, hosts, off, len(dst))
@@ -258,7 +281,7 @@ func (b *Blob) try(ctx context.Context, off int64, dst []byte) (int, error) {
 			return 0, errNoRetry{errors.New("the registry ignores Range requests (answered 200 to a ranged read)")}
 		}
 	default:
-		return 0, fmt.Errorf("unexpected status %s", resp.Status)
+		return 0, statusError(resp)
 	}
 	n, err := io.ReadFull(resp.Body, dst)
 	metrics.RegistryBytes.WithLabelValues(registry).Add(float64(n))
@@ -278,11 +301,7 @@ func (b *Blob) getFromHosts(ctx context.Context, hosts []docker.RegistryHost, of
 		if h.Host != b.refspec.Hostname() {
 			u.RawQuery = "ns=" + url.QueryEscape(b.refspec.Hostname()) // a mirror serves several registries
 		}
-		client := h.Client
-		if client == nil {
-			client = http.DefaultClient
-		}
-		resp, err := b.get(ctx, client, h.Authorizer, u.String(), h.Header, off, n)
+		resp, err := b.get(ctx, h.Client, h.Authorizer, u.String(), h.Header, off, n)
 		if err != nil {
 			lastErr = err
 			continue
@@ -296,12 +315,12 @@ func (b *Blob) getFromHosts(ctx context.Context, hosts []docker.RegistryHost, of
 			}
 			return nil, errUnauthorized
 		case resp.StatusCode == http.StatusNotFound || resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
-			lastErr = fmt.Errorf("%s: %s", h.Host, resp.Status)
+			lastErr = statusError(resp)
 			resp.Body.Close()
 			continue
 		case resp.StatusCode >= 400:
 			resp.Body.Close()
-			return nil, errNoRetry{fmt.Errorf("%s: %s", h.Host, resp.Status)}
+			return nil, errNoRetry{statusError(resp)}
 		}
 		if final := resp.Request.URL; final.Host != h.Host {
 			b.mu.Lock()
@@ -310,7 +329,7 @@ func (b *Blob) getFromHosts(ctx context.Context, hosts []docker.RegistryHost, of
 		}
 		return resp, nil
 	}
-	if lastErr != nil && strings.Contains(lastErr.Error(), "404") {
+	if errdefs.IsNotFound(lastErr) {
 		return nil, errNoRetry{lastErr}
 	}
 	return nil, lastErr
@@ -344,19 +363,4 @@ func contentRangeStart(h string) (int64, bool) {
 	}
 	n, err := strconv.ParseInt(start, 10, 64)
 	return n, err == nil
-}
-
-func orStatus(err error, resp *http.Response) error {
-	if err != nil {
-		return err
-	}
-	return errors.New(resp.Status)
-}
-
-// redactURL drops a signed URL's query, which holds credentials.
-func redactURL(s string) string {
-	if i := strings.IndexByte(s, '?'); i >= 0 {
-		return s[:i] + "?…"
-	}
-	return s
 }

@@ -7,6 +7,8 @@ package remote
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 
 	"github.com/containerd/containerd/v2/core/remotes"
@@ -34,7 +36,59 @@ type Options struct {
 // the configured hosts, mirrors and credentials. Authentication follows the
 // registry's WWW-Authenticate challenge: basic or bearer token.
 func NewResolver(ctx context.Context, opts Options) remotes.Resolver {
-	return docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, hostOptions(opts))})
+	return docker.NewResolver(docker.ResolverOptions{Hosts: configureHosts(ctx, opts)})
+}
+
+// configureHosts returns the hosts to reach a registry through (mirrors
+// first), as containerd configures them, with redirects that keep
+// credentials on the host they were configured for.
+func configureHosts(ctx context.Context, opts Options) docker.RegistryHosts {
+	configure := config.ConfigureHosts(ctx, hostOptions(opts))
+	return func(host string) ([]docker.RegistryHost, error) {
+		hosts, err := configure(host)
+		if err != nil {
+			return nil, err
+		}
+		for i := range hosts {
+			c := http.Client{}
+			if hosts[i].Client != nil {
+				c = *hosts[i].Client
+			}
+			c.CheckRedirect = keepHeadersOnHost(hosts[i].Header, c.CheckRedirect)
+			hosts[i].Client = &c
+		}
+		return hosts, nil
+	}
+}
+
+// maxRedirects is net/http's own limit, which a CheckRedirect of ours
+// replaces.
+const maxRedirects = 10
+
+// keepHeadersOnHost returns a CheckRedirect that, when a redirect leaves
+// the host first asked (a registry sending blob reads to a blob store),
+// drops the headers that hosts.toml configured for that host and the
+// credentials (net/http keeps Authorization on another port of the same
+// host and on subdomains, and keeps every custom header everywhere). A
+// signed blob-store URL needs none of them. next, if not nil, is the
+// client's own CheckRedirect.
+func keepHeadersOnHost(configured http.Header, next func(*http.Request, []*http.Request) error) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		if len(via) >= maxRedirects {
+			return fmt.Errorf("stopped after %d redirects", maxRedirects)
+		}
+		if req.URL.Host != via[0].URL.Host {
+			for k := range configured {
+				req.Header.Del(k)
+			}
+			req.Header.Del("Authorization")
+			req.Header.Del("Cookie")
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		return nil
+	}
 }
 
 // hostOptions turns Options into containerd's host configuration, shared
