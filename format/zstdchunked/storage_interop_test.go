@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/containers/storage/pkg/chunked/compressor"
-	cstoc "github.com/containers/storage/pkg/chunked/toc"
+	"go.podman.io/storage/pkg/chunked/compressor"
+	cstoc "go.podman.io/storage/pkg/chunked/toc"
 	"github.com/opencontainers/go-digest"
 )
 
