@@ -18,6 +18,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"github.com/sirupsen/logrus"
 
+	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/fusefs"
 	"github.com/lazypull/lazypull/layer"
 	"github.com/lazypull/lazypull/mounter"
@@ -59,14 +60,28 @@ type CacheConfig struct {
 	// Dir holds the cache (default <root>/cache).
 	Dir string `toml:"dir"`
 	// MaxBytes bounds the cache on disk; least recently used data goes
-	// first (0: unbounded).
-	MaxBytes int64 `toml:"max_bytes"`
+	// first. Unset, it is 20% of the size of the cache's filesystem
+	// (cache.DefaultMaxPercent), measured at start; 0 is unbounded.
+	MaxBytes *int64 `toml:"max_bytes"`
 	// MemoryBytes bounds the in-memory cache of hot chunks (default 16 MiB).
 	MemoryBytes int64 `toml:"memory_bytes"`
 	// Sync fsyncs every cached chunk (default false: every chunk is
 	// verified when read, so a torn write after a crash costs only a
 	// refetch, while an fsync would delay the container's first reads).
 	Sync bool `toml:"sync"`
+}
+
+// cacheOptions turns the configuration into the cache's options; what is
+// unset keeps the cache's default.
+func (c CacheConfig) cacheOptions() []cache.Option {
+	opts := []cache.Option{cache.WithSync(c.Sync)}
+	if c.MaxBytes != nil {
+		opts = append(opts, cache.WithMaxBytes(*c.MaxBytes))
+	}
+	if c.MemoryBytes > 0 {
+		opts = append(opts, cache.WithMemoryBytes(c.MemoryBytes))
+	}
+	return opts
 }
 
 // FetchConfig says how layers are fetched from registries.
@@ -207,7 +222,7 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("fuse.opaque_xattr %q: want auto, trusted, user or both", c.FUSE.OpaqueXattr)
 	}
-	if c.Cache.MaxBytes < 0 || c.Cache.MemoryBytes < 0 || c.Fetch.MaxRetries < 0 || c.Fetch.Parallel < 0 {
+	if c.Cache.MaxBytes != nil && *c.Cache.MaxBytes < 0 || c.Cache.MemoryBytes < 0 || c.Fetch.MaxRetries < 0 || c.Fetch.Parallel < 0 {
 		return errors.New("cache sizes, fetch.max_retries and fetch.parallel cannot be negative")
 	}
 	if c.Cache.Dir != "" && !filepath.IsAbs(c.Cache.Dir) {

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/lazypull/lazypull/cache"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -62,11 +64,40 @@ func TestLoadConfigErrorsNameTheProblem(t *testing.T) {
 		{`address = "lazypull.sock"`, `address "lazypull.sock"`},
 		{"[snapshotter]\nmount_options = [\"upperdir=/x\"]", `"upperdir=/x" is set per snapshot`},
 		{"root = ", "line 1"},
+		{"[cache]\nmax_bytes = -1", "cannot be negative"},
 	} {
 		path := writeConfig(t, tc.text)
 		_, err := LoadConfig(path)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
 			t.Errorf("config %q: err = %v, want one naming %s and containing %q", tc.text, err, path, tc.want)
+		}
+	}
+}
+
+// TestCacheMaxBytes: unset, the cache takes its default share of the
+// filesystem; an explicit 0 is unbounded.
+func TestCacheMaxBytes(t *testing.T) {
+	for _, tc := range []struct {
+		text    string
+		limited bool
+		want    int64
+	}{
+		{"", true, 0},
+		{"[cache]\nmax_bytes = 0", false, 0},
+		{"[cache]\nmax_bytes = 1000", true, 1000},
+	} {
+		cfg, err := LoadConfig(writeConfig(t, tc.text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := cache.New(t.TempDir(), cfg.Cache.cacheOptions()...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := c.Stats().MaxBytes
+		c.Close()
+		if limited := got != 0; limited != tc.limited || tc.want != 0 && got != tc.want {
+			t.Errorf("config %q: cache limit %d bytes, want limited %v (%d)", tc.text, got, tc.limited, tc.want)
 		}
 	}
 }

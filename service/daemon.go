@@ -73,11 +73,7 @@ func newMounter(cfg Config) (*mounter.Mounter, *cache.Cache, func(), error) {
 	if cacheDir == "" {
 		cacheDir = filepath.Join(cfg.Root, "cache")
 	}
-	copts := []cache.Option{cache.WithMaxBytes(cfg.Cache.MaxBytes), cache.WithSync(cfg.Cache.Sync)}
-	if cfg.Cache.MemoryBytes > 0 {
-		copts = append(copts, cache.WithMemoryBytes(cfg.Cache.MemoryBytes))
-	}
-	c, err := cache.New(cacheDir, copts...)
+	c, err := cache.New(cacheDir, cfg.Cache.cacheOptions()...)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("open cache: %w", err)
 	}
