@@ -1,7 +1,6 @@
 package toc
 
 import (
-	"bytes"
 	"cmp"
 	"fmt"
 	"path"
@@ -10,28 +9,59 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/opencontainers/go-digest"
 )
 
 // Limits bound what a TOC may ask of the reader. The zero value of a field
 // means its default.
 type Limits struct {
-	MaxTOCBytes   int64 // the uncompressed TOC JSON
+	MaxTOCBytes int64 // the uncompressed TOC JSON
+	// MaxEntries bounds the TOC's entries ("chunk" entries included) plus
+	// the implicit directories their names call for: each costs memory
+	// whether the TOC lists it or not.
 	MaxEntries    int
-	MaxFileSize   int64
+	MaxFileSize   int64 // a regular file's size, and so a hole's
 	MaxChunkBytes int64 // a chunk's InnerOffset + Size: what one read decompresses
+	// MaxMemberBytes bounds a compressed member's (gzip) or frame's
+	// (zstd) span in the blob, its end given or implied by the next
+	// member: what one fetch of a chunk reads.
+	MaxMemberBytes int64
 }
 
-// DefaultLimits fit every image we know of, with room: a TOC of a million
-// entries, files up to 1 TiB, chunks up to 64 MiB.
+// DefaultLimits fit every image we know of, with room: files up to 1 TiB,
+// chunks up to 64 MiB.
+//
+// MaxTOCBytes is 64 MiB, not more: the formats' writers spend 250 to 350
+// bytes of JSON on a regular file (name, times, two digests, offsets), so
+// 64 MiB is some 200,000 files, more than the largest images we know
+// (CUDA and ML images hold 100,000 to 150,000), and containers/storage
+// refuses TOCs over 50 MiB. A TOC is held whole in memory, decoded, so
+// every MiB allowed here is several MiB of a node's memory per layer.
+//
+// MaxEntries is half a million: each entry costs some 300 bytes once
+// indexed (a million took 318 MiB), and 64 MiB of JSON holds no more than
+// that many real entries, at 100 bytes for the smallest (a directory or a
+// symlink with its times and owner), while the smallest possible ones
+// (`{"name":"d","type":"dir"}`) would be 2.5 million.
+//
+// MaxMemberBytes is MaxChunkBytes and an eighth: a member holds at most
+// one chunk's worth of file data (MaxChunkBytes, shared members included),
+// which neither gzip nor zstd grows by more than a fraction of a percent
+// when it does not compress, plus tar headers: eStargz puts the headers of
+// the entries that follow a file (directories, links, PAX records with
+// xattrs) in that file's last member, thousands of headers at a few dozen
+// compressed bytes each, far less than the 8 MiB of room.
 var DefaultLimits = Limits{
-	MaxTOCBytes:   256 << 20,
-	MaxEntries:    1 << 20,
-	MaxFileSize:   1 << 40,
-	MaxChunkBytes: 64 << 20,
+	MaxTOCBytes:    64 << 20,
+	MaxEntries:     1 << 19,
+	MaxFileSize:    1 << 40,
+	MaxChunkBytes:  64 << 20,
+	MaxMemberBytes: 64<<20 + 8<<20,
 }
 
-// WithDefaults fills the zero fields with DefaultLimits.
+// WithDefaults fills the zero fields with DefaultLimits; a zero
+// MaxMemberBytes follows MaxChunkBytes (an eighth more).
 func (l Limits) WithDefaults() Limits {
 	if l.MaxTOCBytes <= 0 {
 		l.MaxTOCBytes = DefaultLimits.MaxTOCBytes
@@ -44,6 +74,9 @@ func (l Limits) WithDefaults() Limits {
 	}
 	if l.MaxChunkBytes <= 0 {
 		l.MaxChunkBytes = DefaultLimits.MaxChunkBytes
+	}
+	if l.MaxMemberBytes <= 0 {
+		l.MaxMemberBytes = l.MaxChunkBytes + l.MaxChunkBytes/8
 	}
 	return l
 }
@@ -69,7 +102,17 @@ func (e *Error) Error() string {
 	if e.Entry == "" {
 		return "toc: " + e.Rule
 	}
-	return fmt.Sprintf("toc: entry %q: %s", e.Entry, e.Rule)
+	return fmt.Sprintf("toc: entry %q: %s", shorten(e.Entry), e.Rule)
+}
+
+// shorten keeps a name's ends: a name may be 4096 bytes long, too long
+// to read in a log line.
+func shorten(name string) string {
+	const keep = 120
+	if len(name) <= 2*keep+3 {
+		return name
+	}
+	return name[:keep] + "..." + name[len(name)-keep:]
 }
 
 func errorf(entry, format string, args ...any) error {
@@ -78,114 +121,202 @@ func errorf(entry, format string, args ...any) error {
 
 // Parse decodes and checks the TOC JSON of a blob whose compressed file
 // data ends at dataEnd (where the TOC begins), and indexes it.
+//
+// Entries are checked and indexed as they are decoded, one at a time, so
+// that what Parse allocates follows what the TOC really holds and stops at
+// the limits: nothing is sized from what the TOC claims or counts.
 func Parse(data []byte, dataEnd int64, limits Limits) (*TOC, error) {
 	limits = limits.WithDefaults()
 	if int64(len(data)) > limits.MaxTOCBytes {
 		return nil, errorf("", "%d bytes, more than the limit of %d", len(data), limits.MaxTOCBytes)
 	}
-	// Sizing the slice up front saves growing it entry by entry: the
-	// count of "name" keys is close to the entry count.
-	doc := JSON{Entries: make([]WireEntry, 0, min(bytes.Count(data, []byte(`"name"`)), limits.MaxEntries))}
+	b := newBuilder(dataEnd, limits)
+	doc := wireDoc{Entries: entryStream{b}}
 	if err := json.Unmarshal(data, &doc); err != nil {
+		if b.err != nil {
+			return nil, b.err
+		}
 		return nil, errorf("", "not valid TOC JSON: %v", err)
 	}
 	if doc.Version != 1 {
 		return nil, errorf("", "version %d, want 1", doc.Version)
 	}
-	if len(doc.Entries) > limits.MaxEntries {
-		return nil, errorf("", "%d entries, more than the limit of %d", len(doc.Entries), limits.MaxEntries)
+	return b.finish()
+}
+
+// wireDoc is JSON with its entries handed to a builder as they come.
+type wireDoc struct {
+	Version int         `json:"version"`
+	Entries entryStream `json:"entries"`
+}
+
+type entryStream struct{ b *builder }
+
+// UnmarshalJSONFrom decodes the entries array one entry at a time.
+func (s *entryStream) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	switch dec.PeekKind() {
+	case 'n':
+		_, err := dec.ReadToken()
+		return err
+	case '[':
+	default:
+		return fmt.Errorf("entries is not an array")
 	}
-	return build(doc.Entries, dataEnd, limits)
+	if _, err := dec.ReadToken(); err != nil {
+		return err
+	}
+	for dec.PeekKind() != ']' {
+		var w WireEntry
+		if err := json.UnmarshalDecode(dec, &w); err != nil {
+			return err
+		}
+		if err := s.b.add(&w); err != nil {
+			s.b.err = err
+			return err
+		}
+	}
+	_, err := dec.ReadToken()
+	return err
 }
 
 // rawChunk is a chunk as the wire gives it, before its size is known.
 type rawChunk struct {
-	w    *WireEntry
-	size int64 // 0: up to the next chunk or the end of the file
+	offset, endOffset, innerOffset, fileOffset int64
+	size                                       int64 // 0: up to the next chunk or the end of the file
+	digest                                     string
+	zero                                       bool
 }
 
-func build(wire []WireEntry, dataEnd int64, limits Limits) (*TOC, error) {
-	t := &TOC{byName: make(map[string]*Entry, len(wire)+1)}
+func chunkFromWire(w *WireEntry) rawChunk {
+	return rawChunk{
+		offset: w.Offset, endOffset: w.EndOffset, innerOffset: w.InnerOffset, fileOffset: w.ChunkOffset,
+		size: w.ChunkSize, digest: w.ChunkDigest, zero: w.ChunkType == ChunkTypeZeros,
+	}
+}
+
+// builder indexes entries as they are decoded.
+type builder struct {
+	t       *TOC
+	dataEnd int64
+	limits  Limits
+	chunks  map[*Entry][]rawChunk
+	last    *Entry // the last regular file: "chunk" entries continue it
+	// nodes counts wire entries and implicit directories (MaxEntries);
+	// nameBytes the names of all entries, implicit directories included.
+	nodes     int
+	nameBytes int64
+	err       error // the first error add returned
+}
+
+func newBuilder(dataEnd int64, limits Limits) *builder {
+	t := &TOC{byName: make(map[string]*Entry)}
 	t.root = &Entry{Name: "", Type: TypeDir, Mode: 0o755, NumLink: 1, Implicit: true}
 	t.byName[""] = t.root
+	return &builder{t: t, dataEnd: dataEnd, limits: limits, chunks: make(map[*Entry][]rawChunk)}
+}
 
-	chunks := make(map[*Entry][]rawChunk)
-	var last *Entry // the last regular file: "chunk" entries continue it
-	for i := range wire {
-		w := &wire[i]
-		if w.Type == TypeChunk {
-			name, err := cleanName(w.Name)
-			if err != nil {
-				return nil, err
-			}
-			if last == nil || last.Name != name {
-				return nil, errorf(w.Name, "chunk does not follow its regular file")
-			}
-			chunks[last] = append(chunks[last], rawChunk{w: w, size: w.ChunkSize})
-			continue
-		}
-		e, err := entryFromWire(w, limits)
-		if err != nil {
-			return nil, err
-		}
-		last = nil
-		if e.Name == "" && e.Type != TypeDir {
-			return nil, errorf(w.Name, "the root is a %s, not a directory", e.Type)
-		}
-		if prev, ok := t.byName[e.Name]; ok {
-			if e.Name == "" || (prev.Type == TypeDir && e.Type == TypeDir) {
-				// A directory listed twice (or the root listed at all):
-				// the listing wins over an implicit one, else the first.
-				if prev.Implicit {
-					prev.setAttrs(e)
-				} else if !prev.sameAttrs(e) {
-					return nil, errorf(w.Name, "directory listed twice with different attributes")
-				}
-				continue
-			}
-			return nil, errorf(w.Name, "listed twice (as %s and as %s)", prev.Type, e.Type)
-		}
-		if err := t.addParents(e); err != nil {
-			return nil, err
-		}
-		switch e.Type {
-		case TypeReg:
-			last = e
-			if e.Size > 0 {
-				chunks[e] = append(chunks[e], rawChunk{w: w, size: w.ChunkSize})
-			}
-		case TypeHardlink:
-			target, ok := t.byName[e.LinkName]
-			if !ok {
-				return nil, errorf(w.Name, "hard link to %q, which no earlier entry is", e.LinkName)
-			}
-			if target.Type == TypeHardlink {
-				// A link to a link (tar allows it): the earlier link was
-				// resolved already, so one step reaches the file.
-				target = t.byName[target.LinkName]
-				e.LinkName = target.Name
-			}
-			if target.Type == TypeDir {
-				return nil, errorf(w.Name, "hard link to %q, a %s", e.LinkName, target.Type)
-			}
-			target.NumLink++
-		}
-		t.byName[e.Name] = e
-		t.Entries = append(t.Entries, e)
+// count charges one node of the given name against the limits. The name
+// budget is the TOC's own size: a TOC's names cost at least their length
+// in its JSON, and only implicit directories, each a prefix of a listed
+// name, can add more. It bounds the cost of deep paths (a name of 4096
+// bytes implies up to 2048 directories whose names add up to 4 MiB), in
+// memory and in the hashing of their lookups.
+func (b *builder) count(name string) error {
+	b.nodes++
+	if b.nodes > b.limits.MaxEntries {
+		return errorf(name, "more than the limit of %d entries, implicit directories and chunks included", b.limits.MaxEntries)
 	}
-	if err := placeChunks(chunks, dataEnd, limits); err != nil {
+	b.nameBytes += int64(len(name))
+	if b.nameBytes > b.limits.MaxTOCBytes {
+		return errorf(name, "the names of the entries, implicit directories included, add up to more than %d bytes", b.limits.MaxTOCBytes)
+	}
+	return nil
+}
+
+// add checks one wire entry and indexes it.
+func (b *builder) add(w *WireEntry) error {
+	t := b.t
+	if err := b.count(w.Name); err != nil {
+		return err
+	}
+	if w.Type == TypeChunk {
+		name, err := cleanName(w.Name)
+		if err != nil {
+			return err
+		}
+		if b.last == nil || b.last.Name != name {
+			return errorf(w.Name, "chunk does not follow its regular file")
+		}
+		b.chunks[b.last] = append(b.chunks[b.last], chunkFromWire(w))
+		return nil
+	}
+	e, err := entryFromWire(w, b.limits)
+	if err != nil {
+		return err
+	}
+	b.last = nil
+	if e.Name == "" && e.Type != TypeDir {
+		return errorf(w.Name, "the root is a %s, not a directory", e.Type)
+	}
+	if prev, ok := t.byName[e.Name]; ok {
+		if e.Name == "" || (prev.Type == TypeDir && e.Type == TypeDir) {
+			// A directory listed twice (or the root listed at all):
+			// the listing wins over an implicit one, else the first.
+			if prev.Implicit {
+				prev.setAttrs(e)
+			} else if !prev.sameAttrs(e) {
+				return errorf(w.Name, "directory listed twice with different attributes")
+			}
+			return nil
+		}
+		return errorf(w.Name, "listed twice (as %s and as %s)", prev.Type, e.Type)
+	}
+	if err := b.addParents(e); err != nil {
+		return err
+	}
+	switch e.Type {
+	case TypeReg:
+		b.last = e
+		if e.Size > 0 {
+			b.chunks[e] = append(b.chunks[e], chunkFromWire(w))
+		}
+	case TypeHardlink:
+		target, ok := t.byName[e.LinkName]
+		if !ok {
+			return errorf(w.Name, "hard link to %q, which no earlier entry is", e.LinkName)
+		}
+		if target.Type == TypeHardlink {
+			// A link to a link (tar allows it): the earlier link was
+			// resolved already, so one step reaches the file.
+			target = t.byName[target.LinkName]
+			e.LinkName = target.Name
+		}
+		if target.Type == TypeDir {
+			return errorf(w.Name, "hard link to %q, a %s", e.LinkName, target.Type)
+		}
+		target.NumLink++
+	}
+	t.byName[e.Name] = e
+	t.Entries = append(t.Entries, e)
+	return nil
+}
+
+// finish places the chunks once every entry is in.
+func (b *builder) finish() (*TOC, error) {
+	if err := placeChunks(b.chunks, b.dataEnd, b.limits); err != nil {
 		return nil, err
 	}
-	for _, e := range t.byName {
+	for _, e := range b.t.byName {
 		slices.SortFunc(e.children, func(a, b *Entry) int { return strings.Compare(a.Name, b.Name) })
 	}
-	return t, nil
+	return b.t, nil
 }
 
 // addParents links e into its parent directory, creating implicit
 // directories for parents the TOC does not list (umoci's diff layers omit
-// them).
-func (t *TOC) addParents(e *Entry) error {
+// them); each counts against the limits.
+func (b *builder) addParents(e *Entry) error {
+	t := b.t
 	child := e
 	for {
 		dir := path.Dir(child.Name)
@@ -202,6 +333,9 @@ func (t *TOC) addParents(e *Entry) error {
 				parent.NumLink++
 			}
 			return nil
+		}
+		if err := b.count(dir); err != nil {
+			return errorf(e.Name, "implicit directory %q: %s", shorten(dir), err.(*Error).Rule)
 		}
 		parent = &Entry{Name: dir, Type: TypeDir, Mode: 0o755, NumLink: 2, Implicit: true}
 		t.byName[dir] = parent
@@ -276,9 +410,26 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 		if k == "" || len(k) > maxXattrName || strings.IndexByte(k, 0) >= 0 || len(v) > maxXattrValue {
 			return nil, errorf(w.Name, "xattr %q: bad name or value over %d bytes", k, maxXattrValue)
 		}
+		if OverlayXattr(k) {
+			delete(w.Xattrs, k)
+		}
 	}
-	e.Xattrs = w.Xattrs
+	if len(w.Xattrs) > 0 {
+		e.Xattrs = w.Xattrs
+	}
 	return e, nil
+}
+
+// OverlayXattr tells whether an xattr name is one that Parse drops:
+// trusted.* (overlayfs keeps its whiteouts, opaque directories,
+// redirects, metacopy and origin there; nothing else in trusted.* belongs
+// to an image) and user.overlay.* (the same, for overlayfs mounted with
+// userxattr). A layer that carried them would steer the overlay mount it
+// sits in: hide a lower layer's files, or point at files of another
+// layer. containerd refuses trusted.* when it unpacks a layer too. The
+// opaque marker lazypull serves is its own, made from .wh..wh..opq.
+func OverlayXattr(name string) bool {
+	return strings.HasPrefix(name, "trusted.") || strings.HasPrefix(name, "user.overlay.")
 }
 
 // cleanName confines a TOC name to the layer: relative, no ".." escape,
@@ -319,8 +470,13 @@ func parseDigest(s string) (digest.Digest, error) {
 }
 
 // placeChunks checks and fixes the geometry of every file's chunks: sizes
-// that cover the file exactly, compressed members inside the data area,
-// members that do not overlap, chunks that do not overlap within a member.
+// that cover the file exactly, compressed members inside the data area and
+// within MaxMemberBytes, members that do not overlap, chunks that do not
+// overlap within a member.
+//
+// Every number comes from the TOC and may be anything: the checks compare
+// by subtraction of values already known to be in range, never by a sum
+// that could wrap.
 func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) error {
 	type placed struct {
 		e *Entry
@@ -328,44 +484,52 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 	}
 	var all []placed
 	for e, raws := range files {
+		// covered stays within 0..e.Size: each chunk adds at most
+		// e.Size-covered.
 		var covered int64
 		e.Chunks = make([]Chunk, 0, len(raws))
 		for i, r := range raws {
-			w := r.w
-			if w.ChunkOffset != covered {
-				return errorf(e.Name, "chunk %d starts at file offset %d, want %d (chunks must be in order and cover the file)", i, w.ChunkOffset, covered)
+			if r.fileOffset != covered {
+				return errorf(e.Name, "chunk %d starts at file offset %d, want %d (chunks must be in order and cover the file)", i, r.fileOffset, covered)
 			}
 			size := r.size
 			if size == 0 {
 				next := e.Size
 				if i+1 < len(raws) {
-					next = raws[i+1].w.ChunkOffset
+					next = raws[i+1].fileOffset
 				}
-				size = next - w.ChunkOffset
+				if next <= covered || next > e.Size {
+					return errorf(e.Name, "chunk %d at offset %d ends at the next chunk's offset %d, outside the %d-byte file", i, covered, next, e.Size)
+				}
+				size = next - covered
 			}
-			if size <= 0 || w.ChunkOffset+size > e.Size {
-				return errorf(e.Name, "chunk %d has size %d at offset %d of a %d-byte file", i, size, w.ChunkOffset, e.Size)
+			if size <= 0 || size > e.Size-covered {
+				return errorf(e.Name, "chunk %d has size %d at offset %d of a %d-byte file", i, size, covered, e.Size)
 			}
-			c := Chunk{Offset: w.Offset, EndOffset: w.EndOffset, InnerOffset: w.InnerOffset, FileOffset: w.ChunkOffset, Size: size}
-			if w.ChunkType == ChunkTypeZeros {
-				c = Chunk{FileOffset: w.ChunkOffset, Size: size, Zero: true}
+			c := Chunk{FileOffset: covered, Size: size}
+			if r.zero {
+				// A hole is bounded by its file alone (MaxFileSize):
+				// readers serve it without storage, and it has no
+				// place in the blob.
+				c.Zero = true
 			} else {
-				if w.ChunkDigest == "" {
+				c.Offset, c.EndOffset, c.InnerOffset = r.offset, r.endOffset, r.innerOffset
+				if r.digest == "" {
 					return errorf(e.Name, "chunk %d has no chunkDigest, so it cannot be verified", i)
 				}
 				if c.Offset < 0 || c.Offset >= dataEnd || c.EndOffset < 0 || c.EndOffset > dataEnd {
 					return errorf(e.Name, "chunk %d lies at %d..%d, outside the blob's data (0..%d)", i, c.Offset, c.EndOffset, dataEnd)
 				}
-				if c.InnerOffset < 0 || c.InnerOffset > limits.MaxChunkBytes-c.Size {
+				if c.Size > limits.MaxChunkBytes || c.InnerOffset < 0 || c.InnerOffset > limits.MaxChunkBytes-c.Size {
 					return errorf(e.Name, "chunk %d needs %d+%d uncompressed bytes, over the limit of %d", i, c.InnerOffset, c.Size, limits.MaxChunkBytes)
 				}
-				if i > 0 && c.Offset < lastData(e.Chunks) {
+				if c.Offset < lastData(e.Chunks) {
 					return errorf(e.Name, "chunk %d lies before chunk %d in the blob", i, i-1)
 				}
 				all = append(all, placed{e, len(e.Chunks)})
 			}
-			if w.ChunkDigest != "" {
-				d, err := parseDigest(w.ChunkDigest)
+			if r.digest != "" {
+				d, err := parseDigest(r.digest)
 				if err != nil {
 					return errorf(e.Name, "chunk %d digest: %v", i, err)
 				}
@@ -408,6 +572,9 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 		if end <= first.Offset || end > nextStart {
 			return errorf(all[i].e.Name, "its member at %d ends at %d, overlapping the next member at %d", first.Offset, end, nextStart)
 		}
+		if end-first.Offset > limits.MaxMemberBytes {
+			return errorf(all[i].e.Name, "its member at %d spans %d bytes (to %d), over the limit of %d", first.Offset, end-first.Offset, end, limits.MaxMemberBytes)
+		}
 		var innerEnd int64
 		for k := i; k < j; k++ {
 			c := chunk(all[k])
@@ -418,6 +585,7 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 				return errorf(all[k].e.Name, "its chunk overlaps another inside the member at %d (bytes %d.. start before %d)", c.Offset, c.InnerOffset, innerEnd)
 			}
 			c.EndOffset = end
+			// Both are within MaxChunkBytes: the sum cannot wrap.
 			innerEnd = c.InnerOffset + c.Size
 		}
 		i = j

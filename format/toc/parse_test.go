@@ -1,8 +1,13 @@
 package toc
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -147,6 +152,13 @@ func TestParseRejects(t *testing.T) {
 			{Name: "x", Type: TypeReg, Size: 8, Offset: 50, ChunkSize: 4, ChunkDigest: d1},
 			{Name: "x", Type: TypeChunk, Offset: 10, ChunkOffset: 4, ChunkDigest: d1},
 		}, "x", "before chunk"},
+		{"wrapping chunk sizes", []WireEntry{
+			{Name: "x", Type: TypeReg, Size: 10, ChunkSize: 5, ChunkDigest: d1},
+			{Name: "x", Type: TypeChunk, ChunkOffset: 5, ChunkSize: math.MaxInt64, ChunkType: ChunkTypeZeros},
+			// 5 + MaxInt64 wraps to MinInt64 + 4, and that + MaxInt64 to 3.
+			{Name: "x", Type: TypeChunk, ChunkOffset: math.MinInt64 + 4, ChunkSize: math.MaxInt64, ChunkType: ChunkTypeZeros},
+			{Name: "x", Type: TypeChunk, Offset: 10, ChunkOffset: 3, ChunkSize: 7, ChunkDigest: d1},
+		}, "x", "chunk 1 has size"},
 		{"bomb", []WireEntry{{Name: "x", Type: TypeReg, Size: 1 << 30, ChunkDigest: d1}}, "x", "over the limit"},
 		{"inner bomb", []WireEntry{{Name: "x", Type: TypeReg, Size: 1, InnerOffset: 1 << 40, ChunkDigest: d1}}, "x", "over the limit"},
 		{"member overlap", []WireEntry{
@@ -259,4 +271,212 @@ func parentName(name string) string {
 		return name[:i]
 	}
 	return ""
+}
+
+func TestParseHoles(t *testing.T) {
+	// A hole is bounded by its file alone: a file of the largest size may
+	// be one hole, whatever offsets the TOC writes for it.
+	max := DefaultLimits.MaxFileSize
+	toc, err := parseEntries(t, 100,
+		WireEntry{Name: "sparse", Type: TypeReg, Size: max, Offset: 1 << 62, InnerOffset: -1, ChunkType: ChunkTypeZeros},
+		WireEntry{Name: "mixed", Type: TypeReg, Size: 10, ChunkSize: 4, ChunkType: ChunkTypeZeros},
+		WireEntry{Name: "mixed", Type: TypeChunk, Offset: 50, ChunkOffset: 4, ChunkSize: 6, ChunkDigest: d1},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sparse, _ := toc.Lookup("sparse")
+	if want := (Chunk{Size: max, Zero: true}); len(sparse.Chunks) != 1 || sparse.Chunks[0] != want {
+		t.Errorf("sparse chunks = %+v, want one hole %+v", sparse.Chunks, want)
+	}
+	mixed, _ := toc.Lookup("mixed")
+	want := []Chunk{{Size: 4, Zero: true}, {Offset: 50, EndOffset: 100, FileOffset: 4, Size: 6, Digest: digest.Digest(d1)}}
+	if len(mixed.Chunks) != 2 || mixed.Chunks[0] != want[0] || mixed.Chunks[1] != want[1] {
+		t.Errorf("mixed chunks = %+v, want %+v", mixed.Chunks, want)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		entries []WireEntry
+		rule    string
+	}{
+		{"hole past the end", []WireEntry{{Name: "x", Type: TypeReg, Size: 10, ChunkSize: 11, ChunkType: ChunkTypeZeros}}, "size 11"},
+		{"huge hole", []WireEntry{
+			{Name: "x", Type: TypeReg, Size: 10, ChunkSize: 5, ChunkDigest: d1},
+			{Name: "x", Type: TypeChunk, ChunkOffset: 5, ChunkSize: math.MaxInt64, ChunkType: ChunkTypeZeros},
+		}, "size 9223372036854775807"},
+		{"negative hole", []WireEntry{{Name: "x", Type: TypeReg, Size: 10, ChunkSize: -5, ChunkType: ChunkTypeZeros}}, "size -5"},
+		{"hole out of place", []WireEntry{
+			{Name: "x", Type: TypeReg, Size: 10, ChunkSize: 5, ChunkDigest: d1},
+			{Name: "x", Type: TypeChunk, ChunkOffset: 7, ChunkSize: 3, ChunkType: ChunkTypeZeros},
+		}, "want 5"},
+		{"implicit size from a wrapped offset", []WireEntry{
+			{Name: "x", Type: TypeReg, Size: 10, ChunkType: ChunkTypeZeros},
+			{Name: "x", Type: TypeChunk, ChunkOffset: math.MinInt64, ChunkType: ChunkTypeZeros},
+		}, "outside the 10-byte file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseEntries(t, 1000, tc.entries...)
+			var te *Error
+			if !errors.As(err, &te) || te.Entry != "x" || !strings.Contains(te.Rule, tc.rule) {
+				t.Errorf("err = %v; want one naming x, with %q", err, tc.rule)
+			}
+		})
+	}
+}
+
+func TestParseBoundsMembers(t *testing.T) {
+	limits := Limits{MaxChunkBytes: 1 << 10, MaxMemberBytes: 4 << 10}
+	parse := func(dataEnd int64, entries ...WireEntry) error {
+		data, err := json.Marshal(JSON{Version: 1, Entries: entries})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = Parse(data, dataEnd, limits)
+		return err
+	}
+	if err := parse(100<<10,
+		WireEntry{Name: "a", Type: TypeReg, Size: 10, Offset: 0, EndOffset: 4 << 10, ChunkDigest: d1},
+		WireEntry{Name: "b", Type: TypeReg, Size: 10, Offset: 96 << 10, ChunkDigest: d1},
+	); err != nil {
+		t.Errorf("members of exactly the limit: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		dataEnd int64
+		entries []WireEntry
+		entry   string
+	}{
+		"end given": {1 << 30, []WireEntry{{Name: "a", Type: TypeReg, Size: 10, Offset: 0, EndOffset: 4<<10 + 1, ChunkDigest: d1}}, "a"},
+		"up to the data's end": {1 << 40, []WireEntry{
+			{Name: "a", Type: TypeReg, Size: 10, Offset: 0, EndOffset: 100, ChunkDigest: d1},
+			{Name: "b", Type: TypeReg, Size: 10, Offset: 100, ChunkDigest: d1},
+		}, "b"},
+		"up to the next member": {1 << 40, []WireEntry{
+			{Name: "a", Type: TypeReg, Size: 10, Offset: 0, ChunkDigest: d1},
+			{Name: "b", Type: TypeReg, Size: 10, Offset: 64 << 30, EndOffset: 64<<30 + 100, ChunkDigest: d1},
+		}, "a"},
+	} {
+		err := parse(tc.dataEnd, tc.entries...)
+		var te *Error
+		if !errors.As(err, &te) || te.Entry != tc.entry || !strings.Contains(te.Rule, "over the limit of 4096") {
+			t.Errorf("%s: err = %v, want one naming %s and the member limit", name, err, tc.entry)
+		}
+	}
+	if got := (Limits{MaxChunkBytes: 8 << 20}).WithDefaults().MaxMemberBytes; got != 9<<20 {
+		t.Errorf("the default member limit for 8 MiB chunks is %d, want 9 MiB", got)
+	}
+	if got := (Limits{}).WithDefaults(); got != DefaultLimits {
+		t.Errorf("Limits{}.WithDefaults() = %+v, want DefaultLimits %+v", got, DefaultLimits)
+	}
+}
+
+func TestParseDropsOverlayXattrs(t *testing.T) {
+	forged := map[string][]byte{
+		"trusted.overlay.opaque":   []byte("y"),
+		"trusted.overlay.redirect": []byte("/etc"),
+		"trusted.overlay.metacopy": nil,
+		"trusted.overlay.origin":   []byte("x"),
+		"trusted.other":            []byte("x"),
+		"user.overlay.opaque":      []byte("y"),
+	}
+	kept := map[string][]byte{
+		"security.capability": {1, 0, 0, 2},
+		"user.comment":        []byte("hello"),
+		"user.overlayish":     []byte("not overlay's"),
+	}
+	all := maps.Clone(forged)
+	maps.Copy(all, kept)
+	toc, err := parseEntries(t, 100,
+		WireEntry{Name: "./", Type: TypeDir, Xattrs: forged},
+		WireEntry{Name: "dir", Type: TypeDir, Xattrs: forged},
+		WireEntry{Name: "dir", Type: TypeDir, Xattrs: forged}, // listed twice: compared once dropped
+		WireEntry{Name: "file", Type: TypeReg, Size: 1, ChunkDigest: d1, Xattrs: all},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"", "dir", "file"} {
+		e, _ := toc.Lookup(name)
+		for k := range e.Xattrs {
+			if OverlayXattr(k) {
+				t.Errorf("%q keeps xattr %s", name, k)
+			}
+		}
+	}
+	if dir, _ := toc.Lookup("dir"); dir.Xattrs != nil {
+		t.Errorf("dir xattrs = %q, want none", dir.Xattrs)
+	}
+	if file, _ := toc.Lookup("file"); !maps.EqualFunc(file.Xattrs, kept, bytes.Equal) {
+		t.Errorf("file xattrs = %q, want %q", file.Xattrs, kept)
+	}
+}
+
+// allocated is how many bytes f allocates.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+func TestParseCountsImplicitDirectories(t *testing.T) {
+	deep := func(paths, depth int) []byte {
+		var b strings.Builder
+		b.WriteString(`{"version":1,"entries":[`)
+		for i := range paths {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `{"name":"p%d%s","type":"dir"}`, i, strings.Repeat("/a", depth))
+		}
+		b.WriteString(`]}`)
+		return []byte(b.String())
+	}
+	// 10 paths of 10 directories are 110 entries, 100 of them implicit.
+	if _, err := Parse(deep(10, 10), 0, Limits{MaxEntries: 110}); err != nil {
+		t.Errorf("110 entries in a limit of 110: %v", err)
+	}
+	_, err := Parse(deep(10, 10), 0, Limits{MaxEntries: 109})
+	var te *Error
+	if !errors.As(err, &te) || !strings.Contains(te.Rule, "implicit directory") || !strings.Contains(te.Rule, "limit of 109") {
+		t.Errorf("111 entries in a limit of 109: err = %v", err)
+	}
+
+	// 500 paths 2000 deep: 1,000,500 entries whose names add up to 2 GB,
+	// from 2 MB of JSON (4 KB gzipped). The names' budget stops it before
+	// the count of entries does, and early.
+	data := deep(500, 2000)
+	n := allocated(func() { _, err = Parse(data, 0, Limits{}) })
+	if !errors.As(err, &te) || !strings.Contains(te.Rule, "names of the entries") {
+		t.Errorf("deep paths: err = %v, want the names' budget", err)
+	}
+	if n > 64<<20 {
+		t.Errorf("deep paths: Parse allocated %d MiB, want it to stop before 64", n>>20)
+	}
+}
+
+func TestParseAllocatesWhatItDecodes(t *testing.T) {
+	// Counting "name" keys is no measure of entries: one entry naming
+	// itself 100,000 times once made 100,000 entries' room.
+	data := []byte(`{"version":1,"entries":[{` + strings.Repeat(`"name":"a",`, 100000) + `"type":"dir"}]}`)
+	var err error
+	n := allocated(func() { _, err = Parse(data, 0, Limits{}) })
+	if err == nil {
+		t.Fatal("a TOC with duplicate keys parsed")
+	}
+	if limit := 4*len(data) + 1<<20; n > uint64(limit) {
+		t.Errorf("Parse of %d bytes allocated %d, want at most %d", len(data), n, limit)
+	}
+
+	// A flood of the smallest entries stops at MaxEntries, not at the end
+	// of the array.
+	data = []byte(`{"version":1,"entries":[` + strings.Repeat(`{"name":"d","type":"dir"},`, 100000) + `{"name":"d","type":"dir"}]}`)
+	n = allocated(func() { _, err = Parse(data, 0, Limits{MaxEntries: 100}) })
+	if err == nil || !strings.Contains(err.Error(), "limit of 100") {
+		t.Errorf("100,001 entries in a limit of 100: err = %v", err)
+	}
+	if n > 1<<20 {
+		t.Errorf("Parse allocated %d bytes for 100 entries, want it to stop at the limit", n)
+	}
 }

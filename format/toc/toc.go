@@ -2,7 +2,8 @@
 // formats (eStargz, zstd:chunked): the JSON both put in their blobs, the
 // model the rest of lazypull reads, and the validation that stands between
 // the two. A TOC comes from a registry, so nothing in it is trusted until
-// Parse has checked it: sizes are bounded, names confined, chunks placed.
+// Parse has checked it: sizes are bounded, names confined, chunks placed,
+// and no overlayfs xattr (trusted.*, user.overlay.*) kept.
 //
 // This package knows neither compression nor I/O: the formats read and write
 // the bytes, and hand the JSON to it.
@@ -45,9 +46,11 @@ type Entry struct {
 	GroupName string
 	DevMajor  int
 	DevMinor  int
-	Xattrs    map[string][]byte
-	Digest    digest.Digest // regular files: digest of the whole content, if the TOC has it
-	Chunks    []Chunk       // regular files with content: in file order, covering Size exactly
+	// Xattrs never holds trusted.* nor user.overlay.* names: Parse
+	// drops them (see OverlayXattr).
+	Xattrs map[string][]byte
+	Digest digest.Digest // regular files: digest of the whole content, if the TOC has it
+	Chunks []Chunk       // regular files with content: in file order, covering Size exactly
 
 	// NumLink counts the names of this inode (hard links included).
 	NumLink int
