@@ -2,17 +2,22 @@ package layer
 
 import (
 	"context"
-	"sync/atomic"
+	"sync"
 	"time"
 )
 
 // Gate orders the fetches of layers that share a link: background fetches
 // wait while reads a container is waiting on are being fetched, and for a
 // moment after, so that they never queue behind megabytes of background
-// data. One Gate serves every layer a daemon mounts.
+// data. The mounter keeps one Gate per registry host: a slow registry's
+// reads hold back only the background fetches from that registry.
+//
+// Waiters are woken by the change they wait for, not by polling.
 type Gate struct {
-	active  atomic.Int64
-	lastEnd atomic.Int64 // unix nanoseconds
+	mu      sync.Mutex
+	active  int
+	lastEnd time.Time
+	changed chan struct{} // closed, and replaced, at every enter and leave
 }
 
 // quietPeriod is how long after the last foreground fetch the background
@@ -20,13 +25,32 @@ type Gate struct {
 const quietPeriod = 500 * time.Millisecond
 
 // NewGate returns a gate with nothing in flight.
-func NewGate() *Gate { return &Gate{} }
+func NewGate() *Gate { return &Gate{changed: make(chan struct{})} }
 
-func (g *Gate) enter() { g.active.Add(1) }
+func (g *Gate) enter() {
+	g.mu.Lock()
+	g.active++
+	g.signal()
+	g.mu.Unlock()
+}
 
 func (g *Gate) leave() {
-	g.lastEnd.Store(time.Now().UnixNano())
-	g.active.Add(-1)
+	g.mu.Lock()
+	g.active--
+	g.lastEnd = time.Now()
+	g.signal()
+	g.mu.Unlock()
+}
+
+func (g *Gate) signal() {
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+func (g *Gate) state() (active int, lastEnd time.Time, changed <-chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.active, g.lastEnd, g.changed
 }
 
 // idleStart is how long a mounted layer waits for its container's first
@@ -37,36 +61,53 @@ const idleStart = 3 * time.Second
 // fetch since mounted) or idleStart has passed: the link's first seconds
 // belong to the container's start, not to data it may never read.
 func (g *Gate) waitStart(ctx context.Context, mounted time.Time) error {
-	deadline := mounted.Add(idleStart)
-	for g.lastEnd.Load() < mounted.UnixNano() && g.active.Load() == 0 && time.Now().Before(deadline) {
+	deadline := time.NewTimer(time.Until(mounted.Add(idleStart)))
+	defer deadline.Stop()
+	for {
+		active, lastEnd, changed := g.state()
+		if active > 0 || lastEnd.After(mounted) {
+			return nil
+		}
 		select {
-		case <-time.After(10 * time.Millisecond):
+		case <-changed:
+		case <-deadline.C:
+			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	return nil
 }
 
 // waitQuiet returns once no foreground fetch has run for quietPeriod.
 func (g *Gate) waitQuiet(ctx context.Context) error {
 	for {
-		if g.active.Load() == 0 {
-			idle := time.Since(time.Unix(0, g.lastEnd.Load()))
-			if idle >= quietPeriod {
+		active, lastEnd, changed := g.state()
+		wait := time.Duration(-1) // until something changes
+		if active == 0 {
+			if wait = quietPeriod - time.Since(lastEnd); wait <= 0 {
 				return nil
 			}
-			select {
-			case <-time.After(quietPeriod - idle):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			continue
 		}
-		select {
-		case <-time.After(5 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := waitChange(ctx, changed, wait); err != nil {
+			return err
 		}
 	}
+}
+
+// waitChange waits for changed to close, for d (if not negative), or for
+// ctx to end (its error).
+func waitChange(ctx context.Context, changed <-chan struct{}, d time.Duration) error {
+	var timeout <-chan time.Time
+	if d >= 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-changed:
+	case <-timeout:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }

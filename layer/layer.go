@@ -3,6 +3,11 @@
 // cache, prefetches what the image marks as needed first and fetches the
 // rest in the background in large ranges, never fetching a byte range twice.
 //
+// Every goroutine a layer starts belongs to it: it runs on the layer's
+// context, is counted by its WaitGroup and turns a panic into an error
+// recorded on the layer, so that one hostile layer fails its own reads and
+// nothing else. Close cancels and waits for all of them.
+//
 // It reads the blob through a Fetcher and keeps data in a Cache: it must
 // not know HTTP, registries or FUSE.
 package layer
@@ -10,14 +15,17 @@ package layer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -64,10 +72,14 @@ type Options struct {
 	// Gate is shared by the layers that share a link (default: the
 	// layer's own).
 	Gate *Gate
-	// OnMiss, if set, is told (in a goroutine of its own) of each file a
-	// read had to fetch for: the mounter guesses from it what the
-	// container reads next.
-	OnMiss func(e *toc.Entry)
+	// Budget bounds what the layers of one process may hold and open at
+	// once (default: the layer's own, DefaultBudget's bounds).
+	Budget *Budget
+	// OnMiss, if set, is told of files a read had to fetch for, in a
+	// goroutine of the layer's (a few at once; the rest are dropped, as
+	// it only guesses): the mounter guesses from it what the container
+	// reads next. ctx ends when the layer closes.
+	OnMiss func(ctx context.Context, e *toc.Entry)
 }
 
 func (o Options) withDefaults() Options {
@@ -88,6 +100,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Gate == nil {
 		o.Gate = NewGate()
+	}
+	if o.Budget == nil {
+		o.Budget = NewBudget(DefaultBudget)
 	}
 	return o
 }
@@ -118,13 +133,22 @@ type Layer struct {
 	dataBytes int64     // their total size
 	tailPiece tailPiece // set once, at Open
 
+	// ctx ends when the layer closes; wg counts every goroutine the
+	// layer started (see spawn).
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	hints  chan struct{} // slots for OnMiss calls
+	budget *Budget
+	held   int64 // entries reserved in budget
+
 	mu       sync.Mutex
+	closed   bool
+	rejected error         // why the layer's content is not what its image says
 	inflight map[int]*call // member index → the fetch that brings it
 	done     []bool        // member index → all its chunks are cached
-	// assembling holds the files being assembled for passthrough;
-	// Close waits for assemblies.
+	// assembling holds the files being assembled for passthrough.
 	assembling map[digest.Digest]bool
-	assemblies sync.WaitGroup
 	lastErr    error
 
 	gate       *Gate // foreground fetches, which the background gives way to
@@ -134,9 +158,7 @@ type Layer struct {
 	errCount   atomic.Int64
 	cachedData atomic.Int64
 
-	stop      context.CancelFunc
 	bgDone    chan struct{}
-	tailDone  chan struct{} // closed when the members the tail read brought are cached
 	closeOnce sync.Once
 }
 
@@ -157,11 +179,15 @@ type chunkRef struct {
 	i int
 }
 
-// call is one fetch of a run of members; waiters find the decoded chunks
-// in data even if the cache could not keep them.
+// call is one fetch of a run of members. Readers waiting on it register
+// the chunk they want in want; its decoded bytes are kept in data for
+// them (the cache may not keep them, or evict them first) and dropped as
+// soon as the last of them took it. Nothing else is kept: a background
+// fetch holds no decoded data. want and data are guarded by Layer.mu.
 type call struct {
 	done chan struct{}
 	err  error
+	want map[digest.Digest]int
 	data map[digest.Digest][]byte
 }
 
@@ -172,12 +198,19 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 	if f.Size() != desc.Size {
 		return nil, fmt.Errorf("layer %s: the blob has %d bytes, the descriptor says %d", desc.Digest, f.Size(), desc.Size)
 	}
+	limits := opts.Limits.WithDefaults()
 	tailSize := min(desc.Size, opts.TailSize)
-	if start, ok := format.TOCStart(desc); ok && desc.Size-start <= opts.Limits.WithDefaults().MaxTOCBytes {
+	if start, ok := format.TOCStart(desc); ok && start >= 0 && start < desc.Size && desc.Size-start <= limits.MaxTOCBytes {
 		// The manifest says where the TOC starts: read it and the footer,
 		// and no file data the container may never want.
 		tailSize = desc.Size - start
 	}
+	// Reading and parsing a TOC costs memory in proportion to it: only a
+	// few at once per process.
+	if err := opts.Budget.startOpen(ctx); err != nil {
+		return nil, fmt.Errorf("layer %s: wait to open: %w", desc.Digest, err)
+	}
+	defer opts.Budget.endOpen()
 	tail := make([]byte, tailSize)
 	if err := f.FetchAt(ctx, tail, desc.Size-tailSize); err != nil {
 		return nil, fmt.Errorf("layer %s: read its end: %w", desc.Digest, err)
@@ -187,12 +220,75 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 	if err != nil {
 		return nil, err
 	}
-	l := &Layer{desc: desc, blob: blob, kind: kind, fetcher: f, cache: c, opts: opts, gate: opts.Gate, inflight: make(map[int]*call), assembling: make(map[digest.Digest]bool)}
+	held := int64(len(blob.TOC().Entries)) + 1
+	if err := opts.Budget.reserve(held); err != nil {
+		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	l := &Layer{desc: desc, blob: blob, kind: kind, fetcher: f, cache: c, opts: opts, gate: opts.Gate,
+		budget: opts.Budget, held: held, hints: make(chan struct{}, maxHintCalls),
+		inflight: make(map[int]*call), assembling: make(map[digest.Digest]bool)}
+	l.ctx, l.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	l.requests.Add(1 + ra.extra)
 	l.fetched.Add(tailSize + ra.extraBytes)
 	l.index()
 	l.keepTail(tail, desc.Size-tailSize)
 	return l, nil
+}
+
+// maxHintCalls bounds the OnMiss calls of a layer in flight.
+const maxHintCalls = 4
+
+// spawn runs fn in a goroutine that belongs to the layer: on the layer's
+// context, counted for Close, a panic recorded as the layer's error. It
+// returns false, and runs nothing, once the layer is closed.
+func (l *Layer) spawn(what string, fn func(ctx context.Context)) bool {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false
+	}
+	l.wg.Add(1)
+	l.mu.Unlock()
+	go func() {
+		defer l.wg.Done()
+		defer l.recoverAs(what, nil)
+		fn(l.ctx)
+	}()
+	return true
+}
+
+// recoverAs turns a panic in the layer's code into an error recorded on
+// the layer (and in *errp if not nil): bad data from one image must not
+// take down the process that serves every image.
+func (l *Layer) recoverAs(what string, errp *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	err := fmt.Errorf("layer %s: internal error in %s: %v", l.desc.Digest, what, r)
+	log.L.WithError(err).WithField("stack", string(debug.Stack())).Error("recovered from a panic; the layer's reads fail with EIO")
+	l.record(err)
+	if errp != nil {
+		*errp = err
+	}
+}
+
+// missed tells OnMiss of e, if a slot is free.
+func (l *Layer) missed(e *toc.Entry) {
+	if l.opts.OnMiss == nil {
+		return
+	}
+	select {
+	case l.hints <- struct{}{}:
+	default:
+		return // a guess: drop it rather than pile goroutines up
+	}
+	if !l.spawn("hint", func(ctx context.Context) {
+		defer func() { <-l.hints }()
+		l.opts.OnMiss(ctx, e)
+	}) {
+		<-l.hints
+	}
 }
 
 // keepTail caches the chunks of members that the tail read brought along:
@@ -216,16 +312,15 @@ func (l *Layer) keepTail(tail []byte, tailOff int64) {
 	// files, hundreds, which would delay the mount by as many
 	// milliseconds. Cache them after Open returns; they stay claimed, so a
 	// read of one waits for this call and takes its data from it.
-	l.tailDone = make(chan struct{})
-	go func() {
-		defer close(l.tailDone)
+	l.spawn("caching the tail", func(ctx context.Context) {
 		var err error
+		defer func() { l.release(first, len(l.members), cl, err) }()
+		defer l.recoverAs("caching the tail", &err)
 		for k := first; k < len(l.members) && err == nil; k++ {
 			m := l.members[k]
 			err = l.decodeMember(tail[m.off-tailOff:m.end-tailOff], m, cl)
 		}
-		l.release(first, len(l.members), cl, err)
-	}()
+	})
 }
 
 // index groups chunks by the member that holds them.
@@ -255,14 +350,6 @@ func (l *Layer) index() {
 	}
 }
 
-// memberOf returns the index of the member that holds chunk c (not a
-// hole). Members are sorted by offset and one offset is one member: a
-// binary search, where a map from chunks would cost megabytes per layer
-// of many files.
-func (l *Layer) memberOf(c toc.Chunk) int {
-	return sort.Search(len(l.members), func(k int) bool { return l.members[k].off >= c.Offset })
-}
-
 // TOC is the layer's verified table of contents.
 func (l *Layer) TOC() *toc.TOC { return l.blob.TOC() }
 
@@ -287,17 +374,16 @@ func (l *Layer) Stats() Stats {
 	return s
 }
 
-// Close stops background fetching, and waits for what is being cached.
+// Close stops every fetch the layer started, waits for its goroutines and
+// gives its entries back to the budget. Reads after Close fail.
 func (l *Layer) Close() {
 	l.closeOnce.Do(func() {
-		if l.stop != nil {
-			l.stop()
-			<-l.bgDone
-		}
-		if l.tailDone != nil {
-			<-l.tailDone
-		}
-		l.assemblies.Wait()
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+		l.cancel()
+		l.wg.Wait()
+		l.budget.release(l.held)
 	})
 }
 
@@ -327,11 +413,11 @@ func (t *tailReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// errorf records an error against the layer (stats, state file) and
-// returns it.
+// record records an error against the layer (stats, state file) and
+// returns it. The end of the layer's own life is not an error.
 func (l *Layer) record(err error) error {
-	if err == nil {
-		return nil
+	if err == nil || l.ctx.Err() != nil && (errors.Is(err, errClosed) || errors.Is(err, context.Canceled)) {
+		return err
 	}
 	l.errCount.Add(1)
 	l.mu.Lock()

@@ -28,10 +28,10 @@ type hints struct {
 }
 
 // onMiss returns the layer.Options.OnMiss of a layer of image ref.
-func (h *hints) onMiss(ref string, d digest.Digest) func(*toc.Entry) {
-	return func(e *toc.Entry) {
+func (h *hints) onMiss(ref string, d digest.Digest) func(context.Context, *toc.Entry) {
+	return func(ctx context.Context, e *toc.Entry) {
 		if l := h.m.mountedLayer(d); l != nil {
-			h.look(ref, l, e)
+			h.look(ctx, ref, l, e)
 		}
 	}
 }
@@ -49,41 +49,55 @@ func (h *hints) first(l *layer.Layer, e *toc.Entry) bool {
 }
 
 // look reads e (a file of l, which image ref has) and, if it is a
-// dynamically linked ELF file, fetches what it needs, and what that needs.
-func (h *hints) look(ref string, l *layer.Layer, e *toc.Entry) {
-	if e.Type != toc.TypeReg || e.Size < 64 || !h.first(l, e) {
-		return
+// dynamically linked ELF file, fetches what it needs, and what that needs,
+// one file after another in this goroutine (the layer bounds how many run).
+func (h *hints) look(ctx context.Context, ref string, l *layer.Layer, e *toc.Entry) {
+	type file struct {
+		l *layer.Layer
+		e *toc.Entry
 	}
-	ctx := context.Background()
-	head := make([]byte, 4)
-	if n, _ := l.ReadAt(ctx, e, head, 0); !elfdeps.IsELF(head[:n]) {
-		return
-	}
-	deps, err := elfdeps.Read(entryReader{l, e}, e.Size, e.Name)
-	if err != nil {
-		log.L.WithError(err).Debug("no dependencies read")
-		return
-	}
-	tree := h.m.imageTree(ctx, ref)
-	for _, p := range elfdeps.Resolve(tree, deps) {
-		l2, e2 := tree.entry(p)
-		if e2 == nil || e2.Type != toc.TypeReg {
+	todo := []file{{l, e}}
+	var tree *imageTree
+	for len(todo) > 0 && ctx.Err() == nil {
+		f := todo[0]
+		todo = todo[1:]
+		if f.e.Type != toc.TypeReg || f.e.Size < 64 || !h.first(f.l, f.e) {
 			continue
 		}
-		log.L.WithFields(log.Fields{"file": e2.Name, "for": e.Name}).Debug("fetching what the loader will open")
-		l2.FetchFile(e2) // nothing to do if cached
-		go h.look(ref, l2, e2)
+		head := make([]byte, 4)
+		if n, _ := f.l.ReadAt(ctx, f.e, head, 0); !elfdeps.IsELF(head[:n]) {
+			continue
+		}
+		deps, err := elfdeps.Read(entryReader{ctx, f.l, f.e}, f.e.Size, f.e.Name)
+		if err != nil {
+			log.L.WithError(err).Debug("no dependencies read")
+			continue
+		}
+		if tree == nil {
+			t := h.m.imageTree(ctx, ref)
+			tree = &t
+		}
+		for _, p := range elfdeps.Resolve(*tree, deps) {
+			l2, e2 := tree.entry(p)
+			if e2 == nil || e2.Type != toc.TypeReg {
+				continue
+			}
+			log.L.WithFields(log.Fields{"file": e2.Name, "for": f.e.Name}).Debug("fetching what the loader will open")
+			l2.FetchFile(e2) // nothing to do if cached
+			todo = append(todo, file{l2, e2})
+		}
 	}
 }
 
 // entryReader reads one file of a layer.
 type entryReader struct {
-	l *layer.Layer
-	e *toc.Entry
+	ctx context.Context
+	l   *layer.Layer
+	e   *toc.Entry
 }
 
 func (r entryReader) ReadAt(p []byte, off int64) (int, error) {
-	return r.l.ReadAt(context.Background(), r.e, p, off)
+	return r.l.ReadAt(r.ctx, r.e, p, off)
 }
 
 // imageTree is an image's file tree as far as its mounted lazy layers

@@ -1,0 +1,162 @@
+package layer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/format/toc"
+)
+
+// errClosed is what reads of a closed layer get.
+var errClosed = errors.New("layer closed")
+
+// ReadAt reads file e (a regular file; hard links resolved by the caller)
+// at off, fetching the chunks it needs and verifying each. A sequential
+// reader gets the next chunks fetched ahead of it. Holes read as zeros
+// without fetching or allocating anything.
+func (l *Layer) ReadAt(ctx context.Context, e *toc.Entry, p []byte, off int64) (n int, err error) {
+	defer l.recoverAs("a read of "+e.Name, &err)
+	if off < 0 {
+		return 0, fmt.Errorf("%q: negative offset %d", e.Name, off)
+	}
+	if off >= e.Size {
+		return 0, io.EOF
+	}
+	if err := l.failed(); err != nil {
+		return 0, err
+	}
+	end := off + min(int64(len(p)), e.Size-off)
+	first, _ := e.ChunkAt(off)
+	for i := first; i < len(e.Chunks) && e.Chunks[i].FileOffset < end; i++ {
+		c := e.Chunks[i]
+		from := max(off, c.FileOffset) - c.FileOffset
+		to := min(end, c.FileOffset+c.Size) - c.FileOffset
+		if c.Zero {
+			clear(p[n : n+int(to-from)])
+			n += int(to - from)
+			continue
+		}
+		data, err := l.chunk(ctx, e, i)
+		if err != nil {
+			return n, err
+		}
+		n += copy(p[n:], data[from:to])
+	}
+	if last, ok := e.ChunkAt(end - 1); ok && end < e.Size {
+		l.readAhead(e, last+1)
+	}
+	if int64(n) < int64(len(p)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// failed returns why the layer serves no more reads (closed, or its
+// content found not to be what the image says), or nil.
+func (l *Layer) failed() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errClosed
+	}
+	return l.rejected
+}
+
+// maxAttempts bounds how often a read tries to get a chunk that was
+// fetched but then lost (a waiter that joined a fetch after it decoded
+// the chunk, whose cache entry was evicted meanwhile).
+const maxAttempts = 4
+
+// chunk returns chunk i of e (not a hole), verified: from the cache, from
+// a fetch in flight, or fetched now.
+func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) {
+	c := e.Chunks[i]
+	k := l.memberOf(c)
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if data, ok := l.cachedChunk(e, i); ok {
+			return data, nil
+		}
+		lo, hi := l.neighbours(e, k)
+		cl, mine, start := l.claimAround(k, lo, hi, c.Digest)
+		if cl == nil {
+			// Marked done, but the cache lost it (evicted): fetch it again.
+			l.mu.Lock()
+			l.done[k] = false
+			l.mu.Unlock()
+			continue
+		}
+		if mine {
+			l.gate.enter()
+			l.missed(e)
+			l.fetchRest(e, k)
+			// Others may wait on this fetch: it runs on the layer's
+			// context, not on this reader's.
+			l.fetchSpan(l.ctx, start, hi, cl, e.Name)
+			l.gate.leave()
+		} else {
+			select {
+			case <-cl.done:
+			case <-ctx.Done():
+				l.take(cl, c.Digest)
+				return nil, ctx.Err()
+			}
+		}
+		data, ok := l.take(cl, c.Digest)
+		if cl.err != nil {
+			return nil, fmt.Errorf("%q: %w", e.Name, cl.err)
+		}
+		if ok {
+			return data, nil
+		}
+	}
+	if err := l.failed(); err != nil {
+		return nil, err
+	}
+	return nil, l.record(fmt.Errorf("%q chunk %d: lost from the cache %d times right after it was fetched (is the cache too small?)", e.Name, i, maxAttempts))
+}
+
+// take returns the data of chunk d that call cl kept for this reader, if
+// it has it, and gives up this reader's claim on it.
+func (l *Layer) take(cl *call, d digest.Digest) ([]byte, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	data, ok := cl.data[d]
+	if cl.want[d]--; cl.want[d] <= 0 {
+		delete(cl.want, d)
+		delete(cl.data, d)
+	}
+	return data, ok
+}
+
+// cachedChunk returns chunk i of e from the cache: its own entry, or the
+// file's assembled entry (which replaces the chunks of a file assembled for
+// passthrough, verified whole when the cache first opens it).
+func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
+	c := e.Chunks[i]
+	if data, ok := l.cache.Get(c.Digest); ok && int64(len(data)) == c.Size {
+		return data, true
+	}
+	if !assembles(e) {
+		return nil, false
+	}
+	f, ok := l.cache.Open(e.Digest)
+	if !ok {
+		return nil, false
+	}
+	defer f.Close()
+	data := make([]byte, c.Size)
+	if _, err := f.ReadAt(data, c.FileOffset); err != nil {
+		return nil, false
+	}
+	return data, true
+}
+
+// hasChunk tells whether the cache holds chunk r, in its own entry or in
+// its file's assembled one.
+func (l *Layer) hasChunk(r chunkRef) bool {
+	return l.cache.Has(r.e.Chunks[r.i].Digest) || (assembles(r.e) && l.cache.Has(r.e.Digest))
+}
