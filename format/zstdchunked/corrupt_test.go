@@ -119,13 +119,17 @@ func (e errIn) ReadAt(p []byte, off int64) (int, error) {
 func TestTruncatedBlob(t *testing.T) {
 	tarball := richLayer(t, 4096)
 	blob, res := writeBlob(t, tarball, WithChunkSize(4096))
+	pos, err := parseManifestPosition(res.Annotations[ManifestPositionAnnotation])
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, cut := range []int{0, 1, 7, 8, 40, 47, 48, 71, 72, 73, 200, len(blob) / 2, len(blob) - 73, len(blob) - 72, len(blob) - 1} {
 		if _, err := Open(bytes.NewReader(blob[:cut]), int64(cut)); err == nil {
 			t.Errorf("blob cut to %d bytes: Open succeeds", cut)
 		}
 		// By annotations, the footer is not needed: only the manifest.
 		_, err := Open(bytes.NewReader(blob[:cut]), int64(cut), WithAnnotations(res.Annotations))
-		if manifestEnd := len(blob) - TailSize; (err == nil) != (cut >= manifestEnd) {
+		if manifestEnd := int(pos.Offset + pos.Length); (err == nil) != (cut >= manifestEnd) {
 			t.Errorf("blob cut to %d bytes (manifest ends at %d): Open by annotations: %v", cut, manifestEnd, err)
 		}
 		// The size says the blob is whole, the reads fail.
@@ -138,7 +142,7 @@ func TestTruncatedBlob(t *testing.T) {
 	cut := r.TOC()
 	e, _ := cut.Lookup("etc/several-chunks")
 	ra := errIn{blob, e.Chunks[2].Offset + 3, e.Chunks[2].Offset + 4}
-	r, err := Open(ra, int64(len(blob)), WithAnnotations(res.Annotations))
+	r, err = Open(ra, int64(len(blob)), WithAnnotations(res.Annotations))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,15 @@
 //	[frame: tar headers][frame: file 1 chunk 1][frame: file 1 chunk 2]…[frame: padding, tar end]
 //	[skippable: zstd(manifest JSON)][skippable: tar-split]?[skippable: footer]
 //
+// Two writers made the format, and their blobs differ: stargz-snapshotter
+// writes a 40-byte footer ("GnUlInUx") and annotates the layer as eStargz
+// too (the digest of the manifest JSON); containers/storage writes a
+// 64-byte footer ("GNUlInUx"), tar-split data, and the annotations under
+// io.github.containers. Open reads both. Writer writes what both read: the
+// 40-byte footer (containers/storage places everything by annotations,
+// never by the footer) and tar-split data, with either writer's
+// annotations (Result).
+//
 // Open reads a blob's manifest and hands it to format/toc, which checks it;
 // File reads one file's chunks and verifies each against its digest before
 // returning any of its bytes. Writer converts an uncompressed tar, compressing

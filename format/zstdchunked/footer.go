@@ -34,6 +34,17 @@ const (
 	legacyManifestPositionAnnotation = "io.containers.zstd-chunked.manifest-position"
 )
 
+// stargz-snapshotter's annotations, which its writer also puts on its
+// zstd:chunked layers and which it needs to mount one lazily. A layer must
+// not carry StargzTOCDigestAnnotation and ManifestChecksumAnnotation both:
+// containers/storage then refuses to pull it at all.
+const (
+	// StargzTOCDigestAnnotation holds the digest of the uncompressed
+	// manifest JSON (the eStargz TOC-digest annotation).
+	StargzTOCDigestAnnotation        = "containerd.io/snapshot/stargz/toc.digest"
+	stargzUncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
+)
+
 // Skippable frames: a magic of 0x184D2A50..0x184D2A5F, then the payload
 // length, both little endian. Every writer uses the first magic.
 const (
@@ -58,10 +69,11 @@ const (
 const manifestTypeCRFS = 1
 
 var (
-	// footerMagic is the magic containers/storage writes, and we do.
+	// footerMagic is the magic of containers/storage's 64-byte footer.
 	footerMagic = []byte("GNUlInUx")
-	// legacyFooterMagic is the one stargz-snapshotter and the first
-	// containers/storage releases write.
+	// legacyFooterMagic is the one of the 40-byte footer, which
+	// stargz-snapshotter and the first containers/storage releases
+	// write, and we do.
 	legacyFooterMagic = []byte("GnUlInUx")
 )
 
@@ -98,17 +110,17 @@ func isSkippableHeader(h []byte, n int) bool {
 		binary.LittleEndian.Uint32(h[4:]) == uint32(n)
 }
 
-// encodeFooter is the current footer frame (64 bytes of payload).
+// encodeFooter is the footer frame we write: the 40-byte one, with the
+// older magic. stargz-snapshotter reads no other, and containers/storage
+// never reads a footer: it places the manifest and the tar-split data by
+// the layer's annotations.
 func encodeFooter(manifest Position) []byte {
-	p := make([]byte, 0, footerSizeV2)
+	p := make([]byte, 0, footerSizeV1)
 	p = binary.LittleEndian.AppendUint64(p, uint64(manifest.Offset))
 	p = binary.LittleEndian.AppendUint64(p, uint64(manifest.Length))
 	p = binary.LittleEndian.AppendUint64(p, uint64(manifest.UncompressedLength))
 	p = binary.LittleEndian.AppendUint64(p, manifestTypeCRFS)
-	p = binary.LittleEndian.AppendUint64(p, 0) // no tar-split
-	p = binary.LittleEndian.AppendUint64(p, 0)
-	p = binary.LittleEndian.AppendUint64(p, 0)
-	p = append(p, footerMagic...)
+	p = append(p, legacyFooterMagic...)
 	return appendSkippableFrame(nil, p)
 }
 
@@ -154,17 +166,9 @@ func ParseFooter(tail []byte) (Footer, error) {
 // parseManifestPosition reads the manifest position annotation,
 // "offset:length:uncompressedLength:type".
 func parseManifestPosition(s string) (Position, error) {
-	parts := strings.Split(s, ":")
-	if len(parts) != 4 {
-		return Position{}, fmt.Errorf("%q is not offset:length:uncompressedLength:type", s)
-	}
-	var v [4]int64
-	for i, p := range parts {
-		n, err := strconv.ParseInt(p, 10, 64)
-		if err != nil || n < 0 {
-			return Position{}, fmt.Errorf("%q is not offset:length:uncompressedLength:type of non-negative integers", s)
-		}
-		v[i] = n
+	v, err := parseFields(s, "offset:length:uncompressedLength:type")
+	if err != nil {
+		return Position{}, err
 	}
 	if v[3] != manifestTypeCRFS {
 		return Position{}, fmt.Errorf("%q names manifest type %d, want %d (CRFS)", s, v[3], manifestTypeCRFS)
@@ -172,6 +176,38 @@ func parseManifestPosition(s string) (Position, error) {
 	return Position{Offset: v[0], Length: v[1], UncompressedLength: v[2]}, nil
 }
 
+// parseFields reads an annotation of colon-separated non-negative
+// integers, one for each field that form names.
+func parseFields(s, form string) ([]int64, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != strings.Count(form, ":")+1 {
+		return nil, fmt.Errorf("%q is not %s", s, form)
+	}
+	v := make([]int64, len(parts))
+	for i, p := range parts {
+		n, err := strconv.ParseInt(p, 10, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%q is not %s of non-negative integers", s, form)
+		}
+		v[i] = n
+	}
+	return v, nil
+}
+
 func formatManifestPosition(p Position) string {
 	return fmt.Sprintf("%d:%d:%d:%d", p.Offset, p.Length, p.UncompressedLength, manifestTypeCRFS)
+}
+
+// parseTarSplitPosition reads the tar-split position annotation,
+// "offset:length:uncompressedLength".
+func parseTarSplitPosition(s string) (Position, error) {
+	v, err := parseFields(s, "offset:length:uncompressedLength")
+	if err != nil {
+		return Position{}, err
+	}
+	return Position{Offset: v[0], Length: v[1], UncompressedLength: v[2]}, nil
+}
+
+func formatTarSplitPosition(p Position) string {
+	return fmt.Sprintf("%d:%d:%d", p.Offset, p.Length, p.UncompressedLength)
 }

@@ -12,12 +12,15 @@ import (
 
 // recorder sits between tar.Reader and the input, so that the writer sees
 // the archive's own bytes: archive/tar hides headers, padding and holes.
-// While on, it keeps what passes; it always counts it.
+// While on, it keeps what passes for frames, and while also splitting, a
+// second copy for tar-split segments; it always counts it.
 type recorder struct {
-	r   io.Reader
-	on  bool
-	buf []byte
-	n   int64
+	r         io.Reader
+	on        bool
+	buf       []byte
+	splitting bool
+	split     []byte
+	n         int64
 }
 
 func (rc *recorder) Read(p []byte) (int, error) {
@@ -25,8 +28,18 @@ func (rc *recorder) Read(p []byte) (int, error) {
 	rc.n += int64(n)
 	if rc.on {
 		rc.buf = append(rc.buf, p[:n]...)
+		if rc.splitting {
+			rc.split = append(rc.split, p[:n]...)
+		}
 	}
 	return n, err
+}
+
+// takeSplit hands over the bytes recorded for tar-split.
+func (rc *recorder) takeSplit() []byte {
+	b := rc.split
+	rc.split = nil
+	return b
 }
 
 // take hands over the recorded bytes.

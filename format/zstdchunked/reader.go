@@ -27,9 +27,10 @@ type Reader struct {
 type OpenOption func(*openConfig)
 
 type openConfig struct {
-	tocDigest   digest.Digest
-	limits      toc.Limits
-	annotations map[string]string
+	tocDigest      digest.Digest
+	manifestDigest digest.Digest
+	limits         toc.Limits
+	annotations    map[string]string
 }
 
 // WithTOCDigest makes Open check the manifest against d, the digest of the
@@ -37,6 +38,15 @@ type openConfig struct {
 // precedence over a checksum given WithAnnotations.
 func WithTOCDigest(d digest.Digest) OpenOption {
 	return func(c *openConfig) { c.tocDigest = d }
+}
+
+// WithManifestDigest makes Open check the uncompressed manifest JSON
+// against d, as stargz-snapshotter does with the eStargz TOC-digest
+// annotation it puts on its zstd:chunked layers. It takes precedence over
+// that annotation given WithAnnotations. With a TOC digest as well, both
+// are checked.
+func WithManifestDigest(d digest.Digest) OpenOption {
+	return func(c *openConfig) { c.manifestDigest = d }
 }
 
 // WithLimits bounds what the TOC may ask of the reader; zero fields mean
@@ -47,11 +57,14 @@ func WithLimits(l toc.Limits) OpenOption {
 
 // WithAnnotations gives Open the layer descriptor's annotations. The
 // manifest checksum annotation becomes the TOC digest to check (unless
-// WithTOCDigest says otherwise) and the manifest position annotation
-// replaces the footer, saving a read of the blob's tail. Both the current
-// names (io.github.containers.zstd-chunked.*) and the older ones
+// WithTOCDigest says otherwise), stargz-snapshotter's TOC-digest
+// annotation the manifest digest to check (unless WithManifestDigest
+// does), and the manifest position annotation replaces the footer, saving
+// a read of the blob's tail. Both the current names
+// (io.github.containers.zstd-chunked.*) and the older ones
 // (io.containers.zstd-chunked.*) are read. Annotations that are present
-// but malformed make Open fail.
+// but malformed make Open fail, and so does a tar-split position outside
+// the blob.
 func WithAnnotations(annotations map[string]string) OpenOption {
 	return func(c *openConfig) { c.annotations = annotations }
 }
@@ -70,17 +83,28 @@ func Open(ra io.ReaderAt, size int64, opts ...OpenOption) (*Reader, error) {
 		return nil, fmt.Errorf("zstdchunked: blob size %d is negative", size)
 	}
 
-	tocDigest, pos, havePos, err := fromAnnotations(cfg.annotations)
+	a, err := fromAnnotations(cfg.annotations)
 	if err != nil {
 		return nil, err
 	}
+	tocDigest, pos, havePos := a.tocDigest, a.manifest, a.haveManifest
 	if cfg.tocDigest != "" {
 		tocDigest = cfg.tocDigest
 	}
-	if tocDigest != "" {
-		if err := tocDigest.Validate(); err != nil {
-			return nil, fmt.Errorf("zstdchunked: TOC digest %q: %w", tocDigest, err)
+	manifestDigest := a.manifestDigest
+	if cfg.manifestDigest != "" {
+		manifestDigest = cfg.manifestDigest
+	}
+	for _, d := range []digest.Digest{tocDigest, manifestDigest} {
+		if d == "" {
+			continue
 		}
+		if err := d.Validate(); err != nil {
+			return nil, fmt.Errorf("zstdchunked: TOC digest %q: %w", d, err)
+		}
+	}
+	if a.haveTarSplit && (a.tarSplit.Offset < skippableHeaderSize || a.tarSplit.Length > size || a.tarSplit.Offset > size-a.tarSplit.Length) {
+		return nil, fmt.Errorf("zstdchunked: annotation %s: tar-split at %d, %d bytes, lies outside the blob's %d bytes", TarSplitPositionAnnotation, a.tarSplit.Offset, a.tarSplit.Length, size)
 	}
 	limit := size // where the manifest must end
 	if !havePos {
@@ -120,6 +144,11 @@ func Open(ra io.ReaderAt, size int64, opts ...OpenOption) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zstdchunked: %w", err)
 	}
+	if manifestDigest != "" {
+		if got := manifestDigest.Algorithm().FromBytes(data); got != manifestDigest {
+			return nil, fmt.Errorf("zstdchunked: manifest JSON at %d: %w (want %s, got %s)", pos.Offset, ErrDigestMismatch, manifestDigest, got)
+		}
+	}
 	t, err := parseManifest(data, dataEnd, limits)
 	if err != nil {
 		return nil, fmt.Errorf("zstdchunked: %w", err)
@@ -127,41 +156,75 @@ func Open(ra io.ReaderAt, size int64, opts ...OpenOption) (*Reader, error) {
 	return &Reader{ra: ra, toc: t, tocDigest: tocDigest, manifest: pos, dataEnd: dataEnd}, nil
 }
 
-// fromAnnotations reads the TOC digest and the manifest position from the
-// layer annotations, current names first.
-func fromAnnotations(a map[string]string) (digest.Digest, Position, bool, error) {
-	var d digest.Digest
+// layerAnnotations is what a zstd:chunked layer's annotations say.
+type layerAnnotations struct {
+	tocDigest      digest.Digest // of the compressed manifest
+	manifestDigest digest.Digest // of the manifest JSON (stargz-snapshotter's)
+	manifest       Position
+	haveManifest   bool
+	tarSplit       Position
+	haveTarSplit   bool
+}
+
+// fromAnnotations reads a layer's annotations, current names first.
+func fromAnnotations(a map[string]string) (layerAnnotations, error) {
+	var out layerAnnotations
+	parseDigest := func(k string) (digest.Digest, error) {
+		d, err := digest.Parse(a[k])
+		if err != nil {
+			return "", fmt.Errorf("zstdchunked: annotation %s: %w", k, err)
+		}
+		return d, nil
+	}
+	var err error
 	for _, k := range []string{ManifestChecksumAnnotation, legacyManifestChecksumAnnotation} {
-		if v, ok := a[k]; ok {
-			parsed, err := digest.Parse(v)
-			if err != nil {
-				return "", Position{}, false, fmt.Errorf("zstdchunked: annotation %s: %w", k, err)
+		if _, ok := a[k]; ok {
+			if out.tocDigest, err = parseDigest(k); err != nil {
+				return layerAnnotations{}, err
 			}
-			d = parsed
 			break
+		}
+	}
+	if _, ok := a[StargzTOCDigestAnnotation]; ok {
+		if out.manifestDigest, err = parseDigest(StargzTOCDigestAnnotation); err != nil {
+			return layerAnnotations{}, err
 		}
 	}
 	for _, k := range []string{ManifestPositionAnnotation, legacyManifestPositionAnnotation} {
 		if v, ok := a[k]; ok {
-			p, err := parseManifestPosition(v)
-			if err != nil {
-				return "", Position{}, false, fmt.Errorf("zstdchunked: annotation %s: %w", k, err)
+			if out.manifest, err = parseManifestPosition(v); err != nil {
+				return layerAnnotations{}, fmt.Errorf("zstdchunked: annotation %s: %w", k, err)
 			}
-			return d, p, true, nil
+			out.haveManifest = true
+			break
 		}
 	}
-	return d, Position{}, false, nil
+	if v, ok := a[TarSplitPositionAnnotation]; ok {
+		if out.tarSplit, err = parseTarSplitPosition(v); err != nil {
+			return layerAnnotations{}, fmt.Errorf("zstdchunked: annotation %s: %w", TarSplitPositionAnnotation, err)
+		}
+		out.haveTarSplit = true
+	}
+	return out, nil
 }
 
 // ManifestStart returns where the manifest's skippable frame starts, by the
 // manifest position annotation, if there is one and it parses: everything
 // from there to the blob's end is what Open reads.
 func ManifestStart(annotations map[string]string) (int64, bool) {
-	_, p, ok, err := fromAnnotations(annotations)
-	if !ok || err != nil || p.Offset < skippableHeaderSize {
+	a, err := fromAnnotations(annotations)
+	if !a.haveManifest || err != nil || a.manifest.Offset < skippableHeaderSize {
 		return 0, false
 	}
-	return p.Offset - skippableHeaderSize, true
+	return a.manifest.Offset - skippableHeaderSize, true
+}
+
+// TarSplitPosition returns where the tar-split data lies by the layer's
+// annotations: whether containers/storage can pull the layer partially.
+// It does not read the blob; Open checks the position against its size.
+func TarSplitPosition(annotations map[string]string) (Position, bool, error) {
+	a, err := fromAnnotations(annotations)
+	return a.tarSplit, a.haveTarSplit, err
 }
 
 // checkManifestPosition confines the manifest (and its skippable frame

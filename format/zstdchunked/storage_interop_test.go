@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	"go.podman.io/storage/pkg/chunked/compressor"
 	cstoc "go.podman.io/storage/pkg/chunked/toc"
-	"github.com/opencontainers/go-digest"
 )
 
 // containersStorageBlob compresses a tar with containers/storage's own

@@ -9,7 +9,9 @@ import (
 	"hash"
 	"io"
 	"runtime"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -43,20 +45,36 @@ func WithConcurrency(n int) WriterOption { return func(w *Writer) { w.concurrenc
 type Result struct {
 	// TOCDigest is the digest of the compressed manifest.
 	TOCDigest digest.Digest
+	// ManifestDigest is the digest of the uncompressed manifest JSON:
+	// what stargz-snapshotter verifies the layer against.
+	ManifestDigest digest.Digest
 	// DiffID is the digest of the uncompressed tar: of the input.
 	DiffID           digest.Digest
 	UncompressedSize int64
-	// Annotations are the layer descriptor's: the manifest checksum and
-	// position.
+	// Annotations are the layer descriptor's as containers/storage writes
+	// them: the manifest checksum and position, and the tar-split
+	// position when there is tar-split data. lazypull reads them too.
 	Annotations map[string]string
+	// StargzAnnotations are the layer descriptor's for stargz-snapshotter,
+	// as its own zstd:chunked writer makes them: the eStargz TOC digest
+	// (ManifestDigest), the uncompressed size and the manifest checksum
+	// and position under their older names. lazypull reads them too.
+	// containers/storage refuses to pull a layer that carries both these
+	// and Annotations: a descriptor gets one set or the other.
+	StargzAnnotations map[string]string
+	// TarSplitSkipped says why the blob has no tar-split data, which
+	// containers/storage needs to pull it partially; empty when it has.
+	TarSplitSkipped string
 }
 
 // Writer converts an uncompressed tar into a zstd:chunked blob. The blob
 // decompresses, with any zstd decoder, to exactly the input tar.
 //
-// It writes no tar-split data: containers/storage then pulls the layer
-// whole (or rebuilds a canonical tar), rather than trust a tar-split that
-// could disagree with the TOC.
+// The blob is laid out as containers/storage lays out its own (manifest,
+// tar-split data, footer), with the 40-byte footer that stargz-snapshotter
+// reads. Tar-split data is written unless the tar holds something
+// containers/storage could not match with the TOC (Result.TarSplitSkipped
+// says what); the TOC then names members exactly as the tar does.
 type Writer struct {
 	out         io.Writer
 	chunkSize   int64
@@ -64,6 +82,7 @@ type Writer struct {
 	concurrency int
 
 	fr       *framer
+	split    *tarSplit
 	frames   int // frames submitted
 	appended bool
 	closed   bool
@@ -79,6 +98,7 @@ type Writer struct {
 // offsets are known only once they are written.
 type entry struct {
 	wire       toc.WireEntry
+	raw        toc.WireEntry // name and link name as the tar has them
 	chunks     []chunkRef
 	fileHash   hash.Hash     // files of several chunks: hashed as written
 	fileDigest digest.Digest // sparse files: hashed as read
@@ -147,7 +167,13 @@ func (w *Writer) start() error {
 	if err != nil {
 		return fmt.Errorf("zstdchunked: zstd encoder: %w", err)
 	}
-	w.fr = fr
+	split, err := newTarSplit(w.level)
+	if err != nil {
+		fr.finish()
+		fr.enc.Close()
+		return fmt.Errorf("zstdchunked: zstd encoder: %w", err)
+	}
+	w.fr, w.split = fr, split
 	return nil
 }
 
@@ -174,7 +200,7 @@ func (w *Writer) submit(raw []byte, isChunk bool, fileHash hash.Hash) {
 // at most chunkSize. Every byte read from r lands in exactly one frame, in
 // order.
 func (w *Writer) appendTar(r io.Reader) error {
-	rec := &recorder{r: r, on: true}
+	rec := &recorder{r: r, on: true, splitting: true}
 	tr := tar.NewReader(rec)
 	for {
 		h, err := tr.Next()
@@ -191,12 +217,17 @@ func (w *Writer) appendTar(r io.Reader) error {
 		if !ok {
 			// Not a file (a PAX global header, a volume label): whatever
 			// it holds goes along with the headers.
+			w.split.giveUp("member %q of type %q is not a file", h.Name, h.Typeflag)
+			rec.splitting = false
 			if err := w.drain(tr, rec); err != nil {
 				return fmt.Errorf("zstdchunked: tar member %q: %w", h.Name, err)
 			}
 			continue
 		}
-		e := &entry{wire: wire}
+		exactTimes(&wire, h)
+		e := &entry{wire: wire, raw: toc.WireEntry{Name: h.Name, LinkName: h.Linkname}}
+		w.split.member(rec.takeSplit(), h, wire)
+		rec.splitting = w.split.skip == ""
 		if wire.Type == toc.TypeReg && wire.Size > 0 {
 			w.flushHeaders(rec, 0)
 			if isSparse(h) {
@@ -208,13 +239,16 @@ func (w *Writer) appendTar(r io.Reader) error {
 				return fmt.Errorf("zstdchunked: file %q: %w", h.Name, err)
 			}
 		}
+		w.split.endMember(h)
 		w.add(e)
+		rec.splitting = w.split.skip == ""
 		w.flushHeaders(rec, w.chunkSize)
 	}
 	// The end of the archive, and whatever a tool padded it with.
 	if err := w.drain(rec, rec); err != nil {
 		return fmt.Errorf("zstdchunked: reading the end of the tar: %w", err)
 	}
+	w.split.end(rec.takeSplit())
 	w.flushHeaders(rec, 0)
 	return w.fr.failed()
 }
@@ -229,11 +263,14 @@ func (w *Writer) flushHeaders(rec *recorder, atLeast int64) {
 }
 
 // drain reads src to its end while recording, in frames of at most
-// chunkSize.
+// chunkSize (and tar-split segments of at most tarSplitMaxSegment).
 func (w *Writer) drain(src io.Reader, rec *recorder) error {
 	buf := make([]byte, 64<<10)
 	for {
 		_, err := src.Read(buf)
+		if len(rec.split) >= tarSplitMaxSegment {
+			w.split.end(rec.takeSplit())
+		}
 		w.flushHeaders(rec, w.chunkSize)
 		if err == io.EOF {
 			return nil
@@ -260,6 +297,7 @@ func (w *Writer) appendContent(tr *tar.Reader, rec *recorder, e *entry) error {
 		if _, err := io.ReadFull(tr, buf); err != nil {
 			return fmt.Errorf("reading %d bytes at %d: %w", n, off, err)
 		}
+		w.split.content(buf)
 		if rec.n-before != n {
 			// The tar reader made up bytes the archive does not hold: a
 			// sparse file isSparse missed. Its frames would not
@@ -281,6 +319,7 @@ func (w *Writer) add(e *entry) {
 	if e.wire.Type == toc.TypeHardlink {
 		if i, ok := w.live[e.wire.LinkName]; ok && w.entries[i].wire.Type == toc.TypeHardlink {
 			e.wire.LinkName = w.entries[i].wire.LinkName
+			w.split.giveUp("hard link %q names another hard link, %q", e.raw.Name, e.raw.LinkName)
 		}
 	}
 	if i, ok := w.live[name]; ok {
@@ -300,6 +339,7 @@ func (w *Writer) add(e *entry) {
 func (w *Writer) replace(i int) {
 	old := w.entries[i]
 	old.dead = true
+	w.split.giveUp("a second member named %q", old.raw.Name)
 	name := old.wire.Name
 	delete(w.live, name)
 	if old.wire.Type == toc.TypeHardlink {
@@ -349,7 +389,12 @@ func (w *Writer) Close() (Result, error) {
 		return Result{}, w.fail(fmt.Errorf("zstdchunked: writing the blob: %w", err))
 	}
 
-	manifest, err := json.Marshal(toc.JSON{Version: manifestVersion, Entries: w.wireEntries(fr)})
+	split, splitSize, haveSplit := w.split.finish()
+	doc := manifestJSON{JSON: toc.JSON{Version: manifestVersion, Entries: w.wireEntries(fr, haveSplit)}}
+	if haveSplit {
+		doc.TarSplitDigest = digestOf(split)
+	}
+	manifest, err := json.Marshal(doc)
 	if err != nil {
 		return Result{}, w.fail(fmt.Errorf("zstdchunked: encoding the manifest: %w", err))
 	}
@@ -362,30 +407,75 @@ func (w *Writer) Close() (Result, error) {
 	compressed := enc.EncodeAll(manifest, nil)
 	pos := Position{Offset: dataEnd + skippableHeaderSize, Length: int64(len(compressed)), UncompressedLength: int64(len(manifest))}
 	tail := appendSkippableFrame(nil, compressed)
+	tocDigest := digestOf(compressed)
+	annotations := map[string]string{
+		ManifestChecksumAnnotation: tocDigest.String(),
+		ManifestPositionAnnotation: formatManifestPosition(pos),
+	}
+	if haveSplit {
+		splitPos := Position{Offset: pos.Offset + pos.Length + skippableHeaderSize, Length: int64(len(split)), UncompressedLength: splitSize}
+		tail = appendSkippableFrame(tail, split)
+		annotations[TarSplitPositionAnnotation] = formatTarSplitPosition(splitPos)
+	}
 	tail = append(tail, encodeFooter(pos)...)
 	if _, err := w.out.Write(tail); err != nil {
 		return Result{}, w.fail(fmt.Errorf("zstdchunked: writing the manifest: %w", err))
 	}
-	tocDigest := digestOf(compressed)
+	manifestDigest := digestOf(manifest)
 	return Result{
 		TOCDigest:        tocDigest,
+		ManifestDigest:   manifestDigest,
 		DiffID:           digest.NewDigest(digest.SHA256, fr.diffID),
 		UncompressedSize: fr.uncompressed,
-		Annotations: map[string]string{
-			ManifestChecksumAnnotation: tocDigest.String(),
-			ManifestPositionAnnotation: formatManifestPosition(pos),
+		Annotations:      annotations,
+		StargzAnnotations: map[string]string{
+			StargzTOCDigestAnnotation:        manifestDigest.String(),
+			stargzUncompressedSizeAnnotation: strconv.FormatInt(fr.uncompressed, 10),
+			legacyManifestChecksumAnnotation: tocDigest.String(),
+			legacyManifestPositionAnnotation: formatManifestPosition(pos),
 		},
+		TarSplitSkipped: w.split.skip,
 	}, nil
 }
 
-// wireEntries lays out the TOC now that every frame has its place.
-func (w *Writer) wireEntries(fr *framer) []toc.WireEntry {
+// manifestJSON is the manifest: the TOC, and the digest of the tar-split
+// data (of its compressed bytes), by which containers/storage trusts it.
+type manifestJSON struct {
+	toc.JSON
+	TarSplitDigest digest.Digest `json:"tarSplitDigest,omitempty"`
+}
+
+// exactTimes gives the entry the header's times to the nanosecond, and its
+// access and change times: containers/storage compares them with the
+// tar-split's headers.
+func exactTimes(wire *toc.WireEntry, h *tar.Header) {
+	format := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339Nano)
+	}
+	wire.ModTime = format(h.ModTime)
+	wire.AccessTime = format(h.AccessTime)
+	wire.ChangeTime = format(h.ChangeTime)
+}
+
+// wireEntries lays out the TOC now that every frame has its place. With
+// tar-split data, names are the tar's own, as containers/storage compares
+// them.
+func (w *Writer) wireEntries(fr *framer, rawNames bool) []toc.WireEntry {
 	out := make([]toc.WireEntry, 0, len(w.entries))
 	for _, e := range w.entries {
 		if e.dead {
 			continue
 		}
 		we := e.wire
+		if rawNames {
+			we.Name = e.raw.Name
+			if we.Type == toc.TypeHardlink {
+				we.LinkName = e.raw.LinkName
+			}
+		}
 		if we.Type != toc.TypeReg {
 			out = append(out, we)
 			continue
