@@ -225,39 +225,102 @@ func TestCleanTarName(t *testing.T) {
 }
 
 // FuzzParse feeds arbitrary TOC JSON to Parse: it must never panic, and what
-// it accepts must hold its promises.
+// it accepts must hold its promises. The checks are written so that they
+// cannot wrap themselves: a sum of TOC numbers proves nothing.
 func FuzzParse(f *testing.F) {
-	seed, _ := json.Marshal(JSON{Version: 1, Entries: []WireEntry{
-		{Name: "a/", Type: TypeDir},
-		{Name: "a/f", Type: TypeReg, Size: 10, Offset: 10, ChunkSize: 5, ChunkDigest: d1},
-		{Name: "a/f", Type: TypeChunk, Offset: 20, ChunkOffset: 5, ChunkDigest: d2},
-		{Name: "a/h", Type: TypeHardlink, LinkName: "a/f"},
-		{Name: "s", Type: TypeReg, Size: 3, Offset: 20, InnerOffset: 1024, ChunkDigest: d1},
-		{Name: "z", Type: TypeReg, Size: 3, Offset: 30, EndOffset: 35, ChunkDigest: d1},
-	}})
-	f.Add(seed, int64(100))
+	for _, entries := range [][]WireEntry{
+		{
+			{Name: "a/", Type: TypeDir},
+			{Name: "a/f", Type: TypeReg, Size: 10, Offset: 10, ChunkSize: 5, ChunkDigest: d1},
+			{Name: "a/f", Type: TypeChunk, Offset: 20, ChunkOffset: 5, ChunkDigest: d2},
+			{Name: "a/h", Type: TypeHardlink, LinkName: "a/f"},
+			{Name: "s", Type: TypeReg, Size: 3, Offset: 20, InnerOffset: 1024, ChunkDigest: d1},
+			{Name: "z", Type: TypeReg, Size: 3, Offset: 30, EndOffset: 35, ChunkDigest: d1},
+		},
+		{
+			{Name: "x", Type: TypeReg, Size: 10, ChunkSize: 5, ChunkDigest: d1},
+			{Name: "x", Type: TypeChunk, ChunkOffset: 5, ChunkSize: math.MaxInt64, ChunkType: ChunkTypeZeros},
+			{Name: "x", Type: TypeChunk, ChunkOffset: math.MinInt64 + 4, ChunkSize: math.MaxInt64, ChunkType: ChunkTypeZeros},
+			{Name: "x", Type: TypeChunk, Offset: 10, ChunkOffset: 3, ChunkSize: 7, ChunkDigest: d1},
+		},
+		{
+			{Name: "hole", Type: TypeReg, Size: 1 << 24, ChunkSize: 1 << 20, ChunkType: ChunkTypeZeros},
+			{Name: "hole", Type: TypeChunk, Offset: 40, ChunkOffset: 1 << 20, ChunkSize: 100, ChunkDigest: d1},
+			{Name: "hole", Type: TypeChunk, ChunkOffset: 1<<20 + 100, ChunkType: ChunkTypeZeros},
+		},
+		{
+			{Name: "./", Type: TypeDir, Xattrs: map[string][]byte{"trusted.overlay.opaque": []byte("y"), "user.overlay.opaque": []byte("y")}},
+			{Name: "d/e/f/g", Type: TypeDir, Xattrs: map[string][]byte{"trusted.overlay.redirect": []byte("/x"), "security.capability": {1}}},
+			{Name: "d/e/f/g/h", Type: TypeSymlink, LinkName: "../../..", Xattrs: map[string][]byte{"trusted.overlay.metacopy": nil}},
+		},
+	} {
+		seed, _ := json.Marshal(JSON{Version: 1, Entries: entries})
+		f.Add(seed, int64(100))
+	}
 	f.Add([]byte(`{"version":1,"entries":[{"name":"x","type":"chunk"}]}`), int64(0))
+	limits := Limits{MaxTOCBytes: 1 << 20, MaxEntries: 1000, MaxChunkBytes: 1 << 16, MaxMemberBytes: 1 << 17}
 	f.Fuzz(func(t *testing.T, data []byte, dataEnd int64) {
-		toc, err := Parse(data, dataEnd, Limits{MaxTOCBytes: 1 << 20, MaxEntries: 1000})
+		toc, err := Parse(data, dataEnd, limits)
 		if err != nil {
+			var te *Error
+			if !errors.As(err, &te) {
+				t.Fatalf("error %v is not a *toc.Error", err)
+			}
 			return
+		}
+		if len(toc.Entries) > limits.MaxEntries {
+			t.Fatalf("%d entries (implicit directories included), over the limit of %d", len(toc.Entries), limits.MaxEntries)
+		}
+		for k := range toc.Root().Xattrs {
+			if strings.HasPrefix(k, "trusted.") || strings.HasPrefix(k, "user.overlay.") {
+				t.Fatalf("the root keeps xattr %s", k)
+			}
 		}
 		for _, e := range toc.Entries {
 			if strings.HasPrefix(e.Name, "/") || strings.Contains("/"+e.Name+"/", "/../") || e.Name == "" {
 				t.Fatalf("accepted name %q", e.Name)
 			}
-			var covered int64
-			for _, c := range e.Chunks {
-				if c.FileOffset != covered || c.Size <= 0 {
-					t.Fatalf("%s: chunk %+v breaks the cover", e.Name, c)
+			for k := range e.Xattrs {
+				if strings.HasPrefix(k, "trusted.") || strings.HasPrefix(k, "user.overlay.") {
+					t.Fatalf("%s keeps xattr %s", e.Name, k)
 				}
-				if !c.Zero && (c.Offset < 0 || c.EndOffset > dataEnd || c.Offset >= c.EndOffset) {
-					t.Fatalf("%s: chunk %+v outside 0..%d", e.Name, c, dataEnd)
+			}
+			if e.Size < 0 || e.Size > DefaultLimits.MaxFileSize {
+				t.Fatalf("%s: size %d", e.Name, e.Size)
+			}
+			// covered stays in 0..e.Size as long as every chunk checks.
+			var covered int64
+			lastOffset := int64(0)
+			for i, c := range e.Chunks {
+				if c.FileOffset != covered || c.Size <= 0 || c.Size > e.Size-covered {
+					t.Fatalf("%s: chunk %d %+v is not the next piece of the %d-byte file after %d", e.Name, i, c, e.Size, covered)
 				}
 				covered += c.Size
+				if c.Zero {
+					continue
+				}
+				if c.Offset < 0 || c.Offset >= c.EndOffset || c.EndOffset > dataEnd {
+					t.Fatalf("%s: chunk %d %+v outside 0..%d", e.Name, i, c, dataEnd)
+				}
+				if c.EndOffset-c.Offset > limits.MaxMemberBytes {
+					t.Fatalf("%s: chunk %d's member spans %d bytes, over %d", e.Name, i, c.EndOffset-c.Offset, limits.MaxMemberBytes)
+				}
+				if c.InnerOffset < 0 || c.Size > limits.MaxChunkBytes || c.InnerOffset > limits.MaxChunkBytes-c.Size {
+					t.Fatalf("%s: chunk %d needs %d+%d bytes of its member", e.Name, i, c.InnerOffset, c.Size)
+				}
+				if c.Offset < lastOffset {
+					t.Fatalf("%s: chunk %d lies before the previous one in the blob", e.Name, i)
+				}
+				if err := c.Digest.Validate(); err != nil {
+					t.Fatalf("%s: chunk %d digest: %v", e.Name, i, err)
+				}
+				lastOffset = c.Offset
 			}
 			if len(e.Chunks) > 0 && covered != e.Size {
 				t.Fatalf("%s: chunks cover %d of %d", e.Name, covered, e.Size)
+			}
+			if e.Type == TypeReg && e.Size > 0 && len(e.Chunks) == 0 {
+				t.Fatalf("%s: %d bytes and no chunks", e.Name, e.Size)
 			}
 			if parent, ok := toc.Lookup(parentName(e.Name)); !ok || parent.Type != TypeDir {
 				t.Fatalf("%s: no parent directory", e.Name)
