@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -32,19 +33,56 @@ const (
 // TOC digest to verify one by.
 var ErrNotLazy = errors.New("not a lazily pullable layer")
 
-// KindOf tells a layer's format from its descriptor's annotations, which
-// also carry the digest its TOC is verified against.
+// KindOf tells a layer's format from its descriptor: the media type says
+// gzip (eStargz) or zstd (zstd:chunked), the annotations whether the layer
+// carries a TOC digest to verify it by. stargz-snapshotter's zstd:chunked
+// layers carry the eStargz TOC-digest annotation, so that alone does not
+// make a layer eStargz. A descriptor without a media type (one built from
+// snapshot labels) is told by its annotations alone.
 func KindOf(desc ocispec.Descriptor) (Kind, bool) {
-	if _, ok := desc.Annotations[estargz.TOCDigestAnnotation]; ok {
-		return EStargz, true
+	_, estargzDigest := desc.Annotations[estargz.TOCDigestAnnotation]
+	zstdDigest := false
+	for _, k := range []string{zstdchunked.ManifestChecksumAnnotation, legacyManifestChecksumAnnotation} {
+		if _, ok := desc.Annotations[k]; ok {
+			zstdDigest = true
+		}
 	}
-	if _, ok := desc.Annotations[zstdchunked.ManifestChecksumAnnotation]; ok {
-		return ZstdChunked, true
-	}
-	if _, ok := desc.Annotations["io.containers.zstd-chunked.manifest-checksum"]; ok {
-		return ZstdChunked, true
+	switch compression(desc.MediaType) {
+	case "gzip":
+		return EStargz, estargzDigest
+	case "zstd":
+		return ZstdChunked, estargzDigest || zstdDigest
+	case "":
+		if zstdDigest {
+			return ZstdChunked, true
+		}
+		if estargzDigest {
+			return EStargz, true
+		}
 	}
 	return "", false
+}
+
+// legacyManifestChecksumAnnotation is the zstd:chunked checksum annotation
+// before containers/storage moved it under io.github; stargz-snapshotter
+// still writes it.
+const legacyManifestChecksumAnnotation = "io.containers.zstd-chunked.manifest-checksum"
+
+// compression tells a layer media type's compression: "gzip", "zstd",
+// "" for no media type, "other" for any other (an uncompressed or an
+// encrypted layer, none of which is lazily pullable).
+func compression(mediaType string) string {
+	switch {
+	case mediaType == "":
+		return ""
+	case strings.Contains(mediaType, "encrypted"):
+		return "other"
+	case strings.HasSuffix(mediaType, "gzip"):
+		return "gzip"
+	case strings.HasSuffix(mediaType, "zstd"):
+		return "zstd"
+	}
+	return "other"
 }
 
 // TOCStart tells, from the descriptor's annotations, where the blob's TOC

@@ -136,3 +136,43 @@ func (r *offsetReader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
+
+func TestKindOf(t *testing.T) {
+	const (
+		gzipType = "application/vnd.oci.image.layer.v1.tar+gzip"
+		zstdType = "application/vnd.oci.image.layer.v1.tar+zstd"
+		docker   = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+	)
+	esgz := map[string]string{estargz.TOCDigestAnnotation: "sha256:1"}
+	zstd := map[string]string{zstdchunked.ManifestChecksumAnnotation: "sha256:2"}
+	legacy := map[string]string{"io.containers.zstd-chunked.manifest-checksum": "sha256:3"}
+	// stargz-snapshotter's zstd:chunked layers carry both kinds.
+	stargzZstd := map[string]string{estargz.TOCDigestAnnotation: "sha256:1", "io.containers.zstd-chunked.manifest-checksum": "sha256:3"}
+	for _, tc := range []struct {
+		mediaType   string
+		annotations map[string]string
+		kind        Kind // "" for not lazy
+	}{
+		{gzipType, esgz, EStargz},
+		{docker, esgz, EStargz},
+		{gzipType, zstd, ""},
+		{gzipType, nil, ""},
+		{zstdType, zstd, ZstdChunked},
+		{zstdType, legacy, ZstdChunked},
+		{zstdType, stargzZstd, ZstdChunked},
+		{zstdType, esgz, ZstdChunked}, // stargz-snapshotter's, zstd annotations dropped
+		{zstdType, nil, ""},
+		{"", esgz, EStargz},
+		{"", zstd, ZstdChunked},
+		{"", stargzZstd, ZstdChunked},
+		{"", nil, ""},
+		{"application/vnd.oci.image.layer.v1.tar", esgz, ""},
+		{"application/vnd.oci.image.layer.v1.tar+gzip+encrypted", esgz, ""},
+		{"application/vnd.oci.image.layer.v1.tar+zstd+encrypted", zstd, ""},
+	} {
+		kind, ok := KindOf(ocispec.Descriptor{MediaType: tc.mediaType, Annotations: tc.annotations})
+		if ok != (tc.kind != "") || ok && kind != tc.kind {
+			t.Errorf("%q with %v: KindOf = %q, %v; want %q", tc.mediaType, tc.annotations, kind, ok, tc.kind)
+		}
+	}
+}
