@@ -20,10 +20,12 @@ import (
 // TestLazyRun converts the test image, pulls it with `lazypull pull` and
 // runs it: the layers are mounted from the registry, the container prints
 // what the image holds, and far fewer bytes than the image's are fetched.
-func TestLazyRun(t *testing.T) {
+func TestLazyRun(t *testing.T) { testenv.ForEachContainerd(t, testLazyRun) }
+
+func testLazyRun(t *testing.T, containerd testenv.Option) {
 	// Without the background fetch, what was fetched is what was needed.
 	metricsAddr := freeAddr(t)
-	env := testenv.New(t, testenv.WithDaemonConfig(fmt.Sprintf("metrics_address = %q\n[fetch]\nbackground = false\n", metricsAddr)))
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig(fmt.Sprintf("metrics_address = %q\n[fetch]\nbackground = false\n", metricsAddr)))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ref, err := env.PushHello(ctx)
