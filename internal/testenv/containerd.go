@@ -31,18 +31,18 @@ type ContainerdRelease struct {
 	// BinDir holds its containerd, ctr and containerd-shim-runc-v2; empty
 	// for the ones on PATH (Debian's package).
 	BinDir string
-	major  int // 1 or 2: which configuration it reads
+	Major  int // 1 or 2: which configuration it reads, whether ctr pulls through the transfer service
 }
 
 var (
 	// Containerd16 is Debian 12's containerd package (1.6, out of support).
-	Containerd16 = ContainerdRelease{Name: "1.6", major: 1}
+	Containerd16 = ContainerdRelease{Name: "1.6", Major: 1}
 	// Containerd2 is the 2.x release that users run, built by
 	// scripts/install-deps.sh into a cache outside the tree.
 	Containerd2 = ContainerdRelease{
 		Name:   strings.TrimPrefix(Containerd2Version, "v"),
 		BinDir: filepath.Join("/var/cache/lazypull", "containerd-"+Containerd2Version, "bin"),
-		major:  2,
+		Major:  2,
 	}
 	// ContainerdReleases are the releases the e2e suite runs against.
 	ContainerdReleases = []ContainerdRelease{Containerd16, Containerd2}
@@ -99,7 +99,7 @@ func (r ContainerdRelease) config(dir string, snapshotters map[string]string) st
 	// tests drive containerd through its own API.
 	disabled := `"io.containerd.grpc.v1.cri"`
 	version := 2 // what 1.6 reads
-	if r.major >= 2 {
+	if r.Major >= 2 {
 		version = 3
 		// 2.x split CRI in three; its NRI plugin would listen on one
 		// socket for the whole machine.
@@ -117,7 +117,7 @@ disabled_plugins = [%s]
   path = %q
 `, version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled,
 		filepath.Join(dir, "containerd.sock"), filepath.Join(dir, "opt"))
-	if r.major >= 2 {
+	if r.Major >= 2 {
 		// 2.x's ctr pulls through the transfer service, which unpacks
 		// only into the snapshotters listed here (else: "no unpack
 		// platforms defined").
@@ -128,6 +128,12 @@ disabled_plugins = [%s]
 	}
 	for _, name := range names {
 		config += fmt.Sprintf("\n[proxy_plugins.%q]\n  type = \"snapshot\"\n  address = %q\n", name, snapshotters[name])
+		if r.Major >= 2 {
+			// The transfer service then gives the snapshotter the CRI
+			// labels (image, layer, manifest), so that `ctr image pull`
+			// mounts lazily too; 1.6 has no such switch.
+			config += fmt.Sprintf("  [proxy_plugins.%q.exports]\n    enable_remote_snapshot_annotations = \"true\"\n", name)
+		}
 	}
 	return config
 }
