@@ -151,3 +151,35 @@ func checkMetrics(t *testing.T, addr string) {
 		}
 	}
 }
+
+// TestCtrPull pulls the eStargz image with ctr's own pull. containerd 2.x
+// pulls through its transfer service, which passes the CRI labels (image,
+// layer, manifest) to a proxy snapshotter that exports
+// enable_remote_snapshot_annotations, as testenv's configuration does: the
+// layers are mounted lazily. 1.6's ctr passes none: they are downloaded
+// and unpacked. Either way the container runs.
+func TestCtrPull(t *testing.T) { testenv.ForEachContainerd(t, testCtrPull) }
+
+func testCtrPull(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	lazy := pushLazyHello(t, ctx, env)
+	if _, err := env.Containerd.Ctr(ctx, "images", "pull", "--plain-http", "--snapshotter", "lazypull", lazy); err != nil {
+		t.Fatal(err)
+	}
+	status, err := lazypull(t, env.BinDir, "status", "--root", env.DaemonRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounted, want := strings.Count(status, "sha256:"), 0
+	if env.Containerd.Release.Major >= 2 {
+		want = 2
+	}
+	if mounted != want {
+		t.Errorf("ctr images pull with containerd %s: %d of 2 layers mounted lazily, want %d:\n%s", env.Containerd.Version, mounted, want, status)
+	}
+	if out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "ctr-pulled"); err != nil || out != testenv.HelloOutput {
+		t.Errorf("the container: %v\n%s", err, out)
+	}
+}
