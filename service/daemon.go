@@ -21,7 +21,6 @@ import (
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/fusemanager"
-	"github.com/lazypull/lazypull/metrics"
 	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/snapshot"
 )
@@ -59,14 +58,6 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		return nil, nil, err
 	}
 	return mnt, closeMounter, nil
-}
-
-// serveMetrics serves Prometheus metrics where the configuration says.
-func serveMetrics(ctx context.Context, cfg Config, c *cache.Cache) error {
-	if cfg.MetricsAddress == "" {
-		return nil
-	}
-	return metrics.Serve(ctx, cfg.MetricsAddress, cacheCollector{c})
 }
 
 // newMounter opens the cache and the mounter that serves lazy layers.
