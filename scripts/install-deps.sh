@@ -12,6 +12,9 @@ have runc            || missing+=(runc)
 have docker-registry || missing+=(docker-registry)
 have skopeo          || missing+=(skopeo)
 have fusermount3     || missing+=(fuse3)
+# containers/storage, which format/interop tests against, builds its btrfs
+# driver with cgo.
+[[ -e /usr/include/btrfs/ioctl.h ]] || missing+=(libbtrfs-dev)
 
 if ((${#missing[@]})); then
 	if [[ $(id -u) != 0 ]]; then
