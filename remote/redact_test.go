@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -145,6 +146,21 @@ func TestSignedRedirectNotInErrors(t *testing.T) {
 	}
 }
 
+// withTenantHeader returns options whose hosts.toml gives the registry
+// the header X-Tenant-Token: HEADER-SECRET.
+func withTenantHeader(t *testing.T, registry *httptest.Server) Options {
+	t.Helper()
+	opts := Options{HostsDir: t.TempDir(), DockerConfigDir: t.TempDir()}
+	// containerd's directory for host:port is host_port_.
+	hostDir := filepath.Join(opts.HostsDir, strings.Replace(registry.Listener.Addr().String(), ":", "_", 1)+"_")
+	os.MkdirAll(hostDir, 0o755)
+	hostsTOML := fmt.Sprintf("server = %q\n[header]\n  X-Tenant-Token = \"HEADER-SECRET\"\n", registry.URL)
+	if err := os.WriteFile(filepath.Join(hostDir, "hosts.toml"), []byte(hostsTOML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return opts
+}
+
 // Headers configured in hosts.toml and the registry's credentials go to
 // the registry, not to the blob store it redirects to.
 func TestRedirectDropsConfiguredHeaders(t *testing.T) {
@@ -171,13 +187,7 @@ func TestRedirectDropsConfiguredHeaders(t *testing.T) {
 	defer registry.Close()
 
 	host := registry.Listener.Addr().String()
-	opts := Options{HostsDir: t.TempDir(), DockerConfigDir: t.TempDir()}
-	hostDir := filepath.Join(opts.HostsDir, strings.Replace(host, ":", "_", 1)+"_")
-	os.MkdirAll(hostDir, 0o755)
-	hostsTOML := fmt.Sprintf("server = %q\n[header]\n  X-Tenant-Token = \"HEADER-SECRET\"\n", registry.URL)
-	if err := os.WriteFile(filepath.Join(hostDir, "hosts.toml"), []byte(hostsTOML), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	opts := withTenantHeader(t, registry)
 	auth := base64.StdEncoding.EncodeToString([]byte("alice:PASSWORD-SECRET"))
 	dockerConfig := fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, host, auth)
 	if err := os.WriteFile(filepath.Join(opts.DockerConfigDir, "config.json"), []byte(dockerConfig), 0o600); err != nil {
@@ -235,5 +245,79 @@ func TestStatusErrors(t *testing.T) {
 	}
 	if r := b.Stats().Retries; r != 1 {
 		t.Errorf("a 503 was retried %d times, want 1 (MaxRetries)", r)
+	}
+}
+
+// The resolver that fetches manifests and configs neither shows a signed
+// redirect's URL in its errors nor sends hosts.toml headers to it.
+func TestResolverRedactsAndKeepsHeaders(t *testing.T) {
+	var mu sync.Mutex
+	var atStore []http.Header
+	store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		atStore = append(atStore, r.Header.Clone())
+		mu.Unlock()
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}))
+	defer store.Close()
+	signed := store.URL + "/bucket/object?X-Amz-Signature=SIGNATURE-SECRET"
+	registry := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		http.Redirect(w, r, signed, http.StatusTemporaryRedirect)
+	}))
+	defer registry.Close()
+
+	host := registry.Listener.Addr().String()
+	opts := withTenantHeader(t, registry)
+
+	ctx := context.Background()
+	resolver := NewResolver(ctx, opts)
+	_, _, err := resolver.Resolve(ctx, host+"/test/repo:v1")
+	if err == nil || strings.Contains(err.Error(), "SIGNATURE-SECRET") {
+		t.Errorf("Resolve through a broken signed redirect: %v", err)
+	}
+	fetcher, err := resolver.Fetcher(ctx, host+"/test/repo:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromString("config"), Size: 6}
+	rc, err := fetcher.Fetch(ctx, desc)
+	if err == nil {
+		// The request is made at the first read.
+		_, err = io.ReadAll(rc)
+		rc.Close()
+	}
+	if err == nil || strings.Contains(err.Error(), "SIGNATURE-SECRET") {
+		t.Errorf("Fetch through a broken signed redirect: %v", err)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(atStore) == 0 {
+		t.Fatal("the blob store was never asked, so nothing was tested")
+	}
+	for _, h := range atStore {
+		if v := h.Get("X-Tenant-Token"); v != "" {
+			t.Errorf("the blob store on another host got X-Tenant-Token: %s", v)
+		}
+	}
+}
+
+func TestRedactLogs(t *testing.T) {
+	var out bytes.Buffer
+	logger := logrus.New()
+	logger.SetOutput(&out)
+	logger.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
+	RedactLogs(logger)
+	err := &url.Error{Op: "Head", URL: "https://u:pw@store.example/b?X-Amz-Signature=SECRET", Err: io.EOF}
+	logger.WithError(fmt.Errorf("failed to do request: %w", err)).Info("fetch failed")
+	want := `level=info msg="fetch failed" error="failed to do request: Head \"https://store.example/b\": EOF"` + "\n"
+	if out.String() != want {
+		t.Errorf("logged %q, want %q", out.String(), want)
 	}
 }

@@ -34,9 +34,10 @@ type Options struct {
 
 // NewResolver returns a containerd resolver that fetches and pushes with
 // the configured hosts, mirrors and credentials. Authentication follows the
-// registry's WWW-Authenticate challenge: basic or bearer token.
+// registry's WWW-Authenticate challenge: basic or bearer token. Its errors
+// never show a URL's query or userinfo.
 func NewResolver(ctx context.Context, opts Options) remotes.Resolver {
-	return docker.NewResolver(docker.ResolverOptions{Hosts: configureHosts(ctx, opts)})
+	return redactingResolver{docker.NewResolver(docker.ResolverOptions{Hosts: configureHosts(ctx, opts)})}
 }
 
 // configureHosts returns the hosts to reach a registry through (mirrors

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/lazypull/lazypull/fusemanager"
+	"github.com/lazypull/lazypull/remote"
 	"github.com/lazypull/lazypull/service"
 	"github.com/lazypull/lazypull/version"
 )
@@ -95,6 +96,9 @@ func main() {
 	if err := log.SetFormat(log.TextFormat); err != nil {
 		fatal(err)
 	}
+	// Errors of containerd's resolver, which it logs itself, can name
+	// signed blob-store URLs.
+	remote.RedactLogs(log.L.Logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
