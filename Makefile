@@ -31,7 +31,7 @@ test: deps
 # TOCs, footers and chunks); the corpus in testdata/fuzz runs in `go test`.
 FUZZTIME ?= 30s
 FUZZ_TARGETS = ./format/toc:FuzzParse ./format/estargz:FuzzOpen ./format/estargz:FuzzParseFooter \
-	./format/zstdchunked:FuzzOpen ./format/zstdchunked:FuzzReadChunk ./elfdeps:FuzzRead
+	./format/zstdchunked:FuzzOpen ./format/zstdchunked:FuzzReadChunk ./format:FuzzAnnotations ./elfdeps:FuzzRead
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

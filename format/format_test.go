@@ -14,7 +14,7 @@ import (
 	"github.com/lazypull/lazypull/format/zstdchunked"
 )
 
-func layerTar(t *testing.T) []byte {
+func layerTar(t testing.TB) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	tw.WriteHeader(&tar.Header{Name: "hello", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5})
@@ -25,7 +25,7 @@ func layerTar(t *testing.T) []byte {
 
 // bothFormats is the test layer as an eStargz and as a zstd:chunked blob,
 // with the annotations each writer gives its descriptor.
-func bothFormats(t *testing.T) []lazyBlob {
+func bothFormats(t testing.TB) []lazyBlob {
 	t.Helper()
 	var esgz bytes.Buffer
 	ew := estargz.NewWriter(&esgz)

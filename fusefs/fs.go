@@ -151,13 +151,29 @@ func raiseReadAhead(mountpoint string) {
 	}
 }
 
-// Unmount unmounts the layer and waits for the server to stop.
+// detachWait bounds how long Unmount waits for the users of a busy layer
+// it detached: the kernel ends the session only when the last one lets
+// go, and a container may hold it for as long as it runs.
+const detachWait = 5 * time.Second
+
+// Unmount unmounts the layer and waits for the server to stop. A layer
+// still in use is detached: it is served until its last user lets go,
+// and Unmount returns after detachWait at most.
 func (m *MountedLayer) Unmount() error {
 	if err := m.server.Unmount(); err != nil {
-		// A busy mount (a container still uses it): detach it.
-		if derr := unix.Unmount(m.mountpoint, unix.MNT_DETACH); derr != nil {
+		// A busy mount (a container still uses it): detach it. EINVAL:
+		// detached already, by an earlier Unmount.
+		if derr := unix.Unmount(m.mountpoint, unix.MNT_DETACH); derr != nil && derr != unix.EINVAL {
 			return fmt.Errorf("unmount %s: %w (and detach: %v)", m.mountpoint, err, derr)
 		}
+		stopped := make(chan struct{})
+		go func() { m.server.Wait(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(detachWait):
+			log.L.WithField("mountpoint", m.mountpoint).Warn("layer detached while in use: it is served until its last user lets go")
+		}
+		return nil
 	}
 	m.server.Wait()
 	return nil

@@ -6,12 +6,19 @@
 // unmount layers; after a crash the daemon starts again, finds the manager
 // still serving and carries on, and running containers never notice.
 //
+// The other way round, the daemon watches the manager: when it dies, the
+// daemon starts a new one and has it mount every lazy layer again
+// (Client.Supervise). Containers started afterwards work; running ones
+// lose their lazy layers (ENOTCONN), because the FUSE sessions died with
+// the process that held them.
+//
 // The manager runs the mounter; this package knows the protocol and the
 // process, not how layers are fetched.
 package fusemanager
 
 import (
 	"path/filepath"
+	"time"
 )
 
 // Files in the daemon's root.
@@ -34,11 +41,15 @@ func PIDPath(root string) string { return filepath.Join(root, lockName) }
 type MountArgs struct {
 	Mountpoint string
 	Labels     map[string]string
+	// Timeout bounds the work in the manager: the caller has given up
+	// by then (net/rpc carries no deadline of its own).
+	Timeout time.Duration
 }
 
 // UnmountArgs asks for a mountpoint to be released.
 type UnmountArgs struct {
 	Mountpoint string
+	Timeout    time.Duration
 }
 
 // Empty is the reply of calls that return nothing but an error.

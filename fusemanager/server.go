@@ -10,6 +10,8 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -25,9 +27,18 @@ type Mounter interface {
 	Close() error
 }
 
+// maxCallTime bounds the manager's work on one call whatever the caller
+// asked: a call nobody waits for must not run on forever.
+const maxCallTime = 10 * time.Minute
+
+// drainGrace bounds how long a stopping manager waits for the calls in
+// flight (their context is cancelled) before it unmounts everything.
+const drainGrace = 10 * time.Second
+
 // Serve runs the manager for root until ctx is done: it takes root's
 // manager lock, serves the protocol on root's socket and mounts layers
-// with m. When ctx ends it unmounts everything.
+// with m. When ctx ends it stops taking connections and calls, waits
+// (bounded) for the calls in flight, then unmounts everything.
 func Serve(ctx context.Context, root string, m Mounter, ready chan<- struct{}) error {
 	lock, err := lockFile(PIDPath(root))
 	if err != nil {
@@ -36,23 +47,25 @@ func Serve(ctx context.Context, root string, m Mounter, ready chan<- struct{}) e
 	defer lock.Close()
 
 	sock := SocketPath(root)
-	os.Remove(sock) // we hold the lock: a socket there is a dead manager's
-	lis, err := net.Listen("unix", sock)
+	lis, err := listenPrivate(sock)
 	if err != nil {
-		return fmt.Errorf("fuse manager: listen on %s: %w", sock, err)
-	}
-	os.Chmod(sock, 0o600)
-	srv := rpc.NewServer()
-	if err := srv.RegisterName("Manager", &service{m: m}); err != nil {
 		return err
 	}
+	srv := rpc.NewServer()
+	if err := srv.RegisterName("Manager", &service{ctx: ctx, m: m}); err != nil {
+		lis.Close()
+		return err
+	}
+	conns := &connSet{open: make(map[net.Conn]bool)}
+	accepting := make(chan struct{})
 	go func() {
+		defer close(accepting)
 		for {
 			conn, err := lis.Accept()
 			if err != nil {
 				return
 			}
-			go srv.ServeCodec(jsonrpc.NewServerCodec(conn))
+			conns.serve(conn, srv)
 		}
 	}()
 	log.G(ctx).WithField("socket", sock).Info("fuse manager is serving")
@@ -61,20 +74,123 @@ func Serve(ctx context.Context, root string, m Mounter, ready chan<- struct{}) e
 	}
 	<-ctx.Done()
 	lis.Close()
+	<-accepting
 	os.Remove(sock)
+	if !conns.close(drainGrace) {
+		log.G(ctx).Warnf("fuse manager stopping: calls still running after %v; unmounting anyway", drainGrace)
+	}
 	log.G(ctx).Info("fuse manager stopping: unmounting its layers")
 	return m.Close()
 }
 
-// service is the RPC face of the mounter.
-type service struct{ m Mounter }
+// listenPrivate listens on the unix socket path, mode 0600 from the start
+// (it is made under a temporary name and renamed into place). A socket
+// left there by a manager that was killed is removed; one that answers is
+// refused.
+func listenPrivate(path string) (net.Listener, error) {
+	if _, err := os.Lstat(path); err == nil {
+		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			conn.Close()
+			return nil, fmt.Errorf("fuse manager: socket %s is served by another process: stop it first", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("fuse manager: remove stale socket %s: %w", path, err)
+		}
+	}
+	tmp := path + ".new"
+	os.Remove(tmp) // a leftover of a manager killed right here
+	lis, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("fuse manager: listen on %s: %w", path, err)
+	}
+	lis.(*net.UnixListener).SetUnlinkOnClose(false) // it is renamed; Serve removes it
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		lis.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("fuse manager: restrict socket %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		lis.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("fuse manager: socket %s: %w", path, err)
+	}
+	return lis, nil
+}
+
+// connSet tracks the open connections, so that a stopping manager can
+// close them and wait for the calls they are serving.
+type connSet struct {
+	mu      sync.Mutex
+	open    map[net.Conn]bool
+	closed  bool
+	serving sync.WaitGroup
+}
+
+// serve serves conn's calls, unless the set is closed.
+func (s *connSet) serve(conn net.Conn, srv *rpc.Server) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		conn.Close()
+		return
+	}
+	s.open[conn] = true
+	s.serving.Add(1)
+	go func() {
+		defer s.serving.Done()
+		// ServeCodec returns once the connection is closed and the calls
+		// it read have returned.
+		srv.ServeCodec(jsonrpc.NewServerCodec(conn))
+		s.mu.Lock()
+		delete(s.open, conn)
+		s.mu.Unlock()
+	}()
+}
+
+// close closes every connection and waits up to grace for their calls;
+// it tells whether they all returned.
+func (s *connSet) close(grace time.Duration) bool {
+	s.mu.Lock()
+	s.closed = true
+	for conn := range s.open {
+		conn.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.serving.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(grace):
+		return false
+	}
+}
+
+// service is the RPC face of the mounter. Its calls run on ctx, the
+// manager's lifetime, bounded by the deadline the caller sent.
+type service struct {
+	ctx context.Context
+	m   Mounter
+}
+
+// bound is the context of one call that the caller gives up on after d.
+func (s *service) bound(d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 || d > maxCallTime {
+		d = maxCallTime
+	}
+	return context.WithTimeout(s.ctx, d)
+}
 
 func (s *service) Mount(args MountArgs, _ *Empty) error {
-	return s.m.Mount(context.Background(), args.Mountpoint, args.Labels)
+	ctx, cancel := s.bound(args.Timeout)
+	defer cancel()
+	return s.m.Mount(ctx, args.Mountpoint, args.Labels)
 }
 
 func (s *service) Unmount(args UnmountArgs, _ *Empty) error {
-	return s.m.Unmount(context.Background(), args.Mountpoint)
+	ctx, cancel := s.bound(args.Timeout)
+	defer cancel()
+	return s.m.Unmount(ctx, args.Mountpoint)
 }
 
 func (s *service) Status(_ Empty, reply *StatusReply) error {

@@ -46,8 +46,14 @@ type Config struct {
 	// LogLevel is one of trace, debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
 	// MetricsAddress, if set, is where the FUSE manager serves Prometheus
-	// metrics on /metrics (host:port, or a unix socket path).
+	// metrics on /metrics (host:port on loopback, or a unix socket path).
 	MetricsAddress string `toml:"metrics_address"`
+	// MetricsAllowRemote lets MetricsAddress be reachable from other
+	// hosts (e.g. "0.0.0.0:9110" for a Prometheus elsewhere).
+	MetricsAllowRemote bool `toml:"metrics_allow_remote"`
+	// DebugAddress, if set, is where the FUSE manager serves Go's profiles
+	// on /debug/pprof/ (host:port on loopback, or a unix socket path).
+	DebugAddress string `toml:"debug_address"`
 
 	Snapshotter SnapshotterConfig `toml:"snapshotter"`
 	Cache       CacheConfig       `toml:"cache"`
@@ -217,6 +223,9 @@ func (c Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.Address) {
 		return fmt.Errorf("address %q: must be the absolute path of a unix socket", c.Address)
+	}
+	if err := c.checkEndpoints(); err != nil {
+		return err
 	}
 	if _, err := logrus.ParseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level %q: want one of trace, debug, info, warn, error", c.LogLevel)

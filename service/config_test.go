@@ -65,6 +65,10 @@ func TestLoadConfigErrorsNameTheProblem(t *testing.T) {
 		{"[snapshotter]\nmount_options = [\"upperdir=/x\"]", `"upperdir=/x" is set per snapshot`},
 		{"root = ", "line 1"},
 		{"[cache]\nmax_bytes = -1", "cannot be negative"},
+		{`metrics_address = "0.0.0.0:9110"`, "set metrics_allow_remote = true"},
+		{`metrics_address = ":9110"`, `metrics_address ":9110": other hosts could reach it`},
+		{`metrics_address = "metrics.sock"`, "metrics_address: "},
+		{"metrics_allow_remote = true\ndebug_address = \"0.0.0.0:6060\"", `debug_address "0.0.0.0:6060": other hosts could reach it`},
 	} {
 		path := writeConfig(t, tc.text)
 		_, err := LoadConfig(path)
@@ -98,6 +102,19 @@ func TestCacheMaxBytes(t *testing.T) {
 		c.Close()
 		if limited := got != 0; limited != tc.limited || tc.want != 0 && got != tc.want {
 			t.Errorf("config %q: cache limit %d bytes, want limited %v (%d)", tc.text, got, tc.limited, tc.want)
+		}
+	}
+}
+
+func TestLoadConfigEndpoints(t *testing.T) {
+	for _, text := range []string{
+		`metrics_address = "127.0.0.1:9110"`,
+		`metrics_address = "/run/lazypull/metrics.sock"`,
+		"metrics_address = \"0.0.0.0:9110\"\nmetrics_allow_remote = true",
+		`debug_address = "localhost:6060"`,
+	} {
+		if _, err := LoadConfig(writeConfig(t, text)); err != nil {
+			t.Errorf("config %q: %v", text, err)
 		}
 	}
 }

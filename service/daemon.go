@@ -13,13 +13,14 @@ import (
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/fusemanager"
-	"github.com/lazypull/lazypull/metrics"
 	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/snapshot"
 )
@@ -59,14 +60,6 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 	return mnt, closeMounter, nil
 }
 
-// serveMetrics serves Prometheus metrics where the configuration says.
-func serveMetrics(ctx context.Context, cfg Config, c *cache.Cache) error {
-	if cfg.MetricsAddress == "" {
-		return nil
-	}
-	return metrics.Serve(ctx, cfg.MetricsAddress, cacheCollector{c})
-}
-
 // newMounter opens the cache and the mounter that serves lazy layers.
 func newMounter(cfg Config) (*mounter.Mounter, *cache.Cache, func(), error) {
 	cacheDir := cfg.Cache.Dir
@@ -102,6 +95,20 @@ func RunFUSEManager(ctx context.Context, cfg Config) error {
 	}
 	return fusemanager.Serve(ctx, cfg.Root, mnt, nil)
 }
+
+// restore mounts again the snapshotter's lazy layers. A root that was
+// never written to has no snapshot bucket, and Restore's listing says
+// "bucket does not exist" (NotFound): nothing to restore, and no error
+// (operators alert on error lines).
+func restore(ctx context.Context, sn *snapshot.Snapshotter) error {
+	err := sn.Walk(ctx, func(context.Context, snapshots.Info) error { return errStopWalk })
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return sn.Restore(ctx)
+}
+
+var errStopWalk = errors.New("one snapshot is enough")
 
 // shutdownGrace bounds how long a stopping daemon waits for calls in flight.
 const shutdownGrace = 10 * time.Second
@@ -139,8 +146,19 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 			log.G(ctx).WithError(err).Error("failed to close snapshot metadata")
 		}
 	}()
-	if err := sn.Restore(ctx); err != nil {
+	if err := restore(ctx, sn); err != nil {
 		log.G(ctx).WithError(err).Error("some lazily pulled layers could not be mounted again; containers on them cannot start until they are removed and pulled again")
+	}
+	if client, ok := remote.(*fusemanager.Client); ok {
+		// Watch the manager until the snapshotter closes: if it dies, a
+		// new one mounts every lazy layer again.
+		superviseCtx, stopSupervising := context.WithCancel(ctx)
+		supervised := make(chan struct{})
+		go func() {
+			defer close(supervised)
+			client.Supervise(superviseCtx, func(ctx context.Context) error { return restore(ctx, sn) })
+		}()
+		defer func() { stopSupervising(); <-supervised }()
 	}
 
 	lis, err := listen(cfg.Address)

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,8 +14,11 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/proxy"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/lazypull/lazypull/snapshot"
 )
 
 func testConfig(t *testing.T) Config {
@@ -162,5 +166,35 @@ func TestSocketIsPrivate(t *testing.T) {
 	startDaemon(t, cfg)
 	if fi, err := os.Stat(cfg.Address); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket %s: %v, mode %v; want 0600", cfg.Address, err, fi.Mode().Perm())
+	}
+}
+
+// fakeRemote mounts nothing; it fails when fail is set.
+type fakeRemote struct{ fail error }
+
+func (r *fakeRemote) Mount(context.Context, string, map[string]string) error { return r.fail }
+func (r *fakeRemote) Unmount(context.Context, string) error                  { return nil }
+
+// A fresh root has nothing to restore, and that is no error (operators
+// alert on error lines); a layer that cannot be mounted again still is.
+func TestRestore(t *testing.T) {
+	remote := &fakeRemote{}
+	sn, err := snapshot.New(t.TempDir(), snapshot.WithRemote(remote))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	if err := restore(ctx, sn); err != nil {
+		t.Errorf("restore on an empty root: %v", err)
+	}
+
+	_, err = sn.Prepare(ctx, "extract", "", snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "layer"}))
+	if !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("Prepare of a remote layer: %v", err)
+	}
+	remote.fail = errors.New("the registry is gone")
+	if err := restore(ctx, sn); err == nil || !strings.Contains(err.Error(), "the registry is gone") {
+		t.Errorf("restore of a layer that cannot be mounted: %v", err)
 	}
 }

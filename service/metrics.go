@@ -1,10 +1,55 @@
 package service
 
 import (
+	"context"
+	"errors"
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/metrics"
 )
+
+// serveMetrics serves Prometheus metrics and Go's profiles where the
+// configuration says, until ctx is done.
+func serveMetrics(ctx context.Context, cfg Config, c *cache.Cache) error {
+	if cfg.MetricsAddress != "" {
+		opts := []metrics.Option{metrics.WithCollectors(cacheCollector{c})}
+		if cfg.MetricsAllowRemote {
+			opts = append(opts, metrics.AllowRemote())
+		}
+		if _, err := metrics.Serve(ctx, cfg.MetricsAddress, opts...); err != nil {
+			return err
+		}
+	}
+	if cfg.DebugAddress != "" {
+		if _, err := metrics.ServeDebug(ctx, cfg.DebugAddress); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkEndpoints refuses metrics and debug addresses that other hosts can
+// reach, unless the configuration allows it for metrics.
+func (c Config) checkEndpoints() error {
+	if c.MetricsAddress != "" && !c.MetricsAllowRemote {
+		if err := metrics.CheckLocal(c.MetricsAddress); errors.Is(err, metrics.ErrRemote) {
+			return fmt.Errorf("metrics_address %q: other hosts could reach it; use 127.0.0.1:PORT or a unix socket path, or set metrics_allow_remote = true to serve metrics to them", c.MetricsAddress)
+		} else if err != nil {
+			return fmt.Errorf("metrics_address: %w", err)
+		}
+	}
+	if c.DebugAddress != "" {
+		if err := metrics.CheckLocal(c.DebugAddress); errors.Is(err, metrics.ErrRemote) {
+			return fmt.Errorf("debug_address %q: other hosts could reach it; profiles are served on loopback or a unix socket only (reach them from elsewhere through ssh -L)", c.DebugAddress)
+		} else if err != nil {
+			return fmt.Errorf("debug_address: %w", err)
+		}
+	}
+	return nil
+}
 
 // cacheCollector exports the chunk cache's counters at each scrape.
 type cacheCollector struct{ c *cache.Cache }

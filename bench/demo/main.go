@@ -6,7 +6,7 @@
 // overlayfs snapshotter and once lazily through lazypull, prints both times
 // and what each fetched, and tears everything down again.
 //
-//	go run ./bench/demo [--image python|gcc|java] [--rtt 20ms] [--bandwidth 100M]
+//	go run ./bench/demo [--image python|gcc|java] [--rtt 20ms] [--bandwidth 100M] [--containerd 2|1.6]
 package main
 
 import (
@@ -32,6 +32,7 @@ func main() {
 	rtt := flag.Duration("rtt", 20*time.Millisecond, "round-trip time the link shaper adds per request")
 	bandwidth := flag.String("bandwidth", "100M", "link bandwidth in bit/s (k, M, G suffixes)")
 	cache := flag.String("cache", images.DefaultCacheDir(), "image build cache `DIR`")
+	containerd := flag.String("containerd", "2", "containerd `release`: 2 ("+testenv.Containerd2.Name+", what users run; built by `make deps`) or 1.6 (Debian's)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "demo: containerd and overlay mounts need root; run `sudo make demo`")
@@ -42,9 +43,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(2)
 	}
+	release, err := testenv.ContainerdByName(*containerd)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *image, *cache, *rtt, bps); err != nil {
+	if err := run(ctx, *image, *cache, *rtt, bps, release); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -57,7 +63,7 @@ type outcome struct {
 	requests  int64
 }
 
-func run(ctx context.Context, name, cache string, rtt time.Duration, bps int64) (err error) {
+func run(ctx context.Context, name, cache string, rtt time.Duration, bps int64, containerd testenv.ContainerdRelease) (err error) {
 	step(fmt.Sprintf("building the %s image from Debian packages (the first time takes a few minutes; cached in %s)", name, cache))
 	b, err := images.New(cache, images.WithProgress(os.Stdout))
 	if err != nil {
@@ -70,7 +76,7 @@ func run(ctx context.Context, name, cache string, rtt time.Duration, bps int64) 
 	fmt.Printf("   %s: %d layers, %.1f MB compressed; it prints %q when ready\n", img.Ref(), len(img.Layers), float64(img.Size())/1e6, img.Ready)
 
 	step("building lazypull; starting a registry, a link shaper, lazypull-snapshotter and containerd")
-	env, err := testenv.Start("")
+	env, err := testenv.Start("", testenv.WithContainerd(containerd))
 	if err != nil {
 		return err
 	}
@@ -91,7 +97,7 @@ func run(ctx context.Context, name, cache string, rtt time.Duration, bps int64) 
 	fmt.Printf("   registry             http://%s (pid %d)\n", env.Registry.Host, env.Registry.PID())
 	fmt.Printf("   link shaper          http://%s: %v round trip, %s, counting bytes\n", link.Addr(), rtt, mbits(bps))
 	fmt.Printf("   lazypull-snapshotter %s (pid %d)\n", env.DaemonSocket, env.Daemon.PID())
-	fmt.Printf("   containerd           %s (pid %d), proxy snapshotter \"lazypull\"\n", env.Containerd.Address, env.Containerd.PID())
+	fmt.Printf("   containerd           %s (pid %d, version %s), proxy snapshotter \"lazypull\"\n", env.Containerd.Address, env.Containerd.PID(), env.Containerd.Version)
 
 	plain, lazy := env.Registry.Host+"/demo/"+name+":v1", env.Registry.Host+"/demo/"+name+":v1-esgz"
 	step("pushing it, and converting it to eStargz: lazypull convert " + img.Ref() + " docker://" + lazy)

@@ -37,7 +37,7 @@ Examples:
 			return err
 		}
 		defer client.Close()
-		st, err := client.Status()
+		st, err := client.Status(context.Background())
 		if err != nil {
 			return fmt.Errorf("status from the FUSE manager of %s: %w", root, err)
 		}

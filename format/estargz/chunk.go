@@ -15,13 +15,35 @@ import (
 
 var gzipReaders sync.Pool // *gzip.Reader, reset for each member
 
+// maxInflate is deflate's largest ratio of output to input (a run of
+// 258-byte matches at a bit or two each).
+const maxInflate = 1032
+
+// maxHole is the largest hole ReadChunk hands out as zeros: a chunk's
+// default limit.
+var maxHole = toc.DefaultLimits.MaxChunkBytes
+
 // ReadChunk decompresses the gzip member that holds chunk c (compressed is
 // exactly the bytes c.Offset..c.EndOffset of the blob), takes the chunk's
 // bytes and verifies them against c.Digest. It decompresses no more than
-// the chunk needs, whatever the member claims.
+// the chunk needs, whatever the member claims, and allocates no more than
+// the member's bytes can inflate to.
+//
+// A hole is returned as zeros only up to maxHole bytes: a TOC bounds a
+// hole by its file alone, up to a TiB, and readers serve larger ones
+// from nothing (File does).
 func ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
+	if c.Size < 0 || c.InnerOffset < 0 {
+		return nil, fmt.Errorf("chunk at %d: bad geometry (inner offset %d, size %d)", c.Offset, c.InnerOffset, c.Size)
+	}
 	if c.Zero {
+		if c.Size > maxHole {
+			return nil, fmt.Errorf("hole of %d bytes at file offset %d: more than %d to hand out as zeros; serve it without storage", c.Size, c.FileOffset, maxHole)
+		}
 		return make([]byte, c.Size), nil
+	}
+	if max := maxInflate * int64(len(compressed)); c.InnerOffset > max || c.Size > max-c.InnerOffset {
+		return nil, fmt.Errorf("gzip member at %d: %d bytes cannot inflate to the %d+%d the chunk needs", c.Offset, len(compressed), c.InnerOffset, c.Size)
 	}
 	var zr *gzip.Reader
 	if v := gzipReaders.Get(); v != nil {

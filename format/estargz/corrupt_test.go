@@ -1,9 +1,11 @@
 package estargz
 
 import (
+	"archive/tar"
 	"bytes"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -177,4 +179,93 @@ func FuzzOpen(f *testing.F) {
 			}
 		}
 	})
+}
+
+// allocated is how many bytes f allocates.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestTOCSizeIsOnlyAClaim: a TOC member whose tar header claims 60 MiB
+// but holds a few bytes costs what it holds, not what it claims.
+func TestTOCSizeIsOnlyAClaim(t *testing.T) {
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	if err := tw.WriteHeader(&tar.Header{Name: TOCTarName, Typeflag: tar.TypeReg, Size: 60 << 20, Mode: 0o644}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte(`{"version":1}`)) // and nothing more: the member ends
+	member, _ := compressMember(tarBuf.Bytes(), 9)
+	var err error
+	n := allocated(func() { _, err = DecompressTOC(member, 64<<20) })
+	if err == nil || !strings.Contains(err.Error(), TOCTarName) {
+		t.Errorf("a short TOC member: err = %v, want one naming %s", err, TOCTarName)
+	}
+	if n > 4<<20 {
+		t.Errorf("a short TOC member claiming 60 MiB cost %d MiB", n>>20)
+	}
+	if _, err := DecompressTOC(member, 1<<20); err == nil || !strings.Contains(err.Error(), "over the limit") {
+		t.Errorf("a TOC member claiming more than the limit: err = %v", err)
+	}
+}
+
+// TestHolesAreServedFromNothing: a file that is one hole of a TiB reads
+// as zeros anywhere, with nothing allocated for the hole, and ReadChunk
+// refuses to hand out such a hole as a buffer.
+func TestHolesAreServedFromNothing(t *testing.T) {
+	const size = 1 << 40
+	parsed, err := toc.Parse([]byte(fmt.Sprintf(`{"version":1,"entries":[
+		{"name":"sparse","type":"reg","size":%d,"chunkSize":%d,"chunkType":"zeros"},
+		{"name":"sparse","type":"chunk","chunkOffset":%d,"chunkType":"zeros"}]}`, size, size/2, size/2)), 0, toc.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := (&Reader{toc: parsed}).OpenFile("sparse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := bytes.Repeat([]byte{0xaa}, 8192)
+	var n int
+	alloc := allocated(func() { n, err = f.ReadAt(buf, size/2-4096) })
+	if err != nil || n != len(buf) || !bytes.Equal(buf, make([]byte, len(buf))) {
+		t.Errorf("read across two holes: %d bytes, %v; zeros: %v", n, err, bytes.Equal(buf, make([]byte, len(buf))))
+	}
+	if alloc > 1<<20 {
+		t.Errorf("reading 8 KiB of a hole allocated %d bytes", alloc)
+	}
+	n, err = f.ReadAt(buf, size-100)
+	if n != 100 || err != io.EOF {
+		t.Errorf("read at the end of the file: %d, %v; want 100, EOF", n, err)
+	}
+	e, _ := parsed.Lookup("sparse")
+	if _, err := ReadChunk(nil, e.Chunks[0]); err == nil {
+		t.Errorf("ReadChunk handed out a hole of %d bytes", e.Chunks[0].Size)
+	}
+	if data, err := ReadChunk(nil, toc.Chunk{Size: 10, Zero: true}); err != nil || !bytes.Equal(data, make([]byte, 10)) {
+		t.Errorf("ReadChunk of a small hole: %v, %v", data, err)
+	}
+}
+
+// TestReadChunkAllocatesWhatTheMemberCanHold: a tiny member cannot make
+// ReadChunk allocate the chunk size its TOC claims.
+func TestReadChunkAllocatesWhatTheMemberCanHold(t *testing.T) {
+	member, _ := compressMember([]byte("hello"), 9)
+	c := toc.Chunk{EndOffset: int64(len(member)), Size: 60 << 20, Digest: digest.FromString("x")}
+	var err error
+	n := allocated(func() { _, err = ReadChunk(member, c) })
+	if err == nil || !strings.Contains(err.Error(), "cannot inflate") {
+		t.Errorf("a %d-byte member for a 60 MiB chunk: err = %v", len(member), err)
+	}
+	if n > 1<<20 {
+		t.Errorf("it allocated %d bytes", n)
+	}
+	for _, bad := range []toc.Chunk{{Size: -1, Digest: c.Digest}, {Size: 1, InnerOffset: -1, Digest: c.Digest}} {
+		if _, err := ReadChunk(member, bad); err == nil {
+			t.Errorf("ReadChunk took %+v", bad)
+		}
+	}
 }

@@ -102,12 +102,17 @@ func DecompressTOC(compressed []byte, limit int64) ([]byte, error) {
 	if h.Name != TOCTarName {
 		return nil, fmt.Errorf("estargz: TOC member holds %q, want %s", h.Name, TOCTarName)
 	}
-	if h.Size > limit {
-		return nil, fmt.Errorf("estargz: TOC JSON of %d bytes is over the limit of %d", h.Size, limit)
+	if h.Size < 0 || h.Size > limit {
+		return nil, fmt.Errorf("estargz: %s of %d bytes is over the limit of %d", TOCTarName, h.Size, limit)
 	}
-	data := make([]byte, h.Size)
-	if _, err := io.ReadFull(tr, data); err != nil {
-		return nil, fmt.Errorf("estargz: read TOC JSON: %w", err)
+	// The header's size is only a claim: memory follows the bytes that
+	// really decompress, so a small member cannot make a large buffer.
+	data, err := io.ReadAll(io.LimitReader(tr, h.Size))
+	if err != nil {
+		return nil, fmt.Errorf("estargz: read %s: %w", TOCTarName, err)
+	}
+	if int64(len(data)) != h.Size {
+		return nil, fmt.Errorf("estargz: %s holds %d bytes, its tar header says %d", TOCTarName, len(data), h.Size)
 	}
 	return data, nil
 }
@@ -168,11 +173,20 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	i, _ := f.e.ChunkAt(off)
 	for ; n < len(p) && i < len(f.e.Chunks); i++ {
 		c := f.e.Chunks[i]
+		from := off + int64(n) - c.FileOffset
+		if c.Zero {
+			// A hole may be as large as the file: it is served from
+			// nothing, never stored.
+			k := int(min(int64(len(p)-n), c.Size-from))
+			clear(p[n : n+k])
+			n += k
+			continue
+		}
 		data, err := f.r.readChunk(f.e, i)
 		if err != nil {
 			return n, err
 		}
-		n += copy(p[n:], data[off+int64(n)-c.FileOffset:])
+		n += copy(p[n:], data[from:])
 	}
 	if n < len(p) {
 		return n, io.EOF
@@ -183,9 +197,6 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 // readChunk fetches and verifies chunk i of e.
 func (r *Reader) readChunk(e *toc.Entry, i int) ([]byte, error) {
 	c := e.Chunks[i]
-	if c.Zero {
-		return make([]byte, c.Size), nil
-	}
 	compressed := make([]byte, c.EndOffset-c.Offset)
 	if _, err := r.ra.ReadAt(compressed, c.Offset); err != nil && !(errors.Is(err, io.EOF) && c.EndOffset == r.size) {
 		return nil, fmt.Errorf("estargz: %q chunk %d: read %d bytes at %d: %w", e.Name, i, len(compressed), c.Offset, err)

@@ -4,84 +4,245 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"testing"
 	"time"
+
+	"github.com/containerd/platforms"
 )
 
 // Namespace is the containerd namespace the environment works in.
 const Namespace = "lazypull-test"
 
-// Containerd is Debian's containerd with a root, state and socket of its own,
-// and our daemon registered as the proxy snapshotter "lazypull".
-type Containerd struct {
-	Address string // the gRPC socket
-	dir     string
-	*Process
+// Containerd2Version is the containerd 2.x release that
+// scripts/install-deps.sh builds from containerd's Go module (keep the two
+// in step: TestContainerd2MatchesInstallScript checks).
+const Containerd2Version = "v2.2.9"
+
+// A ContainerdRelease is a containerd the environment can start: where its
+// programs are and which configuration format it reads.
+type ContainerdRelease struct {
+	Name string // "1.6", "2.2.9": names subtests; the daemon's version must start with it
+	// BinDir holds its containerd, ctr and containerd-shim-runc-v2; empty
+	// for the ones on PATH (Debian's package).
+	BinDir string
+	Major  int // 1 or 2: which configuration it reads, whether ctr pulls through the transfer service
 }
 
-// StartContainerd starts containerd under dir with a proxy snapshot plugin
-// named lazypull at snapshotterSocket, and one for each of others (name →
-// socket): other snapshotters a benchmark compares.
-func StartContainerd(dir, snapshotterSocket string, others map[string]string) (*Containerd, error) {
-	bin, err := lookPath("containerd")
-	if err != nil {
-		return nil, err
+var (
+	// Containerd16 is Debian 12's containerd package (1.6, out of support).
+	Containerd16 = ContainerdRelease{Name: "1.6", Major: 1}
+	// Containerd2 is the 2.x release that users run, built by
+	// scripts/install-deps.sh into a cache outside the tree.
+	Containerd2 = ContainerdRelease{
+		Name:   strings.TrimPrefix(Containerd2Version, "v"),
+		BinDir: filepath.Join("/var/cache/lazypull", "containerd-"+Containerd2Version, "bin"),
+		Major:  2,
 	}
-	if _, err := lookPath("runc"); err != nil {
-		return nil, err
+	// ContainerdReleases are the releases the e2e suite runs against.
+	ContainerdReleases = []ContainerdRelease{Containerd16, Containerd2}
+)
+
+// ContainerdByName returns the release of that name ("1.6" or "2" for the
+// 2.x one, or its full name), for a command-line flag.
+func ContainerdByName(name string) (ContainerdRelease, error) {
+	for _, r := range ContainerdReleases {
+		if name == r.Name || strings.HasPrefix(r.Name, name+".") {
+			return r, nil
+		}
 	}
-	address := filepath.Join(dir, "containerd.sock")
-	// Version 2 is the format containerd 1.6 reads and 2.x still accepts.
-	config := fmt.Sprintf(`version = 2
+	var names []string
+	for _, r := range ContainerdReleases {
+		names = append(names, r.Name)
+	}
+	return ContainerdRelease{}, fmt.Errorf("no containerd release %q: choose one of %s", name, strings.Join(names, ", "))
+}
+
+// program finds one of the release's programs.
+func (r ContainerdRelease) program(name string) (string, error) {
+	if r.BinDir == "" {
+		return lookPath(name)
+	}
+	path := filepath.Join(r.BinDir, name)
+	if _, err := os.Stat(path); err != nil {
+		return "", &missingError{program: "containerd " + r.Name, err: fmt.Errorf("containerd %s: %s not found in %s: build it with scripts/install-deps.sh (make test does)", r.Name, name, r.BinDir)}
+	}
+	return path, nil
+}
+
+// Installed tells whether the release's programs are all there; the error
+// says how to install what is missing.
+func (r ContainerdRelease) Installed() error {
+	names := []string{"containerd", "ctr"}
+	if r.BinDir != "" {
+		names = append(names, "containerd-shim-runc-v2")
+	}
+	for _, name := range names {
+		if _, err := r.program(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// config is containerd's configuration in the release's format: a root,
+// state and socket under dir, the CRI plugin off, and a proxy snapshot
+// plugin for each of snapshotters (name → socket).
+func (r ContainerdRelease) config(dir string, snapshotters map[string]string) string {
+	names := slices.Sorted(maps.Keys(snapshotters))
+	// The CRI plugin stays off: it wants CNI and slows the start, and the
+	// tests drive containerd through its own API.
+	disabled := `"io.containerd.grpc.v1.cri"`
+	version := 2 // what 1.6 reads
+	if r.Major >= 2 {
+		version = 3
+		// 2.x split CRI in three; its NRI plugin would listen on one
+		// socket for the whole machine.
+		disabled += `, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"`
+	}
+	config := fmt.Sprintf(`version = %d
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [%s]
 
 [grpc]
   address = %q
 
 [plugins."io.containerd.internal.v1.opt"]
   path = %q
-
-[proxy_plugins.lazypull]
-  type = "snapshot"
-  address = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, filepath.Join(dir, "opt"), snapshotterSocket)
-	for name, socket := range others {
-		config += fmt.Sprintf("\n[proxy_plugins.%q]\n  type = \"snapshot\"\n  address = %q\n", name, socket)
+`, version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled,
+		filepath.Join(dir, "containerd.sock"), filepath.Join(dir, "opt"))
+	if r.Major >= 2 {
+		// 2.x's ctr pulls through the transfer service, which unpacks
+		// only into the snapshotters listed here (else: "no unpack
+		// platforms defined").
+		for _, name := range append([]string{"overlayfs"}, names...) {
+			config += fmt.Sprintf("\n[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = %q\n  snapshotter = %q\n",
+				platforms.DefaultString(), name)
+		}
 	}
-	configPath := filepath.Join(dir, "containerd.toml")
-	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
+	for _, name := range names {
+		config += fmt.Sprintf("\n[proxy_plugins.%q]\n  type = \"snapshot\"\n  address = %q\n", name, snapshotters[name])
+		if r.Major >= 2 {
+			// The transfer service then gives the snapshotter the CRI
+			// labels (image, layer, manifest), so that `ctr image pull`
+			// mounts lazily too; 1.6 has no such switch.
+			config += fmt.Sprintf("  [proxy_plugins.%q.exports]\n    enable_remote_snapshot_annotations = \"true\"\n", name)
+		}
+	}
+	return config
+}
+
+// WithContainerd starts this containerd release rather than the default,
+// Containerd2.
+func WithContainerd(r ContainerdRelease) Option {
+	return func(e *Env) error {
+		e.ContainerdRelease = r
+		return nil
+	}
+}
+
+// ForEachContainerd runs test once for each of ContainerdReleases, as a
+// subtest named after it ("containerd-1.6"), with the Option that makes New
+// start that release. A release that is not installed fails its subtest in
+// CI and skips it elsewhere.
+func ForEachContainerd(t *testing.T, test func(t *testing.T, containerd Option)) {
+	for _, r := range ContainerdReleases {
+		t.Run("containerd-"+r.Name, func(t *testing.T) {
+			Need(t, "containerd "+r.Name, r.Installed())
+			test(t, WithContainerd(r))
+		})
+	}
+}
+
+// Containerd is a containerd with a root, state and socket of its own, and
+// our daemon registered as the proxy snapshotter "lazypull".
+type Containerd struct {
+	Address string // the gRPC socket
+	Release ContainerdRelease
+	Version string // as the running daemon reports it
+	CtrPath string // the release's ctr, which Ctr runs
+	dir     string
+	*Process
+}
+
+// StartContainerd starts containerd release r under dir with a proxy
+// snapshot plugin named lazypull at snapshotterSocket, and one for each of
+// others (name → socket): other snapshotters a benchmark compares.
+func StartContainerd(r ContainerdRelease, dir, snapshotterSocket string, others map[string]string) (*Containerd, error) {
+	if err := r.Installed(); err != nil {
 		return nil, err
 	}
-	p, err := startProcess(dir, bin, "--config", configPath, "--log-level", "info")
+	bin, _ := r.program("containerd")
+	ctr, _ := r.program("ctr")
+	if _, err := lookPath("runc"); err != nil {
+		return nil, err
+	}
+	snapshotters := map[string]string{"lazypull": snapshotterSocket}
+	for name, socket := range others {
+		snapshotters[name] = socket
+	}
+	configPath := filepath.Join(dir, "containerd.toml")
+	if err := os.WriteFile(configPath, []byte(r.config(dir, snapshotters)), 0o644); err != nil {
+		return nil, err
+	}
+	// containerd finds its shim on PATH: the release's own comes first.
+	var env []string
+	if r.BinDir != "" {
+		env = []string{"PATH=" + r.BinDir + string(os.PathListSeparator) + os.Getenv("PATH")}
+	}
+	p, err := startProcessEnv(dir, env, bin, "--config", configPath, "--log-level", "info")
 	if err != nil {
 		return nil, err
 	}
-	c := &Containerd{Address: address, dir: dir, Process: p}
-	if err := p.waitUntil(60*time.Second, func() error { return dialUnix(address) }); err != nil {
+	c := &Containerd{Address: filepath.Join(dir, "containerd.sock"), Release: r, CtrPath: ctr, dir: dir, Process: p}
+	if err := p.waitUntil(60*time.Second, func() error { return dialUnix(c.Address) }); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	if err := c.checkVersion(); err != nil {
 		c.Stop()
 		return nil, err
 	}
 	return c, nil
 }
 
-// Ctr runs Debian's ctr against this containerd in Namespace and returns
-// its standard output; the error carries standard error.
-func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
-	bin, err := lookPath("ctr")
+// checkVersion asks the daemon its version: a test named for a release must
+// run against that release, whatever else is on PATH.
+func (c *Containerd) checkVersion() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := c.Ctr(ctx, "version")
 	if err != nil {
-		return "", err
+		return err
 	}
+	// Server:\n  Version:  1.6.20~ds1\n …
+	_, server, _ := strings.Cut(out, "Server:")
+	if fields := strings.Fields(server); len(fields) >= 2 && fields[0] == "Version:" {
+		c.Version = strings.TrimPrefix(fields[1], "v")
+	}
+	// 1.6.20~ds1 is 1.6; 2.2.9+unknown (a build from the module) is 2.2.9.
+	rest, ok := strings.CutPrefix(c.Version, c.Release.Name)
+	if !ok || rest != "" && rest[0] >= '0' && rest[0] <= '9' {
+		return fmt.Errorf("started containerd %s from %s, but it reports version %q:\n%s", c.Release.Name, c.Process.cmd.Path, c.Version, out)
+	}
+	return nil
+}
+
+// Ctr runs the release's ctr against this containerd in Namespace and
+// returns its standard output; the error carries standard error.
+func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
 	full := append([]string{"--address", c.Address, "--namespace", Namespace}, args...)
-	cmd := exec.CommandContext(ctx, bin, full...)
+	cmd := exec.CommandContext(ctx, c.CtrPath, full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		return stdout.String(), fmt.Errorf("ctr %s (containerd %s): %w: %s", strings.Join(args, " "), c.Release.Name, err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
 }

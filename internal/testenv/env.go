@@ -27,6 +27,10 @@ type Env struct {
 	Daemon     *Process
 	Containerd *Containerd
 
+	// ContainerdRelease is the containerd it starts: Containerd2 unless
+	// WithContainerd says otherwise.
+	ContainerdRelease ContainerdRelease
+
 	DaemonRoot   string
 	DaemonSocket string
 
@@ -36,14 +40,19 @@ type Env struct {
 }
 
 // New starts an Env for a test and tears it down when the test ends. It
-// needs root and Debian's containerd, runc, docker-registry and skopeo.
+// needs root, Debian's runc, docker-registry and skopeo, and the containerd
+// release it starts (ForEachContainerd runs a test against each).
 func New(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	NeedRoot(t)
-	for _, prog := range []string{"containerd", "ctr", "runc", "docker-registry", "skopeo"} {
+	for _, prog := range []string{"runc", "docker-registry", "skopeo"} {
 		NeedBinary(t, prog)
 	}
 	env, err := Start("", opts...)
+	var missing *missingError
+	if errors.As(err, &missing) {
+		Need(t, missing.program, err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +77,8 @@ func Start(parent string, opts ...Option) (_ *Env, err error) {
 		BinDir:       filepath.Join(dir, "bin"),
 		DaemonRoot:   filepath.Join(dir, "lazypull"),
 		DaemonSocket: filepath.Join(dir, "lazypull.sock"),
+		// What users run; the demo and the benchmark start it by default.
+		ContainerdRelease: Containerd2,
 	}
 	defer func() {
 		if err != nil {
@@ -95,7 +106,7 @@ func Start(parent string, opts ...Option) (_ *Env, err error) {
 	if err := e.StartDaemon(); err != nil {
 		return e, err
 	}
-	if e.Containerd, err = StartContainerd(filepath.Join(dir, "containerd"), e.DaemonSocket, e.Snapshotters); err != nil {
+	if e.Containerd, err = StartContainerd(e.ContainerdRelease, filepath.Join(dir, "containerd"), e.DaemonSocket, e.Snapshotters); err != nil {
 		return e, err
 	}
 	return e, nil

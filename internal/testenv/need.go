@@ -70,10 +70,19 @@ func lookPath(name string) (string, error) {
 		if pkg == "" {
 			pkg = name
 		}
-		return "", fmt.Errorf("%s not found on PATH: install it with `apt-get install -y %s` (make test does)", name, pkg)
+		return "", &missingError{program: name, err: fmt.Errorf("%s not found on PATH: install it with `apt-get install -y %s` (make test does)", name, pkg)}
 	}
 	return path, nil
 }
+
+// missingError is a program the environment needs that is not installed:
+// a reason for a test to skip (outside CI) rather than fail.
+type missingError struct {
+	program string
+	err     error
+}
+
+func (e *missingError) Error() string { return e.err.Error() }
 
 // NeedFUSE stops the test unless it can mount FUSE filesystems: root and
 // /dev/fuse.

@@ -27,6 +27,11 @@ type Process struct {
 
 // startProcess runs name with args, logging to dir/<name>.log.
 func startProcess(dir, name string, args ...string) (*Process, error) {
+	return startProcessEnv(dir, nil, name, args...)
+}
+
+// startProcessEnv is startProcess with env (KEY=value) added to ours.
+func startProcessEnv(dir string, env []string, name string, args ...string) (*Process, error) {
 	logPath := filepath.Join(dir, filepath.Base(name)+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -34,6 +39,9 @@ func startProcess(dir, name string, args ...string) (*Process, error) {
 	}
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	// Its own process group, so that a Ctrl-C meant for the test does not
 	// reach it before the test has cleaned up.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

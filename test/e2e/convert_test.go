@@ -79,8 +79,10 @@ func manifestOf(t *testing.T, ref string) ocispec.Manifest {
 // registry and an OCI layout) and to zstd:chunked, verifies both, and runs
 // them with containerd's own overlayfs snapshotter (they are still ordinary
 // images) and with ours.
-func TestConvertRunsEverywhere(t *testing.T) {
-	env := testenv.New(t)
+func TestConvertRunsEverywhere(t *testing.T) { testenv.ForEachContainerd(t, testConvertRunsEverywhere) }
+
+func testConvertRunsEverywhere(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ref, err := env.PushHello(ctx)

@@ -20,10 +20,12 @@ import (
 // TestLazyRun converts the test image, pulls it with `lazypull pull` and
 // runs it: the layers are mounted from the registry, the container prints
 // what the image holds, and far fewer bytes than the image's are fetched.
-func TestLazyRun(t *testing.T) {
+func TestLazyRun(t *testing.T) { testenv.ForEachContainerd(t, testLazyRun) }
+
+func testLazyRun(t *testing.T, containerd testenv.Option) {
 	// Without the background fetch, what was fetched is what was needed.
 	metricsAddr := freeAddr(t)
-	env := testenv.New(t, testenv.WithDaemonConfig(fmt.Sprintf("metrics_address = %q\n[fetch]\nbackground = false\n", metricsAddr)))
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig(fmt.Sprintf("metrics_address = %q\n[fetch]\nbackground = false\n", metricsAddr)))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ref, err := env.PushHello(ctx)
@@ -147,5 +149,37 @@ func checkMetrics(t *testing.T, addr string) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// TestCtrPull pulls the eStargz image with ctr's own pull. containerd 2.x
+// pulls through its transfer service, which passes the CRI labels (image,
+// layer, manifest) to a proxy snapshotter that exports
+// enable_remote_snapshot_annotations, as testenv's configuration does: the
+// layers are mounted lazily. 1.6's ctr passes none: they are downloaded
+// and unpacked. Either way the container runs.
+func TestCtrPull(t *testing.T) { testenv.ForEachContainerd(t, testCtrPull) }
+
+func testCtrPull(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	lazy := pushLazyHello(t, ctx, env)
+	if _, err := env.Containerd.Ctr(ctx, "images", "pull", "--plain-http", "--snapshotter", "lazypull", lazy); err != nil {
+		t.Fatal(err)
+	}
+	status, err := lazypull(t, env.BinDir, "status", "--root", env.DaemonRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounted, want := strings.Count(status, "sha256:"), 0
+	if env.Containerd.Release.Major >= 2 {
+		want = 2
+	}
+	if mounted != want {
+		t.Errorf("ctr images pull with containerd %s: %d of 2 layers mounted lazily, want %d:\n%s", env.Containerd.Version, mounted, want, status)
+	}
+	if out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "ctr-pulled"); err != nil || out != testenv.HelloOutput {
+		t.Errorf("the container: %v\n%s", err, out)
 	}
 }

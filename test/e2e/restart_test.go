@@ -14,7 +14,11 @@ import (
 // the container must keep reading the right bytes (including files first
 // read after the kill), and a new container must start afterwards.
 func TestContainerSurvivesDaemonKill(t *testing.T) {
-	env := testenv.New(t, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
+	testenv.ForEachContainerd(t, testContainerSurvivesDaemonKill)
+}
+
+func testContainerSurvivesDaemonKill(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	lazy := pushLazyHello(t, ctx, env)
@@ -53,8 +57,10 @@ func TestContainerSurvivesDaemonKill(t *testing.T) {
 // TestRegistryGone: after the registry stops, files a container already
 // read stay readable; a file never read fails with an I/O error (never
 // wrong or empty bytes), and the layer's state file says why.
-func TestRegistryGone(t *testing.T) {
-	env := testenv.New(t, testenv.WithDaemonConfig("[fetch]\nbackground = false\nmax_retries = 1\nrequest_timeout = \"5s\"\n"))
+func TestRegistryGone(t *testing.T) { testenv.ForEachContainerd(t, testRegistryGone) }
+
+func testRegistryGone(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[fetch]\nbackground = false\nmax_retries = 1\nrequest_timeout = \"5s\"\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	lazy := pushLazyHello(t, ctx, env)

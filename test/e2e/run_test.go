@@ -1,5 +1,7 @@
-// Package e2e runs lazypull end to end against the real components: Debian's
-// containerd, runc and docker-registry, and our daemon built from this tree.
+// Package e2e runs lazypull end to end against the real components:
+// containerd (Debian's 1.6 and a 2.x release: testenv.ForEachContainerd runs
+// each test against both), runc, docker-registry, and our daemon built from
+// this tree.
 package e2e
 
 import (
@@ -16,8 +18,10 @@ import (
 // TestRunContainer pulls an ordinary image through our snapshotter and runs
 // it with runc: whiteouts, opaque directories and links must come out as
 // the image says, and nothing may stay mounted afterwards.
-func TestRunContainer(t *testing.T) {
-	env := testenv.New(t)
+func TestRunContainer(t *testing.T) { testenv.ForEachContainerd(t, testRunContainer) }
+
+func testRunContainer(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ref, err := env.PushHello(ctx)
