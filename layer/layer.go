@@ -72,6 +72,12 @@ type Options struct {
 	// Gate is shared by the layers that share a link (default: the
 	// layer's own).
 	Gate *Gate
+	// Expect is what the layer's content must be: it is verified once
+	// the background fetch has brought it all (see Expect).
+	Expect Expect
+	// SpoolDir holds the blobs being verified and the markers of those
+	// verified (default: the system's temporary directory, no markers).
+	SpoolDir string
 	// Budget bounds what the layers of one process may hold and open at
 	// once (default: the layer's own, DefaultBudget's bounds).
 	Budget *Budget
@@ -118,6 +124,9 @@ type Stats struct {
 	ChunksFetched int64
 	Errors        int64
 	LastError     string
+	// Verification is where the check of the layer against its image
+	// stands (see Expect).
+	Verification Verification
 }
 
 // Layer is an opened lazy layer.
@@ -144,7 +153,12 @@ type Layer struct {
 
 	mu       sync.Mutex
 	closed   bool
-	rejected error         // why the layer's content is not what its image says
+	rejected error // why the layer's content is not what its image says
+
+	verification Verification
+	verifyDone   chan struct{} // closed when verification ends; nil without Expect
+	spool        *spool        // the blob's bytes kept to verify it (set at Open)
+
 	inflight map[int]*call // member index → the fetch that brings it
 	done     []bool        // member index → all its chunks are cached
 	// assembling holds the files being assembled for passthrough.
@@ -231,6 +245,7 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 	l.requests.Add(1 + ra.extra)
 	l.fetched.Add(tailSize + ra.extraBytes)
 	l.index()
+	l.startVerify(tail, desc.Size-tailSize)
 	l.keepTail(tail, desc.Size-tailSize)
 	return l, nil
 }
@@ -366,6 +381,7 @@ func (l *Layer) Stats() Stats {
 		FetchedBytes: l.fetched.Load(), Requests: l.requests.Load(), CachedBytes: l.cachedData.Load(),
 		ChunksFetched: l.chunks.Load(), Errors: l.errCount.Load(),
 	}
+	s.Verification, _ = l.Verification()
 	l.mu.Lock()
 	if l.lastErr != nil {
 		s.LastError = l.lastErr.Error()
@@ -383,6 +399,9 @@ func (l *Layer) Close() {
 		l.mu.Unlock()
 		l.cancel()
 		l.wg.Wait()
+		if l.spool != nil {
+			l.spool.close()
+		}
 		l.budget.release(l.held)
 	})
 }

@@ -132,9 +132,14 @@ func (l *Layer) StartBackground() {
 		// Small spans, few at once: a read that arrives meanwhile waits
 		// for at most a couple of megabytes ahead of it on the link.
 		p := pace{parallel: min(l.opts.Parallel, 2), span: min(l.opts.SpanSize, 2<<20), yield: true}
-		if err := l.fetchRange(ctx, 0, len(l.members), "background", p); err != nil && ctx.Err() == nil {
-			log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("background fetch stopped")
+		if err := l.fetchRange(ctx, 0, len(l.members), "background", p); err != nil {
+			if ctx.Err() == nil {
+				log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("background fetch stopped")
+				l.setVerification(NotVerified, nil)
+			}
+			return
 		}
+		l.verify(ctx)
 	}) {
 		close(done)
 	}

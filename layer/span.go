@@ -58,7 +58,13 @@ func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why str
 			m := l.members[j]
 			err = l.decodeMember(buf[m.off-start:m.end-start], m, cl)
 		}
-		if err == nil || ctx.Err() != nil {
+		if err == nil {
+			if l.spool != nil {
+				l.spool.write(start, buf) // verified chunk by chunk: keep it for the whole-blob check
+			}
+			return
+		}
+		if ctx.Err() != nil {
 			return
 		}
 		// The bytes arrived but did not verify: damaged on the way (or in

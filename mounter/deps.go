@@ -28,10 +28,10 @@ type hints struct {
 }
 
 // onMiss returns the layer.Options.OnMiss of a layer of image ref.
-func (h *hints) onMiss(ref string, d digest.Digest) func(context.Context, *toc.Entry) {
+func (h *hints) onMiss(img imageKey, d digest.Digest) func(context.Context, *toc.Entry) {
 	return func(ctx context.Context, e *toc.Entry) {
 		if l := h.m.mountedLayer(d); l != nil {
-			h.look(ctx, ref, l, e)
+			h.look(ctx, img, l, e)
 		}
 	}
 }
@@ -51,7 +51,7 @@ func (h *hints) first(l *layer.Layer, e *toc.Entry) bool {
 // look reads e (a file of l, which image ref has) and, if it is a
 // dynamically linked ELF file, fetches what it needs, and what that needs,
 // one file after another in this goroutine (the layer bounds how many run).
-func (h *hints) look(ctx context.Context, ref string, l *layer.Layer, e *toc.Entry) {
+func (h *hints) look(ctx context.Context, img imageKey, l *layer.Layer, e *toc.Entry) {
 	type file struct {
 		l *layer.Layer
 		e *toc.Entry
@@ -74,7 +74,7 @@ func (h *hints) look(ctx context.Context, ref string, l *layer.Layer, e *toc.Ent
 			continue
 		}
 		if tree == nil {
-			t := h.m.imageTree(ctx, ref)
+			t := h.m.imageTree(ctx, img)
 			tree = &t
 		}
 		for _, p := range elfdeps.Resolve(*tree, deps) {
@@ -106,14 +106,14 @@ type imageTree struct {
 	layers []*layer.Layer
 }
 
-func (m *Mounter) imageTree(ctx context.Context, ref string) imageTree {
-	descs, err := m.imageLayers(ctx, ref)
+func (m *Mounter) imageTree(ctx context.Context, key imageKey) imageTree {
+	img, err := m.image(ctx, key)
 	if err != nil {
 		return imageTree{}
 	}
 	var t imageTree
-	for i := len(descs) - 1; i >= 0; i-- {
-		if l := m.mountedLayer(descs[i].Digest); l != nil {
+	for i := len(img.layers) - 1; i >= 0; i-- {
+		if l := m.mountedLayer(img.layers[i].Digest); l != nil {
 			t.layers = append(t.layers, l)
 		}
 	}
@@ -149,10 +149,5 @@ func (t imageTree) Lookup(p string) (string, bool) {
 func (m *Mounter) mountedLayer(d digest.Digest) *layer.Layer {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, mt := range m.mounts {
-		if mt.layer.Descriptor().Digest == d {
-			return mt.layer
-		}
-	}
-	return nil
+	return m.mountedLocked(d)
 }

@@ -8,10 +8,7 @@ import (
 	"time"
 
 	"github.com/lazypull/lazypull/cache"
-	"github.com/lazypull/lazypull/convert"
 	"github.com/lazypull/lazypull/internal/testenv"
-	"github.com/lazypull/lazypull/remote"
-	"github.com/lazypull/lazypull/transport"
 )
 
 // TestReadingAProgramFetchesItsLibraries: the first read of a dynamically
@@ -45,15 +42,7 @@ func TestReadingAProgramFetchesItsLibraries(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := reg.Host + "/deps:esgz"
-	src, _ := transport.Open(ctx, transport.Ref{Transport: transport.OCI, Name: layout, Tag: "v1"}, remote.Options{})
-	dst, _ := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: ref}, remote.Options{})
-	if _, err := convert.Image(ctx, src, dst, convert.Options{Format: convert.EStargz}); err != nil {
-		t.Fatal(err)
-	}
-	layers, err := fetchLayers(ctx, ref, remote.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	layers, _ := convertTo(t, layout, ref)
 
 	c, err := cache.New(filepath.Join(dir, "cache"))
 	if err != nil {

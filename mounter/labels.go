@@ -20,27 +20,32 @@ const (
 	LabelSize        = LabelPrefix + "size"      // the layer's size
 	LabelMediaType   = LabelPrefix + "mediatype" // the layer's media type
 	LabelLayers      = LabelPrefix + "layers"    // the image's layer digests, comma separated
+	LabelManifest    = LabelPrefix + "manifest"  // the digest of the image's manifest
 	LabelAnnotation  = LabelPrefix + "a."        // + a layer annotation's key (the TOC digest, …)
 	LabelCRIImageRef = "containerd.io/snapshot/cri.image-ref"
 	LabelCRIDigest   = "containerd.io/snapshot/cri.layer-digest"
 	LabelCRILayers   = "containerd.io/snapshot/cri.image-layers"
+	LabelCRIManifest = "containerd.io/snapshot/cri.manifest-digest"
 )
 
 // target is the layer a Prepare's labels name.
 type target struct {
-	ref    string
-	desc   ocispec.Descriptor // complete when the labels carry it all
-	layers []digest.Digest
-	full   bool // desc has size, media type and annotations
+	ref      string
+	manifest digest.Digest      // "" when the labels do not pin it
+	desc     ocispec.Descriptor // complete when the labels carry it all
+	layers   []digest.Digest
+	full     bool // desc has size, media type and annotations
 }
 
 // targetFromLabels reads our labels, or CRI's.
 func targetFromLabels(labels map[string]string) (target, error) {
 	t := target{ref: labels[LabelRef]}
-	d := labels[LabelDigest]
-	layers := labels[LabelLayers]
+	d, layers, manifest := labels[LabelDigest], labels[LabelLayers], labels[LabelManifest]
 	if t.ref == "" {
 		t.ref, d, layers = labels[LabelCRIImageRef], labels[LabelCRIDigest], labels[LabelCRILayers]
+	}
+	if manifest == "" {
+		manifest = labels[LabelCRIManifest]
 	}
 	if t.ref == "" || d == "" {
 		return target{}, fmt.Errorf("%w: no image reference and layer digest labels (pull with `lazypull pull`, or enable CRI snapshot annotations)", errNotLazy)
@@ -48,6 +53,11 @@ func targetFromLabels(labels map[string]string) (target, error) {
 	var err error
 	if t.desc.Digest, err = digest.Parse(d); err != nil {
 		return target{}, fmt.Errorf("layer digest label %q: %w", d, err)
+	}
+	if manifest != "" {
+		if t.manifest, err = digest.Parse(manifest); err != nil {
+			return target{}, fmt.Errorf("manifest digest label %q: %w", manifest, err)
+		}
 	}
 	for _, l := range strings.Split(layers, ",") {
 		if pd, err := digest.Parse(l); err == nil {
@@ -73,10 +83,11 @@ func targetFromLabels(labels map[string]string) (target, error) {
 }
 
 // Labels are the labels that let the snapshotter mount layer desc of the
-// image ref lazily; `lazypull pull` puts them on the layer descriptors.
-// They include the CRI plugin's, which every remote snapshotter reads, so
-// that `lazypull pull --snapshotter NAME` serves others too.
-func Labels(ref string, desc ocispec.Descriptor, layers []ocispec.Descriptor) map[string]string {
+// image ref, whose manifest has digest manifest, lazily; `lazypull pull`
+// puts them on the layer descriptors. They include the CRI plugin's,
+// which every remote snapshotter reads, so that `lazypull pull
+// --snapshotter NAME` serves others too.
+func Labels(ref string, manifest digest.Digest, desc ocispec.Descriptor, layers []ocispec.Descriptor) map[string]string {
 	labels := map[string]string{
 		LabelRef:         ref,
 		LabelDigest:      desc.Digest.String(),
@@ -84,6 +95,10 @@ func Labels(ref string, desc ocispec.Descriptor, layers []ocispec.Descriptor) ma
 		LabelMediaType:   desc.MediaType,
 		LabelCRIImageRef: ref,
 		LabelCRIDigest:   desc.Digest.String(),
+	}
+	if manifest != "" {
+		labels[LabelManifest] = manifest.String()
+		labels[LabelCRIManifest] = manifest.String()
 	}
 	var all []string
 	for _, l := range layers {

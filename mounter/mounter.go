@@ -8,13 +8,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
+	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
@@ -41,6 +45,10 @@ type Options struct {
 	PrefetchTimeout time.Duration
 	NoPrefetch      bool
 	NoBackground    bool
+	// VerifyBeforeUse makes a mount wait until its layer has been fetched
+	// whole and verified against its image (no lazy start, but nothing
+	// unverified is ever shown).
+	VerifyBeforeUse bool
 }
 
 // Mounter mounts layers; it implements snapshot.Remote.
@@ -50,10 +58,16 @@ type Mounter struct {
 
 	hints *hints
 
-	mu        sync.Mutex
-	mounts    map[string]*mounted     // by mountpoint
-	opening   map[digest.Digest]*open // layers being opened, by digest
-	manifests map[string]*manifest    // image layers, by reference
+	mu      sync.Mutex
+	closed  bool
+	mounts  map[string]*mounted      // by mountpoint
+	busy    map[string]chan struct{} // mountpoints being mounted or unmounted
+	opening map[digest.Digest]*open  // layers opened ahead of their Prepare, by digest
+	images  map[imageKey]*image      // manifests and configs, by reference and digest
+	gates   map[string]*layer.Gate   // by registry host
+	bg      sync.WaitGroup           // preopens in flight
+	stop    context.CancelFunc       // ends preopens
+	ctx     context.Context
 }
 
 type mounted struct {
@@ -61,42 +75,101 @@ type mounted struct {
 	fuse  *fusefs.MountedLayer
 }
 
-// open is a layer being opened (its TOC fetched) ahead of its Prepare.
+// open is a layer being opened (its TOC fetched) ahead of its Prepare. A
+// layer nobody takes within preopenKeep is closed: its image's snapshot
+// may exist already (containerd then never asks for it).
 type open struct {
-	done  chan struct{}
-	layer *layer.Layer
-	err   error
+	expect  layer.Expect
+	done    chan struct{}
+	layer   *layer.Layer
+	err     error
+	expires *time.Timer
 }
 
-type manifest struct {
-	done   chan struct{}
-	layers []ocispec.Descriptor
-	err    error
-}
+// preopenKeep is how long a layer opened ahead waits for its Prepare.
+const preopenKeep = time.Minute
 
 // New returns a mounter that caches in c.
 func New(c layer.Cache, opts Options) *Mounter {
 	if opts.PrefetchTimeout <= 0 {
 		opts.PrefetchTimeout = 10 * time.Second
 	}
-	if opts.Layer.Gate == nil {
-		// Every layer shares the machine's link: one gate for all.
-		opts.Layer.Gate = layer.NewGate()
+	if opts.Layer.Budget == nil {
+		// Every layer this process mounts shares one budget.
+		opts.Layer.Budget = layer.NewBudget(layer.BudgetLimits{})
 	}
-	m := &Mounter{cache: c, opts: opts, mounts: make(map[string]*mounted), opening: make(map[digest.Digest]*open), manifests: make(map[string]*manifest)}
+	m := &Mounter{cache: c, opts: opts, mounts: make(map[string]*mounted), busy: make(map[string]chan struct{}),
+		opening: make(map[digest.Digest]*open), images: make(map[imageKey]*image), gates: make(map[string]*layer.Gate)}
+	m.ctx, m.stop = context.WithCancel(context.Background())
 	m.hints = &hints{m: m, seen: make(map[string]bool)}
 	return m
 }
 
-// openRemote opens a layer of image ref from its registry.
-func (m *Mounter) openRemote(ctx context.Context, ref string, desc ocispec.Descriptor) (*layer.Layer, error) {
-	blob, err := remote.OpenBlob(ctx, ref, desc, m.opts.Registry, m.opts.Blob)
+// gate returns the Gate of the registry that serves ref: one per host, so
+// that a slow registry's reads hold back only its own background fetches.
+func (m *Mounter) gate(ref string) *layer.Gate {
+	if m.opts.Layer.Gate != nil {
+		return m.opts.Layer.Gate
+	}
+	host := ref
+	if named, err := reference.ParseNormalizedNamed(ref); err == nil {
+		host = reference.Domain(named)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.gates[host]
+	if !ok {
+		g = layer.NewGate()
+		m.gates[host] = g
+	}
+	return g
+}
+
+// openRemote opens a layer of image img from its registry, to be verified
+// against expect.
+func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect) (*layer.Layer, error) {
+	blob, err := remote.OpenBlob(ctx, img.ref, desc, m.opts.Registry, m.opts.Blob)
 	if err != nil {
 		return nil, err
 	}
 	opts := m.opts.Layer
-	opts.OnMiss = m.hints.onMiss(ref, desc.Digest)
+	if !m.opts.NoBackground {
+		// Verified once the background fetch has it all.
+		opts.Expect = expect
+	}
+	opts.Gate = m.gate(img.ref)
+	opts.OnMiss = m.hints.onMiss(img, desc.Digest)
 	return layer.Open(ctx, desc, blob, m.cache, opts)
+}
+
+// lockMountpoint waits until no other Mount or Unmount works on
+// mountpoint, and holds it until the returned func is called.
+func (m *Mounter) lockMountpoint(ctx context.Context, mountpoint string) (func(), error) {
+	for {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return nil, errors.New("the mounter is closing")
+		}
+		wait, busy := m.busy[mountpoint]
+		if !busy {
+			ch := make(chan struct{})
+			m.busy[mountpoint] = ch
+			m.mu.Unlock()
+			return func() {
+				m.mu.Lock()
+				delete(m.busy, mountpoint)
+				m.mu.Unlock()
+				close(ch)
+			}, nil
+		}
+		m.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // Mount mounts the layer the labels name at mountpoint. It fails (and the
@@ -107,6 +180,11 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 	if err != nil {
 		return err
 	}
+	unlock, err := m.lockMountpoint(ctx, mountpoint)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	m.mu.Lock()
 	_, serving := m.mounts[mountpoint]
 	m.mu.Unlock()
@@ -118,19 +196,22 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 	if err := detachStale(mountpoint); err != nil {
 		return err
 	}
-	desc := t.desc
-	if !t.full {
-		if desc, err = m.lookup(ctx, t.ref, t.desc.Digest); err != nil {
-			return err
-		}
+	key := imageKey{ref: t.ref, manifest: t.manifest}
+	img, err := m.image(ctx, key)
+	if err != nil {
+		return err
+	}
+	desc, expect, err := img.layer(t, labels[snapshots.LabelSnapshotRef])
+	if err != nil {
+		return err
 	}
 	if _, ok := format.KindOf(desc); !ok && !m.opts.Layer.Unverified {
 		return fmt.Errorf("layer %s: %w (no eStargz or zstd:chunked TOC digest annotation)", desc.Digest, errNotLazy)
 	}
 	// The image's other layers will be asked for next: open them now.
-	go m.preopen(context.WithoutCancel(ctx), t.ref)
+	m.preopen(key, img)
 
-	l, err := m.openLayer(ctx, t.ref, desc)
+	l, err := m.openLayer(ctx, key, desc, expect)
 	if err != nil {
 		return err
 	}
@@ -146,6 +227,13 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 	}
 	if !m.opts.NoBackground {
 		l.StartBackground()
+		if m.opts.VerifyBeforeUse {
+			if err := l.WaitVerified(ctx); err != nil {
+				fm.Unmount()
+				l.Close()
+				return fmt.Errorf("layer %s: verify before use: %w", desc.Digest, err)
+			}
+		}
 	}
 	m.mu.Lock()
 	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm}
@@ -155,102 +243,195 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 	return nil
 }
 
-// openLayer opens a layer, or takes the one preopen opened.
-func (m *Mounter) openLayer(ctx context.Context, ref string, desc ocispec.Descriptor) (*layer.Layer, error) {
+// openLayer opens a layer, or takes the one preopen opened for the same
+// expectation.
+func (m *Mounter) openLayer(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect) (*layer.Layer, error) {
 	m.mu.Lock()
 	o, ok := m.opening[desc.Digest]
-	if ok {
-		delete(m.opening, desc.Digest) // a layer serves one mount
-	}
 	m.mu.Unlock()
 	if ok {
-		<-o.done
-		if o.err == nil {
+		select {
+		case <-o.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		m.mu.Lock()
+		taken := m.opening[desc.Digest] == o && o.err == nil && o.layer != nil && o.expect == expect
+		if taken {
+			delete(m.opening, desc.Digest) // a layer serves one mount
+		}
+		m.mu.Unlock()
+		if taken && o.expires != nil && o.expires.Stop() {
 			return o.layer, nil
 		}
 	}
-	return m.openRemote(ctx, ref, desc)
+	return m.openRemote(ctx, img, desc, expect)
 }
 
-// preopen opens the TOCs of an image's lazy layers in parallel, so that
-// each Prepare finds its layer ready.
-func (m *Mounter) preopen(ctx context.Context, ref string) {
-	layers, err := m.imageLayers(ctx, ref)
-	if err != nil {
+// preopen opens the TOCs of an image's lazy layers in parallel (the
+// layer Budget bounds how many at once), so that each Prepare finds its
+// layer ready; once per layer: not one that is open, mounted or being
+// opened already.
+func (m *Mounter) preopen(key imageKey, img *image) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
 		return
 	}
-	for _, desc := range layers {
+	for i, desc := range img.layers {
 		if _, ok := format.KindOf(desc); !ok {
 			continue
 		}
-		m.mu.Lock()
-		_, busy := m.opening[desc.Digest]
-		if !busy {
-			o := &open{done: make(chan struct{})}
-			m.opening[desc.Digest] = o
-			go func() {
-				defer close(o.done)
-				o.layer, o.err = m.openRemote(ctx, ref, desc)
-			}()
+		if _, busy := m.opening[desc.Digest]; busy || m.mountedLocked(desc.Digest) != nil {
+			continue
 		}
-		m.mu.Unlock()
+		o := &open{done: make(chan struct{})}
+		if len(img.diffIDs) == len(img.layers) {
+			o.expect = layer.Expect{DiffID: img.diffIDs[i]}
+		}
+		m.opening[desc.Digest] = o
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			defer close(o.done)
+			if o.layer, o.err = m.openRemote(m.ctx, key, desc, o.expect); o.err != nil {
+				m.dropPreopened(desc.Digest, o) // a failure is not kept
+				return
+			}
+			// Not taken in time: close it (a taker stops the timer).
+			o.expires = time.AfterFunc(preopenKeep, func() { m.dropPreopened(desc.Digest, o) })
+		}()
 	}
 }
 
-// lookup finds a layer's descriptor in its image's manifest.
-func (m *Mounter) lookup(ctx context.Context, ref string, d digest.Digest) (ocispec.Descriptor, error) {
-	layers, err := m.imageLayers(ctx, ref)
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	for _, l := range layers {
-		if l.Digest == d {
-			return l, nil
-		}
-	}
-	return ocispec.Descriptor{}, fmt.Errorf("layer %s is not in the manifest of %s", d, ref)
-}
-
-// imageLayers fetches (once per reference) the layers of the image ref names
-// for this machine's platform.
-func (m *Mounter) imageLayers(ctx context.Context, ref string) ([]ocispec.Descriptor, error) {
+// dropPreopened closes a layer opened ahead that nobody took.
+func (m *Mounter) dropPreopened(d digest.Digest, o *open) {
 	m.mu.Lock()
-	mf, ok := m.manifests[ref]
-	if !ok {
-		mf = &manifest{done: make(chan struct{})}
-		m.manifests[ref] = mf
+	if m.opening[d] == o {
+		delete(m.opening, d)
 	}
 	m.mu.Unlock()
-	if !ok {
-		mf.layers, mf.err = fetchLayers(ctx, ref, m.opts.Registry)
-		close(mf.done)
-		if mf.err != nil {
-			m.mu.Lock()
-			delete(m.manifests, ref) // try again next time
-			m.mu.Unlock()
-		}
+	if o.layer != nil {
+		o.layer.Close()
 	}
-	<-mf.done
-	return mf.layers, mf.err
 }
 
-func fetchLayers(ctx context.Context, ref string, opts remote.Options) ([]ocispec.Descriptor, error) {
-	r, err := transport.ParseRef("docker://" + ref)
+// imageKey names an image: by reference, and by manifest digest when
+// containerd gave one (then the manifest is fetched by digest, never by
+// a tag that may have moved since containerd resolved it).
+type imageKey struct {
+	ref      string
+	manifest digest.Digest
+}
+
+// image is an image's manifest layers and config diff_ids, fetched once.
+type image struct {
+	done    chan struct{}
+	layers  []ocispec.Descriptor
+	diffIDs []digest.Digest
+	err     error
+}
+
+// layer finds the descriptor of the layer t names in the image, and what
+// its content must be: its diff_id from the image's config, checked to
+// make the chain ID containerd will commit it as (chainID, when the
+// labels carry it), so that a config which claims another image's
+// layers cannot be mounted under a name it does not make.
+func (img *image) layer(t target, chainID string) (ocispec.Descriptor, layer.Expect, error) {
+	i := slices.IndexFunc(img.layers, func(l ocispec.Descriptor) bool { return l.Digest == t.desc.Digest })
+	if i < 0 {
+		return ocispec.Descriptor{}, layer.Expect{}, fmt.Errorf("layer %s is not in the manifest of %s", t.desc.Digest, t.ref)
+	}
+	desc := img.layers[i]
+	if t.full && (t.desc.Size != desc.Size || t.desc.MediaType != desc.MediaType) {
+		return ocispec.Descriptor{}, layer.Expect{}, fmt.Errorf("layer %s: the labels say %d bytes of %s, the manifest of %s %d bytes of %s",
+			desc.Digest, t.desc.Size, t.desc.MediaType, t.ref, desc.Size, desc.MediaType)
+	}
+	if len(img.diffIDs) != len(img.layers) {
+		return ocispec.Descriptor{}, layer.Expect{}, fmt.Errorf("the config of %s lists %d diff_ids for %d layers", t.ref, len(img.diffIDs), len(img.layers))
+	}
+	if chainID != "" {
+		if want := identity.ChainID(img.diffIDs[:i+1]); want.String() != chainID {
+			return ocispec.Descriptor{}, layer.Expect{}, fmt.Errorf("layer %s of %s: its diff_ids make chain %s, but containerd asks for %s (the image changed since it was pulled?)",
+				desc.Digest, t.ref, want, chainID)
+		}
+	}
+	return desc, layer.Expect{DiffID: img.diffIDs[i]}, nil
+}
+
+// image fetches (once per key, while it succeeds) the manifest and config
+// of an image for this machine's platform, bounded by the request timeout
+// whoever waits for it.
+func (m *Mounter) image(ctx context.Context, key imageKey) (*image, error) {
+	m.mu.Lock()
+	img, ok := m.images[key]
+	if !ok {
+		img = &image{done: make(chan struct{})}
+		m.images[key] = img
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			timeout := m.opts.Blob.RequestTimeout
+			if timeout <= 0 {
+				timeout = time.Minute
+			}
+			fctx, cancel := context.WithTimeout(m.ctx, timeout)
+			defer cancel()
+			img.layers, img.diffIDs, img.err = fetchImage(fctx, key, m.opts.Registry)
+			if img.err != nil {
+				m.mu.Lock()
+				delete(m.images, key) // try again next time
+				m.mu.Unlock()
+			}
+			close(img.done)
+		}()
+	}
+	m.mu.Unlock()
+	select {
+	case <-img.done:
+		return img, img.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("manifest of %s: %w", key.ref, ctx.Err())
+	}
+}
+
+// fetchImage fetches an image's manifest (by digest when the key has one)
+// and config, and returns its layers and diff_ids.
+func fetchImage(ctx context.Context, key imageKey, opts remote.Options) ([]ocispec.Descriptor, []digest.Digest, error) {
+	name := key.ref
+	if key.manifest != "" {
+		named, err := reference.ParseNormalizedNamed(key.ref)
+		if err != nil {
+			return nil, nil, fmt.Errorf("image reference %s: %w", key.ref, err)
+		}
+		canonical, err := reference.WithDigest(reference.TrimNamed(named), key.manifest)
+		if err != nil {
+			return nil, nil, err
+		}
+		name = canonical.String()
+	}
+	r, err := transport.ParseRef("docker://" + name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	loc, err := transport.Open(ctx, r, opts)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	desc, err := loc.Resolve(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if key.manifest != "" && desc.Digest != key.manifest {
+		return nil, nil, fmt.Errorf("%s resolved to %s", name, desc.Digest)
 	}
 	if images.IsIndexType(desc.MediaType) {
+		if key.manifest != "" {
+			return nil, nil, fmt.Errorf("%s is an index, not the manifest containerd named", name)
+		}
 		var idx ocispec.Index
 		if _, err := transport.FetchJSON(ctx, loc, desc, &idx); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		match := platforms.Default()
 		found := false
@@ -261,19 +442,33 @@ func fetchLayers(ctx context.Context, ref string, opts remote.Options) ([]ocispe
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("%s has no manifest for %s", ref, platforms.DefaultString())
+			return nil, nil, fmt.Errorf("%s has no manifest for %s", name, platforms.DefaultString())
 		}
 	}
 	var mf ocispec.Manifest
 	if _, err := transport.FetchJSON(ctx, loc, desc, &mf); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return mf.Layers, nil
+	var config ocispec.Image
+	if _, err := transport.FetchJSON(ctx, loc, mf.Config, &config); err != nil {
+		return nil, nil, fmt.Errorf("config of %s: %w", name, err)
+	}
+	return mf.Layers, config.RootFS.DiffIDs, nil
 }
 
-// Unmount unmounts what Mount mounted at mountpoint; other mountpoints are
+// Unmount unmounts what Mount mounted at mountpoint, then closes its
+// layer (so no read arrives at a closed layer); other mountpoints are
 // none of its business.
 func (m *Mounter) Unmount(ctx context.Context, mountpoint string) error {
+	unlock, err := m.lockMountpoint(ctx, mountpoint)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return m.unmount(mountpoint)
+}
+
+func (m *Mounter) unmount(mountpoint string) error {
 	m.mu.Lock()
 	mt, ok := m.mounts[mountpoint]
 	delete(m.mounts, mountpoint)
@@ -282,8 +477,9 @@ func (m *Mounter) Unmount(ctx context.Context, mountpoint string) error {
 		return nil
 	}
 	metrics.MountedLayers.Dec()
+	err := mt.fuse.Unmount()
 	mt.layer.Close()
-	return mt.fuse.Unmount()
+	return err
 }
 
 // Layers reports every mounted layer's fetching.
@@ -297,17 +493,43 @@ func (m *Mounter) Layers() map[string]layer.Stats {
 	return out
 }
 
-// Close unmounts every layer.
+// mountedLocked returns a mounted layer of digest d, if any; m.mu held.
+func (m *Mounter) mountedLocked(d digest.Digest) *layer.Layer {
+	for _, mt := range m.mounts {
+		if mt.layer.Descriptor().Digest == d {
+			return mt.layer
+		}
+	}
+	return nil
+}
+
+// Close unmounts every layer, stops what it fetches ahead and closes the
+// layers it opened ahead.
 func (m *Mounter) Close() error {
 	m.mu.Lock()
+	m.closed = true
 	points := make([]string, 0, len(m.mounts))
 	for mp := range m.mounts {
 		points = append(points, mp)
 	}
 	m.mu.Unlock()
+	m.stop()
+	m.bg.Wait()
 	var errs []error
 	for _, mp := range points {
-		errs = append(errs, m.Unmount(context.Background(), mp))
+		errs = append(errs, m.unmount(mp))
+	}
+	m.mu.Lock()
+	opened := m.opening
+	m.opening = make(map[digest.Digest]*open)
+	m.mu.Unlock()
+	for _, o := range opened {
+		if o.expires != nil {
+			o.expires.Stop()
+		}
+		if o.layer != nil {
+			o.layer.Close()
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazypull/lazypull/cache"
@@ -16,6 +17,23 @@ import (
 	"github.com/lazypull/lazypull/remote"
 	"github.com/lazypull/lazypull/transport"
 )
+
+// convertTo converts the image at layout:v1 to eStargz at ref, and returns
+// its layers and diff_ids.
+func convertTo(t *testing.T, layout, ref string) ([]ocispec.Descriptor, []digest.Digest) {
+	t.Helper()
+	ctx := context.Background()
+	src, _ := transport.Open(ctx, transport.Ref{Transport: transport.OCI, Name: layout, Tag: "v1"}, remote.Options{})
+	dst, _ := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: ref}, remote.Options{})
+	if _, err := convert.Image(ctx, src, dst, convert.Options{Format: convert.EStargz}); err != nil {
+		t.Fatal(err)
+	}
+	layers, diffIDs, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return layers, diffIDs
+}
 
 // TestMountWithCRILabels mounts a layer the way containerd's CRI plugin
 // asks for it: only the image reference and the layer digest, so that the
@@ -31,16 +49,12 @@ func TestMountWithCRILabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	plainRef, lazyRef := reg.Host+"/hello:v1", reg.Host+"/hello:esgz"
-	src, _ := transport.Open(ctx, transport.Ref{Transport: transport.OCI, Name: layout, Tag: "v1"}, remote.Options{})
-	dst, _ := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: lazyRef}, remote.Options{})
-	if _, err := convert.Image(ctx, src, dst, convert.Options{Format: convert.EStargz}); err != nil {
-		t.Fatal(err)
-	}
+	convertTo(t, layout, lazyRef)
 	if err := testenv.Push(ctx, layout, "v1", plainRef); err != nil {
 		t.Fatal(err)
 	}
 	layers := func(ref string) []ocispec.Descriptor {
-		ls, err := fetchLayers(ctx, ref, remote.Options{})
+		ls, _, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -93,7 +93,7 @@ func labelLayers(ref string) func(images.Handler) images.Handler {
 				if annotations == nil {
 					annotations = make(map[string]string)
 				}
-				maps.Copy(annotations, mounter.Labels(ref, c, layers))
+				maps.Copy(annotations, mounter.Labels(ref, desc.Digest, c, layers))
 				children[i].Annotations = annotations
 			}
 			return children, nil

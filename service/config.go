@@ -111,6 +111,10 @@ type FetchConfig struct {
 	MaxRetries int `toml:"max_retries"`
 	// Parallel is how many requests one layer has in flight (default 8).
 	Parallel int `toml:"parallel"`
+	// VerifyBeforeUse makes every lazy mount wait until its layer has
+	// been fetched whole and checked against its image's diff_id (no lazy
+	// start; for sites that never show unverified content).
+	VerifyBeforeUse bool `toml:"verify_before_use"`
 }
 
 // FUSEConfig tunes the layer filesystems.
@@ -268,7 +272,8 @@ func (c Config) mounterOptions() mounter.Options {
 	opts := mounter.Options{
 		Registry:        remote.Options{HostsDir: c.Fetch.HostsDir},
 		Blob:            remote.BlobOptions{MaxRetries: c.Fetch.MaxRetries, RequestTimeout: c.Fetch.RequestTimeout.Duration, Parallel: c.Fetch.Parallel},
-		Layer:           layer.Options{Unverified: c.Fetch.AllowUnverified},
+		Layer:           layer.Options{Unverified: c.Fetch.AllowUnverified, SpoolDir: filepath.Join(c.Root, "verify")},
+		VerifyBeforeUse: c.Fetch.VerifyBeforeUse,
 		FUSE:            fusefs.Options{Passthrough: enabled(c.FUSE.Passthrough)},
 		PrefetchTimeout: c.Fetch.PrefetchTimeout.Duration,
 		NoPrefetch:      !enabled(c.Fetch.Prefetch),

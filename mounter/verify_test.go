@@ -1,0 +1,62 @@
+package mounter
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/opencontainers/image-spec/identity"
+
+	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/internal/testenv"
+	"github.com/lazypull/lazypull/layer"
+)
+
+// TestMountChecksTheLayerAgainstItsImage: a layer is mounted only under
+// the chain ID its image's diff_ids make, and once fetched it is verified
+// against its diff_id.
+func TestMountChecksTheLayerAgainstItsImage(t *testing.T) {
+	testenv.NeedFUSE(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	reg := testenv.NewRegistry(t)
+	layout, err := testenv.HelloLayout(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/hello:esgz"
+	layers, diffIDs := convertTo(t, layout, ref)
+	c, err := cache.New(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m := New(c, Options{Layer: layer.Options{SpoolDir: filepath.Join(dir, "verify")}})
+	defer m.Close()
+	mp := filepath.Join(dir, "mnt")
+	os.Mkdir(mp, 0o755)
+
+	labels := Labels(ref, "", layers[0], layers)
+	labels[snapshots.LabelSnapshotRef] = identity.ChainID(diffIDs[1:2]).String() // not the first layer's chain
+	err = m.Mount(ctx, mp, labels)
+	if err == nil || !strings.Contains(err.Error(), "chain") {
+		t.Fatalf("mount under another chain ID: err = %v, want a refusal naming the chain", err)
+	}
+
+	labels[snapshots.LabelSnapshotRef] = identity.ChainID(diffIDs[:1]).String()
+	if err := m.Mount(ctx, mp, labels); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unmount(ctx, mp)
+	deadline := time.Now().Add(30 * time.Second)
+	for m.Layers()[mp].Verification != layer.Verified {
+		if time.Now().After(deadline) {
+			t.Fatalf("layer not verified: %+v", m.Layers()[mp])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
