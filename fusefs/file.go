@@ -34,6 +34,9 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.EROFS
 	}
 	f := n.fsys
+	if f.layer.Rejected() {
+		return nil, 0, syscall.EIO
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if cached, ok := f.layer.CachedFile(n.e); ok {

@@ -30,6 +30,9 @@ type Layer interface {
 	ReadAt(ctx context.Context, e *toc.Entry, p []byte, off int64) (int, error)
 	CachedFile(e *toc.Entry) (*os.File, bool)
 	Stats() layer.Stats
+	// Rejected tells whether the layer turned out not to be its image's:
+	// then the filesystem shows nothing of it (EIO), names included.
+	Rejected() bool
 }
 
 // The overlayfs opaque-directory xattrs; which one overlayfs reads depends

@@ -177,6 +177,9 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			return nil, syscall.ENOENT
 		}
 	}
+	if f.layer.Rejected() {
+		return nil, syscall.EIO
+	}
 	if strings.HasPrefix(name, toc.WhiteoutPrefix) {
 		return nil, syscall.ENOENT // the layer's raw whiteout names are not its tree
 	}
@@ -211,6 +214,9 @@ func (f *filesystem) newNode(e *toc.Entry) fs.InodeEmbedder {
 func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	defer metrics.ObserveFUSE("readdir", time.Now())
 	f := d.fsys
+	if f.layer.Rejected() {
+		return nil, syscall.EIO
+	}
 	children := d.e.Children()
 	list := make([]fuse.DirEntry, 0, len(children))
 	for _, c := range children {
@@ -247,6 +253,9 @@ type symlinkNode struct{ node }
 var _ fs.NodeReadlinker = (*symlinkNode)(nil)
 
 func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if s.fsys.layer.Rejected() {
+		return nil, syscall.EIO
+	}
 	return []byte(s.e.LinkName), 0
 }
 
@@ -326,8 +335,11 @@ type State struct {
 	CachedPercent float64 `json:"cachedPercent"`
 	Requests      int64   `json:"requests"`
 	Errors        int64   `json:"errors"`
-	LastError     string  `json:"lastError,omitempty"`
 	ReadErrors    int64   `json:"readErrors"`
+	// Verification is where the check of the layer against its image
+	// stands. Error texts are not here: containers can read this file
+	// (`lazypull status` on the node shows them).
+	Verification string `json:"verification"`
 	// PassthroughFallbacks counts reads passthrough should have served.
 	PassthroughFallbacks int64 `json:"passthroughFallbacks"`
 }
@@ -336,7 +348,7 @@ func (f *filesystem) state() []byte {
 	s := f.layer.Stats()
 	st := State{
 		Digest: s.Digest.String(), Size: s.Size, FetchedBytes: s.FetchedBytes, Requests: s.Requests,
-		Errors: s.Errors, LastError: s.LastError, ReadErrors: f.readErrors.Load(), PassthroughFallbacks: f.fallbacks.Load(),
+		Errors: s.Errors, ReadErrors: f.readErrors.Load(), PassthroughFallbacks: f.fallbacks.Load(), Verification: string(s.Verification),
 	}
 	if s.DataSize > 0 {
 		st.CachedPercent = float64(s.CachedBytes) * 100 / float64(s.DataSize)

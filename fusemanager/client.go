@@ -218,6 +218,14 @@ func (c *Client) Unmount(ctx context.Context, mountpoint string) error {
 	return c.call(ctx, "Manager.Unmount", UnmountArgs{Mountpoint: mountpoint, Timeout: remaining(ctx)}, &Empty{})
 }
 
+// Check asks the manager whether the layers at mountpoints may still be
+// used; it implements snapshot.Checker.
+func (c *Client) Check(ctx context.Context, mountpoints []string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.callTimeout)
+	defer cancel()
+	return c.call(ctx, "Manager.Check", CheckArgs{Mountpoints: mountpoints, Timeout: remaining(ctx)}, &Empty{})
+}
+
 // Status lists the manager's layers.
 func (c *Client) Status(ctx context.Context) (StatusReply, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.callTimeout)

@@ -72,6 +72,8 @@ func (f *fakeMounter) Unmount(_ context.Context, mp string) error {
 	return nil
 }
 
+func (f *fakeMounter) Check(ctx context.Context, mountpoints []string) error { return nil }
+
 func (f *fakeMounter) Layers() map[string]layer.Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -52,6 +52,12 @@ type UnmountArgs struct {
 	Timeout    time.Duration
 }
 
+// CheckArgs asks whether layers may still be used (snapshot.Checker).
+type CheckArgs struct {
+	Mountpoints []string
+	Timeout     time.Duration
+}
+
 // Empty is the reply of calls that return nothing but an error.
 type Empty struct{}
 
@@ -67,6 +73,7 @@ type LayerStatus struct {
 	ChunksFetched int64
 	Errors        int64
 	LastError     string
+	Verification  string // where the check against the image stands
 }
 
 // StatusReply lists the mounted layers.

@@ -24,6 +24,7 @@ type Mounter interface {
 	Mount(ctx context.Context, mountpoint string, labels map[string]string) error
 	Unmount(ctx context.Context, mountpoint string) error
 	Layers() map[string]layer.Stats
+	Check(ctx context.Context, mountpoints []string) error
 	Close() error
 }
 
@@ -193,6 +194,12 @@ func (s *service) Unmount(args UnmountArgs, _ *Empty) error {
 	return s.m.Unmount(ctx, args.Mountpoint)
 }
 
+func (s *service) Check(args CheckArgs, _ *Empty) error {
+	ctx, cancel := s.bound(args.Timeout)
+	defer cancel()
+	return s.m.Check(ctx, args.Mountpoints)
+}
+
 func (s *service) Status(_ Empty, reply *StatusReply) error {
 	reply.PID = os.Getpid()
 	for mp, st := range s.m.Layers() {
@@ -200,6 +207,7 @@ func (s *service) Status(_ Empty, reply *StatusReply) error {
 			Mountpoint: mp, Digest: st.Digest.String(), Size: st.Size, DataSize: st.DataSize,
 			FetchedBytes: st.FetchedBytes, CachedBytes: st.CachedBytes, Requests: st.Requests,
 			ChunksFetched: st.ChunksFetched, Errors: st.Errors, LastError: st.LastError,
+			Verification: string(st.Verification),
 		})
 	}
 	sort.Slice(reply.Layers, func(i, j int) bool { return reply.Layers[i].Mountpoint < reply.Layers[j].Mountpoint })

@@ -171,6 +171,7 @@ type Layer struct {
 	chunks     atomic.Int64
 	errCount   atomic.Int64
 	cachedData atomic.Int64
+	isRejected atomic.Bool // rejected != nil, read without the lock
 
 	bgDone    chan struct{}
 	closeOnce sync.Once

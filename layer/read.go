@@ -55,6 +55,10 @@ func (l *Layer) ReadAt(ctx context.Context, e *toc.Entry, p []byte, off int64) (
 	return n, nil
 }
 
+// Rejected tells whether the layer was found not to be its image's
+// content: then it serves nothing, not even its file names.
+func (l *Layer) Rejected() bool { return l.isRejected.Load() }
+
 // failed returns why the layer serves no more reads (closed, or its
 // content found not to be what the image says), or nil.
 func (l *Layer) failed() error {

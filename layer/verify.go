@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/format"
+	"github.com/lazypull/lazypull/metrics"
 )
 
 // Expect is what a layer's content must be, from its image: the digest
@@ -56,6 +57,10 @@ func (l *Layer) startVerify(tail []byte, tailOff int64) {
 	l.verifyDone = make(chan struct{})
 	if l.verifiedBefore(e) {
 		l.setVerification(Verified, nil)
+		return
+	}
+	if reason, ok := l.rejectedBefore(e); ok {
+		l.setVerification(Rejected, errors.New(reason))
 		return
 	}
 	sp, err := newSpool(l.opts.SpoolDir, l.desc.Size)
@@ -104,10 +109,11 @@ func (l *Layer) verify(ctx context.Context) {
 	if err != nil {
 		err = fmt.Errorf("layer %s is not the content its image names (diff_id %s): %w; it is not served", l.desc.Digest, e.DiffID, err)
 		log.L.WithError(err).Error("rejected a lazily mounted layer")
+		l.remember(e, "rejected", err.Error())
 		l.setVerification(Rejected, err)
 		return
 	}
-	l.rememberVerified(e)
+	l.remember(e, "verified", "")
 	l.setVerification(Verified, nil)
 	log.L.WithField("layer", l.desc.Digest).WithField("diff_id", e.DiffID).Debug("layer verified against its image")
 }
@@ -117,6 +123,7 @@ func (l *Layer) setVerification(v Verification, err error) {
 	l.verification = v
 	if err != nil {
 		l.rejected = err
+		l.isRejected.Store(true)
 	}
 	done := l.verifyDone
 	l.mu.Unlock()
@@ -168,18 +175,20 @@ func (l *Layer) WaitVerified(ctx context.Context) error {
 	}
 }
 
-// verifiedName is the marker a verified layer leaves, so that opening it
-// again (after a restart) does not fetch it again to verify it.
-func (l *Layer) verifiedName(e Expect) string {
+// marker is the file a checked layer leaves under SpoolDir (kind is
+// "verified" or "rejected"), so that opening it again (after a restart)
+// neither fetches it again to check it nor serves a rejected layer until
+// it is found wrong again.
+func (l *Layer) marker(e Expect, kind string) string {
 	if l.opts.SpoolDir == "" {
 		return ""
 	}
 	sum := sha256.Sum256([]byte(l.desc.Digest.String() + " " + e.DiffID.String() + " " + l.blob.TOCDigest().String()))
-	return filepath.Join(l.opts.SpoolDir, "verified", hex.EncodeToString(sum[:]))
+	return filepath.Join(l.opts.SpoolDir, kind, hex.EncodeToString(sum[:]))
 }
 
 func (l *Layer) verifiedBefore(e Expect) bool {
-	name := l.verifiedName(e)
+	name := l.marker(e, "verified")
 	if name == "" {
 		return false
 	}
@@ -187,14 +196,24 @@ func (l *Layer) verifiedBefore(e Expect) bool {
 	return err == nil
 }
 
-func (l *Layer) rememberVerified(e Expect) {
-	name := l.verifiedName(e)
+func (l *Layer) rejectedBefore(e Expect) (reason string, ok bool) {
+	name := l.marker(e, "rejected")
+	if name == "" {
+		return "", false
+	}
+	data, err := os.ReadFile(name)
+	return string(data), err == nil
+}
+
+func (l *Layer) remember(e Expect, kind, reason string) {
+	name := l.marker(e, kind)
 	if name == "" {
 		return
 	}
 	if err := os.MkdirAll(filepath.Dir(name), 0o700); err == nil {
-		err = os.WriteFile(name, nil, 0o600)
+		err = os.WriteFile(name, []byte(reason), 0o600)
 	}
+	metrics.LayerVerifications.WithLabelValues(kind).Inc()
 }
 
 // spool keeps the byte ranges of a blob as they are fetched, in an

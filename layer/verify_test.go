@@ -86,7 +86,8 @@ func TestLayerOfAnotherDiffIDIsRejected(t *testing.T) {
 	f := &blobFetcher{data: blob, corrupt: -1}
 	// The image claims another layer's diff_id (as an image poisoning
 	// a chain ID does).
-	l, err := Open(context.Background(), desc, f, newMemCache(t), Options{TailSize: 64 << 10, Expect: Expect{DiffID: diffIDOf(t, other)}, SpoolDir: t.TempDir()})
+	opts := Options{TailSize: 64 << 10, Expect: Expect{DiffID: diffIDOf(t, other)}, SpoolDir: t.TempDir()}
+	l, err := Open(context.Background(), desc, f, newMemCache(t), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +111,19 @@ func TestLayerOfAnotherDiffIDIsRejected(t *testing.T) {
 	}
 	if s := l.Stats(); s.Verification != Rejected || !strings.Contains(s.LastError, "not the content its image names") {
 		t.Errorf("stats: %+v", s)
+	}
+
+	// Opened again (a restart), it is refused from the start.
+	l2, err := Open(context.Background(), desc, &blobFetcher{data: blob, corrupt: -1}, newMemCache(t), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if v, _ := l2.Verification(); v != Rejected || !l2.Rejected() {
+		t.Errorf("reopened: verification = %s, want %s", v, Rejected)
+	}
+	if _, err := readFile(t, l2, files[1].name); err == nil {
+		t.Error("a layer rejected before serves reads after a restart")
 	}
 }
 

@@ -44,6 +44,12 @@ var (
 		Help:    "Latency of FUSE operations on lazily mounted layers, by operation.",
 		Buckets: prometheus.ExponentialBuckets(0.00001, 4, 12),
 	}, []string{"operation"})
+	// LayerVerifications counts lazily mounted layers checked against
+	// their image, by result (verified, rejected).
+	LayerVerifications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "layer_verifications_total",
+		Help: "Lazily mounted layers checked against their image's diff_id, by result: rejected ones serve nothing.",
+	}, []string{"result"})
 	// MountedLayers is how many layers are mounted lazily.
 	MountedLayers = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "mounted_layers",
@@ -96,7 +102,7 @@ func Serve(ctx context.Context, addr string, opts ...Option) (net.Addr, error) {
 		opt(&o)
 	}
 	reg := prometheus.NewRegistry()
-	for _, c := range append([]prometheus.Collector{RegistryRequests, RegistryBytes, RegistryLatency, FUSEOperations, MountedLayers}, o.collectors...) {
+	for _, c := range append([]prometheus.Collector{RegistryRequests, RegistryBytes, RegistryLatency, FUSEOperations, MountedLayers, LayerVerifications}, o.collectors...) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -482,6 +482,21 @@ func (m *Mounter) unmount(mountpoint string) error {
 	return err
 }
 
+// Check fails if a layer mounted at one of mountpoints was rejected (found
+// not to be its image's content); it implements snapshot.Checker.
+func (m *Mounter) Check(ctx context.Context, mountpoints []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, mp := range mountpoints {
+		if mt, ok := m.mounts[mp]; ok {
+			if v, err := mt.layer.Verification(); v == layer.Rejected {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Layers reports every mounted layer's fetching.
 func (m *Mounter) Layers() map[string]layer.Stats {
 	m.mu.Lock()

@@ -107,6 +107,15 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		snap storage.Snapshot
 		info snapshots.Info
 	)
+	if s.remote != nil {
+		ids, err := s.parentIDs(ctx, parent)
+		if err != nil {
+			return nil, "", fmt.Errorf("create snapshot %s: parent %s: %w", key, parent, err)
+		}
+		if err := s.checkRemote(ctx, ids); err != nil {
+			return nil, "", fmt.Errorf("create snapshot %s: %w", key, err)
+		}
+	}
 	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
 		tmp, err := s.makeDirs(kind)
 		if err != nil {

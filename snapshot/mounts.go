@@ -31,6 +31,9 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	if err := s.checkParents(snap.ParentIDs); err != nil {
 		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
 	}
+	if err := s.checkRemote(ctx, snap.ParentIDs); err != nil {
+		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
+	}
 	return s.mounts(snap, info), nil
 }
 

@@ -30,3 +30,12 @@ type Remote interface {
 	// nil for mountpoints it does not know.
 	Unmount(ctx context.Context, mountpoint string) error
 }
+
+// Checker is a Remote that can say whether the layers it mounted may still
+// be used: a lazily fetched layer is checked against its image after it is
+// mounted, and one found wrong must refuse every container from then on.
+type Checker interface {
+	// Check fails, naming the layer and why, if any of the mountpoints
+	// it serves holds a layer it refused; it ignores the others.
+	Check(ctx context.Context, mountpoints []string) error
+}

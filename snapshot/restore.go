@@ -75,3 +75,41 @@ func (s *Snapshotter) checkParents(parentIDs []string) error {
 	}
 	return nil
 }
+
+// checkRemote asks the Remote, if it can tell, whether the remote layers
+// among ids (a snapshot's parents) may still be used. It runs outside any
+// metadata transaction: it may cost a call to another process.
+func (s *Snapshotter) checkRemote(ctx context.Context, ids []string) error {
+	c, ok := s.remote.(Checker)
+	if !ok || len(ids) == 0 {
+		return nil
+	}
+	mountpoints := make([]string, len(ids))
+	for i, id := range ids {
+		mountpoints[i] = s.upperPath(id)
+	}
+	if err := c.Check(ctx, mountpoints); err != nil {
+		return fmt.Errorf("a parent layer may not be used: %w (remove the images that use it, e.g. `ctr images rm`, and pull them again)", err)
+	}
+	return nil
+}
+
+// parentIDs returns the ids of parent and of its parents.
+func (s *Snapshotter) parentIDs(ctx context.Context, parent string) ([]string, error) {
+	if parent == "" {
+		return nil, nil
+	}
+	var ids []string
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		for name := parent; name != ""; {
+			id, info, _, err := storage.GetInfo(ctx, name)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+			name = info.Parent
+		}
+		return nil
+	})
+	return ids, err
+}

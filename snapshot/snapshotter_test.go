@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -212,6 +213,66 @@ func (r *bindRemote) Unmount(ctx context.Context, mountpoint string) error {
 	r.unmounted = append(r.unmounted, mountpoint)
 	r.mu.Unlock()
 	return nil
+}
+
+// checkingRemote is a bindRemote that has refused the layers at some
+// mountpoints (a lazily fetched layer found not to be its image's).
+type checkingRemote struct {
+	bindRemote
+	rejected map[string]bool
+}
+
+func (r *checkingRemote) Check(ctx context.Context, mountpoints []string) error {
+	for _, mp := range mountpoints {
+		if r.rejected[mp] {
+			return fmt.Errorf("layer at %s is not its image's", mp)
+		}
+	}
+	return nil
+}
+
+func TestRejectedRemoteLayerRefusesContainers(t *testing.T) {
+	testenv.NeedRoot(t)
+	remote := &checkingRemote{bindRemote: bindRemote{source: t.TempDir()}, rejected: map[string]bool{}}
+	s, ctx := newTestSnapshotter(t, WithRemote(remote))
+	unpack := func(chain string) snapshots.Opt {
+		return snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: chain})
+	}
+	if _, err := s.Prepare(ctx, "extract-1", "", unpack("chain-1")); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if _, err := s.Prepare(ctx, "extract-2", "chain-1", unpack("chain-2")); !errdefs.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	for _, chain := range []string{"chain-1", "chain-2"} {
+		id, _, _, err := s.idOf(ctx, chain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Unmount(s.upperPath(id), unix.MNT_DETACH) })
+	}
+	if _, err := s.Prepare(ctx, "before", "chain-2"); err != nil {
+		t.Fatalf("a container before the rejection: %v", err)
+	}
+
+	// The lower layer is found wrong after the fact.
+	id, _, _, err := s.idOf(ctx, "chain-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote.rejected[s.upperPath(id)] = true
+	for what, err := range map[string]error{
+		"Prepare": func() error { _, err := s.Prepare(ctx, "after", "chain-2"); return err }(),
+		"View":    func() error { _, err := s.View(ctx, "view", "chain-2"); return err }(),
+		"Mounts":  func() error { _, err := s.Mounts(ctx, "before"); return err }(),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "is not its image's") || !strings.Contains(err.Error(), "pull them again") {
+			t.Errorf("%s on a rejected layer: err = %v, want the reason and what to do", what, err)
+		}
+	}
+	if _, err := s.Stat(ctx, "after"); !errdefs.IsNotFound(err) {
+		t.Errorf("a refused Prepare left its snapshot: %v", err)
+	}
 }
 
 func TestRemoteLayer(t *testing.T) {
