@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/fusemanager"
+	"github.com/lazypull/lazypull/internal/unixsocket"
 	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/snapshot"
 )
@@ -161,7 +161,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		defer func() { stopSupervising(); <-supervised }()
 	}
 
-	lis, err := listen(cfg.Address)
+	// Mode 0600 (whoever reaches it can mount anything); a socket a
+	// killed daemon left is replaced, a live one refused.
+	lis, err := unixsocket.Listen(cfg.Address)
 	if err != nil {
 		return err
 	}
@@ -183,7 +185,6 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		stopGracefully(srv)
 		<-served
 	}
-	os.Remove(cfg.Address)
 	return err
 }
 
@@ -222,31 +223,4 @@ func lockRoot(root string) (unlock func(), err error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return func() { f.Truncate(0); f.Close() }, nil
-}
-
-// listen opens the unix socket at address. A socket file left by a daemon
-// that died is removed; one that still answers is someone else's.
-func listen(address string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	if _, err := os.Lstat(address); err == nil {
-		conn, err := net.DialTimeout("unix", address, time.Second)
-		if err == nil {
-			conn.Close()
-			return nil, fmt.Errorf("socket %s is served by another process: stop it, or give this daemon another --address", address)
-		}
-		if err := os.Remove(address); err != nil {
-			return nil, fmt.Errorf("remove stale socket %s: %w", address, err)
-		}
-	}
-	lis, err := net.Listen("unix", address)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", address, err)
-	}
-	if err := os.Chmod(address, 0o600); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("restrict socket %s: %w", address, err)
-	}
-	return lis, nil
 }

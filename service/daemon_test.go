@@ -125,7 +125,7 @@ func TestSocketInUseRefused(t *testing.T) {
 	other := testConfig(t)
 	other.Address = cfg.Address
 	err := Run(context.Background(), other, nil)
-	if err == nil || !strings.Contains(err.Error(), "served by another process") {
+	if err == nil || !strings.Contains(err.Error(), "another process serves on it") {
 		t.Fatalf("second instance on a live socket: err = %v", err)
 	}
 }
