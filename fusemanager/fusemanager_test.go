@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/lazypull/lazypull/layer"
 )
 
@@ -30,7 +32,8 @@ func TestMain(m *testing.M) {
 		}
 		return
 	}
-	os.Exit(m.Run())
+	// Every goroutine a client or a manager starts ends with it.
+	goleak.VerifyTestMain(m)
 }
 
 // fakeMounter records calls; a Mount of a mountpoint named "block" waits
