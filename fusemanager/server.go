@@ -28,9 +28,9 @@ type Mounter interface {
 	Close() error
 }
 
-// maxCallTime bounds the manager's work on one call whatever the caller
-// asked: a call nobody waits for must not run on forever.
-const maxCallTime = 10 * time.Minute
+// defaultCallTime bounds the manager's work on a call that carries no
+// Timeout: a call nobody waits for must not run on forever.
+const defaultCallTime = 10 * time.Minute
 
 // drainGrace bounds how long a stopping manager waits for the calls in
 // flight (their context is cancelled) before it unmounts everything.
@@ -143,8 +143,8 @@ type service struct {
 
 // bound is the context of one call that the caller gives up on after d.
 func (s *service) bound(d time.Duration) (context.Context, context.CancelFunc) {
-	if d <= 0 || d > maxCallTime {
-		d = maxCallTime
+	if d <= 0 {
+		d = defaultCallTime
 	}
 	return context.WithTimeout(s.ctx, d)
 }

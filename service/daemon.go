@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,7 +42,7 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		if cfg.MetricsAddress != "" {
 			command = append(command, "--metrics-address", cfg.MetricsAddress)
 		}
-		client, err := fusemanager.Connect(ctx, cfg.Root, command)
+		client, err := fusemanager.Connect(ctx, cfg.Root, command, fusemanager.WithMountTimeout(mountTimeout(cfg)))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -58,6 +59,20 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		return nil, nil, err
 	}
 	return mnt, closeMounter, nil
+}
+
+// mountTimeout bounds one Mount by the manager, so that a registry that
+// stalls fails the Prepare (containerd then downloads the layer) rather
+// than hang it: a manifest, a TOC and the prefetch take a few requests,
+// each bounded by fetch.request_timeout. Verifying a whole layer before
+// use takes as long as downloading it.
+func mountTimeout(cfg Config) time.Duration {
+	if cfg.Fetch.VerifyBeforeUse {
+		return time.Hour
+	}
+	request := cmp.Or(cfg.Fetch.RequestTimeout.Duration, 60*time.Second)
+	prefetch := cmp.Or(cfg.Fetch.PrefetchTimeout.Duration, 10*time.Second)
+	return max(2*time.Minute, 3*request+prefetch)
 }
 
 // newMounter opens the cache and the mounter that serves lazy layers.

@@ -198,3 +198,17 @@ func TestRestore(t *testing.T) {
 		t.Errorf("restore of a layer that cannot be mounted: %v", err)
 	}
 }
+
+// A Mount that waits for the whole layer must not be cut short by the
+// bound meant for a TOC and a prefetch; neither may a slow request.
+func TestMountTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Fetch.RequestTimeout.Duration = 5 * time.Minute
+	if got := mountTimeout(cfg); got < 5*time.Minute {
+		t.Errorf("mount timeout %v is shorter than one request's", got)
+	}
+	cfg.Fetch.VerifyBeforeUse = true
+	if got := mountTimeout(cfg); got < time.Hour {
+		t.Errorf("mount timeout with verify_before_use: %v", got)
+	}
+}
