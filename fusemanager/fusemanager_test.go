@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/lazypull/lazypull/layer"
 )
 
@@ -30,7 +32,8 @@ func TestMain(m *testing.M) {
 		}
 		return
 	}
-	os.Exit(m.Run())
+	// Every goroutine a client or a manager starts ends with it.
+	goleak.VerifyTestMain(m)
 }
 
 // fakeMounter records calls; a Mount of a mountpoint named "block" waits
@@ -337,4 +340,40 @@ func TestWatchPID(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-exited // the test's deadline bounds this
+}
+
+// A manager that died before Supervise watched it is restarted too.
+func TestSuperviseRestartsManagerDeadBeforeWatch(t *testing.T) {
+	root := t.TempDir()
+	command := managerCommand(t, root)
+	first, err := Connect(context.Background(), root, command)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Stop(root, 10*time.Second) })
+	c, err := Connect(context.Background(), root, command)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := c.PID()
+	syscall.Kill(pid, syscall.SIGKILL)
+	<-first.mgr.child.exited // reaped: its pid is free
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	restored := make(chan struct{})
+	supervised := make(chan struct{})
+	go func() {
+		defer close(supervised)
+		c.Supervise(ctx, func(context.Context) error { close(restored); return nil })
+	}()
+	defer func() { cancel(); <-supervised }()
+	select {
+	case <-restored:
+	case <-ctx.Done():
+		t.Fatalf("no new manager after pid %d died unwatched", pid)
+	}
+	if c.PID() == pid {
+		t.Errorf("the client still names the dead manager %d", pid)
+	}
 }

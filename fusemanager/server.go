@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/lazypull/lazypull/internal/unixsocket"
 	"github.com/lazypull/lazypull/layer"
 )
 
@@ -28,9 +29,9 @@ type Mounter interface {
 	Close() error
 }
 
-// maxCallTime bounds the manager's work on one call whatever the caller
-// asked: a call nobody waits for must not run on forever.
-const maxCallTime = 10 * time.Minute
+// defaultCallTime bounds the manager's work on a call that carries no
+// Timeout: a call nobody waits for must not run on forever.
+const defaultCallTime = 10 * time.Minute
 
 // drainGrace bounds how long a stopping manager waits for the calls in
 // flight (their context is cancelled) before it unmounts everything.
@@ -47,10 +48,12 @@ func Serve(ctx context.Context, root string, m Mounter, ready chan<- struct{}) e
 	}
 	defer lock.Close()
 
+	// Mode 0600; a socket a killed manager left is replaced (we hold the
+	// lock, so no manager serves it).
 	sock := SocketPath(root)
-	lis, err := listenPrivate(sock)
+	lis, err := unixsocket.Listen(sock)
 	if err != nil {
-		return err
+		return fmt.Errorf("fuse manager: %w", err)
 	}
 	srv := rpc.NewServer()
 	if err := srv.RegisterName("Manager", &service{ctx: ctx, m: m}); err != nil {
@@ -74,48 +77,13 @@ func Serve(ctx context.Context, root string, m Mounter, ready chan<- struct{}) e
 		close(ready)
 	}
 	<-ctx.Done()
-	lis.Close()
+	lis.Close() // and removes the socket
 	<-accepting
-	os.Remove(sock)
 	if !conns.close(drainGrace) {
 		log.G(ctx).Warnf("fuse manager stopping: calls still running after %v; unmounting anyway", drainGrace)
 	}
 	log.G(ctx).Info("fuse manager stopping: unmounting its layers")
 	return m.Close()
-}
-
-// listenPrivate listens on the unix socket path, mode 0600 from the start
-// (it is made under a temporary name and renamed into place). A socket
-// left there by a manager that was killed is removed; one that answers is
-// refused.
-func listenPrivate(path string) (net.Listener, error) {
-	if _, err := os.Lstat(path); err == nil {
-		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			conn.Close()
-			return nil, fmt.Errorf("fuse manager: socket %s is served by another process: stop it first", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("fuse manager: remove stale socket %s: %w", path, err)
-		}
-	}
-	tmp := path + ".new"
-	os.Remove(tmp) // a leftover of a manager killed right here
-	lis, err := net.Listen("unix", tmp)
-	if err != nil {
-		return nil, fmt.Errorf("fuse manager: listen on %s: %w", path, err)
-	}
-	lis.(*net.UnixListener).SetUnlinkOnClose(false) // it is renamed; Serve removes it
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		lis.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("fuse manager: restrict socket %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		lis.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("fuse manager: socket %s: %w", path, err)
-	}
-	return lis, nil
 }
 
 // connSet tracks the open connections, so that a stopping manager can
@@ -176,8 +144,8 @@ type service struct {
 
 // bound is the context of one call that the caller gives up on after d.
 func (s *service) bound(d time.Duration) (context.Context, context.CancelFunc) {
-	if d <= 0 || d > maxCallTime {
-		d = maxCallTime
+	if d <= 0 {
+		d = defaultCallTime
 	}
 	return context.WithTimeout(s.ctx, d)
 }

@@ -2,9 +2,11 @@ package fusemanager
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 )
 
 // Restarts of a manager that keeps dying are spaced out, from
@@ -33,13 +35,8 @@ func (c *Client) Supervise(ctx context.Context, restore func(context.Context) er
 		c.mu.Lock()
 		m := c.mgr
 		c.mu.Unlock()
-		status, err := c.waitExit(ctx, m)
+		status := c.waitExit(ctx, m)
 		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			log.G(ctx).WithError(err).WithField("pid", m.pid).Error("cannot watch the fuse manager: it will not be restarted if it dies")
-			<-ctx.Done()
 			return
 		}
 		lived := time.Since(m.since)
@@ -76,28 +73,42 @@ func (c *Client) Supervise(ctx context.Context, restore func(context.Context) er
 }
 
 // waitExit waits until manager m exits or ctx ends, and says how it ended.
-func (c *Client) waitExit(ctx context.Context, m manager) (string, error) {
+func (c *Client) waitExit(ctx context.Context, m manager) string {
 	if m.child != nil {
 		select {
 		case <-m.child.exited:
-			return exitStatus(m.child.err), nil
+			return exitStatus(m.child.err)
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return ""
 		}
 	}
 	exited, stop, err := watchPID(m.pid)
+	if errors.Is(err, unix.ESRCH) {
+		return "exited (before it was watched)"
+	}
 	if err != nil {
-		return "", err
+		// No pidfd (a kernel before 5.3): look once a second instead.
+		log.G(ctx).WithError(err).WithField("pid", m.pid).Warn("cannot watch the fuse manager; checking on it every second")
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for isManager(m.pid) {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				return ""
+			}
+		}
+		return "exited (not started by this daemon: exit status unknown)"
 	}
 	defer stop()
 	if !isManager(m.pid) { // it died between its answer and the watch
-		return "exited", nil
+		return "exited (before it was watched)"
 	}
 	select {
 	case <-exited:
 		// Not our child: its exit status went to its parent.
-		return "exited (not started by this daemon: exit status unknown)", nil
+		return "exited (not started by this daemon: exit status unknown)"
 	case <-ctx.Done():
-		return "", ctx.Err()
+		return ""
 	}
 }

@@ -16,7 +16,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazypull/lazypull/format"
+	"github.com/lazypull/lazypull/format/estargz"
 	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/format/zstdchunked"
 	"github.com/lazypull/lazypull/transport"
 )
 
@@ -40,8 +42,12 @@ type Layer struct {
 	Chunks       int           `json:"chunks,omitempty"`
 	FileBytes    int64         `json:"fileBytes,omitempty"`    // uncompressed size of the regular files
 	PrefetchSize int64         `json:"prefetchSize,omitempty"` // compressed bytes before the prefetch landmark
-	Verified     bool          `json:"verified,omitempty"`
-	Problem      string        `json:"problem,omitempty"`
+	// LazyFor names who mounts the layer lazily (containers/storage:
+	// pulls it partially), by its descriptor and footer: lazypull,
+	// stargz-snapshotter, containers/storage.
+	LazyFor  []string `json:"lazyFor,omitempty"`
+	Verified bool     `json:"verified,omitempty"`
+	Problem  string   `json:"problem,omitempty"`
 }
 
 // Options configure Image.
@@ -150,6 +156,11 @@ func describeLayer(ctx context.Context, loc transport.Location, desc ocispec.Des
 	if end, ok := blob.PrefetchEnd(); ok {
 		layer.PrefetchSize = end
 	}
+	zstdFooter := 0
+	if kind == format.ZstdChunked {
+		zstdFooter = footerSize(ra, desc.Size)
+	}
+	layer.LazyFor = lazyFor(desc, kind, zstdFooter)
 	if opts.Verify && lazy {
 		if err := verifyChunks(ra, blob); err != nil {
 			return layer, fmt.Errorf("layer %s: %w: %w", desc.Digest, ErrVerify, err)
@@ -157,6 +168,43 @@ func describeLayer(ctx context.Context, loc transport.Location, desc ocispec.Des
 		layer.Verified = true
 	}
 	return layer, nil
+}
+
+// lazyFor names who mounts a layer of a lazily pullable kind lazily: lazypull
+// if the descriptor holds a TOC digest; stargz-snapshotter if it holds the
+// eStargz one and, for zstd:chunked, the blob ends with the 40-byte footer,
+// the only one it reads; containers/storage for zstd:chunked with its own
+// checksum and tar-split data, and not the eStargz digest (a layer with
+// both it refuses).
+func lazyFor(desc ocispec.Descriptor, kind format.Kind, zstdFooterSize int) []string {
+	var who []string
+	if _, ok := format.KindOf(desc); ok {
+		who = append(who, "lazypull")
+	}
+	_, estargzDigest := desc.Annotations[estargz.TOCDigestAnnotation]
+	if estargzDigest && (kind == format.EStargz || zstdFooterSize == 40) {
+		who = append(who, "stargz-snapshotter")
+	}
+	_, checksum := desc.Annotations[zstdchunked.ManifestChecksumAnnotation]
+	_, tarSplit := desc.Annotations[zstdchunked.TarSplitPositionAnnotation]
+	if kind == format.ZstdChunked && checksum && tarSplit && !estargzDigest {
+		who = append(who, "containers/storage")
+	}
+	return who
+}
+
+// footerSize is the payload size of the zstd:chunked footer the blob ends
+// with, or 0.
+func footerSize(ra io.ReaderAt, size int64) int {
+	tail := make([]byte, min(size, zstdchunked.TailSize))
+	if _, err := ra.ReadAt(tail, size-int64(len(tail))); err != nil && err != io.EOF {
+		return 0
+	}
+	f, err := zstdchunked.ParseFooter(tail)
+	if err != nil {
+		return 0
+	}
+	return f.Size
 }
 
 // verifyChunks reads every chunk of every file and checks its digest.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // get returns the status and body of a GET of path from the server at
@@ -136,5 +137,29 @@ func TestUnixSocketIsPrivate(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
 		t.Errorf("%s holds %d entries, want the socket alone", dir, len(entries))
+	}
+}
+
+// A client that never finishes its request headers is disconnected: it
+// cannot hold a connection of the process that serves every layer.
+func TestSlowClientDisconnected(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr, err := Serve(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /metrics HTTP/1.1\r\nHost: lazypull\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	// Bounds the test if the server never hangs up, far beyond the timeout.
+	conn.SetReadDeadline(time.Now().Add(10 * readHeaderTimeout))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Errorf("the server kept a connection with unfinished headers open: %v", err)
 	}
 }

@@ -1,10 +1,10 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/fusemanager"
+	"github.com/lazypull/lazypull/internal/unixsocket"
 	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/snapshot"
 )
@@ -41,7 +42,7 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		if cfg.MetricsAddress != "" {
 			command = append(command, "--metrics-address", cfg.MetricsAddress)
 		}
-		client, err := fusemanager.Connect(ctx, cfg.Root, command)
+		client, err := fusemanager.Connect(ctx, cfg.Root, command, fusemanager.WithMountTimeout(mountTimeout(cfg)))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -58,6 +59,20 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		return nil, nil, err
 	}
 	return mnt, closeMounter, nil
+}
+
+// mountTimeout bounds one Mount by the manager, so that a registry that
+// stalls fails the Prepare (containerd then downloads the layer) rather
+// than hang it: a manifest, a TOC and the prefetch take a few requests,
+// each bounded by fetch.request_timeout. Verifying a whole layer before
+// use takes as long as downloading it.
+func mountTimeout(cfg Config) time.Duration {
+	if cfg.Fetch.VerifyBeforeUse {
+		return time.Hour
+	}
+	request := cmp.Or(cfg.Fetch.RequestTimeout.Duration, 60*time.Second)
+	prefetch := cmp.Or(cfg.Fetch.PrefetchTimeout.Duration, 10*time.Second)
+	return max(2*time.Minute, 3*request+prefetch)
 }
 
 // newMounter opens the cache and the mounter that serves lazy layers.
@@ -161,7 +176,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		defer func() { stopSupervising(); <-supervised }()
 	}
 
-	lis, err := listen(cfg.Address)
+	// Mode 0600 (whoever reaches it can mount anything); a socket a
+	// killed daemon left is replaced, a live one refused.
+	lis, err := unixsocket.Listen(cfg.Address)
 	if err != nil {
 		return err
 	}
@@ -183,7 +200,6 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		stopGracefully(srv)
 		<-served
 	}
-	os.Remove(cfg.Address)
 	return err
 }
 
@@ -222,31 +238,4 @@ func lockRoot(root string) (unlock func(), err error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return func() { f.Truncate(0); f.Close() }, nil
-}
-
-// listen opens the unix socket at address. A socket file left by a daemon
-// that died is removed; one that still answers is someone else's.
-func listen(address string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	if _, err := os.Lstat(address); err == nil {
-		conn, err := net.DialTimeout("unix", address, time.Second)
-		if err == nil {
-			conn.Close()
-			return nil, fmt.Errorf("socket %s is served by another process: stop it, or give this daemon another --address", address)
-		}
-		if err := os.Remove(address); err != nil {
-			return nil, fmt.Errorf("remove stale socket %s: %w", address, err)
-		}
-	}
-	lis, err := net.Listen("unix", address)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", address, err)
-	}
-	if err := os.Chmod(address, 0o600); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("restrict socket %s: %w", address, err)
-	}
-	return lis, nil
 }

@@ -125,7 +125,7 @@ func TestSocketInUseRefused(t *testing.T) {
 	other := testConfig(t)
 	other.Address = cfg.Address
 	err := Run(context.Background(), other, nil)
-	if err == nil || !strings.Contains(err.Error(), "served by another process") {
+	if err == nil || !strings.Contains(err.Error(), "another process serves on it") {
 		t.Fatalf("second instance on a live socket: err = %v", err)
 	}
 }
@@ -196,5 +196,19 @@ func TestRestore(t *testing.T) {
 	remote.fail = errors.New("the registry is gone")
 	if err := restore(ctx, sn); err == nil || !strings.Contains(err.Error(), "the registry is gone") {
 		t.Errorf("restore of a layer that cannot be mounted: %v", err)
+	}
+}
+
+// A Mount that waits for the whole layer must not be cut short by the
+// bound meant for a TOC and a prefetch; neither may a slow request.
+func TestMountTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Fetch.RequestTimeout.Duration = 5 * time.Minute
+	if got := mountTimeout(cfg); got < 5*time.Minute {
+		t.Errorf("mount timeout %v is shorter than one request's", got)
+	}
+	cfg.Fetch.VerifyBeforeUse = true
+	if got := mountTimeout(cfg); got < time.Hour {
+		t.Errorf("mount timeout with verify_before_use: %v", got)
 	}
 }

@@ -41,6 +41,9 @@ func (c Config) checkEndpoints() error {
 			return fmt.Errorf("metrics_address: %w", err)
 		}
 	}
+	if c.DebugAddress != "" && c.DebugAddress == c.MetricsAddress {
+		return fmt.Errorf("debug_address %q: also metrics_address; give profiles an address of their own", c.DebugAddress)
+	}
 	if c.DebugAddress != "" {
 		if err := metrics.CheckLocal(c.DebugAddress); errors.Is(err, metrics.ErrRemote) {
 			return fmt.Errorf("debug_address %q: other hosts could reach it; profiles are served on loopback or a unix socket only (reach them from elsewhere through ssh -L)", c.DebugAddress)

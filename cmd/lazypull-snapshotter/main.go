@@ -24,8 +24,10 @@ const usage = `Usage: lazypull-snapshotter [flags]
 
 Serves the lazypull snapshotter to containerd over a unix socket. Lazily
 mounted layers are served by a FUSE manager process that the daemon starts
-and that outlives it, so running containers survive a daemon restart
-(stop it with: kill $(cat ROOT/fusemanager.lock)).
+and that outlives it, so running containers survive a daemon restart.
+While the daemon runs, it starts a new manager if the manager dies, and
+mounts the lazy layers again for new containers (running ones lose them).
+To stop both, stop the daemon, then: kill $(cat ROOT/fusemanager.lock).
 
 Examples:
   # with the defaults (config %[1]s)

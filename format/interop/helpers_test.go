@@ -50,7 +50,8 @@ func data(seed uint64, n int, text bool) []byte {
 
 // layerTar is a layer every writer takes: each kind of member, files of
 // one and of several chunks, runs of zeros (containers/storage stores them
-// as holes), extended attributes, long names, sub-second times.
+// as holes), extended attributes, long names, sub-second times, access and
+// change times.
 func layerTar(t testing.TB) []byte {
 	t.Helper()
 	type member struct {
@@ -71,6 +72,8 @@ func layerTar(t testing.TB) []byte {
 		reg("etc/random", data(4, 1<<20, false)),
 		reg("etc/holes", holes),
 		{tar.Header{Typeflag: tar.TypeReg, Name: "bin/tool", Mode: 0o4755, ModTime: testTime.Add(1500 * time.Millisecond), Format: tar.FormatPAX}, []byte("#!/bin/sh\n")},
+		{tar.Header{Typeflag: tar.TypeReg, Name: "bin/times", Mode: 0o755, Format: tar.FormatPAX, ModTime: testTime.Add(time.Nanosecond),
+			AccessTime: testTime.Add(time.Hour + 250*time.Millisecond), ChangeTime: testTime.Add(2 * time.Hour)}, []byte("all three times")},
 		{h: tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/link", Linkname: "../bin/tool", ModTime: testTime}},
 		{h: tar.Header{Typeflag: tar.TypeLink, Name: "etc/hard", Linkname: "etc/text", ModTime: testTime}},
 		{h: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: testTime}},

@@ -27,7 +27,8 @@ import (
 )
 
 // blobSource serves a blob to containers/storage's partial pull, range by
-// range, as a registry would, and keeps the ranges asked for.
+// range, as a registry through containers/image does, and keeps the
+// ranges asked for.
 type blobSource struct {
 	blob   []byte
 	mu     sync.Mutex
@@ -35,10 +36,19 @@ type blobSource struct {
 }
 
 func (s *blobSource) GetBlobAt(chunks []chunked.ImageSourceChunk) (chan io.ReadCloser, chan error, error) {
+	var end uint64
 	for _, c := range chunks {
 		if c.Offset > uint64(len(s.blob)) || c.Length > uint64(len(s.blob))-c.Offset {
 			return nil, nil, fmt.Errorf("range %d+%d outside the %d-byte blob", c.Offset, c.Length, len(s.blob))
 		}
+		// containers/image's registry client takes ranges only in order
+		// (a server may answer a multi-range request with the whole
+		// blob, which it then reads through once): so must a blob's
+		// layout let them be asked for.
+		if c.Offset < end {
+			return nil, nil, fmt.Errorf("range %d+%d overlaps or precedes the one before it, ending at %d", c.Offset, c.Length, end)
+		}
+		end = c.Offset + c.Length
 	}
 	s.mu.Lock()
 	s.ranges = append(s.ranges, chunks...)
