@@ -93,8 +93,20 @@ func Image(ctx context.Context, loc transport.Location, opts Options) ([]Manifes
 			return nil, err
 		}
 		report := Manifest{Digest: desc.Digest, Platform: desc.Platform, Desc: desc}
-		for _, l := range m.Layers {
-			layer, err := describeLayer(ctx, loc, l, opts)
+		var diffIDs []digest.Digest
+		if opts.Verify {
+			var config ocispec.Image
+			if _, err := transport.FetchJSON(ctx, loc, m.Config, &config); err != nil {
+				return nil, fmt.Errorf("config of %s: %w", desc.Digest, err)
+			}
+			diffIDs = config.RootFS.DiffIDs
+		}
+		for i, l := range m.Layers {
+			var diffID digest.Digest
+			if i < len(diffIDs) {
+				diffID = diffIDs[i]
+			}
+			layer, err := describeLayer(ctx, loc, l, diffID, opts)
 			if err != nil {
 				layer.Problem = err.Error()
 				if firstProblem == nil {
@@ -108,7 +120,11 @@ func Image(ctx context.Context, loc transport.Location, opts Options) ([]Manifes
 	return reports, firstProblem
 }
 
-func describeLayer(ctx context.Context, loc transport.Location, desc ocispec.Descriptor, opts Options) (Layer, error) {
+// describeLayer reads a layer's TOC; with opts.Verify it also fetches the
+// blob and checks every chunk, and checks that the tar a full pull would
+// unpack is what the TOC shows and has the config's diff_id (so that a
+// scanner reading the tar and lazypull serving the TOC see the same files).
+func describeLayer(ctx context.Context, loc transport.Location, desc ocispec.Descriptor, diffID digest.Digest, opts Options) (Layer, error) {
 	layer := Layer{Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size}
 	if !images.IsLayerType(desc.MediaType) {
 		return layer, nil
@@ -163,6 +179,12 @@ func describeLayer(ctx context.Context, loc transport.Location, desc ocispec.Des
 	layer.LazyFor = lazyFor(desc, kind, zstdFooter)
 	if opts.Verify && lazy {
 		if err := verifyChunks(ra, blob); err != nil {
+			return layer, fmt.Errorf("layer %s: %w: %w", desc.Digest, ErrVerify, err)
+		}
+		if diffID == "" {
+			return layer, fmt.Errorf("layer %s: %w: the image's config has no diff_id for it", desc.Digest, ErrVerify)
+		}
+		if err := format.Verify(io.NewSectionReader(ra, 0, desc.Size), kind, t, diffID); err != nil {
 			return layer, fmt.Errorf("layer %s: %w: %w", desc.Digest, ErrVerify, err)
 		}
 		layer.Verified = true
