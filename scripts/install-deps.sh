@@ -56,8 +56,8 @@ if [[ ! -x $containerd2/bin/ctr || ! -x $containerd2/bin/containerd-shim-runc-v2
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
 	rm -rf "$containerd2"
 	chmod 755 "$tmp"
-	mv "$tmp" "$containerd2"
-	trap - EXIT
+	# -T: never into a directory that a concurrent run put there meanwhile.
+	mv -T "$tmp" "$containerd2" || echo "install-deps: keeping the $containerd2 that another run built meanwhile"
 fi
 
 go mod download
