@@ -188,7 +188,7 @@ func TestCallTimeout(t *testing.T) {
 	root := t.TempDir()
 	f := newFake()
 	serve(t, root, f)
-	c, err := Connect(context.Background(), root, nil, WithMountTimeout(200*time.Millisecond))
+	c, err := Connect(context.Background(), root, nil, WithMountTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,10 @@ fi
 # tree. internal/testenv (Containerd2Version) looks for it there.
 CONTAINERD2_VERSION=v2.2.9
 containerd2=/var/cache/lazypull/containerd-$CONTAINERD2_VERSION
-if [[ ! -x $containerd2/bin/containerd || ! -x $containerd2/bin/ctr || ! -x $containerd2/bin/containerd-shim-runc-v2 ]]; then
+# Stamped with its version as containerd's release builds are (a bare
+# module build says "+unknown"); the check below rebuilds anything else.
+if [[ ! -x $containerd2/bin/ctr || ! -x $containerd2/bin/containerd-shim-runc-v2 ||
+	$("$containerd2/bin/containerd" --version 2>/dev/null) != *" $CONTAINERD2_VERSION "* ]]; then
 	echo "install-deps: building containerd $CONTAINERD2_VERSION into $containerd2/bin"
 	mkdir -p "$(dirname "$containerd2")"
 	# Into a temporary directory first: an interrupted build leaves no
@@ -47,13 +50,14 @@ if [[ ! -x $containerd2/bin/containerd || ! -x $containerd2/bin/ctr || ! -x $con
 	tmp=$(mktemp -d "$containerd2.XXXXXX")
 	trap 'rm -rf "$tmp"' EXIT
 	GOBIN=$tmp/bin go install -tags "no_btrfs no_devmapper no_zfs" \
+		-ldflags "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD2_VERSION" \
 		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
 		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION" \
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
 	rm -rf "$containerd2"
 	chmod 755 "$tmp"
-	mv "$tmp" "$containerd2"
-	trap - EXIT
+	# -T: never into a directory that a concurrent run put there meanwhile.
+	mv -T "$tmp" "$containerd2" || echo "install-deps: keeping the $containerd2 that another run built meanwhile"
 fi
 
 go mod download

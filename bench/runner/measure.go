@@ -47,6 +47,17 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 	res.FirstOutput = seconds(ready.Sub(pulled))
 	res.Total = seconds(ready.Sub(start))
 	res.Bytes, res.Requests = st.BytesSent, st.Requests
+	if err := wait(); err != nil {
+		return res, err
+	}
+
+	// What the node ends up fetching, and how fast the background did it.
+	res.ImageBytes = r.imageSizes[repo(img, sc)]
+	bg := r.settle(ctx, res.ImageBytes)
+	res.SettledBytes, res.BackgroundBytes, res.BackgroundSeconds = r.proxy.Stats().BytesSent, bg.bytes, bg.seconds
+	// Peak memory is read once the background fetch has ended, so that it
+	// covers the fetch as well as the start, whenever the snapshotter
+	// begins it.
 	switch {
 	case sc.Snapshotter == "lazypull":
 		res.DaemonPeak = peakMemory(r.env.Daemon.PID())
@@ -54,14 +65,6 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 	case sc.external():
 		res.DaemonPeak = peakMemory(r.daemons[sc.Name].pid())
 	}
-	if err := wait(); err != nil {
-		return res, err
-	}
-
-	// What the node ends up fetching, and how fast the background did it.
-	bg := r.settle(ctx)
-	res.SettledBytes, res.BackgroundBytes, res.BackgroundSeconds = r.proxy.Stats().BytesSent, bg.bytes, bg.seconds
-	res.ImageBytes = r.imageSizes[repo(img, sc)]
 
 	// A warm start: the image is there (for a lazy snapshotter, mounted
 	// and cached), the page cache dropped.
@@ -77,9 +80,15 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 	return res, wait()
 }
 
-// settleQuiet is how long the link must carry nothing for the background
-// fetch to count as settled.
-const settleQuiet = 3 * time.Second
+// When the background fetch has ended. A snapshotter may start it well
+// after the ready line: stargz-snapshotter waits until no file has been
+// read for 5 s. So quiet alone does not mean done unless it lasts longer
+// than such a wait (settleIdle); quiet once every byte of the image has
+// crossed the link since the pull began (settleQuiet) does.
+const (
+	settleQuiet = 3 * time.Second
+	settleIdle  = 15 * time.Second
+)
 
 // transfer is what crossed the link after the ready line: bytes, and the
 // seconds the link carried them.
@@ -96,14 +105,21 @@ const (
 	idleGap     = 300 * time.Millisecond
 )
 
-// settle waits until nothing has crossed the proxy for settleQuiet (or
-// the run's context ends), sampling its byte count.
-func (r *bench) settle(ctx context.Context) transfer {
+// settle waits for the background fetch to end, sampling the proxy's byte
+// count (which counts from the pull's start): until nothing has crossed
+// for settleQuiet and the count has reached imageBytes, or nothing has
+// crossed for settleIdle whatever the count (a snapshotter that fetches
+// less than the whole image), or the run's context ends.
+func (r *bench) settle(ctx context.Context, imageBytes int64) transfer {
 	base := r.proxy.Stats().BytesSent
 	last, lastChange := base, time.Now()
 	var busy time.Duration
 	moved := false
-	for time.Since(lastChange) < settleQuiet && ctx.Err() == nil {
+	for ctx.Err() == nil {
+		quiet := time.Since(lastChange)
+		if quiet >= settleIdle || (quiet >= settleQuiet && last >= imageBytes) {
+			break
+		}
 		time.Sleep(sampleEvery)
 		n := r.proxy.Stats().BytesSent
 		if n == last {

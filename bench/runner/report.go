@@ -52,7 +52,8 @@ func (rep *Report) Markdown(w io.Writer, chart string) {
 		rep.Machine, rep.RTT, bandwidthString(rep.Bandwidth), rep.Runs)
 	fmt.Fprint(w, "Times in seconds. *pull*: the pull command; *first output*: from `ctr run` to the workload's ready line; "+
 		"*total*: both, the number a user waits, also as a ratio to overlayfs's full pull. *MB*, *requests*: what crossed the link until the ready line. "+
-		"*memory*: peak RSS of the snapshotter's processes. *settled*: all bytes fetched once the link has been quiet for 3 s, "+
+		"*memory*: peak RSS of the snapshotter's processes, from the pull until the background fetch ended. "+
+		"*settled*: all bytes fetched once the background fetch ended (the link quiet for 3 s with the image's bytes all fetched, or for 15 s), "+
 		"as a multiple of the image's blobs. *background*: the rate of what was fetched after the ready line, as a share of the link. "+
 		"*warm*: from `ctr run` to the ready line again, the image present, page cache dropped, and its ratio to overlayfs's.\n")
 	sizes := map[string]int64{}

@@ -24,15 +24,18 @@ type Result struct {
 	// the ready line (background fetch after it is not counted).
 	Bytes    int64 `json:"bytes"`
 	Requests int64 `json:"requests"`
-	// Peak resident memory (VmHWM) until the ready line of the
-	// snapshotter's daemon (lazypull: and its FUSE manager), started fresh
-	// for the run; 0 for overlayfs.
+	// Peak resident memory (VmHWM) of the snapshotter's daemon (lazypull:
+	// and its FUSE manager), started fresh for the run, read once the
+	// background fetch has settled, so it covers pull, start and
+	// background fetch; 0 for overlayfs.
 	DaemonPeak  int64 `json:"daemonPeakBytes"`
 	ManagerPeak int64 `json:"managerPeakBytes"`
-	// SettledBytes crossed the proxy from the pull's start until the link
-	// was quiet for settleQuiet after the ready line: a lazy snapshotter's
-	// background fetch included. ImageBytes is the size of the pulled
-	// image's blobs (manifest, config, layers) in the scenario's form.
+	// SettledBytes crossed the proxy from the pull's start until the
+	// background fetch ended (after the ready line, the link quiet for
+	// settleQuiet with ImageBytes fetched, or for settleIdle): a lazy
+	// snapshotter's background fetch included. ImageBytes is the size of
+	// the pulled image's blobs (manifest, config, layers) in the
+	// scenario's form.
 	SettledBytes int64 `json:"settledBytes"`
 	ImageBytes   int64 `json:"imageBytes"`
 	// BackgroundBytes crossed the proxy after the ready line, in
