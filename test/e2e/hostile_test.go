@@ -131,8 +131,9 @@ func (h *hostile) pushAndPull(t *testing.T, ctx context.Context, name string, la
 
 // expectRefused pulls an image whose top layer's TOC must be refused: the
 // layer is then downloaded (and the reason names the entry: want) or the
-// pull fails naming the layer. When it was downloaded, a container of the
-// image must print wantRun.
+// pull fails naming the layer. A container of the image must then print
+// wantRun; had the layer been mounted lazily after all, it may also fail
+// with EIO, and the node must survive its reads.
 func (h *hostile) expectRefused(t *testing.T, ctx context.Context, name string, l testenv.Layer, want string, run []string, wantRun string) {
 	t.Helper()
 	ref, out, err := h.pushAndPull(t, ctx, name, l)
@@ -143,13 +144,15 @@ func (h *hostile) expectRefused(t *testing.T, ctx context.Context, name string, 
 		return
 	}
 	line := layerLine(out, l.Desc.Digest)
-	if !strings.Contains(line, "downloaded: ") || !strings.Contains(line, want) {
-		t.Fatalf("the hostile layer was not refused with a reason naming %s:\n%s", want, out)
+	refused := strings.Contains(line, "downloaded: ") && strings.Contains(line, want)
+	if refused {
+		t.Logf("refused: %s", line)
+	} else {
+		t.Errorf("the hostile layer was not refused with a reason naming %s:\n%s", want, out)
 	}
-	t.Logf("refused: %s", line)
 	got, err := h.env.Containerd.Ctr(ctx, append([]string{"run", "--rm", "--snapshotter", "lazypull", ref, "hostile-" + name}, run...)...)
-	if err != nil || got != wantRun {
-		t.Errorf("a container of the unpacked image: %v\n%s\nwant:\n%s", err, got, wantRun)
+	if (err != nil || got != wantRun) && (refused || !strings.Contains(got, "input/output error")) {
+		t.Errorf("a container of the image: %v\n%s\nwant:\n%s", err, got, wantRun)
 	}
 }
 
@@ -183,16 +186,20 @@ func attackHole(t *testing.T, ctx context.Context, h *hostile) {
 }
 
 // attackChunkOverflow: a 10-byte file in chunks of 5, MaxInt64, MaxInt64
-// and 7 bytes, whose offsets wrap around to cover it.
+// and 7 bytes, whose offsets wrap around to cover it. The two huge ones are
+// holes, which have no data whose size a reader could check.
 func attackChunkOverflow(t *testing.T, ctx context.Context, h *hostile) {
 	l := forgeTOC(t, eStargzLayer(t, []testenv.Entry{testenv.File("ten", "0123456789")}), func(doc *toc.JSON) {
 		e := entryNamed(t, doc, "ten")
 		e.ChunkSize = 5
+		hole := toc.WireEntry{Name: "ten", Type: toc.TypeChunk, ChunkSize: math.MaxInt64, ChunkType: toc.ChunkTypeZeros}
+		last := toc.WireEntry{Name: "ten", Type: toc.TypeChunk, Offset: e.Offset, InnerOffset: e.InnerOffset + 5, ChunkSize: 7, ChunkDigest: e.ChunkDigest}
 		var chunks []toc.WireEntry
 		off := int64(5)
-		for _, size := range []int64{math.MaxInt64, math.MaxInt64, 7} {
-			chunks = append(chunks, toc.WireEntry{Name: "ten", Type: toc.TypeChunk, Offset: e.Offset, ChunkOffset: off, ChunkSize: size, ChunkDigest: e.ChunkDigest})
-			off += size // wraps, as the attacker means it to
+		for _, c := range []toc.WireEntry{hole, hole, last} {
+			c.ChunkOffset = off
+			chunks = append(chunks, c)
+			off += c.ChunkSize // wraps, as the attacker means it to
 		}
 		insertAfter(doc, "ten", chunks)
 	})
