@@ -541,6 +541,11 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 		if covered != e.Size {
 			return errorf(e.Name, "chunks cover %d of %d bytes", covered, e.Size)
 		}
+		if c := e.Chunks[0]; len(e.Chunks) == 1 && !c.Zero && e.Digest != "" && e.Digest.Algorithm() == c.Digest.Algorithm() && e.Digest != c.Digest {
+			// One chunk is the whole file: readers serve it verified
+			// against the chunk's digest, so the file's must agree.
+			return errorf(e.Name, "its one chunk's digest %s is not the file's digest %s", c.Digest, e.Digest)
+		}
 	}
 
 	// In blob order, a member ends where the next begins (eStargz does not

@@ -159,6 +159,7 @@ func TestParseRejects(t *testing.T) {
 			{Name: "x", Type: TypeChunk, ChunkOffset: math.MinInt64 + 4, ChunkSize: math.MaxInt64, ChunkType: ChunkTypeZeros},
 			{Name: "x", Type: TypeChunk, Offset: 10, ChunkOffset: 3, ChunkSize: 7, ChunkDigest: d1},
 		}, "x", "chunk 1 has size"},
+		{"file digest disagrees", []WireEntry{{Name: "x", Type: TypeReg, Size: 1, Digest: d2, ChunkDigest: d1}}, "x", "not the file's digest"},
 		{"bomb", []WireEntry{{Name: "x", Type: TypeReg, Size: 1 << 30, ChunkDigest: d1}}, "x", "over the limit"},
 		{"inner bomb", []WireEntry{{Name: "x", Type: TypeReg, Size: 1, InnerOffset: 1 << 40, ChunkDigest: d1}}, "x", "over the limit"},
 		{"member overlap", []WireEntry{

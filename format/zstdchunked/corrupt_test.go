@@ -68,7 +68,9 @@ func TestLyingChunkDigest(t *testing.T) {
 	lying := editManifest(t, manifest, func(doc *toc.JSON) {
 		for i := range doc.Entries {
 			if doc.Entries[i].Name == "etc/below-chunk" {
+				// Both: toc.Parse refuses a one-chunk file whose digests differ.
 				doc.Entries[i].ChunkDigest = lie.String()
+				doc.Entries[i].Digest = lie.String()
 			}
 		}
 	})
