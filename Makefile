@@ -22,7 +22,15 @@ demo: deps build
 
 # The whole suite: unit, conformance (containerd's snapshotter suite),
 # daemon and end-to-end tests. Needs root; CI=true turns skips into failures.
+# First, no tracked file over 1 MiB outside a testdata/ directory: a build
+# output committed by mistake (a 23 MB binary was, once) fails here.
 test: deps
+	@big=$$(git ls-files -z | xargs -0 -r stat --printf '%s\t%n\n' 2>/dev/null | \
+		awk -F'\t' '$$1 > 1048576 && $$2 !~ /(^|\/)testdata\//'); \
+	if [ -n "$$big" ]; then \
+		echo "make test: tracked files over 1 MiB outside testdata/ (bytes, path); a build output? git rm --cached it and ignore it; test data goes under testdata/:" >&2; \
+		echo "$$big" >&2; exit 1; \
+	fi
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz FUZZTIME=5s

@@ -190,6 +190,11 @@ func (c *Client) call(ctx context.Context, method string, args, reply any) error
 	call := r.Go(method, args, reply, make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:
+		if dl, ok := ctx.Deadline(); ok && call.Error != nil && !time.Now().Before(dl) {
+			// The manager gave up at our deadline (it was sent along)
+			// before our own timer fired: say so as ctx would.
+			return fmt.Errorf("fuse manager: %s: %w (%v)", method, context.DeadlineExceeded, call.Error)
+		}
 		return call.Error
 	case <-ctx.Done():
 		return fmt.Errorf("fuse manager: %s gave no answer: %w", method, ctx.Err())

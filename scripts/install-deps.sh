@@ -12,6 +12,10 @@ have runc            || missing+=(runc)
 have docker-registry || missing+=(docker-registry)
 have skopeo          || missing+=(skopeo)
 have fusermount3     || missing+=(fuse3)
+# Independent checks in the tests: the zstd command decompresses our
+# zstd:chunked blobs; a JVM runs the class file the java image starts.
+have zstd            || missing+=(zstd)
+have java            || missing+=(default-jre-headless)
 # containers/storage, which format/interop tests against, builds its btrfs
 # driver with cgo.
 [[ -e /usr/include/btrfs/ioctl.h ]] || missing+=(libbtrfs-dev)

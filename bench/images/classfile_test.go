@@ -5,15 +5,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/lazypull/lazypull/internal/testenv"
 )
 
-// TestPrintlnClass runs the assembled class on the host's JVM when there is
-// one; the gated full build (TestBuildAll) runs it on the image's own JRE.
+// TestPrintlnClass runs the assembled class on the host's JVM; the full
+// build (TestBuildAll) runs it on the image's own JRE too.
 func TestPrintlnClass(t *testing.T) {
-	java, err := exec.LookPath("java")
-	if err != nil {
-		t.Skip("no java on PATH; TestBuildAll (LAZYPULL_BENCH_IMAGES=1) runs the class in the java image")
-	}
+	java := testenv.NeedBinary(t, "java")
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "Ready.class"), printlnClass("Ready", "READY java"), 0o644); err != nil {
 		t.Fatal(err)

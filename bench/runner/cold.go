@@ -31,14 +31,19 @@ func (r *bench) coldState(ctx context.Context) error {
 			}
 		}
 	}
+	// The daemon first: it supervises its FUSE manager and would start a
+	// new one (on the cache being removed) the moment the old one stops.
+	if err := r.env.Daemon.Stop(15 * time.Second); err != nil {
+		return err
+	}
 	if err := fusemanager.Stop(r.env.DaemonRoot, 15*time.Second); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(filepath.Join(r.env.DaemonRoot, "cache")); err != nil {
 		return err
 	}
-	// A fresh daemon starts a fresh manager on first use.
-	if err := r.env.RestartDaemon(); err != nil {
+	// A fresh daemon starts a fresh manager.
+	if err := r.env.StartDaemon(); err != nil {
 		return err
 	}
 	for _, d := range r.daemons {

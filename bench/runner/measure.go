@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -33,6 +34,9 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 	r.proxy.ResetStats()
 	start := time.Now()
 	if err := r.pull(ctx, sc, ref); err != nil {
+		if d := r.daemons[sc.Name]; d != nil {
+			err = errors.Join(err, d.alive())
+		}
 		return res, err
 	}
 	pulled := time.Now()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"io/fs"
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -51,24 +50,6 @@ func TestRoundTrip(t *testing.T) {
 				t.Errorf("etc/several-chunks: file digest %s is not that of its content", e.Digest)
 			}
 		})
-	}
-}
-
-func TestZstdCommandDecompresses(t *testing.T) {
-	zstdCmd, err := exec.LookPath("zstd")
-	if err != nil {
-		t.Skip("no zstd command (apt-get install zstd); the Go decoder test covers the format")
-	}
-	tarball := richLayer(t, 4096)
-	blob, _ := writeBlob(t, tarball, WithChunkSize(4096))
-	cmd := exec.Command(zstdCmd, "-d", "-c")
-	cmd.Stdin = bytes.NewReader(blob)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("zstd -d: %v", err)
-	}
-	if !bytes.Equal(out, tarball) {
-		t.Fatalf("zstd -d gives %d bytes that are not the %d-byte input tar", len(out), len(tarball))
 	}
 }
 

@@ -27,6 +27,7 @@ type Entry struct {
 	Mode     int64
 	Data     []byte
 	Linkname string
+	Xattrs   map[string]string // as tar's SCHILY.xattr PAX records
 }
 
 // File is a regular file entry.
@@ -130,6 +131,12 @@ func tarLayer(entries []Entry) ([]byte, error) {
 		}
 		if e.Type == tar.TypeSymlink {
 			hdr.Linkname = e.Linkname // a symlink's target is kept as written
+		}
+		for k, v := range e.Xattrs {
+			if hdr.PAXRecords == nil {
+				hdr.PAXRecords = make(map[string]string)
+			}
+			hdr.PAXRecords["SCHILY.xattr."+k] = v
 		}
 		if e.Type == tar.TypeReg {
 			hdr.Size = int64(len(e.Data))

@@ -60,6 +60,7 @@ var debianPackage = map[string]string{
 	"runc":            "runc",
 	"skopeo":          "skopeo",
 	"fusermount3":     "fuse3",
+	"java":            "default-jre-headless",
 }
 
 // lookPath finds a program, or says how to install it.

@@ -5,19 +5,43 @@
 // With --for DURATION it instead reads every file under its arguments over
 // and over for that long, and says whether every read gave the same bytes:
 // a test kills the daemon meanwhile.
+//
+// With --watch STOPFILE PROGRESSFILE PATH=SHA256... it reads the files
+// until STOPFILE exists, each read checked against its digest and dropped
+// from the page cache (so the next one asks the filesystem again), and
+// writes the count of rounds to PROGRESSFILE after each: a test watches it
+// keep reading while it attacks the node.
+//
+// With --read PATH OFFSET:LENGTH... it reads those ranges of one file and
+// says of each whether it was all zeros, or its digest.
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
+	if len(os.Args) > 3 && os.Args[1] == "--watch" {
+		watchUntil(os.Args[2], os.Args[3], os.Args[4:])
+		return
+	}
+	if len(os.Args) > 2 && os.Args[1] == "--read" {
+		readRanges(os.Args[2], os.Args[3:])
+		return
+	}
 	if len(os.Args) > 2 && os.Args[1] == "--for" {
 		d, err := time.ParseDuration(os.Args[2])
 		if err != nil {
@@ -85,6 +109,90 @@ func watch(d time.Duration, roots []string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	fmt.Printf("stable over %d rounds of %d files\n", rounds, len(first))
+}
+
+// watchUntil reads files (PATH=SHA256 each) until stop exists, writing
+// the number of rounds done to progress after each round.
+func watchUntil(stop, progress string, specs []string) {
+	want := make(map[string]string, len(specs))
+	var paths []string
+	for _, s := range specs {
+		p, sum, ok := strings.Cut(s, "=")
+		if !ok {
+			fail(fmt.Errorf("%q is not PATH=SHA256", s))
+		}
+		want[p] = sum
+		paths = append(paths, p)
+	}
+	rounds := 0
+	for ; ; rounds++ {
+		if _, err := os.Stat(stop); err == nil {
+			break
+		}
+		for _, p := range paths {
+			sum, err := readUncached(p)
+			if err != nil {
+				fail(fmt.Errorf("round %d: %w", rounds, err))
+			}
+			if sum != want[p] {
+				fail(fmt.Errorf("round %d: %s has sha256 %s, want %s", rounds, p, sum, want[p]))
+			}
+		}
+		tmp := progress + ".tmp"
+		if err := os.WriteFile(tmp, []byte(strconv.Itoa(rounds+1)), 0o644); err != nil {
+			fail(err)
+		}
+		if err := os.Rename(tmp, progress); err != nil {
+			fail(err)
+		}
+	}
+	fmt.Printf("%d rounds of %d files, all right\n", rounds, len(paths))
+}
+
+// readUncached returns the sha256 of a file's content, and drops its pages
+// from the cache so that the next read asks the filesystem.
+func readUncached(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		return "", fmt.Errorf("drop %s from the page cache: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// readRanges prints, for each OFFSET:LENGTH of path, "zeros" or the
+// sha256 of what was read; it fails on the first read that fails.
+func readRanges(path string, ranges []string) {
+	f, err := os.Open(path)
+	if err != nil {
+		fail(err)
+	}
+	defer f.Close()
+	for _, r := range ranges {
+		o, l, _ := strings.Cut(r, ":")
+		off, err1 := strconv.ParseInt(o, 10, 64)
+		n, err2 := strconv.Atoi(l)
+		if err := errors.Join(err1, err2); err != nil || n < 0 || n > 1<<20 {
+			fail(fmt.Errorf("range %q: want OFFSET:LENGTH, at most 1 MiB: %v", r, err))
+		}
+		buf := make([]byte, n)
+		got, err := f.ReadAt(buf, off)
+		if err != nil && !(errors.Is(err, io.EOF) && got == n) {
+			fail(fmt.Errorf("read %s at %d: %w", path, off, err))
+		}
+		if bytes.Count(buf, []byte{0}) == n {
+			fmt.Printf("%s %s: zeros\n", path, r)
+		} else {
+			fmt.Printf("%s %s: sha256 %x\n", path, r, sha256.Sum256(buf))
+		}
+	}
 }
 
 func fail(err error) {
