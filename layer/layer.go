@@ -175,6 +175,7 @@ type Layer struct {
 
 	bgDone    chan struct{}
 	closeOnce sync.Once
+	cacheWarn sync.Once // logs the first chunk the cache would not take
 }
 
 // tailPiece is the end of a member that the first read brought.
@@ -232,6 +233,9 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 	}
 	ra := &tailReaderAt{ctx: ctx, f: f, tail: tail, tailOff: desc.Size - tailSize}
 	blob, kind, err := format.Open(ra, desc, format.Options{Limits: opts.Limits, Unverified: opts.Unverified})
+	// The blob keeps its reader, which the layer never reads through
+	// again: let the tail (a TOC of megabytes) go with Open.
+	ra.tail, ra.ctx = nil, context.Background()
 	if err != nil {
 		return nil, err
 	}

@@ -120,7 +120,10 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 		}
 		if !cached {
 			if err := l.cache.Put(c.Digest, data); err != nil {
-				log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("cannot cache a chunk; it will be fetched again when needed")
+				// Once per layer: a full disk fails every Put.
+				l.cacheWarn.Do(func() {
+					log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("cannot cache chunks; they will be fetched again when needed")
+				})
 			}
 		}
 	}

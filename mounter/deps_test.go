@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazypull/lazypull/labels"
+
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
@@ -55,7 +57,7 @@ func TestReadingAProgramFetchesItsLibraries(t *testing.T) {
 	for i, l := range layers {
 		mp := filepath.Join(dir, "mnt", l.Digest.Encoded()[:12])
 		os.MkdirAll(mp, 0o755)
-		labels := map[string]string{LabelCRIImageRef: ref, LabelCRIDigest: l.Digest.String()}
+		labels := map[string]string{labels.CRIImageRef: ref, labels.CRIDigest: l.Digest.String()}
 		if err := m.Mount(ctx, mp, labels); err != nil {
 			t.Fatalf("mount layer %d: %v", i, err)
 		}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lazypull/lazypull/labels"
+
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -72,7 +74,7 @@ func TestMountWithCRILabels(t *testing.T) {
 	mp := filepath.Join(dir, "mnt")
 	os.Mkdir(mp, 0o755)
 	lazy := layers(lazyRef)
-	cri := map[string]string{LabelCRIImageRef: lazyRef, LabelCRIDigest: lazy[0].Digest.String(), LabelCRILayers: lazy[0].Digest.String() + "," + lazy[1].Digest.String()}
+	cri := map[string]string{labels.CRIImageRef: lazyRef, labels.CRIDigest: lazy[0].Digest.String(), labels.CRILayers: lazy[0].Digest.String() + "," + lazy[1].Digest.String()}
 	if err := m.Mount(ctx, mp, cri); err != nil {
 		t.Fatalf("mount with CRI labels: %v", err)
 	}
@@ -91,7 +93,7 @@ func TestMountWithCRILabels(t *testing.T) {
 
 	// An ordinary layer, and a Prepare with no image labels, are declined.
 	plain := layers(plainRef)
-	err = m.Mount(ctx, mp, map[string]string{LabelCRIImageRef: plainRef, LabelCRIDigest: plain[0].Digest.String()})
+	err = m.Mount(ctx, mp, map[string]string{labels.CRIImageRef: plainRef, labels.CRIDigest: plain[0].Digest.String()})
 	if !errors.Is(err, errNotLazy) {
 		t.Errorf("an ordinary layer: err = %v, want a not-lazy error", err)
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazypull/lazypull/labels"
+
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/opencontainers/image-spec/identity"
 
@@ -40,7 +42,7 @@ func TestMountChecksTheLayerAgainstItsImage(t *testing.T) {
 	mp := filepath.Join(dir, "mnt")
 	os.Mkdir(mp, 0o755)
 
-	labels := Labels(ref, "", layers[0], layers)
+	labels := labels.ForLayer(ref, "", layers[0], layers)
 	labels[snapshots.LabelSnapshotRef] = identity.ChainID(diffIDs[1:2]).String() // not the first layer's chain
 	err = m.Mount(ctx, mp, labels)
 	if err == nil || !strings.Contains(err.Error(), "chain") {

@@ -17,7 +17,7 @@ import (
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/lazypull/lazypull/mounter"
+	"github.com/lazypull/lazypull/labels"
 	"github.com/lazypull/lazypull/remote"
 	"github.com/lazypull/lazypull/snapshot"
 )
@@ -93,7 +93,7 @@ func labelLayers(ref string) func(images.Handler) images.Handler {
 				if annotations == nil {
 					annotations = make(map[string]string)
 				}
-				maps.Copy(annotations, mounter.Labels(ref, desc.Digest, c, layers))
+				maps.Copy(annotations, labels.ForLayer(ref, desc.Digest, c, layers))
 				children[i].Annotations = annotations
 			}
 			return children, nil

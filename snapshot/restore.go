@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 )
 
@@ -37,6 +38,9 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 			return nil
 		})
 	})
+	if errdefs.IsNotFound(err) {
+		return nil // a fresh root: no snapshots yet
+	}
 	if err != nil {
 		return fmt.Errorf("list remote snapshots: %w", err)
 	}
@@ -50,14 +54,20 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
+		s.markBroken(r.id, nil) // mounted again: no longer broken
 		log.G(ctx).WithField("snapshot", r.info.Name).Debug("remote snapshot restored")
 	}
 	return errors.Join(errs...)
 }
 
+// markBroken records why remote snapshot id cannot be used; nil clears it.
 func (s *Snapshotter) markBroken(id string, err error) {
 	s.brokenMu.Lock()
 	defer s.brokenMu.Unlock()
+	if err == nil {
+		delete(s.broken, id)
+		return
+	}
 	if s.broken == nil {
 		s.broken = make(map[string]error)
 	}

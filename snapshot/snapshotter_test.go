@@ -412,7 +412,8 @@ func TestRestoreRemountsRemoteSnapshots(t *testing.T) {
 	unix.Unmount(fsDir, unix.MNT_DETACH)
 
 	// A restart that cannot: the snapshot is reported, and nothing stacks on it.
-	s, err = New(root, WithRemote(&bindRemote{fail: errors.New("registry unreachable")}))
+	flaky := &bindRemote{source: layerDir, fail: errors.New("registry unreachable")}
+	s, err = New(root, WithRemote(flaky))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,5 +423,16 @@ func TestRestoreRemountsRemoteSnapshots(t *testing.T) {
 	}
 	if _, err := s.Prepare(ctx, "container", "chain"); err == nil || !strings.Contains(err.Error(), "registry unreachable") {
 		t.Errorf("Prepare on a broken remote snapshot: err = %v", err)
+	}
+
+	// The registry back, a later Restore (the FUSE manager restarted)
+	// mounts it again, and it is no longer broken.
+	flaky.fail = nil
+	if err := s.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(fsDir, unix.MNT_DETACH)
+	if _, err := s.Prepare(ctx, "container", "chain"); err != nil {
+		t.Errorf("Prepare after a successful Restore: %v", err)
 	}
 }
