@@ -39,7 +39,8 @@ test: deps
 # TOCs, footers and chunks); the corpus in testdata/fuzz runs in `go test`.
 FUZZTIME ?= 30s
 FUZZ_TARGETS = ./format/toc:FuzzParse ./format/estargz:FuzzOpen ./format/estargz:FuzzParseFooter \
-	./format/zstdchunked:FuzzOpen ./format/zstdchunked:FuzzReadChunk ./format:FuzzAnnotations ./elfdeps:FuzzRead
+	./format/zstdchunked:FuzzOpen ./format/zstdchunked:FuzzReadChunk ./format:FuzzAnnotations ./elfdeps:FuzzRead \
+	./convert:FuzzConvertLayer ./layer:FuzzLayerRead
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
