@@ -1,18 +1,32 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
-// TestContainerSurvivesDaemonKill runs a container that keeps reading its
-// lazily mounted files, SIGKILLs the daemon and starts it again meanwhile:
-// the container must keep reading the right bytes (including files first
-// read after the kill), and a new container must start afterwards.
+// TestContainerSurvivesDaemonKill SIGKILLs the daemon while a container
+// reads its lazily mounted files, and starts it again. The order is read
+// from events, not assumed from sleeps: the container has finished a round
+// of reads (each one asking the FUSE manager again) before the kill; the
+// daemon is gone (reaped, its pid free) before the test looks further;
+// the container then finishes whole rounds begun after the kill, all with
+// the right bytes, and a file nobody had read yet is read through the
+// container's own root while the daemon is dead. A new container starts
+// once the daemon is back.
 func TestContainerSurvivesDaemonKill(t *testing.T) {
 	testenv.ForEachContainerd(t, testContainerSurvivesDaemonKill)
 }
@@ -25,33 +39,94 @@ func testContainerSurvivesDaemonKill(t *testing.T, containerd testenv.Option) {
 	if out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil || strings.Count(out, "mounted lazily") != 2 {
 		t.Fatalf("pull: %v\n%s", err, out)
 	}
-
-	type result struct {
-		out string
-		err error
+	files := helloFiles(t, env)
+	var watch []string
+	for _, name := range []string{"hello", "data/keep.txt", "data/added.txt"} {
+		watch = append(watch, fmt.Sprintf("/%s=%x", name, sha256.Sum256(files[name])))
 	}
-	done := make(chan result, 1)
-	go func() {
-		// /data first, then /opt: /opt/unused.bin is first read well
-		// after the kill below.
-		out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "reader",
-			"/hello", "--for", "4s", "/data", "/opt")
-		done <- result{out, err}
-	}()
-	time.Sleep(time.Second)
-	env.KillDaemon()
-	time.Sleep(500 * time.Millisecond)
+	// The hard link reads its target's bytes.
+	watch = append(watch, fmt.Sprintf("/data/hard.txt=%x", sha256.Sum256(files["data/added.txt"])))
+	v := startVictim(t, ctx, env, lazy, watch)
+	v.waitRounds(t, ctx, 1)
+
+	pid := env.Daemon.PID()
+	env.KillDaemon() // SIGKILL; returns once the daemon has been reaped
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("the daemon (pid %d) is still there after SIGKILL: %v", pid, err)
+	}
+	// The round under way at the kill may have begun before it: the one
+	// after it began with the daemon dead.
+	v.waitRounds(t, ctx, v.rounds(t)+2)
+
+	// Without the background fetch, nothing has read /opt/unused.bin: its
+	// first read, through the running container's root, is fetched by the
+	// FUSE manager alone.
+	root := fmt.Sprintf("/proc/%d/root", taskPID(t, ctx, env, "victim"))
+	got, err := os.ReadFile(filepath.Join(root, "opt/unused.bin"))
+	if err != nil || !bytes.Equal(got, files["opt/unused.bin"]) {
+		t.Errorf("a file first read after the daemon's death: %d bytes, want %d (%v)", len(got), len(files["opt/unused.bin"]), err)
+	}
+
 	if err := env.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	r := <-done
-	if r.err != nil || !strings.HasPrefix(r.out, "stable over") {
-		t.Fatalf("the container across a daemon kill: %v\n%s", r.err, r.out)
+	// containerd's connection to the killed daemon is broken: until it
+	// has connected again (after its own backoff), its calls fail with
+	// "connection closed: unavailable".
+	waitUntil(t, ctx, "containerd reaches the restarted daemon", func() error {
+		_, err := env.Containerd.Ctr(ctx, "snapshots", "--snapshotter", "lazypull", "ls")
+		return err
+	})
+	v.waitRounds(t, ctx, v.rounds(t)+2)
+	// The exit status says whether every read was right; what it printed
+	// is for the message.
+	if out, err := v.stop(t); err != nil {
+		t.Errorf("the container reading across the daemon's death: %v\n%s", err, out)
 	}
 	out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "after")
 	if err != nil || out != testenv.HelloOutput {
 		t.Errorf("a new container after the restart: %v\n%s", err, out)
 	}
+}
+
+// helloFiles is the content of each regular file of the image pushLazyHello
+// pushed, by path, from the image's definition.
+func helloFiles(t *testing.T, env *testenv.Env) map[string][]byte {
+	t.Helper()
+	// PushHello built the program there.
+	img, err := testenv.HelloImage(filepath.Join(env.Dir, "hello-image", "hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	for _, layer := range img.Layers {
+		for _, e := range layer {
+			if e.Type == tar.TypeReg {
+				files[e.Path] = e.Data
+			}
+		}
+	}
+	return files
+}
+
+// taskPID is the host pid of a running container's process.
+func taskPID(t *testing.T, ctx context.Context, env *testenv.Env, id string) int {
+	t.Helper()
+	out, err := env.Containerd.Ctr(ctx, "task", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == id && f[2] == "RUNNING" {
+			pid, err := strconv.Atoi(f[1])
+			if err != nil {
+				t.Fatalf("ctr task ls: pid %q of %s: %v", f[1], id, err)
+			}
+			return pid
+		}
+	}
+	t.Fatalf("no running task %s:\n%s", id, out)
+	return 0
 }
 
 // TestRegistryGone: after the registry stops, files a container already
