@@ -345,18 +345,7 @@ func forgeTOC(t *testing.T, l testenv.Layer, edit func(*toc.JSON)) testenv.Layer
 		t.Fatal(err)
 	}
 	footer := l.Blob[len(l.Blob)-estargz.FooterSize:]
-	zr, err := gzip.NewReader(bytes.NewReader(l.Blob[tocOffset : len(l.Blob)-estargz.FooterSize]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	if h, err := tr.Next(); err != nil || h.Name != estargz.TOCTarName {
-		t.Fatalf("the TOC member: %v", err)
-	}
-	var doc toc.JSON
-	if err := json.NewDecoder(tr).Decode(&doc); err != nil {
-		t.Fatal(err)
-	}
+	doc := readTOC(t, l)
 	edit(&doc)
 	tocJSON, err := json.Marshal(doc)
 	if err != nil {
@@ -383,6 +372,28 @@ func forgeTOC(t *testing.T, l testenv.Layer, edit func(*toc.JSON)) testenv.Layer
 		estargz.TOCOffsetAnnotation:        strconv.FormatInt(tocOffset, 10),
 	}
 	return forged
+}
+
+// readTOC decodes the TOC of an eStargz layer our writer made.
+func readTOC(t *testing.T, l testenv.Layer) toc.JSON {
+	t.Helper()
+	tocOffset, err := strconv.ParseInt(l.Desc.Annotations[estargz.TOCOffsetAnnotation], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(l.Blob[tocOffset : len(l.Blob)-estargz.FooterSize]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	if h, err := tr.Next(); err != nil || h.Name != estargz.TOCTarName {
+		t.Fatalf("the TOC member: %v", err)
+	}
+	var doc toc.JSON
+	if err := json.NewDecoder(tr).Decode(&doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc
 }
 
 // entryNamed is the TOC's entry of a file (not a chunk).

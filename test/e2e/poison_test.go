@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,8 +21,9 @@ import (
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazypull/lazypull/internal/regproxy"
 	"github.com/lazypull/lazypull/internal/testenv"
-	"github.com/lazypull/lazypull/mounter"
+	"github.com/lazypull/lazypull/labels"
 )
 
 // TestChainIDPoisoning: an attacker's image whose config claims the
@@ -75,9 +80,49 @@ func testChainIDPoisoning(t *testing.T, containerd testenv.Option) {
 		testMovedTag(t, ctx, p)
 	})
 
-	// Before the attacker's layer is verified (here: never, without the
-	// background fetch), the victim's containers must not run on it.
-	t.Run("before-verification", func(t *testing.T) {
+	// While the attacker's layer is being verified (its background fetch
+	// held by the registry), the victim's containers must not run on it.
+	t.Run("while-verifying", func(t *testing.T) {
+		env := testenv.New(t, containerd)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		p := newPoison(t, ctx, env)
+		proxy := startProxy(t, env.Registry.Host)
+		p.attackerRef = proxy.Addr() + "/attacker:v1"
+		// Every read of the attacker's blob that would fetch its first
+		// megabyte (the padding, which only the background fetch reads)
+		// waits until the test ends.
+		doc := readTOC(t, p.attacker)
+		padEnd := entryNamed(t, &doc, "data/secret.txt").Offset
+		blob := "/blobs/" + p.attacker.Desc.Digest.String()
+		proxy.AddFault(regproxy.Fault{Kind: regproxy.Stall, Match: func(r *http.Request) bool {
+			spec, ranged := strings.CutPrefix(r.Header.Get("Range"), "bytes=")
+			first, _, _ := strings.Cut(spec, "-")
+			n, err := strconv.ParseInt(first, 10, 64)
+			return strings.HasSuffix(r.URL.Path, blob) && (!ranged || err != nil || n < padEnd)
+		}})
+		out, err := pullLazy(t, env, p.attackerRef)
+		if err != nil || !strings.Contains(layerLine(out, p.attacker.Desc.Digest), "mounted lazily") {
+			t.Fatalf("the attacker's image was not mounted lazily (nothing tested): %v\n%s", err, out)
+		}
+		waitUntil(t, ctx, "the attacker's layer is being verified", func() error {
+			return p.verification(t, p.attacker.Desc.Digest, "verifying")
+		})
+		for _, pull := range p.pulls(t) {
+			if out, err := pull.do(ctx); err != nil {
+				t.Logf("%s of the victim failed: %v\n%s", pull.name, err, out)
+				continue
+			}
+			p.runVictim(t, ctx, "victim-"+pull.name)
+		}
+		if err := p.verification(t, p.attacker.Desc.Digest, "verifying"); err != nil {
+			t.Errorf("the attacker's layer was no longer being verified at the end, so this did not test the window: %v", err)
+		}
+	})
+
+	// Without the background fetch the attacker's layer is never
+	// verified: the victim's containers must not run on it either.
+	t.Run("never-verified", func(t *testing.T) {
 		env := testenv.New(t, containerd, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
@@ -113,7 +158,11 @@ func newPoison(t *testing.T, ctx context.Context, env *testenv.Env) *poison {
 	t.Helper()
 	p := &poison{env: env, base: helloLayer(t, env)}
 	p.victim = eStargzLayer(t, []testenv.Entry{testenv.Dir("data"), testenv.File("data/secret.txt", "the victim's own file")})
+	// 1 MiB first, so that the attacker's files are in the blob's tail.
+	pad := make([]byte, 1<<20)
+	rand.NewChaCha8([32]byte{1}).Read(pad)
 	p.attacker = eStargzLayer(t, []testenv.Entry{
+		{Path: "pad", Type: tar.TypeReg, Mode: 0o644, Data: pad},
 		testenv.Dir("data"),
 		testenv.File("data/secret.txt", "the attacker's file"),
 		testenv.File("data/evil.txt", "planted by the attacker"),
@@ -149,6 +198,9 @@ func (p *poison) pulls(t *testing.T) []pullMethod {
 // reports whether it was refused.
 func (p *poison) runVictim(t *testing.T, ctx context.Context, name string) (refused bool) {
 	t.Helper()
+	// Its files are small and read at once: a minute is plenty.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	out, err := p.env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", p.victimRef, name, "/hello", "/data")
 	switch {
 	case strings.Contains(out, attackerMark) || err != nil && strings.Contains(err.Error(), attackerMark):
@@ -204,11 +256,11 @@ func testMovedTag(t *testing.T, ctx context.Context, p *poison) {
 	}
 	defer client.Close()
 	ctx = namespaces.WithNamespace(ctx, testenv.Namespace)
-	labels := mounter.Labels(ref, pinned, first.Desc, []ocispec.Descriptor{p.base.Desc, first.Desc})
+	lbls := labels.ForLayer(ref, pinned, first.Desc, []ocispec.Descriptor{p.base.Desc, first.Desc})
 	chain := identity.ChainID([]digest.Digest{p.base.DiffID, first.DiffID})
-	labels[snapshots.LabelSnapshotRef] = chain.String()
-	labels["containerd.io/gc.root"] = time.Now().UTC().Format(time.RFC3339) // kept until the Env goes
-	_, err = client.SnapshotService("lazypull").Prepare(ctx, "moved-tag", p.base.DiffID.String(), snapshots.WithLabels(labels))
+	lbls[snapshots.LabelSnapshotRef] = chain.String()
+	lbls["containerd.io/gc.root"] = time.Now().UTC().Format(time.RFC3339) // kept until the Env goes
+	_, err = client.SnapshotService("lazypull").Prepare(ctx, "moved-tag", p.base.DiffID.String(), snapshots.WithLabels(lbls))
 	if !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("Prepare of a layer of the manifest %s, its tag moved since: %v; want it mounted lazily (AlreadyExists)", pinned, err)
 	}
