@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -101,9 +102,10 @@ func (r ContainerdRelease) config(dir string, snapshotters map[string]string) st
 	version := 2 // what 1.6 reads
 	if r.Major >= 2 {
 		version = 3
-		// 2.x split CRI in three; its NRI plugin would listen on one
-		// socket for the whole machine.
-		disabled += `, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"`
+		// 2.x split CRI in three, and its pod sandbox controller needs
+		// it; its NRI plugin would listen on one socket for the whole
+		// machine.
+		disabled += `, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.nri.v1.nri"`
 	}
 	config := fmt.Sprintf(`version = %d
 root = %q
@@ -205,16 +207,18 @@ func StartContainerd(r ContainerdRelease, dir, snapshotterSocket string, others 
 		c.Stop()
 		return nil, err
 	}
-	if err := c.checkVersion(); err != nil {
+	if err := c.check(); err != nil {
 		c.Stop()
 		return nil, err
 	}
 	return c, nil
 }
 
-// checkVersion asks the daemon its version: a test named for a release must
-// run against that release, whatever else is on PATH.
-func (c *Containerd) checkVersion() error {
+// check asks the daemon its version: a test named for a release must run
+// against that release, whatever else is on PATH. 2.x also says what in its
+// configuration is deprecated: nothing must be, so that a newer release
+// finds the configuration as current as this one did.
+func (c *Containerd) check() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := c.Ctr(ctx, "version")
@@ -231,6 +235,24 @@ func (c *Containerd) checkVersion() error {
 	if !ok || rest != "" && rest[0] >= '0' && rest[0] <= '9' {
 		return fmt.Errorf("started containerd %s from %s, but it reports version %q:\n%s", c.Release.Name, c.Process.cmd.Path, c.Version, out)
 	}
+	if c.Release.Major < 2 {
+		return nil
+	}
+	if out, err = c.Ctr(ctx, "deprecations", "list", "--format", "json"); err != nil {
+		return err
+	}
+	var warnings []struct{ ID, Message string }
+	if strings.TrimSpace(out) != "" {
+		if err := json.Unmarshal([]byte(out), &warnings); err != nil {
+			return fmt.Errorf("ctr deprecations list: %w: %q", err, out)
+		}
+	}
+	for _, w := range warnings {
+		// cgroup v1 is the machine's, not the configuration's.
+		if w.ID != "io.containerd.deprecation/cgroup-v1" {
+			return fmt.Errorf("containerd %s deprecates what testenv configured (%s): %s; update ContainerdRelease.config", c.Version, w.ID, w.Message)
+		}
+	}
 	return nil
 }
 
@@ -239,6 +261,9 @@ func (c *Containerd) checkVersion() error {
 func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
 	full := append([]string{"--address", c.Address, "--namespace", Namespace}, args...)
 	cmd := exec.CommandContext(ctx, c.CtrPath, full...)
+	// 2.x's ctr prints containerd's deprecations (cgroup v1 on this
+	// machine) before every error; check says them once.
+	cmd.Env = append(os.Environ(), "CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
