@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -38,7 +39,8 @@ func testChainIDPoisoning(t *testing.T, containerd testenv.Option) {
 	// to be the diff_id its config claims: containers on it are refused,
 	// and removing the images lets the victim be pulled right.
 	t.Run("verified", func(t *testing.T) {
-		env := testenv.New(t, containerd)
+		metricsAddr := freeAddr(t)
+		env := testenv.New(t, containerd, testenv.WithDaemonConfig(fmt.Sprintf("metrics_address = %q\n", metricsAddr)))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		p := newPoison(t, ctx, env)
@@ -51,6 +53,9 @@ func testChainIDPoisoning(t *testing.T, containerd testenv.Option) {
 			waitUntil(t, ctx, "the attacker's layer is rejected", func() error {
 				return p.verification(t, p.attacker.Desc.Digest, "rejected")
 			})
+			if m := scrape(t, metricsAddr); !strings.Contains(m, `lazypull_layer_verifications_total{result="rejected"} 1`) {
+				t.Errorf("the metrics do not count the rejection:\n%s", grepLines(m, "verifications"))
+			}
 		}
 		for _, pull := range p.pulls(t) {
 			if out, err := pull.do(ctx); err != nil {
@@ -268,4 +273,30 @@ func testMovedTag(t *testing.T, ctx context.Context, p *poison) {
 	if b, err := os.ReadFile(filepath.Join(mp, "first.txt")); err != nil || string(b) != "the image the tag named first" {
 		t.Errorf("the layer mounted for the pinned manifest: %q, %v", b, err)
 	}
+}
+
+// scrape returns the FUSE manager's metrics.
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	return string(body)
+}
+
+// grepLines keeps the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var keep []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, sub) {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
