@@ -34,10 +34,10 @@ type Limits struct {
 //
 // MaxTOCBytes is 64 MiB, not more: the formats' writers spend 250 to 350
 // bytes of JSON on a regular file (name, times, two digests, offsets), so
-// 64 MiB is some 200,000 files, more than the largest images we know
-// (CUDA and ML images hold 100,000 to 150,000), and containers/storage
-// refuses TOCs over 50 MiB. A TOC is held whole in memory, decoded, so
-// every MiB allowed here is several MiB of a node's memory per layer.
+// 64 MiB is some 200,000 files in one layer, and containers/storage
+// refuses TOCs over 50 MiB, so that podman could not use a larger one
+// anyway. A TOC is held whole in memory, decoded, so every MiB allowed
+// here is several MiB of a node's memory per layer.
 //
 // MaxEntries is half a million: each entry costs some 300 bytes once
 // indexed (a million took 318 MiB), and 64 MiB of JSON holds no more than
