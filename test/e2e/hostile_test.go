@@ -46,7 +46,38 @@ func TestHostileImageCannotHurtTheNode(t *testing.T) {
 }
 
 func testHostileImageCannotHurtTheNode(t *testing.T, containerd testenv.Option) {
-	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[fetch]\nbackground = false\n[fuse]\npassthrough = false\n"))
+	attackNode(t, containerd, "[fetch]\nbackground = false\n[fuse]\npassthrough = false\n", []attack{
+		{"hole-1TiB", attackHole},
+		{"chunk-size-overflow", attackChunkOverflow},
+		{"deep-paths", attackDeepPaths},
+		{"member-64GiB", attackHugeMember},
+		{"overlay-xattrs", attackOverlayXattrs},
+	})
+}
+
+// TestHostileBackgroundFetch: a layer whose 768 MiB file of zeros
+// compresses to under a megabyte is fetched whole in the background and
+// verified, while a victim reads its own layer; the FUSE manager must not
+// keep what it decodes (its peak RSS grows by less than 512 MiB), nor die.
+func TestHostileBackgroundFetch(t *testing.T) {
+	testenv.ForEachContainerd(t, func(t *testing.T, containerd testenv.Option) {
+		attackNode(t, containerd, "[fuse]\npassthrough = false\n", []attack{{"gzip-bomb", attackGzipBomb}})
+	})
+}
+
+// An attack pulls (and runs) a hostile image on the node.
+type attack struct {
+	name string
+	run  func(*testing.T, context.Context, *hostile)
+}
+
+// attackNode starts the node with the daemon configuration config, a
+// victim container that reads its lazy layer in a loop, and runs each
+// attack; after each, the FUSE manager must be the same process and the
+// victim must still read the right bytes; after all, the manager's peak
+// RSS must have grown by less than 512 MiB, and nothing may have panicked.
+func attackNode(t *testing.T, containerd testenv.Option, config string, attacks []attack) {
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig(config))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	base := helloLayer(t, env)
@@ -77,16 +108,7 @@ func testHostileImageCannotHurtTheNode(t *testing.T, containerd testenv.Option) 
 	pid := lockedPID(t, env.DaemonRoot)
 	hwm0 := vmHWM(t, pid)
 	h := &hostile{env: env, base: base}
-	for _, a := range []struct {
-		name string
-		run  func(*testing.T, context.Context, *hostile)
-	}{
-		{"hole-1TiB", attackHole},
-		{"chunk-size-overflow", attackChunkOverflow},
-		{"deep-paths", attackDeepPaths},
-		{"member-64GiB", attackHugeMember},
-		{"overlay-xattrs", attackOverlayXattrs},
-	} {
+	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) { a.run(t, ctx, h) })
 		// Whatever the attack did, the node is as it was: the same
 		// manager, and the victim still reads the right bytes.
@@ -150,7 +172,7 @@ func (h *hostile) expectRefused(t *testing.T, ctx context.Context, name string, 
 	} else {
 		t.Errorf("the hostile layer was not refused with a reason naming %s:\n%s", want, out)
 	}
-	got, err := h.env.Containerd.Ctr(ctx, append([]string{"run", "--rm", "--snapshotter", "lazypull", ref, "hostile-" + name}, run...)...)
+	got, err := h.env.Containerd.Ctr(ctx, append([]string{"run", "--rm", "--snapshotter", "lazypull", ref, ctrID(h.env, "hostile-"+name)}, run...)...)
 	if (err != nil || got != wantRun) && (refused || !strings.Contains(got, "input/output error")) {
 		t.Errorf("a container of the image: %v\n%s\nwant:\n%s", err, got, wantRun)
 	}
@@ -172,7 +194,7 @@ func attackHole(t *testing.T, ctx context.Context, h *hostile) {
 		t.Logf("the 1 TiB hole was not mounted lazily: %s", line)
 		return
 	}
-	got, err := h.env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, "hostile-hole",
+	got, err := h.env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, ctrID(h.env, "hostile-hole"),
 		"/hello", "--read", "/big", "0:4096", strconv.FormatInt(1<<40-4096, 10)+":4096")
 	want := fmt.Sprintf("/big 0:4096: zeros\n/big %d:4096: zeros\n", int64(1<<40-4096))
 	switch {
@@ -256,7 +278,7 @@ func attackOverlayXattrs(t *testing.T, ctx context.Context, h *hostile) {
 	if line := layerLine(out, upper.Desc.Digest); !strings.Contains(line, "mounted lazily") {
 		t.Fatalf("the layer with forged xattrs was not mounted lazily (nothing tested):\n%s", out)
 	}
-	got, err := h.env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, "hostile-xattrs", "/hello", "/data", "/redir")
+	got, err := h.env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, ctrID(h.env, "hostile-xattrs"), "/hello", "/data", "/redir")
 	want := "hello from lazypull\n/data/\n/data/keep.txt: kept from the lower layer\n/data/upper.txt: added by the upper layer\n/redir/\n"
 	if err != nil || got != want {
 		t.Errorf("the container of the image with forged overlay xattrs: %v\n%s\nwant:\n%s", err, got, want)
@@ -272,6 +294,43 @@ func attackOverlayXattrs(t *testing.T, ctx context.Context, h *hostile) {
 			}
 		}
 	}
+}
+
+// attackGzipBomb: 768 MiB of zeros, real data this time, in a layer of
+// under a megabyte: its background fetch decodes it all and verifies it.
+// A container then reads its two ends.
+func attackGzipBomb(t *testing.T, ctx context.Context, h *hostile) {
+	const size = 768 << 20
+	l := eStargzLayer(t, []testenv.Entry{{Path: "zeros", Type: tar.TypeReg, Mode: 0o644, Data: make([]byte, size)}})
+	t.Logf("%d MiB of zeros in a %d KiB layer", size>>20, len(l.Blob)>>10)
+	ref, out, err := h.pushAndPull(t, ctx, "bomb", l)
+	if err != nil || !strings.Contains(layerLine(out, l.Desc.Digest), "mounted lazily") {
+		t.Fatalf("the layer was not mounted lazily (nothing tested): %v\n%s", err, out)
+	}
+	waitUntil(t, ctx, "the layer is fetched whole and verified", func() error {
+		for _, st := range managerStatus(t, h.env).Layers {
+			if st.Digest == l.Desc.Digest.String() {
+				if st.Verification != "verified" {
+					return fmt.Errorf("%s, %d of %d bytes fetched", st.Verification, st.FetchedBytes, st.Size)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("layer %s not mounted", l.Desc.Digest)
+	})
+	got, err := h.env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, ctrID(h.env, "hostile-bomb"),
+		"/hello", "--read", "/zeros", "0:4096", strconv.Itoa(size-4096)+":4096")
+	if want := fmt.Sprintf("/zeros 0:4096: zeros\n/zeros %d:4096: zeros\n", size-4096); err != nil || got != want {
+		t.Errorf("reading the zeros: %v\n%s\nwant:\n%s", err, got, want)
+	}
+}
+
+// ctrID names a container for this Env alone. runc keeps a container's
+// state under /run/containerd/runc/<namespace>/<id>, whichever containerd
+// runs it: two Envs on one machine (tests running at the same time) that
+// used the same id would refuse or kill each other's containers.
+func ctrID(env *testenv.Env, name string) string {
+	return name + "-" + strings.TrimPrefix(filepath.Base(env.Dir), "lazypull-")
 }
 
 // helloLayer is an eStargz layer holding the test program at /hello.
@@ -422,6 +481,7 @@ func insertAfter(doc *toc.JSON, name string, entries []toc.WireEntry) {
 // victim is a container that reads its files over and over (hello
 // --watch), checking each read, until told to stop.
 type victim struct {
+	env  *testenv.Env
 	ctl  string // bind-mounted at /ctl: the stop file and the round count
 	done chan struct{}
 	out  string
@@ -430,13 +490,13 @@ type victim struct {
 
 func startVictim(t *testing.T, ctx context.Context, env *testenv.Env, ref string, watch []string) *victim {
 	t.Helper()
-	v := &victim{ctl: filepath.Join(env.Dir, "victim-ctl"), done: make(chan struct{})}
+	v := &victim{env: env, ctl: filepath.Join(env.Dir, "victim-ctl"), done: make(chan struct{})}
 	if err := os.Mkdir(v.ctl, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	args := append([]string{"run", "--rm", "--snapshotter", "lazypull",
 		"--mount", "type=bind,src=" + v.ctl + ",dst=/ctl,options=rbind:rw",
-		ref, "victim", "/hello", "--watch", "/ctl/stop", "/ctl/rounds"}, watch...)
+		ref, ctrID(env, "victim"), "/hello", "--watch", "/ctl/stop", "/ctl/rounds"}, watch...)
 	go func() {
 		defer close(v.done)
 		v.out, v.err = env.Containerd.Ctr(ctx, args...)
@@ -470,7 +530,7 @@ func (v *victim) waitRounds(t *testing.T, ctx context.Context, n int) {
 	waitUntil(t, ctx, fmt.Sprintf("the victim has read its files %d times", n), func() error {
 		select {
 		case <-v.done:
-			t.Fatalf("the victim container ended: %v\n%s", v.err, v.out)
+			t.Fatalf("the victim container ended after %d rounds: %v\n%s\ncontainerd's log:\n%s", v.rounds(t), v.err, v.out, v.env.Containerd.LogTail())
 		default:
 		}
 		if got := v.rounds(t); got < n {

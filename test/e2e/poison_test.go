@@ -206,7 +206,7 @@ func (p *poison) runVictim(t *testing.T, ctx context.Context, name string) (refu
 	// Its files are small and read at once: a minute is plenty.
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	out, err := p.env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", p.victimRef, name, "/hello", "/data")
+	out, err := p.env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", p.victimRef, ctrID(p.env, name), "/hello", "/data")
 	switch {
 	case strings.Contains(out, attackerMark) || err != nil && strings.Contains(err.Error(), attackerMark):
 		t.Errorf("POISONED: a container of the victim image (%s) sees the attacker's files: %v\n%s", name, err, out)
