@@ -65,6 +65,16 @@ func TestHostileBackgroundFetch(t *testing.T) {
 	})
 }
 
+// TestHostileManyLayers: one image of eight layers, each a TOC at the
+// entry limit (half a million directories, some 3 MiB gzipped), all
+// mounted at once: the FUSE manager's peak RSS must still grow by less
+// than 512 MiB, whatever it refuses to get there.
+func TestHostileManyLayers(t *testing.T) {
+	testenv.ForEachContainerd(t, func(t *testing.T, containerd testenv.Option) {
+		attackNode(t, containerd, "[fetch]\nbackground = false\n[fuse]\npassthrough = false\n", []attack{{"many-full-layers", attackManyLayers}})
+	})
+}
+
 // An attack pulls (and runs) a hostile image on the node.
 type attack struct {
 	name string
@@ -106,7 +116,7 @@ func attackNode(t *testing.T, containerd testenv.Option, config string, attacks 
 	v.waitRounds(t, ctx, 1)
 
 	pid := lockedPID(t, env.DaemonRoot)
-	hwm0 := vmHWM(t, pid)
+	hwm0 := procBytes(t, pid, "VmHWM")
 	h := &hostile{env: env, base: base}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) { a.run(t, ctx, h) })
@@ -121,8 +131,8 @@ func attackNode(t *testing.T, containerd testenv.Option, config string, attacks 
 		v.waitRounds(t, ctx, v.rounds(t)+2)
 	}
 
-	hwm1 := vmHWM(t, pid)
-	t.Logf("FUSE manager peak RSS: %d MiB before the attacks, %d MiB after", hwm0>>20, hwm1>>20)
+	hwm1 := procBytes(t, pid, "VmHWM")
+	t.Logf("FUSE manager peak RSS: %d MiB before the attacks, %d MiB after (RSS now %d MiB)", hwm0>>20, hwm1>>20, procBytes(t, pid, "VmRSS")>>20)
 	if hwm1-hwm0 >= 512<<20 {
 		t.Errorf("the FUSE manager's peak RSS grew by %d MiB (from %d to %d MiB), want less than 512", (hwm1-hwm0)>>20, hwm0>>20, hwm1>>20)
 	}
@@ -323,6 +333,23 @@ func attackGzipBomb(t *testing.T, ctx context.Context, h *hostile) {
 	if want := fmt.Sprintf("/zeros 0:4096: zeros\n/zeros %d:4096: zeros\n", size-4096); err != nil || got != want {
 		t.Errorf("reading the zeros: %v\n%s\nwant:\n%s", err, got, want)
 	}
+}
+
+// attackManyLayers pulls an image of eight layers whose TOCs each list as
+// many directories as toc.DefaultLimits allows one layer.
+func attackManyLayers(t *testing.T, ctx context.Context, h *hostile) {
+	var layers []testenv.Layer
+	for i := range 8 {
+		name := fmt.Sprintf("layer%d.txt", i)
+		layers = append(layers, forgeTOC(t, eStargzLayer(t, []testenv.Entry{testenv.File(name, name)}), func(doc *toc.JSON) {
+			for j := len(doc.Entries) + 1; j < toc.DefaultLimits.MaxEntries; j++ {
+				doc.Entries = append(doc.Entries, toc.WireEntry{Name: fmt.Sprintf("d/%07d", j), Type: toc.TypeDir, Mode: 0o755})
+			}
+		}))
+	}
+	t.Logf("8 layers of %d KiB each", len(layers[0].Blob)>>10)
+	_, out, err := h.pushAndPull(t, ctx, "many", layers...)
+	t.Logf("pull: %v\n%s", err, out)
 }
 
 // ctrID names a container for this Env alone. runc keeps a container's
@@ -558,23 +585,24 @@ func (v *victim) stop(t *testing.T) (string, error) {
 	return v.out, v.err
 }
 
-// vmHWM is a process's peak resident set size, in bytes.
-func vmHWM(t *testing.T, pid int) int64 {
+// procBytes reads a size (VmHWM: the peak resident set, VmRSS: the
+// current one) from a process's status, in bytes.
+func procBytes(t *testing.T, pid int, key string) int64 {
 	t.Helper()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, key+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
-				t.Fatalf("VmHWM of pid %d: %q", pid, line)
+				t.Fatalf("%s of pid %d: %q", key, pid, line)
 			}
 			return kb << 10
 		}
 	}
-	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
 	return 0
 }
 
