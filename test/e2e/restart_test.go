@@ -83,8 +83,7 @@ func testContainerSurvivesDaemonKill(t *testing.T, containerd testenv.Option) {
 	if out, err := v.stop(t); err != nil {
 		t.Errorf("the container reading across the daemon's death: %v\n%s", err, out)
 	}
-	out, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "after")
-	if err != nil || out != testenv.HelloOutput {
+	if out, err := runHello(t, ctx, env, lazy, "after"); err != nil || out != testenv.HelloOutput {
 		t.Errorf("a new container after the restart: %v\n%s", err, out)
 	}
 }
