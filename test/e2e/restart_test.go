@@ -61,7 +61,7 @@ func testContainerSurvivesDaemonKill(t *testing.T, containerd testenv.Option) {
 	// Without the background fetch, nothing has read /opt/unused.bin: its
 	// first read, through the running container's root, is fetched by the
 	// FUSE manager alone.
-	root := fmt.Sprintf("/proc/%d/root", taskPID(t, ctx, env, "victim"))
+	root := fmt.Sprintf("/proc/%d/root", taskPID(t, ctx, env, ctrID(env, "victim")))
 	got, err := os.ReadFile(filepath.Join(root, "opt/unused.bin"))
 	if err != nil || !bytes.Equal(got, files["opt/unused.bin"]) {
 		t.Errorf("a file first read after the daemon's death: %d bytes, want %d (%v)", len(got), len(files["opt/unused.bin"]), err)
@@ -178,7 +178,7 @@ func runHello(t *testing.T, ctx context.Context, env *testenv.Env, ref, id strin
 	}
 	_, err := env.Containerd.Ctr(ctx, append([]string{"run", "--rm", "--snapshotter", "lazypull",
 		"--mount", "type=bind,src=" + dir + ",dst=/out,options=rbind:rw",
-		ref, id, "/hello", "--out", "/out/said"}, args...)...)
+		ref, ctrID(env, id), "/hello", "--out", "/out/said"}, args...)...)
 	said, rerr := os.ReadFile(filepath.Join(dir, "said"))
 	return string(said), errors.Join(err, rerr)
 }
