@@ -2,12 +2,14 @@ package layer
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 
 	"github.com/containerd/log"
 
 	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/metrics"
 )
 
 // maxAssembled is the largest file assembled from its chunks into one
@@ -75,12 +77,28 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 		l.mu.Unlock()
 	}()
 	pr, pw := io.Pipe()
-	l.spawn("reading chunks to assemble "+e.Name, func(ctx context.Context) {
-		err := l.writeContent(ctx, e, pw)
-		pw.CloseWithError(err) // nil: io.EOF for the reader
-	})
-	err := l.cache.PutFile(e.Digest, pr) // checks the whole file's digest
+	var inconsistent error
+	// Not spawned: it ends with the pipe, before this goroutine does.
+	go func() {
+		var err error
+		defer func() { pw.CloseWithError(err) }() // nil: io.EOF for the reader
+		defer l.recoverAs("reading chunks to assemble "+e.Name, &err)
+		h := e.Digest.Algorithm().Digester()
+		if err = l.writeContent(ctx, e, io.MultiWriter(pw, h.Hash())); err == nil && h.Digest() != e.Digest {
+			// Every chunk matched its digest, the whole does not match
+			// the file's: the TOC contradicts itself.
+			inconsistent = fmt.Errorf("layer %s: file %q: its chunks make %s, its TOC digest says %s; the layer is not served", l.desc.Digest, e.Name, h.Digest(), e.Digest)
+			err = inconsistent
+		}
+	}()
+	err := l.cache.PutFile(e.Digest, pr) // checks the whole file's digest too
 	pr.CloseWithError(io.ErrClosedPipe)
+	if inconsistent != nil {
+		log.L.WithError(inconsistent).Error("rejected a lazily mounted layer")
+		metrics.LayerVerifications.WithLabelValues("rejected").Inc()
+		l.setVerification(Rejected, inconsistent)
+		return
+	}
 	if err != nil {
 		log.L.WithError(err).WithField("file", e.Name).Debug("cannot assemble a cached file for passthrough")
 		return

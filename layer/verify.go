@@ -110,10 +110,12 @@ func (l *Layer) verify(ctx context.Context) {
 		err = fmt.Errorf("layer %s is not the content its image names (diff_id %s): %w; it is not served", l.desc.Digest, e.DiffID, err)
 		log.L.WithError(err).Error("rejected a lazily mounted layer")
 		l.remember(e, "rejected", err.Error())
+		metrics.LayerVerifications.WithLabelValues("rejected").Inc()
 		l.setVerification(Rejected, err)
 		return
 	}
 	l.remember(e, "verified", "")
+	metrics.LayerVerifications.WithLabelValues("verified").Inc()
 	l.setVerification(Verified, nil)
 	log.L.WithField("layer", l.desc.Digest).WithField("diff_id", e.DiffID).Debug("layer verified against its image")
 }
@@ -213,7 +215,6 @@ func (l *Layer) remember(e Expect, kind, reason string) {
 	if err := os.MkdirAll(filepath.Dir(name), 0o700); err == nil {
 		err = os.WriteFile(name, []byte(reason), 0o600)
 	}
-	metrics.LayerVerifications.WithLabelValues(kind).Inc()
 }
 
 // spool keeps the byte ranges of a blob as they are fetched, in an
