@@ -45,6 +45,10 @@ type Options struct {
 	PrefetchTimeout time.Duration
 	NoPrefetch      bool
 	NoBackground    bool
+	// MaxImageEntries bounds the TOC entries the mounted lazy layers of
+	// one image hold together (default DefaultMaxImageEntries); layers
+	// past it are unpacked instead.
+	MaxImageEntries int64
 	// VerifyBeforeUse makes a mount wait until its layer has been fetched
 	// whole and verified against its image (no lazy start, but nothing
 	// unverified is ever shown).
@@ -58,21 +62,24 @@ type Mounter struct {
 
 	hints *hints
 
-	mu      sync.Mutex
-	closed  bool
-	mounts  map[string]*mounted      // by mountpoint
-	busy    map[string]chan struct{} // mountpoints being mounted or unmounted
-	opening map[digest.Digest]*open  // layers opened ahead of their Prepare, by digest
-	images  map[imageKey]*image      // manifests and configs, by reference and digest
-	gates   map[string]*layer.Gate   // by registry host
-	bg      sync.WaitGroup           // preopens in flight
-	stop    context.CancelFunc       // ends preopens
-	ctx     context.Context
+	mu           sync.Mutex
+	closed       bool
+	mounts       map[string]*mounted      // by mountpoint
+	busy         map[string]chan struct{} // mountpoints being mounted or unmounted
+	opening      map[digest.Digest]*open  // layers opened ahead of their Prepare, by digest
+	images       map[imageKey]*image      // manifests and configs, by reference and digest
+	imageEntries map[imageKey]int64       // TOC entries of each image's mounted layers
+	gates        map[string]*layer.Gate   // by registry host
+	bg           sync.WaitGroup           // preopens in flight
+	stop         context.CancelFunc       // ends preopens
+	ctx          context.Context
 }
 
 type mounted struct {
-	layer *layer.Layer
-	fuse  *fusefs.MountedLayer
+	layer   *layer.Layer
+	fuse    *fusefs.MountedLayer
+	image   imageKey
+	entries int64 // counted against the image's MaxImageEntries
 }
 
 // open is a layer being opened (its TOC fetched) ahead of its Prepare. A
@@ -86,6 +93,11 @@ type open struct {
 	expires *time.Timer
 }
 
+// DefaultMaxImageEntries fits the largest images we know (a few hundred
+// thousand files) and keeps one image's TOCs to some hundreds of MiB of
+// the FUSE manager, which serves every image on the node.
+const DefaultMaxImageEntries = 512 << 10
+
 // preopenKeep is how long a layer opened ahead waits for its Prepare.
 const preopenKeep = time.Minute
 
@@ -94,12 +106,16 @@ func New(c layer.Cache, opts Options) *Mounter {
 	if opts.PrefetchTimeout <= 0 {
 		opts.PrefetchTimeout = 10 * time.Second
 	}
+	if opts.MaxImageEntries <= 0 {
+		opts.MaxImageEntries = DefaultMaxImageEntries
+	}
 	if opts.Layer.Budget == nil {
 		// Every layer this process mounts shares one budget.
 		opts.Layer.Budget = layer.NewBudget(layer.BudgetLimits{})
 	}
 	m := &Mounter{cache: c, opts: opts, mounts: make(map[string]*mounted), busy: make(map[string]chan struct{}),
-		opening: make(map[digest.Digest]*open), images: make(map[imageKey]*image), gates: make(map[string]*layer.Gate)}
+		opening: make(map[digest.Digest]*open), images: make(map[imageKey]*image), gates: make(map[string]*layer.Gate),
+		imageEntries: make(map[imageKey]int64)}
 	m.ctx, m.stop = context.WithCancel(context.Background())
 	m.hints = &hints{m: m, seen: make(map[string]bool)}
 	return m
@@ -215,8 +231,14 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 	if err != nil {
 		return err
 	}
+	entries := int64(len(l.TOC().Entries))
+	if err := m.holdEntries(key, entries); err != nil {
+		l.Close()
+		return fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
 	fm, err := fusefs.Mount(mountpoint, l, m.opts.FUSE)
 	if err != nil {
+		m.holdEntries(key, -entries)
 		l.Close()
 		return err
 	}
@@ -230,13 +252,14 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 		if m.opts.VerifyBeforeUse {
 			if err := l.WaitVerified(ctx); err != nil {
 				fm.Unmount()
+				m.holdEntries(key, -entries)
 				l.Close()
 				return fmt.Errorf("layer %s: verify before use: %w", desc.Digest, err)
 			}
 		}
 	}
 	m.mu.Lock()
-	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm}
+	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm, image: key, entries: entries}
 	m.mu.Unlock()
 	metrics.MountedLayers.Inc()
 	log.G(ctx).WithField("layer", desc.Digest).WithField("mountpoint", mountpoint).Info("layer mounted lazily")
@@ -479,7 +502,26 @@ func (m *Mounter) unmount(mountpoint string) error {
 	metrics.MountedLayers.Dec()
 	err := mt.fuse.Unmount()
 	mt.layer.Close()
+	m.holdEntries(mt.image, -mt.entries)
 	return err
+}
+
+// holdEntries counts n more TOC entries (fewer if negative) against the
+// image's MaxImageEntries, or fails saying so: one image cannot take the
+// whole process's budget, even with many layers each within its limits.
+func (m *Mounter) holdEntries(img imageKey, n int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	held := m.imageEntries[img]
+	if n > 0 && held+n > m.opts.MaxImageEntries {
+		return fmt.Errorf("%w: the lazy layers of %s would hold %d TOC entries, over the bound of %d per image ([fetch] max_image_entries); this layer is unpacked instead", errNotLazy, img.ref, held+n, m.opts.MaxImageEntries)
+	}
+	if held+n <= 0 {
+		delete(m.imageEntries, img)
+	} else {
+		m.imageEntries[img] = held + n
+	}
+	return nil
 }
 
 // Check fails if a layer mounted at one of mountpoints was rejected (found

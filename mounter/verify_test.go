@@ -2,6 +2,7 @@ package mounter
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,6 +51,15 @@ func TestMountChecksTheLayerAgainstItsImage(t *testing.T) {
 	}
 
 	labels[snapshots.LabelSnapshotRef] = identity.ChainID(diffIDs[:1]).String()
+
+	// One image's layers together are bounded: past the bound a layer
+	// is declined (and unpacked).
+	small := New(c, Options{MaxImageEntries: 1, NoBackground: true})
+	defer small.Close()
+	if err := small.Mount(ctx, mp, labels); !errors.Is(err, errNotLazy) || !strings.Contains(err.Error(), "max_image_entries") {
+		t.Errorf("a layer over the image's entry bound: err = %v, want a decline naming max_image_entries", err)
+	}
+
 	if err := m.Mount(ctx, mp, labels); err != nil {
 		t.Fatal(err)
 	}

@@ -115,6 +115,10 @@ type FetchConfig struct {
 	// been fetched whole and checked against its image's diff_id (no lazy
 	// start; for sites that never show unverified content).
 	VerifyBeforeUse bool `toml:"verify_before_use"`
+	// MaxImageEntries bounds the TOC entries (files, directories) of one
+	// image's lazily mounted layers together; layers past it are
+	// unpacked (default 524288).
+	MaxImageEntries int64 `toml:"max_image_entries"`
 }
 
 // FUSEConfig tunes the layer filesystems.
@@ -274,6 +278,7 @@ func (c Config) mounterOptions() mounter.Options {
 		Blob:            remote.BlobOptions{MaxRetries: c.Fetch.MaxRetries, RequestTimeout: c.Fetch.RequestTimeout.Duration, Parallel: c.Fetch.Parallel},
 		Layer:           layer.Options{Unverified: c.Fetch.AllowUnverified, SpoolDir: filepath.Join(c.Root, "verify")},
 		VerifyBeforeUse: c.Fetch.VerifyBeforeUse,
+		MaxImageEntries: c.Fetch.MaxImageEntries,
 		FUSE:            fusefs.Options{Passthrough: enabled(c.FUSE.Passthrough)},
 		PrefetchTimeout: c.Fetch.PrefetchTimeout.Duration,
 		NoPrefetch:      !enabled(c.Fetch.Prefetch),
