@@ -149,7 +149,7 @@ func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Des
 		return nil, err
 	}
 	opts := m.opts.Layer
-	if !m.opts.NoBackground {
+	if !m.opts.NoBackground || m.opts.VerifyBeforeUse {
 		// Verified once the background fetch has it all.
 		opts.Expect = expect
 	}
@@ -247,7 +247,8 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 			log.G(ctx).WithError(err).WithField("layer", desc.Digest).Warn("prefetch did not finish; files will be fetched on demand")
 		}
 	}
-	if !m.opts.NoBackground {
+	// Verifying before use needs the whole layer, background or not.
+	if !m.opts.NoBackground || m.opts.VerifyBeforeUse {
 		l.StartBackground()
 		if m.opts.VerifyBeforeUse {
 			if err := l.WaitVerified(ctx); err != nil {

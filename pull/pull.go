@@ -10,6 +10,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
+
+	"github.com/containerd/errdefs"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -59,6 +62,13 @@ func Image(ctx context.Context, client *containerd.Client, ref string, opts Opti
 		pullOpts = append(pullOpts, containerd.WithPlatform(opts.Platform))
 	}
 	img, err := client.Pull(ctx, ref, pullOpts...)
+	if err != nil && errdefs.IsNotFound(err) && strings.Contains(err.Error(), "parent snapshot") {
+		// The unpack found a layer's snapshot that nothing referenced (a
+		// failed pull left it) and containerd's garbage collector removed
+		// it before the next layer stacked on it: unpacking again sees it
+		// gone and makes it anew.
+		img, err = client.Pull(ctx, ref, pullOpts...)
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("pull %s: %w", ref, err)
 	}

@@ -5,8 +5,9 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/opencontainers/go-digest"
@@ -14,8 +15,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazypull/lazypull/format/estargz"
-	"github.com/lazypull/lazypull/remote"
-	"github.com/lazypull/lazypull/transport"
 )
 
 // A Layer is a layer blob ready to push: its bytes, its descriptor (with
@@ -104,15 +103,21 @@ type LayerImage struct {
 }
 
 // PushImage pushes img to ref (host/repo:tag, a loopback registry served
-// over plain HTTP) and returns its manifest's descriptor.
+// over plain HTTP) and returns its manifest's descriptor. It writes an OCI
+// layout and copies it with skopeo (Push): testenv must not import the
+// registry code it tests.
 func PushImage(ctx context.Context, ref string, img LayerImage) (ocispec.Descriptor, error) {
-	r, err := transport.ParseRef("docker://" + ref)
+	dir, err := os.MkdirTemp("", "lazypull-push-")
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	loc, err := transport.Open(ctx, r, remote.Options{PlainHTTP: true})
-	if err != nil {
-		return ocispec.Descriptor{}, err
+	defer os.RemoveAll(dir)
+	writeBlob := func(d digest.Digest, data []byte) error {
+		path := filepath.Join(dir, "blobs", d.Algorithm().String(), d.Encoded())
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(path, data, 0o644)
 	}
 	config := ocispec.Image{
 		Platform: ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"},
@@ -121,34 +126,44 @@ func PushImage(ctx context.Context, ref string, img LayerImage) (ocispec.Descrip
 	}
 	manifest := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest}
 	for _, l := range img.Layers {
-		if err := loc.Push(ctx, l.Desc, bytes.NewReader(l.Blob)); err != nil {
-			return ocispec.Descriptor{}, fmt.Errorf("push layer %s to %s: %w", l.Desc.Digest, ref, err)
+		if err := writeBlob(l.Desc.Digest, l.Blob); err != nil {
+			return ocispec.Descriptor{}, err
 		}
 		manifest.Layers = append(manifest.Layers, l.Desc)
 		if img.DiffIDs == nil {
 			config.RootFS.DiffIDs = append(config.RootFS.DiffIDs, l.DiffID)
 		}
 	}
-	push := func(mediaType string, v any) (ocispec.Descriptor, error) {
+	store := func(mediaType string, v any) (ocispec.Descriptor, error) {
 		data, err := json.Marshal(v)
 		if err != nil {
 			return ocispec.Descriptor{}, err
 		}
 		desc := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(data), Size: int64(len(data))}
-		if err := loc.Push(ctx, desc, bytes.NewReader(data)); err != nil {
-			return ocispec.Descriptor{}, fmt.Errorf("push %s to %s: %w", mediaType, ref, err)
-		}
-		return desc, nil
+		return desc, writeBlob(desc.Digest, data)
 	}
-	if manifest.Config, err = push(ocispec.MediaTypeImageConfig, config); err != nil {
+	if manifest.Config, err = store(ocispec.MediaTypeImageConfig, config); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	desc, err := push(ocispec.MediaTypeImageManifest, manifest)
+	desc, err := store(ocispec.MediaTypeImageManifest, manifest)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	if err := loc.Tag(ctx, desc); err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("tag %s: %w", ref, err)
+	tagged := desc
+	tagged.Annotations = map[string]string{ocispec.AnnotationRefName: "v1"}
+	index := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{tagged}}
+	data, err := json.Marshal(index)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "index.json"), data, 0o644); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ocispec.ImageLayoutFile), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := Push(ctx, dir, "v1", ref); err != nil {
+		return ocispec.Descriptor{}, err
 	}
 	return desc, nil
 }
