@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -134,6 +135,8 @@ func WithDaemonConfig(toml string) Option {
 }
 
 // StartDaemon starts lazypull-snapshotter on the Env's root and socket.
+// Once containerd runs, it returns only when containerd's calls reach the
+// new daemon.
 func (e *Env) StartDaemon(extraArgs ...string) error {
 	args := append([]string{
 		"--root", e.DaemonRoot,
@@ -145,7 +148,15 @@ func (e *Env) StartDaemon(extraArgs ...string) error {
 	if err != nil {
 		return err
 	}
-	if err := p.waitUntil(30*time.Second, func() error { return dialUnix(e.DaemonSocket) }); err != nil {
+	ready := func() error { return dialUnix(e.DaemonSocket) }
+	if e.Containerd != nil {
+		// Once a call to a proxy snapshotter has failed (it was down),
+		// containerd redials it only after a backoff (about 1 s, growing
+		// to 3 s), during which every call fails though our socket
+		// serves: ready once a call reaches the daemon.
+		ready = e.reachDaemon
+	}
+	if err := p.waitUntil(30*time.Second, ready); err != nil {
 		p.Stop(5 * time.Second)
 		return err
 	}
@@ -153,8 +164,23 @@ func (e *Env) StartDaemon(extraArgs ...string) error {
 	return nil
 }
 
-// RestartDaemon stops our daemon (SIGTERM) and starts it again. Its FUSE
-// manager keeps running, with the configuration it started with.
+// reachDaemon makes a call that containerd passes on to our daemon: it
+// answers listing snapshots from its own database, so this prepares an
+// empty snapshot and removes it.
+func (e *Env) reachDaemon() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const key = "testenv-reach-daemon"
+	if _, err := e.Containerd.Ctr(ctx, "snapshots", "--snapshotter", "lazypull", "prepare", key); err != nil {
+		return err
+	}
+	_, err := e.Containerd.Ctr(ctx, "snapshots", "--snapshotter", "lazypull", "rm", key)
+	return err
+}
+
+// RestartDaemon stops our daemon (SIGTERM) and starts it again, and
+// returns once containerd reaches the new one. Its FUSE manager keeps
+// running, with the configuration it started with.
 func (e *Env) RestartDaemon() error {
 	if e.Daemon != nil {
 		if err := e.Daemon.Stop(15 * time.Second); err != nil {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestUnescapeMountinfo(t *testing.T) {
@@ -37,4 +38,28 @@ func TestContainerdByName(t *testing.T) {
 	if _, err := ContainerdByName("3"); err == nil || !strings.Contains(err.Error(), "1.6, "+Containerd2.Name) {
 		t.Errorf("ContainerdByName(\"3\") = %v, want an error listing the releases", err)
 	}
+}
+
+// Right after StartDaemon, containerd's calls reach the new daemon, even
+// when one was made while it was down: containerd then backs off redialing
+// it, and the next calls failed for a second or more.
+func TestStartDaemonReachable(t *testing.T) {
+	NeedFUSE(t)
+	ForEachContainerd(t, func(t *testing.T, containerd Option) {
+		env := New(t, containerd)
+		for i := 0; i < 3; i++ {
+			if err := env.Daemon.Stop(15 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if err := env.reachDaemon(); err == nil {
+				t.Fatal("containerd reached the daemon after it had stopped")
+			}
+			if err := env.StartDaemon(); err != nil {
+				t.Fatal(err)
+			}
+			if err := env.reachDaemon(); err != nil {
+				t.Fatalf("restart %d: %v", i+1, err)
+			}
+		}
+	})
 }
