@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -229,6 +231,16 @@ func (c *Client) Check(ctx context.Context, mountpoints []string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.callTimeout)
 	defer cancel()
 	return c.call(ctx, "Manager.Check", CheckArgs{Mountpoints: mountpoints, Timeout: remaining(ctx)}, &Empty{})
+}
+
+// Usage asks the manager what the layer at mountpoint takes; it
+// implements snapshot.UsageReporter.
+func (c *Client) Usage(ctx context.Context, mountpoint string) (snapshots.Usage, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.callTimeout)
+	defer cancel()
+	var u snapshots.Usage
+	err := c.call(ctx, "Manager.Usage", UnmountArgs{Mountpoint: mountpoint, Timeout: remaining(ctx)}, &u)
+	return u, err
 }
 
 // Status lists the manager's layers.

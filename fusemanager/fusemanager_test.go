@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
+
 	"go.uber.org/goleak"
 
 	"github.com/lazypull/lazypull/layer"
@@ -76,6 +78,10 @@ func (f *fakeMounter) Unmount(_ context.Context, mp string) error {
 }
 
 func (f *fakeMounter) Check(ctx context.Context, mountpoints []string) error { return nil }
+
+func (f *fakeMounter) Usage(ctx context.Context, mountpoint string) (snapshots.Usage, error) {
+	return snapshots.Usage{}, nil
+}
 
 func (f *fakeMounter) Layers() map[string]layer.Stats {
 	f.mu.Lock()

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
+
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
@@ -26,6 +28,7 @@ type Mounter interface {
 	Unmount(ctx context.Context, mountpoint string) error
 	Layers() map[string]layer.Stats
 	Check(ctx context.Context, mountpoints []string) error
+	Usage(ctx context.Context, mountpoint string) (snapshots.Usage, error)
 	Close() error
 }
 
@@ -166,6 +169,14 @@ func (s *service) Check(args CheckArgs, _ *Empty) error {
 	ctx, cancel := s.bound(args.Timeout)
 	defer cancel()
 	return s.m.Check(ctx, args.Mountpoints)
+}
+
+func (s *service) Usage(args UnmountArgs, reply *snapshots.Usage) error {
+	ctx, cancel := s.bound(args.Timeout)
+	defer cancel()
+	u, err := s.m.Usage(ctx, args.Mountpoint)
+	*reply = u
+	return err
 }
 
 func (s *service) Status(_ Empty, reply *StatusReply) error {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
@@ -538,6 +539,19 @@ func (m *Mounter) Check(ctx context.Context, mountpoints []string) error {
 		}
 	}
 	return nil
+}
+
+// Usage reports what the layer mounted at mountpoint takes: the bytes of
+// its data fetched or found in the cache, and its entries as inodes. It
+// implements snapshot.UsageReporter.
+func (m *Mounter) Usage(ctx context.Context, mountpoint string) (snapshots.Usage, error) {
+	m.mu.Lock()
+	mt, ok := m.mounts[mountpoint]
+	m.mu.Unlock()
+	if !ok {
+		return snapshots.Usage{}, fmt.Errorf("no layer mounted at %s: %w", mountpoint, errdefs.ErrNotFound)
+	}
+	return snapshots.Usage{Size: mt.layer.Stats().CachedBytes, Inodes: mt.entries}, nil
 }
 
 // Layers reports every mounted layer's fetching.

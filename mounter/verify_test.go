@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
+
 	"github.com/lazypull/lazypull/labels"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -64,6 +66,12 @@ func TestMountChecksTheLayerAgainstItsImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Unmount(ctx, mp)
+	if u, err := m.Usage(ctx, mp); err != nil || u.Inodes == 0 {
+		t.Errorf("usage of a mounted layer: %+v, %v", u, err)
+	}
+	if _, err := m.Usage(ctx, filepath.Join(dir, "elsewhere")); !errdefs.IsNotFound(err) {
+		t.Errorf("usage of a mountpoint not served: err = %v, want not found", err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for m.Layers()[mp].Verification != layer.Verified {
 		if time.Now().After(deadline) {

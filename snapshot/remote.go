@@ -1,6 +1,10 @@
 package snapshot
 
-import "context"
+import (
+	"context"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+)
 
 // LabelRemote marks a committed snapshot whose directory is mounted by the
 // Remote rather than unpacked. Its value names the kind of mount.
@@ -38,4 +42,13 @@ type Checker interface {
 	// Check fails, naming the layer and why, if any of the mountpoints
 	// it serves holds a layer it refused; it ignores the others.
 	Check(ctx context.Context, mountpoints []string) error
+}
+
+// UsageReporter is a Remote that can tell what a layer it mounted takes on
+// the node: a remote snapshot's directory holds nothing, its data is in
+// the Remote's cache.
+type UsageReporter interface {
+	// Usage reports the layer at mountpoint, or fails for one it does
+	// not serve.
+	Usage(ctx context.Context, mountpoint string) (snapshots.Usage, error)
 }

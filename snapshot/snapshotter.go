@@ -163,6 +163,13 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 		}
 		usage = snapshots.Usage(du)
 	}
+	if r, ok := s.remote.(UsageReporter); ok && info.Labels[LabelRemote] != "" {
+		if remote, err := r.Usage(ctx, s.upperPath(id)); err == nil {
+			usage = remote
+		} else {
+			log.G(ctx).WithError(err).WithField("snapshot", key).Debug("no usage from the remote; reporting the directory's")
+		}
+	}
 	return usage, nil
 }
 

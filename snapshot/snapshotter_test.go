@@ -222,6 +222,11 @@ type checkingRemote struct {
 	rejected map[string]bool
 }
 
+// Usage reports what the layer "takes in the cache".
+func (r *checkingRemote) Usage(ctx context.Context, mountpoint string) (snapshots.Usage, error) {
+	return snapshots.Usage{Size: 4242, Inodes: 7}, nil
+}
+
 func (r *checkingRemote) Check(ctx context.Context, mountpoints []string) error {
 	for _, mp := range mountpoints {
 		if r.rejected[mp] {
@@ -253,6 +258,10 @@ func TestRejectedRemoteLayerRefusesContainers(t *testing.T) {
 	}
 	if _, err := s.Prepare(ctx, "before", "chain-2"); err != nil {
 		t.Fatalf("a container before the rejection: %v", err)
+	}
+	// A remote snapshot's usage is what the Remote says it takes.
+	if u, err := s.Usage(ctx, "chain-1"); err != nil || u != (snapshots.Usage{Size: 4242, Inodes: 7}) {
+		t.Errorf("Usage of a remote snapshot = %+v, %v; want the Remote's", u, err)
 	}
 
 	// The lower layer is found wrong after the fact.
