@@ -87,7 +87,12 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 		lo, hi := l.neighbours(e, k)
 		cl, mine, start := l.claimAround(k, lo, hi, c.Digest)
 		if cl == nil {
-			// Marked done, but the cache lost it (evicted): fetch it again.
+			// Marked done since the look above: a fetch that just ended
+			// cached it, or the cache lost it (evicted): then fetch it
+			// again.
+			if data, ok := l.cachedChunk(e, i); ok {
+				return data, nil
+			}
 			l.mu.Lock()
 			l.done[k] = false
 			l.mu.Unlock()
