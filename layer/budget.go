@@ -29,10 +29,11 @@ type BudgetLimits struct {
 	Opens int
 }
 
-// DefaultBudget fits a node running hundreds of images (4 million files
-// across the mounted lazy layers, some 1 GiB of memory at most) while a
-// single layer stays within toc.Limits.
-var DefaultBudget = BudgetLimits{Entries: 4 << 20, Opens: 4}
+// DefaultBudget fits a node running many images (2 million files across
+// the mounted lazy layers, some hundreds of MiB) while a single layer
+// stays within toc.Limits; one TOC parsed at a time (their fetches run in
+// parallel): parsing costs several times the TOC in passing.
+var DefaultBudget = BudgetLimits{Entries: 2 << 20, Opens: 1}
 
 // NewBudget returns a budget with the given bounds (zero fields: the
 // defaults).
@@ -72,6 +73,14 @@ func (b *Budget) release(n int64) {
 	b.mu.Lock()
 	b.entries -= n
 	b.mu.Unlock()
+}
+
+// remaining is how many entries one more layer may hold (at least 1, so
+// that a limit of 0 does not read as "the default").
+func (b *Budget) remaining() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return max(b.limits.Entries-b.entries, 1)
 }
 
 // Entries is how many TOC entries open layers hold.

@@ -221,18 +221,21 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 		// and no file data the container may never want.
 		tailSize = desc.Size - start
 	}
-	// Reading and parsing a TOC costs memory in proportion to it: only a
-	// few at once per process.
-	if err := opts.Budget.startOpen(ctx); err != nil {
-		return nil, fmt.Errorf("layer %s: wait to open: %w", desc.Digest, err)
-	}
-	defer opts.Budget.endOpen()
 	tail := make([]byte, tailSize)
 	if err := f.FetchAt(ctx, tail, desc.Size-tailSize); err != nil {
 		return nil, fmt.Errorf("layer %s: read its end: %w", desc.Digest, err)
 	}
+	// Decompressing and parsing a TOC costs memory in proportion to what
+	// it decompresses to, not to the bytes fetched: only a few at once
+	// per process (the fetches above run in parallel).
+	if err := opts.Budget.startOpen(ctx); err != nil {
+		return nil, fmt.Errorf("layer %s: wait to open: %w", desc.Digest, err)
+	}
 	ra := &tailReaderAt{ctx: ctx, f: f, tail: tail, tailOff: desc.Size - tailSize}
-	blob, kind, err := format.Open(ra, desc, format.Options{Limits: opts.Limits, Unverified: opts.Unverified})
+	// Nor more entries than the process may still hold.
+	limits.MaxEntries = int(min(int64(limits.MaxEntries), opts.Budget.remaining()))
+	blob, kind, err := format.Open(ra, desc, format.Options{Limits: limits, Unverified: opts.Unverified})
+	opts.Budget.endOpen()
 	// The blob keeps its reader, which the layer never reads through
 	// again: let the tail (a TOC of megabytes) go with Open.
 	ra.tail, ra.ctx = nil, context.Background()

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/format"
+	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/fusefs"
 	"github.com/lazypull/lazypull/layer"
 	"github.com/lazypull/lazypull/metrics"
@@ -87,6 +88,7 @@ type mounted struct {
 // layer nobody takes within preopenKeep is closed: its image's snapshot
 // may exist already (containerd then never asks for it).
 type open struct {
+	key     imageKey // the image its entries are held against
 	expect  layer.Expect
 	done    chan struct{}
 	layer   *layer.Layer
@@ -97,7 +99,7 @@ type open struct {
 // DefaultMaxImageEntries fits the largest images we know (a few hundred
 // thousand files) and keeps one image's TOCs to some hundreds of MiB of
 // the FUSE manager, which serves every image on the node.
-const DefaultMaxImageEntries = 512 << 10
+const DefaultMaxImageEntries = 256 << 10
 
 // preopenKeep is how long a layer opened ahead waits for its Prepare.
 const preopenKeep = time.Minute
@@ -150,14 +152,42 @@ func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Des
 		return nil, err
 	}
 	opts := m.opts.Layer
+	// The TOC may hold no more entries than the image may still hold:
+	// a parse stops there instead of building what would be refused.
+	m.mu.Lock()
+	remaining := m.opts.MaxImageEntries - m.imageEntries[img]
+	m.mu.Unlock()
+	if remaining <= 0 {
+		return nil, fmt.Errorf("%w: the lazy layers of %s hold the %d TOC entries one image may ([fetch] max_image_entries); this layer is unpacked instead", errNotLazy, img.ref, m.opts.MaxImageEntries)
+	}
+	opts.Limits = opts.Limits.WithDefaults()
+	capped := remaining < int64(opts.Limits.MaxEntries)
+	opts.Limits.MaxEntries = int(min(int64(opts.Limits.MaxEntries), remaining))
 	if !m.opts.NoBackground || m.opts.VerifyBeforeUse {
 		// Verified once the background fetch has it all.
 		opts.Expect = expect
 	}
 	opts.Gate = m.gate(img.ref)
 	opts.OnMiss = m.hints.onMiss(img, desc.Digest)
-	return layer.Open(ctx, desc, blob, m.cache, opts)
+	l, err := layer.Open(ctx, desc, blob, m.cache, opts)
+	var tocErr *toc.Error
+	if err != nil && capped && errors.As(err, &tocErr) {
+		return nil, fmt.Errorf("%w: the lazy layers of %s may hold %d more TOC entries ([fetch] max_image_entries); this layer is unpacked instead: %w", errNotLazy, img.ref, remaining, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	// Counted as soon as it is open (ahead of its Prepare too): an image
+	// of many layers must not take the process's memory while its layers
+	// wait to be mounted.
+	if err := m.holdEntries(img, entriesOf(l)); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	return l, nil
 }
+
+func entriesOf(l *layer.Layer) int64 { return int64(len(l.TOC().Entries)) }
 
 // lockMountpoint waits until no other Mount or Unmount works on
 // mountpoint, and holds it until the returned func is called.
@@ -228,18 +258,14 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 	// The image's other layers will be asked for next: open them now.
 	m.preopen(key, img)
 
-	l, err := m.openLayer(ctx, key, desc, expect)
+	l, held, err := m.openLayer(ctx, key, desc, expect)
 	if err != nil {
 		return err
 	}
-	entries := int64(len(l.TOC().Entries))
-	if err := m.holdEntries(key, entries); err != nil {
-		l.Close()
-		return fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
+	entries := entriesOf(l)
 	fm, err := fusefs.Mount(mountpoint, l, m.opts.FUSE)
 	if err != nil {
-		m.holdEntries(key, -entries)
+		m.holdEntries(held, -entries)
 		l.Close()
 		return err
 	}
@@ -254,14 +280,14 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 		if m.opts.VerifyBeforeUse {
 			if err := l.WaitVerified(ctx); err != nil {
 				fm.Unmount()
-				m.holdEntries(key, -entries)
+				m.holdEntries(held, -entries)
 				l.Close()
 				return fmt.Errorf("layer %s: verify before use: %w", desc.Digest, err)
 			}
 		}
 	}
 	m.mu.Lock()
-	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm, image: key, entries: entries}
+	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm, image: held, entries: entries}
 	m.mu.Unlock()
 	metrics.MountedLayers.Inc()
 	log.G(ctx).WithField("layer", desc.Digest).WithField("mountpoint", mountpoint).Info("layer mounted lazily")
@@ -270,7 +296,8 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 
 // openLayer opens a layer, or takes the one preopen opened for the same
 // expectation.
-func (m *Mounter) openLayer(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect) (*layer.Layer, error) {
+// It returns the image whose bound the layer's entries are held against.
+func (m *Mounter) openLayer(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect) (*layer.Layer, imageKey, error) {
 	m.mu.Lock()
 	o, ok := m.opening[desc.Digest]
 	m.mu.Unlock()
@@ -278,7 +305,7 @@ func (m *Mounter) openLayer(ctx context.Context, img imageKey, desc ocispec.Desc
 		select {
 		case <-o.done:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, img, ctx.Err()
 		}
 		m.mu.Lock()
 		taken := m.opening[desc.Digest] == o && o.err == nil && o.layer != nil && o.expect == expect
@@ -287,10 +314,11 @@ func (m *Mounter) openLayer(ctx context.Context, img imageKey, desc ocispec.Desc
 		}
 		m.mu.Unlock()
 		if taken && o.expires != nil && o.expires.Stop() {
-			return o.layer, nil
+			return o.layer, o.key, nil
 		}
 	}
-	return m.openRemote(ctx, img, desc, expect)
+	l, err := m.openRemote(ctx, img, desc, expect)
+	return l, img, err
 }
 
 // preopen opens the TOCs of an image's lazy layers in parallel (the
@@ -310,7 +338,7 @@ func (m *Mounter) preopen(key imageKey, img *image) {
 		if _, busy := m.opening[desc.Digest]; busy || m.mountedLocked(desc.Digest) != nil {
 			continue
 		}
-		o := &open{done: make(chan struct{})}
+		o := &open{key: key, done: make(chan struct{})}
 		if len(img.diffIDs) == len(img.layers) {
 			o.expect = layer.Expect{DiffID: img.diffIDs[i]}
 		}
@@ -338,6 +366,7 @@ func (m *Mounter) dropPreopened(d digest.Digest, o *open) {
 	m.mu.Unlock()
 	if o.layer != nil {
 		o.layer.Close()
+		m.holdEntries(o.key, -entriesOf(o.layer))
 	}
 }
 
@@ -601,6 +630,7 @@ func (m *Mounter) Close() error {
 		}
 		if o.layer != nil {
 			o.layer.Close()
+			m.holdEntries(o.key, -entriesOf(o.layer))
 		}
 	}
 	return errors.Join(errs...)
