@@ -61,7 +61,7 @@ func main() {
 	}
 	release, err := testenv.ContainerdByName(strings.TrimSuffix(*containerd, ".x"))
 	if err != nil {
-		fail(err)
+		fail(fmt.Errorf("--containerd %s: %w", *containerd, err))
 	}
 	cfg := runner.Config{Runs: *runs, RTT: *rtt, Bandwidth: bps, Scenarios: scenarios, Progress: os.Stderr, Containerd: release}
 	if *daemonConfig != "" {
