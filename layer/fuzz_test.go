@@ -151,8 +151,8 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 		if !ok {
 			continue
 		}
-		if e.Digest != "" && served != e.Digest {
-			t.Fatalf("%s: served %s without an error, its TOC says %s", e.Name, served, e.Digest)
+		if e.Digest() != "" && served != e.Digest() {
+			t.Fatalf("%s: served %s without an error, its TOC says %s", e.Name, served, e.Digest())
 		}
 		if file, ok := l.CachedFile(e); ok {
 			d := served.Algorithm().Digester()
@@ -171,8 +171,8 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 // failed.
 func readWhole(t *testing.T, l *layer.Layer, e *toc.Entry, buf []byte) (digest.Digest, bool) {
 	alg := digest.SHA256
-	if e.Digest != "" && e.Digest.Algorithm().Available() {
-		alg = e.Digest.Algorithm()
+	if e.Digest() != "" && e.Digest().Algorithm().Available() {
+		alg = e.Digest().Algorithm()
 	}
 	d := alg.Digester()
 	var off int64
