@@ -78,6 +78,7 @@ type filesystem struct {
 	fallbacks   atomic.Int64 // reads that passthrough should have taken
 	warnOnce    sync.Once
 	readErrors  atomic.Int64
+	opens       pageCacheOpens
 	mountedAt   time.Time
 	// noXattrs: no entry has an xattr and no directory is opaque. Then
 	// getxattr answers ENOSYS, and the kernel stops asking this mount:

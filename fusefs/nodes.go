@@ -47,7 +47,7 @@ func (f *filesystem) fillAttr(e *toc.Entry, out *fuse.Attr) {
 	case toc.TypeDir:
 		out.Size = 4096
 	case toc.TypeChar, toc.TypeBlock:
-		out.Rdev = uint32(unix.Mkdev(e.DevMajor, e.DevMinor))
+		out.Rdev = uint32(unix.Mkdev(uint32(e.DevMajor), e.DevMinor))
 	}
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 4096
@@ -205,7 +205,7 @@ func (f *filesystem) newNode(e *toc.Entry) fs.InodeEmbedder {
 	case toc.TypeDir:
 		return &dirNode{node{fsys: f, e: e}}
 	case toc.TypeReg:
-		return &fileNode{node: node{fsys: f, e: e}}
+		return &fileNode{node{fsys: f, e: e}}
 	case toc.TypeSymlink:
 		return &symlinkNode{node{fsys: f, e: e}}
 	}

@@ -49,7 +49,7 @@ func (t *TOC) Child(dir *Entry, base string) (*Entry, bool) {
 // child finds base among dir's sorted children. Siblings share their
 // parent's name and a slash, so sorted by name they are sorted by base.
 func child(dir *Entry, base string) (*Entry, bool) {
-	cs := dir.children
+	cs := dir.Children()
 	i := sort.Search(len(cs), func(i int) bool { return cs[i].Base() >= base })
 	if i < len(cs) && cs[i].Base() == base {
 		return cs[i], true
@@ -58,7 +58,20 @@ func child(dir *Entry, base string) (*Entry, bool) {
 }
 
 // Children lists a directory's entries, sorted by name.
-func (e *Entry) Children() []*Entry { return e.children }
+func (e *Entry) Children() []*Entry {
+	if e.children == nil {
+		return nil
+	}
+	return *e.children
+}
+
+// addChild lists c among dir's children (sorted once the TOC is built).
+func (dir *Entry) addChild(c *Entry) {
+	if dir.children == nil {
+		dir.children = new([]*Entry)
+	}
+	*dir.children = append(*dir.children, c)
+}
 
 // Base is the entry's last name component.
 func (e *Entry) Base() string { return e.Name[lastSlash(e.Name)+1:] }
@@ -83,13 +96,13 @@ func (e *Entry) ChunkAt(off int64) (int, bool) {
 // setAttrs gives an implicit directory the attributes a listing brings.
 func (e *Entry) setAttrs(from *Entry) {
 	e.Mode, e.UID, e.GID = from.Mode, from.UID, from.GID
-	e.mtime, e.mtimeNsec, e.hasMtime = from.mtime, from.mtimeNsec, from.hasMtime
+	e.mtime, e.mtimeNsec = from.mtime, from.mtimeNsec
 	e.Xattrs = from.Xattrs
 	e.Implicit = false
 }
 
 func (e *Entry) sameAttrs(o *Entry) bool {
 	return e.Mode == o.Mode && e.UID == o.UID && e.GID == o.GID &&
-		e.mtime == o.mtime && e.mtimeNsec == o.mtimeNsec && e.hasMtime == o.hasMtime &&
+		e.mtime == o.mtime && e.mtimeNsec == o.mtimeNsec &&
 		maps.EqualFunc(e.Xattrs, o.Xattrs, func(a, b []byte) bool { return string(a) == string(b) })
 }

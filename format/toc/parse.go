@@ -313,9 +313,15 @@ func (b *builder) finish() (*TOC, error) {
 	if err := placeChunks(b.chunks, b.dataEnd, b.limits); err != nil {
 		return nil, err
 	}
+	// Kept for the layer's life: sorted, with no spare capacity.
 	for _, e := range b.byName {
-		slices.SortFunc(e.children, func(a, b *Entry) int { return strings.Compare(a.Name, b.Name) })
+		if e.children != nil {
+			cs := slices.Clone(*e.children)
+			slices.SortFunc(cs, func(a, b *Entry) int { return strings.Compare(a.Name, b.Name) })
+			*e.children = cs
+		}
 	}
+	b.t.Entries = slices.Clone(b.t.Entries)
 	b.byName = nil
 	return b.t, nil
 }
@@ -335,7 +341,7 @@ func (b *builder) addParents(e *Entry) error {
 			if parent.Type != TypeDir {
 				return errorf(e.Name, "parent %q is a %s, not a directory", dir, parent.Type)
 			}
-			parent.children = append(parent.children, child)
+			parent.addChild(child)
 			if child.Type == TypeDir {
 				parent.NumLink++
 			}
@@ -347,7 +353,7 @@ func (b *builder) addParents(e *Entry) error {
 		parent = &Entry{Name: dir, Type: TypeDir, Mode: 0o755, NumLink: 2, Implicit: true}
 		b.byName[dir] = parent
 		b.append(parent)
-		parent.children = append(parent.children, child)
+		parent.addChild(child)
 		if child.Type == TypeDir {
 			parent.NumLink++
 		}
@@ -394,7 +400,7 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 		if w.DevMajor < 0 || w.DevMajor > maxDeviceMajor || w.DevMinor < 0 || w.DevMinor > maxDeviceMinor {
 			return nil, errorf(w.Name, "device number %d:%d out of range", w.DevMajor, w.DevMinor)
 		}
-		e.DevMajor, e.DevMinor = uint32(w.DevMajor), uint32(w.DevMinor)
+		e.DevMajor, e.DevMinor = uint16(w.DevMajor), uint32(w.DevMinor)
 	case TypeFifo:
 	default:
 		return nil, errorf(w.Name, "unknown type")
@@ -413,7 +419,7 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 		if err != nil {
 			return nil, errorf(w.Name, "modtime %q is not RFC 3339", w.ModTime)
 		}
-		e.mtime, e.mtimeNsec, e.hasMtime = mt.Unix(), int32(mt.Nanosecond()), true
+		e.mtime, e.mtimeNsec = mt.Unix(), int32(mt.Nanosecond())+1
 	}
 	if len(w.Xattrs) > maxXattrs {
 		return nil, errorf(w.Name, "%d xattrs, more than %d", len(w.Xattrs), maxXattrs)

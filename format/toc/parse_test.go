@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -603,5 +604,13 @@ func TestParseAllocatesWhatItDecodes(t *testing.T) {
 	}
 	if n > 1<<20 {
 		t.Errorf("Parse allocated %d bytes for 100 entries, want it to stop at the limit", n)
+	}
+}
+
+// TestEntrySize: a mounted layer holds an Entry per file, so its size is
+// a size class of the allocator's; a field more must find its room.
+func TestEntrySize(t *testing.T) {
+	if got := unsafe.Sizeof(Entry{}); got != 128 {
+		t.Errorf("an Entry takes %d bytes, want 128", got)
 	}
 }

@@ -88,26 +88,30 @@ type Entry struct {
 	LinkName string // symlink target as written; hardlink: cleaned name of the target
 	// Xattrs never holds trusted.* nor user.overlay.* names: Parse
 	// drops them (see OverlayXattr).
-	Xattrs   map[string][]byte
-	Chunks   []Chunk  // regular files with content: in file order, covering Size exactly
-	children []*Entry // directories: sorted by name
-	Size     int64    // regular files: uncompressed size
-	mtime    int64    // Unix seconds, if hasMtime
+	Xattrs map[string][]byte
+	Chunks []Chunk // regular files with content: in file order, covering Size exactly
+	// children are a directory's entries, sorted by name: behind a
+	// pointer, as most entries are not directories.
+	children *[]*Entry
+	Size     int64 // regular files: uncompressed size
+	mtime    int64 // Unix seconds
 	// digest is the file's: nil if the TOC has none; a one-chunk file
 	// shares its chunk's.
-	digest    *sum
+	digest *sum
+	// mtimeNsec is the nanoseconds of the modification time plus one: 0
+	// if the TOC has no time.
 	mtimeNsec int32
 	Mode      uint32 // permission, setuid, setgid and sticky bits (07777)
 	UID, GID  uint32
-	DevMajor  uint32
 	DevMinor  uint32
 	// NumLink counts the names of this inode (hard links included).
-	NumLink uint32
-	ino     uint32 // see Ino
-	Type    Type   // one of the Type constants other than TypeChunk
+	NumLink  uint32
+	ino      uint32 // see Ino
+	DevMajor uint16
+	Type     Type // one of the Type constants other than TypeChunk
 	// Implicit marks a directory the TOC did not list but a child needs.
 	Implicit bool
-	hasMtime bool
+	// 128 bytes in all: mind the size class when adding a field.
 }
 
 // Chunk is one independently compressed piece of a regular file.
@@ -150,10 +154,10 @@ func (e *Entry) Digest() digest.Digest {
 // ModTime is the entry's modification time; the zero time if the TOC has
 // none.
 func (e *Entry) ModTime() time.Time {
-	if !e.hasMtime {
+	if e.mtimeNsec == 0 {
 		return time.Time{}
 	}
-	return time.Unix(e.mtime, int64(e.mtimeNsec)).UTC()
+	return time.Unix(e.mtime, int64(e.mtimeNsec-1)).UTC()
 }
 
 // Ino is the entry's inode number, stable for the TOC: the root is 1,
