@@ -39,9 +39,9 @@ type Limits struct {
 // anyway. A TOC is held whole in memory, decoded, so every MiB allowed
 // here is several MiB of a node's memory per layer.
 //
-// MaxEntries is half a million: each entry costs some 300 bytes once
-// indexed (a million took 318 MiB), and 64 MiB of JSON holds no more than
-// that many real entries, at 100 bytes for the smallest (a directory or a
+// MaxEntries is half a million: each entry costs 160 bytes (a directory)
+// to 260 (a one-chunk file with its name) once indexed, and 64 MiB of
+// JSON holds no more than that many real entries, at 100 bytes for the smallest (a directory or a
 // symlink with its times and owner), while the smallest possible ones
 // (`{"name":"d","type":"dir"}`) would be 2.5 million.
 //
