@@ -152,14 +152,14 @@ func sameHeader(h *tar.Header, e *toc.Entry) error {
 		return mismatch(e.Name, "owner %d:%d in the TOC, %d:%d in the tar", e.UID, e.GID, h.Uid, h.Gid)
 	case e.Type == toc.TypeReg && h.Size != e.Size:
 		return mismatch(e.Name, "%d bytes in the TOC, %d in the tar", e.Size, h.Size)
-	case e.Type == toc.TypeSymlink && h.Linkname != e.LinkName:
-		return mismatch(e.Name, "links to %q in the TOC, %q in the tar", e.LinkName, h.Linkname)
-	case e.Type == toc.TypeHardlink && cleanTarName(h.Linkname) != e.LinkName:
-		return mismatch(e.Name, "a hard link to %q in the TOC, to %q in the tar", e.LinkName, h.Linkname)
+	case e.Type == toc.TypeSymlink && h.Linkname != e.LinkName():
+		return mismatch(e.Name, "links to %q in the TOC, %q in the tar", e.LinkName(), h.Linkname)
+	case e.Type == toc.TypeHardlink && cleanTarName(h.Linkname) != e.LinkName():
+		return mismatch(e.Name, "a hard link to %q in the TOC, to %q in the tar", e.LinkName(), h.Linkname)
 	case (e.Type == toc.TypeChar || e.Type == toc.TypeBlock) && (h.Devmajor != int64(e.DevMajor) || h.Devminor != int64(e.DevMinor)):
 		return mismatch(e.Name, "device %d:%d in the TOC, %d:%d in the tar", e.DevMajor, e.DevMinor, h.Devmajor, h.Devminor)
 	}
-	for k, v := range e.Xattrs {
+	for k, v := range e.Xattrs() {
 		if tv, ok := h.PAXRecords["SCHILY.xattr."+k]; !ok || tv != string(v) {
 			return mismatch(e.Name, "xattr %s in the TOC is not the tar's", k)
 		}

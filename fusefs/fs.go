@@ -91,7 +91,7 @@ type filesystem struct {
 // directory's marker.
 func hasXattrs(t *toc.TOC) bool {
 	for _, e := range t.Entries {
-		if len(e.Xattrs) > 0 || e.Base() == toc.OpaqueWhiteout {
+		if len(e.Xattrs()) > 0 || e.Base() == toc.OpaqueWhiteout {
 			return true
 		}
 	}

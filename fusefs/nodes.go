@@ -43,7 +43,7 @@ func (f *filesystem) fillAttr(e *toc.Entry, out *fuse.Attr) {
 	case toc.TypeReg:
 		out.Size = uint64(e.Size)
 	case toc.TypeSymlink:
-		out.Size = uint64(len(e.LinkName))
+		out.Size = uint64(len(e.LinkName()))
 	case toc.TypeDir:
 		out.Size = 4096
 	case toc.TypeChar, toc.TypeBlock:
@@ -95,10 +95,10 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 func (n *node) xattrs() map[string][]byte {
 	e := n.fsys.toc.HardlinkTarget(n.e)
 	if e.Type != toc.TypeDir || !isOpaque(e) {
-		return e.Xattrs
+		return e.Xattrs()
 	}
-	all := make(map[string][]byte, len(e.Xattrs)+len(n.fsys.opaque))
-	for k, v := range e.Xattrs {
+	all := make(map[string][]byte, len(e.Xattrs())+len(n.fsys.opaque))
+	for k, v := range e.Xattrs() {
 		all[k] = v
 	}
 	for _, name := range n.fsys.opaque {
@@ -257,7 +257,7 @@ func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if s.fsys.layer.Rejected() {
 		return nil, syscall.EIO
 	}
-	return []byte(s.e.LinkName), 0
+	return []byte(s.e.LinkName()), 0
 }
 
 // whiteoutNode is a deletion, shown as overlayfs's char 0/0 device.

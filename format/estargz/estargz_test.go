@@ -149,8 +149,8 @@ func checkLayer(t *testing.T, r *Reader, files []testFile) {
 			continue
 		}
 		if f.hdr.Typeflag == tar.TypeLink {
-			if e.Type != toc.TypeHardlink || e.LinkName != toc.CleanTarName(f.hdr.Linkname) {
-				t.Errorf("%s: %s -> %q, want a hard link to %s", name, e.Type, e.LinkName, f.hdr.Linkname)
+			if e.Type != toc.TypeHardlink || e.LinkName() != toc.CleanTarName(f.hdr.Linkname) {
+				t.Errorf("%s: %s -> %q, want a hard link to %s", name, e.Type, e.LinkName(), f.hdr.Linkname)
 			}
 			continue
 		}
@@ -161,8 +161,8 @@ func checkLayer(t *testing.T, r *Reader, files []testFile) {
 			t.Errorf("%s: modtime %v, want %v", name, e.ModTime(), f.hdr.ModTime)
 		}
 		for k, v := range f.hdr.PAXRecords {
-			if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && string(e.Xattrs[x]) != v {
-				t.Errorf("%s: xattr %s = %q, want %q", name, x, e.Xattrs[x], v)
+			if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && string(e.Xattrs()[x]) != v {
+				t.Errorf("%s: xattr %s = %q, want %q", name, x, e.Xattrs()[x], v)
 			}
 		}
 		switch f.hdr.Typeflag {
@@ -174,8 +174,8 @@ func checkLayer(t *testing.T, r *Reader, files []testFile) {
 				t.Errorf("%s: digest %s, want %s", name, e.Digest(), want)
 			}
 		case tar.TypeSymlink:
-			if e.LinkName != f.hdr.Linkname {
-				t.Errorf("%s: target %q, want %q", name, e.LinkName, f.hdr.Linkname)
+			if e.LinkName() != f.hdr.Linkname {
+				t.Errorf("%s: target %q, want %q", name, e.LinkName(), f.hdr.Linkname)
 			}
 		case tar.TypeChar, tar.TypeBlock:
 			if int64(e.DevMajor) != f.hdr.Devmajor || int64(e.DevMinor) != f.hdr.Devminor {

@@ -81,7 +81,7 @@ func (t *TOC) HardlinkTarget(e *Entry) *Entry {
 	if e.Type != TypeHardlink {
 		return e
 	}
-	if target, ok := t.Lookup(e.LinkName); ok {
+	if target, ok := t.Lookup(e.LinkName()); ok {
 		return target
 	}
 	return e
@@ -97,12 +97,12 @@ func (e *Entry) ChunkAt(off int64) (int, bool) {
 func (e *Entry) setAttrs(from *Entry) {
 	e.Mode, e.UID, e.GID = from.Mode, from.UID, from.GID
 	e.mtime, e.mtimeNsec = from.mtime, from.mtimeNsec
-	e.Xattrs = from.Xattrs
+	e.setMore("", from.Xattrs())
 	e.Implicit = false
 }
 
 func (e *Entry) sameAttrs(o *Entry) bool {
 	return e.Mode == o.Mode && e.UID == o.UID && e.GID == o.GID &&
 		e.mtime == o.mtime && e.mtimeNsec == o.mtimeNsec &&
-		maps.EqualFunc(e.Xattrs, o.Xattrs, func(a, b []byte) bool { return string(a) == string(b) })
+		maps.EqualFunc(e.Xattrs(), o.Xattrs(), func(a, b []byte) bool { return string(a) == string(b) })
 }

@@ -282,18 +282,18 @@ func (b *builder) add(w *WireEntry) error {
 			b.chunks[e] = append(b.chunks[e], chunkFromWire(w))
 		}
 	case TypeHardlink:
-		target, ok := b.byName[e.LinkName]
+		target, ok := b.byName[e.LinkName()]
 		if !ok {
-			return errorf(w.Name, "hard link to %q, which no earlier entry is", e.LinkName)
+			return errorf(w.Name, "hard link to %q, which no earlier entry is", e.LinkName())
 		}
 		if target.Type == TypeHardlink {
 			// A link to a link (tar allows it): the earlier link was
 			// resolved already, so one step reaches the file.
-			target = b.byName[target.LinkName]
-			e.LinkName = target.Name
+			target = b.byName[target.LinkName()]
+			e.more.linkName = target.Name // a hard link's more is never nil
 		}
 		if target.Type == TypeDir {
-			return errorf(w.Name, "hard link to %q, a %s", e.LinkName, target.Type)
+			return errorf(w.Name, "hard link to %q, a %s", e.LinkName(), target.Type)
 		}
 		target.NumLink++
 	}
@@ -366,7 +366,8 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Entry{Name: name, Type: w.Type, LinkName: w.LinkName, NumLink: 1}
+	e := &Entry{Name: name, Type: w.Type, NumLink: 1}
+	var link string
 	switch w.Type {
 	case TypeDir:
 		e.NumLink = 2
@@ -390,12 +391,13 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 		if w.LinkName == "" || len(w.LinkName) > maxNameBytes || strings.IndexByte(w.LinkName, 0) >= 0 {
 			return nil, errorf(w.Name, "symlink target is empty, too long or holds a NUL byte")
 		}
+		link = w.LinkName
 	case TypeHardlink:
 		target, err := cleanName(w.LinkName)
 		if err != nil || target == "" {
 			return nil, errorf(w.Name, "hard link target %q is not a name inside the layer", w.LinkName)
 		}
-		e.LinkName = target
+		link = target
 	case TypeChar, TypeBlock:
 		if w.DevMajor < 0 || w.DevMajor > maxDeviceMajor || w.DevMinor < 0 || w.DevMinor > maxDeviceMinor {
 			return nil, errorf(w.Name, "device number %d:%d out of range", w.DevMajor, w.DevMinor)
@@ -432,9 +434,7 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 			delete(w.Xattrs, k)
 		}
 	}
-	if len(w.Xattrs) > 0 {
-		e.Xattrs = w.Xattrs
-	}
+	e.setMore(link, w.Xattrs)
 	return e, nil
 }
 

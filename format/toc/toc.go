@@ -84,12 +84,10 @@ const (
 // group names, access and change times) is not kept, and digests are
 // kept as their bytes.
 type Entry struct {
-	Name     string // cleaned, relative, no "." or ".." components; "" is the root
-	LinkName string // symlink target as written; hardlink: cleaned name of the target
-	// Xattrs never holds trusted.* nor user.overlay.* names: Parse
-	// drops them (see OverlayXattr).
-	Xattrs map[string][]byte
+	Name   string  // cleaned, relative, no "." or ".." components; "" is the root
 	Chunks []Chunk // regular files with content: in file order, covering Size exactly
+	// more holds what few entries have: see LinkName and Xattrs.
+	more *extra
 	// children are a directory's entries, sorted by name: behind a
 	// pointer, as most entries are not directories.
 	children *[]*Entry
@@ -111,7 +109,38 @@ type Entry struct {
 	Type     Type // one of the Type constants other than TypeChunk
 	// Implicit marks a directory the TOC did not list but a child needs.
 	Implicit bool
-	// 128 bytes in all: mind the size class when adding a field.
+	// 112 bytes in all: mind the size class when adding a field.
+}
+
+type extra struct {
+	linkName string
+	xattrs   map[string][]byte
+}
+
+// LinkName is a symlink's target as written, a hard link's the cleaned
+// name of its target.
+func (e *Entry) LinkName() string {
+	if e.more == nil {
+		return ""
+	}
+	return e.more.linkName
+}
+
+// Xattrs are the entry's extended attributes, never trusted.* nor
+// user.overlay.* ones: Parse drops them (see OverlayXattr).
+func (e *Entry) Xattrs() map[string][]byte {
+	if e.more == nil {
+		return nil
+	}
+	return e.more.xattrs
+}
+
+// setMore keeps a link target and xattrs, if there are any.
+func (e *Entry) setMore(linkName string, xattrs map[string][]byte) {
+	e.more = nil
+	if linkName != "" || len(xattrs) > 0 {
+		e.more = &extra{linkName: linkName, xattrs: xattrs}
+	}
 }
 
 // Chunk is one independently compressed piece of a regular file.

@@ -291,8 +291,8 @@ func checkAttrs(t *testing.T, e *toc.Entry, h *tar.Header, strict bool) {
 	}
 	switch e.Type {
 	case toc.TypeSymlink:
-		if e.LinkName != h.Linkname {
-			t.Errorf("%q: symlink to %q, want %q", e.Name, e.LinkName, h.Linkname)
+		if e.LinkName() != h.Linkname {
+			t.Errorf("%q: symlink to %q, want %q", e.Name, e.LinkName(), h.Linkname)
 		}
 	case toc.TypeChar, toc.TypeBlock:
 		if int64(e.DevMajor) != h.Devmajor || int64(e.DevMinor) != h.Devminor {
@@ -300,8 +300,8 @@ func checkAttrs(t *testing.T, e *toc.Entry, h *tar.Header, strict bool) {
 		}
 	}
 	maps.DeleteFunc(want.Xattrs, func(k string, _ []byte) bool { return toc.OverlayXattr(k) }) // toc.Parse drops them
-	if !maps.EqualFunc(e.Xattrs, want.Xattrs, bytes.Equal) {
-		t.Errorf("%q: xattrs %q, want %q", e.Name, e.Xattrs, want.Xattrs)
+	if !maps.EqualFunc(e.Xattrs(), want.Xattrs, bytes.Equal) {
+		t.Errorf("%q: xattrs %q, want %q", e.Name, e.Xattrs(), want.Xattrs)
 	}
 }
 
