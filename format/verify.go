@@ -134,7 +134,7 @@ func cleanTarName(name string) string {
 	return strings.TrimPrefix(clean, "/")
 }
 
-var tarTypes = map[byte]string{
+var tarTypes = map[byte]toc.Type{
 	tar.TypeReg: toc.TypeReg, tar.TypeRegA: toc.TypeReg, tar.TypeGNUSparse: toc.TypeReg,
 	tar.TypeDir: toc.TypeDir, tar.TypeSymlink: toc.TypeSymlink, tar.TypeLink: toc.TypeHardlink,
 	tar.TypeChar: toc.TypeChar, tar.TypeBlock: toc.TypeBlock, tar.TypeFifo: toc.TypeFifo,
@@ -148,18 +148,18 @@ func sameHeader(h *tar.Header, e *toc.Entry) error {
 	switch {
 	case uint32(h.Mode&0o7777) != e.Mode:
 		return mismatch(e.Name, "mode %o in the TOC, %o in the tar", e.Mode, h.Mode&0o7777)
-	case h.Uid != e.UID || h.Gid != e.GID:
+	case h.Uid != int(e.UID) || h.Gid != int(e.GID):
 		return mismatch(e.Name, "owner %d:%d in the TOC, %d:%d in the tar", e.UID, e.GID, h.Uid, h.Gid)
 	case e.Type == toc.TypeReg && h.Size != e.Size:
 		return mismatch(e.Name, "%d bytes in the TOC, %d in the tar", e.Size, h.Size)
-	case e.Type == toc.TypeSymlink && h.Linkname != e.LinkName:
-		return mismatch(e.Name, "links to %q in the TOC, %q in the tar", e.LinkName, h.Linkname)
-	case e.Type == toc.TypeHardlink && cleanTarName(h.Linkname) != e.LinkName:
-		return mismatch(e.Name, "a hard link to %q in the TOC, to %q in the tar", e.LinkName, h.Linkname)
+	case e.Type == toc.TypeSymlink && h.Linkname != e.LinkName():
+		return mismatch(e.Name, "links to %q in the TOC, %q in the tar", e.LinkName(), h.Linkname)
+	case e.Type == toc.TypeHardlink && cleanTarName(h.Linkname) != e.LinkName():
+		return mismatch(e.Name, "a hard link to %q in the TOC, to %q in the tar", e.LinkName(), h.Linkname)
 	case (e.Type == toc.TypeChar || e.Type == toc.TypeBlock) && (h.Devmajor != int64(e.DevMajor) || h.Devminor != int64(e.DevMinor)):
 		return mismatch(e.Name, "device %d:%d in the TOC, %d:%d in the tar", e.DevMajor, e.DevMinor, h.Devmajor, h.Devminor)
 	}
-	for k, v := range e.Xattrs {
+	for k, v := range e.Xattrs() {
 		if tv, ok := h.PAXRecords["SCHILY.xattr."+k]; !ok || tv != string(v) {
 			return mismatch(e.Name, "xattr %s in the TOC is not the tar's", k)
 		}
@@ -172,13 +172,13 @@ func sameHeader(h *tar.Header, e *toc.Entry) error {
 // against its digest when the TOC gives one.
 func sameContent(r io.Reader, e *toc.Entry, buf []byte) error {
 	var whole hash.Hash
-	if e.Digest != "" {
-		whole = e.Digest.Algorithm().Hash()
+	if e.Digest() != "" {
+		whole = e.Digest().Algorithm().Hash()
 	}
 	for i, c := range e.Chunks {
 		var h hash.Hash
 		if !c.Zero {
-			h = c.Digest.Algorithm().Hash()
+			h = c.Digest().Algorithm().Hash()
 		}
 		for left := c.Size; left > 0; {
 			n, err := io.ReadFull(r, buf[:min(left, int64(len(buf)))])
@@ -198,11 +198,11 @@ func sameContent(r io.Reader, e *toc.Entry, buf []byte) error {
 			}
 			left -= int64(n)
 		}
-		if h != nil && digest.NewDigest(c.Digest.Algorithm(), h) != c.Digest {
+		if h != nil && digest.NewDigest(c.Digest().Algorithm(), h) != c.Digest() {
 			return mismatch(e.Name, "chunk %d at offset %d differs from the TOC's digest in the tar", i, c.FileOffset)
 		}
 	}
-	if whole != nil && digest.NewDigest(e.Digest.Algorithm(), whole) != e.Digest {
+	if whole != nil && digest.NewDigest(e.Digest().Algorithm(), whole) != e.Digest() {
 		return mismatch(e.Name, "content differs from the TOC's digest in the tar")
 	}
 	return nil

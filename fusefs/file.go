@@ -18,12 +18,38 @@ import (
 )
 
 // fileNode is a regular file.
-type fileNode struct {
-	node
-	// The kernel refuses (EIO) to open an inode with passthrough while
-	// another open of it reads through the page cache: count those.
-	mu          sync.Mutex
-	cachedOpens int
+type fileNode struct{ node }
+
+// pageCacheOpens counts, per file, the opens that read through the page
+// cache: the kernel refuses (EIO) to open an inode with passthrough while
+// another open of it does. The counts live here rather than in each
+// fileNode, which the kernel makes for every file it looks up: a mutex
+// and a count there would cost a 50,000-file layer 0.8 MB.
+type pageCacheOpens struct {
+	stripes [64]sync.Mutex // an open decides under its file's stripe
+	mu      sync.Mutex     // guards n
+	n       map[*fileNode]int
+}
+
+func (p *pageCacheOpens) lock(n *fileNode) func() {
+	m := &p.stripes[n.e.Ino()%uint64(len(p.stripes))]
+	m.Lock()
+	return m.Unlock
+}
+
+func (p *pageCacheOpens) add(n *fileNode, d int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == nil {
+		p.n = make(map[*fileNode]int)
+	}
+	v := p.n[n] + d
+	if v == 0 {
+		delete(p.n, n)
+	} else {
+		p.n[n] = v
+	}
+	return v
 }
 
 var _ fs.NodeOpener = (*fileNode)(nil)
@@ -37,11 +63,10 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if f.layer.Rejected() {
 		return nil, 0, syscall.EIO
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	defer f.opens.lock(n)()
 	if cached, ok := f.layer.CachedFile(n.e); ok {
-		if !f.passthrough || n.cachedOpens > 0 {
-			n.cachedOpens++
+		if !f.passthrough || f.opens.add(n, 0) > 0 {
+			f.opens.add(n, 1)
 			// The daemon reads the cached file, verified when the cache
 			// opened it: one pread a request, where a read through the
 			// layer would read and hash a whole chunk for each.
@@ -56,15 +81,14 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 			return &passthroughFile{FileHandle: fs.NewLoopbackFile(fd), fsys: f}, fuse.FOPEN_KEEP_CACHE, 0
 		}
 	}
-	n.cachedOpens++
+	f.opens.add(n, 1)
 	return &fileHandle{fsys: f, node: n}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // released ends one open that read through the page cache.
 func (n *fileNode) released() {
-	n.mu.Lock()
-	n.cachedOpens--
-	n.mu.Unlock()
+	defer n.fsys.opens.lock(n)()
+	n.fsys.opens.add(n, -1)
 }
 
 // cachedFileHandle reads a file whose every chunk is cached from its cache

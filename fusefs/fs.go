@@ -74,11 +74,11 @@ type filesystem struct {
 	toc         *toc.TOC
 	opaque      []string
 	passthrough bool
-	inos        map[*toc.Entry]uint64
 	stateIno    uint64
 	fallbacks   atomic.Int64 // reads that passthrough should have taken
 	warnOnce    sync.Once
 	readErrors  atomic.Int64
+	opens       pageCacheOpens
 	mountedAt   time.Time
 	// noXattrs: no entry has an xattr and no directory is opaque. Then
 	// getxattr answers ENOSYS, and the kernel stops asking this mount:
@@ -91,7 +91,7 @@ type filesystem struct {
 // directory's marker.
 func hasXattrs(t *toc.TOC) bool {
 	for _, e := range t.Entries {
-		if len(e.Xattrs) > 0 || e.Base() == toc.OpaqueWhiteout {
+		if len(e.Xattrs()) > 0 || e.Base() == toc.OpaqueWhiteout {
 			return true
 		}
 	}
@@ -106,13 +106,8 @@ func Mount(mountpoint string, l Layer, opts Options) (*MountedLayer, error) {
 	}
 	fsys := &filesystem{layer: l, toc: l.TOC(), opaque: opts.OpaqueXattrs, passthrough: opts.Passthrough, mountedAt: time.Now()}
 	fsys.noXattrs = !hasXattrs(fsys.toc)
-	// Stable inode numbers: the root is 1, entries follow in TOC order; a
-	// hard link shares its target's.
-	fsys.inos = make(map[*toc.Entry]uint64, len(fsys.toc.Entries)+1)
-	fsys.inos[fsys.toc.Root()] = 1
-	for i, e := range fsys.toc.Entries {
-		fsys.inos[e] = uint64(i) + 2
-	}
+	// Stable inode numbers: the TOC's (a hard link shares its target's),
+	// then the state directory's and its file's.
 	fsys.stateIno = uint64(len(fsys.toc.Entries)) + 2
 
 	forever := 24 * time.Hour // the tree never changes

@@ -413,7 +413,7 @@ func TestPassthrough(t *testing.T) {
 		t.Fatal("data/big not in the TOC")
 	}
 	want := entries[slices.IndexFunc(entries, func(x entry) bool { return x.hdr.Name == "data/big" })].data
-	if err := c.PutFile(e.Digest, bytes.NewReader(want)); err != nil {
+	if err := c.PutFile(e.Digest(), bytes.NewReader(want)); err != nil {
 		t.Fatal(err)
 	}
 	before = daemonReads(t, m)

@@ -35,24 +35,25 @@ func typeBits(e *toc.Entry) uint32 {
 // fillAttr describes entry e (hard links resolved) with inode ino.
 func (f *filesystem) fillAttr(e *toc.Entry, out *fuse.Attr) {
 	e = f.toc.HardlinkTarget(e)
-	out.Ino = f.inos[e]
+	out.Ino = e.Ino()
 	out.Mode = typeBits(e) | e.Mode
-	out.Nlink = uint32(max(e.NumLink, 1))
-	out.Uid, out.Gid = uint32(e.UID), uint32(e.GID)
+	out.Nlink = max(e.NumLink, 1)
+	out.Uid, out.Gid = e.UID, e.GID
 	switch e.Type {
 	case toc.TypeReg:
 		out.Size = uint64(e.Size)
 	case toc.TypeSymlink:
-		out.Size = uint64(len(e.LinkName))
+		out.Size = uint64(len(e.LinkName()))
 	case toc.TypeDir:
 		out.Size = 4096
 	case toc.TypeChar, toc.TypeBlock:
-		out.Rdev = uint32(unix.Mkdev(uint32(e.DevMajor), uint32(e.DevMinor)))
+		out.Rdev = uint32(unix.Mkdev(uint32(e.DevMajor), e.DevMinor))
 	}
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 4096
-	sec, nsec := uint64(e.ModTime.Unix()), uint32(e.ModTime.Nanosecond())
-	if e.ModTime.IsZero() {
+	mtime := e.ModTime()
+	sec, nsec := uint64(mtime.Unix()), uint32(mtime.Nanosecond())
+	if mtime.IsZero() {
 		sec, nsec = uint64(f.mountedAt.Unix()), 0
 	}
 	out.Mtime, out.Mtimensec = sec, nsec
@@ -66,7 +67,7 @@ func fillWhiteout(e *toc.Entry, ino uint64, out *fuse.Attr) {
 	out.Mode = syscall.S_IFCHR
 	out.Nlink = 1
 	out.Rdev = 0
-	sec := uint64(e.ModTime.Unix())
+	sec := uint64(e.ModTime().Unix())
 	out.Mtime, out.Atime, out.Ctime = sec, sec, sec
 }
 
@@ -94,10 +95,10 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 func (n *node) xattrs() map[string][]byte {
 	e := n.fsys.toc.HardlinkTarget(n.e)
 	if e.Type != toc.TypeDir || !isOpaque(e) {
-		return e.Xattrs
+		return e.Xattrs()
 	}
-	all := make(map[string][]byte, len(e.Xattrs)+len(n.fsys.opaque))
-	for k, v := range e.Xattrs {
+	all := make(map[string][]byte, len(e.Xattrs())+len(n.fsys.opaque))
+	for k, v := range e.Xattrs() {
 		all[k] = v
 	}
 	for _, name := range n.fsys.opaque {
@@ -185,10 +186,10 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	if e, ok := f.toc.Child(d.e, name); ok {
 		target := f.toc.HardlinkTarget(e)
-		return d.newChild(ctx, f.newNode(target), fs.StableAttr{Mode: typeBits(target), Ino: f.inos[target]}, out, func(a *fuse.Attr) { f.fillAttr(target, a) }), 0
+		return d.newChild(ctx, f.newNode(target), fs.StableAttr{Mode: typeBits(target), Ino: target.Ino()}, out, func(a *fuse.Attr) { f.fillAttr(target, a) }), 0
 	}
 	if wh, ok := f.toc.Child(d.e, toc.WhiteoutPrefix+name); ok {
-		ino := f.inos[wh]
+		ino := wh.Ino()
 		return d.newChild(ctx, &whiteoutNode{node{fsys: f, e: wh}}, fs.StableAttr{Mode: syscall.S_IFCHR, Ino: ino}, out, func(a *fuse.Attr) { fillWhiteout(wh, ino, a) }), 0
 	}
 	return nil, syscall.ENOENT
@@ -204,7 +205,7 @@ func (f *filesystem) newNode(e *toc.Entry) fs.InodeEmbedder {
 	case toc.TypeDir:
 		return &dirNode{node{fsys: f, e: e}}
 	case toc.TypeReg:
-		return &fileNode{node: node{fsys: f, e: e}}
+		return &fileNode{node{fsys: f, e: e}}
 	case toc.TypeSymlink:
 		return &symlinkNode{node{fsys: f, e: e}}
 	}
@@ -225,14 +226,14 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 			continue
 		}
 		if name, ok := whiteoutTarget(base); ok {
-			list = append(list, fuse.DirEntry{Name: name, Mode: syscall.S_IFCHR, Ino: f.inos[c]})
+			list = append(list, fuse.DirEntry{Name: name, Mode: syscall.S_IFCHR, Ino: c.Ino()})
 			continue
 		}
 		if base == toc.OpaqueWhiteout {
 			continue
 		}
 		target := f.toc.HardlinkTarget(c)
-		list = append(list, fuse.DirEntry{Name: base, Mode: typeBits(target), Ino: f.inos[target]})
+		list = append(list, fuse.DirEntry{Name: base, Mode: typeBits(target), Ino: target.Ino()})
 	}
 	return fs.NewListDirStream(list), 0
 }
@@ -256,14 +257,14 @@ func (s *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if s.fsys.layer.Rejected() {
 		return nil, syscall.EIO
 	}
-	return []byte(s.e.LinkName), 0
+	return []byte(s.e.LinkName()), 0
 }
 
 // whiteoutNode is a deletion, shown as overlayfs's char 0/0 device.
 type whiteoutNode struct{ node }
 
 func (w *whiteoutNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	fillWhiteout(w.e, w.fsys.inos[w.e], &out.Attr)
+	fillWhiteout(w.e, w.e.Ino(), &out.Attr)
 	return 0
 }
 

@@ -22,7 +22,7 @@ const maxAssembled = 64 << 20
 // assembles tells whether e is a file of several chunks small enough to
 // be assembled into one cache entry (see maxAssembled).
 func assembles(e *toc.Entry) bool {
-	return len(e.Chunks) > 1 && e.Digest != "" && e.Size <= maxAssembled
+	return len(e.Chunks) > 1 && e.Digest() != "" && e.Size <= maxAssembled
 }
 
 // CachedFile returns a local file holding e's whole content, if every
@@ -36,16 +36,16 @@ func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 	}
 	if len(e.Chunks) == 1 && !e.Chunks[0].Zero {
 		// One chunk is the whole file: its cache entry serves as it is.
-		return l.cache.Open(e.Chunks[0].Digest)
+		return l.cache.Open(e.Chunks[0].Digest())
 	}
 	if !assembles(e) {
 		return nil, false
 	}
-	if l.cache.Has(e.Digest) {
-		return l.cache.Open(e.Digest)
+	if l.cache.Has(e.Digest()) {
+		return l.cache.Open(e.Digest())
 	}
 	for _, c := range e.Chunks {
-		if !c.Zero && !l.cache.Has(c.Digest) {
+		if !c.Zero && !l.cache.Has(c.Digest()) {
 			return nil, false
 		}
 	}
@@ -57,15 +57,15 @@ func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 // background, unless that is under way.
 func (l *Layer) assemble(e *toc.Entry) {
 	l.mu.Lock()
-	busy := l.assembling[e.Digest]
-	l.assembling[e.Digest] = true
+	busy := l.assembling[e.Digest()]
+	l.assembling[e.Digest()] = true
 	l.mu.Unlock()
 	if busy {
 		return
 	}
 	if !l.spawn("assembling "+e.Name, func(ctx context.Context) { l.assembleNow(ctx, e) }) {
 		l.mu.Lock()
-		delete(l.assembling, e.Digest)
+		delete(l.assembling, e.Digest())
 		l.mu.Unlock()
 	}
 }
@@ -73,7 +73,7 @@ func (l *Layer) assemble(e *toc.Entry) {
 func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 	defer func() {
 		l.mu.Lock()
-		delete(l.assembling, e.Digest)
+		delete(l.assembling, e.Digest())
 		l.mu.Unlock()
 	}()
 	pr, pw := io.Pipe()
@@ -83,15 +83,15 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 		var err error
 		defer func() { pw.CloseWithError(err) }() // nil: io.EOF for the reader
 		defer l.recoverAs("reading chunks to assemble "+e.Name, &err)
-		h := e.Digest.Algorithm().Digester()
-		if err = l.writeContent(ctx, e, io.MultiWriter(pw, h.Hash())); err == nil && h.Digest() != e.Digest {
+		h := e.Digest().Algorithm().Digester()
+		if err = l.writeContent(ctx, e, io.MultiWriter(pw, h.Hash())); err == nil && h.Digest() != e.Digest() {
 			// Every chunk matched its digest, the whole does not match
 			// the file's: the TOC contradicts itself.
-			inconsistent = fmt.Errorf("layer %s: file %q: its chunks make %s, its TOC digest says %s; the layer is not served", l.desc.Digest, e.Name, h.Digest(), e.Digest)
+			inconsistent = fmt.Errorf("layer %s: file %q: its chunks make %s, its TOC digest says %s; the layer is not served", l.desc.Digest, e.Name, h.Digest(), e.Digest())
 			err = inconsistent
 		}
 	}()
-	err := l.cache.PutFile(e.Digest, pr) // checks the whole file's digest too
+	err := l.cache.PutFile(e.Digest(), pr) // checks the whole file's digest too
 	pr.CloseWithError(io.ErrClosedPipe)
 	if inconsistent != nil {
 		log.L.WithError(inconsistent).Error("rejected a lazily mounted layer")
@@ -106,7 +106,7 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 	// The assembled file holds the chunks now: keep them once on disk.
 	for _, c := range e.Chunks {
 		if !c.Zero {
-			l.cache.Remove(c.Digest)
+			l.cache.Remove(c.Digest())
 		}
 	}
 }

@@ -152,7 +152,7 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 		if !ok {
 			continue
 		}
-		if e.Digest != "" && served != e.Digest {
+		if e.Digest() != "" && served != e.Digest() {
 			// Every chunk matched its own digest (else the read fails):
 			// the TOC contradicts itself. A read cannot wait for the
 			// whole file; the layer must find it out when it assembles
@@ -195,8 +195,8 @@ const maxAssembled = 64 << 20
 // failed.
 func readWhole(t *testing.T, l *layer.Layer, e *toc.Entry, buf []byte) (digest.Digest, bool) {
 	alg := digest.SHA256
-	if e.Digest != "" && e.Digest.Algorithm().Available() {
-		alg = e.Digest.Algorithm()
+	if e.Digest() != "" && e.Digest().Algorithm().Available() {
+		alg = e.Digest().Algorithm()
 	}
 	d := alg.Digester()
 	var off int64

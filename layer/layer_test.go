@@ -18,6 +18,7 @@ import (
 
 	"github.com/lazypull/lazypull/format"
 	"github.com/lazypull/lazypull/format/estargz"
+	"github.com/lazypull/lazypull/format/toc"
 )
 
 // blobFetcher serves a blob from memory and records every range asked for.
@@ -387,7 +388,7 @@ func TestOpenReadsOnlyTheTOCWhenTheManifestPlacesIt(t *testing.T) {
 func fetchedFiles(l *Layer) map[string]bool {
 	out := map[string]bool{}
 	for _, e := range l.TOC().Entries {
-		if e.Type != "reg" || e.Size == 0 {
+		if e.Type != toc.TypeReg || e.Size == 0 {
 			continue
 		}
 		all := true
@@ -502,9 +503,9 @@ func TestAssembledFileReplacesItsChunks(t *testing.T) {
 	if _, err := readFile(t, l, e.Name); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the assembled file", func() bool { return c.Has(e.Digest) && !c.Has(e.Chunks[0].Digest) })
+	waitFor(t, "the assembled file", func() bool { return c.Has(e.Digest()) && !c.Has(e.Chunks[0].Digest()) })
 	for _, ch := range e.Chunks {
-		if c.Has(ch.Digest) {
+		if c.Has(ch.Digest()) {
 			t.Errorf("chunk at %d still cached on its own next to the assembled file", ch.FileOffset)
 		}
 	}

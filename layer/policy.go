@@ -47,7 +47,7 @@ func (l *Layer) fetchFile(e *toc.Entry, k int, why string) {
 		if err == nil {
 			err = l.fetchRange(ctx, first, k, why, p)
 		}
-		if err == nil && assembles(e) && !l.cache.Has(e.Digest) {
+		if err == nil && assembles(e) && !l.cache.Has(e.Digest()) {
 			// A file read now is read again at the next start: have it
 			// ready for passthrough then.
 			l.assemble(e)

@@ -85,7 +85,7 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 			return data, nil
 		}
 		lo, hi := l.neighbours(e, k)
-		cl, mine, start := l.claimAround(k, lo, hi, c.Digest)
+		cl, mine, start := l.claimAround(k, lo, hi, c.Digest())
 		if cl == nil {
 			// Marked done since the look above: a fetch that just ended
 			// cached it, or the cache lost it (evicted): then fetch it
@@ -110,11 +110,11 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 			select {
 			case <-cl.done:
 			case <-ctx.Done():
-				l.take(cl, c.Digest)
+				l.take(cl, c.Digest())
 				return nil, ctx.Err()
 			}
 		}
-		data, ok := l.take(cl, c.Digest)
+		data, ok := l.take(cl, c.Digest())
 		if cl.err != nil {
 			return nil, fmt.Errorf("%q: %w", e.Name, cl.err)
 		}
@@ -146,13 +146,13 @@ func (l *Layer) take(cl *call, d digest.Digest) ([]byte, bool) {
 // passthrough, verified whole when the cache first opens it).
 func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
 	c := e.Chunks[i]
-	if data, ok := l.cache.Get(c.Digest); ok && int64(len(data)) == c.Size {
+	if data, ok := l.cache.Get(c.Digest()); ok && int64(len(data)) == c.Size {
 		return data, true
 	}
 	if !assembles(e) {
 		return nil, false
 	}
-	f, ok := l.cache.Open(e.Digest)
+	f, ok := l.cache.Open(e.Digest())
 	if !ok {
 		return nil, false
 	}
@@ -167,5 +167,5 @@ func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
 // hasChunk tells whether the cache holds chunk r, in its own entry or in
 // its file's assembled one.
 func (l *Layer) hasChunk(r chunkRef) bool {
-	return l.cache.Has(r.e.Chunks[r.i].Digest) || (assembles(r.e) && l.cache.Has(r.e.Digest))
+	return l.cache.Has(r.e.Chunks[r.i].Digest()) || (assembles(r.e) && l.cache.Has(r.e.Digest()))
 }

@@ -100,7 +100,7 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 	for _, r := range m.chunks {
 		c := r.e.Chunks[r.i]
 		l.mu.Lock()
-		wanted := cl.want[c.Digest] > 0
+		wanted := cl.want[c.Digest()] > 0
 		l.mu.Unlock()
 		cached := l.hasChunk(r)
 		if cached && !wanted {
@@ -113,13 +113,13 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 		l.chunks.Add(1)
 		if wanted {
 			l.mu.Lock()
-			if cl.want[c.Digest] > 0 {
-				cl.data[c.Digest] = data
+			if cl.want[c.Digest()] > 0 {
+				cl.data[c.Digest()] = data
 			}
 			l.mu.Unlock()
 		}
 		if !cached {
-			if err := l.cache.Put(c.Digest, data); err != nil {
+			if err := l.cache.Put(c.Digest(), data); err != nil {
 				// Once per layer: a full disk fails every Put.
 				l.cacheWarn.Do(func() {
 					log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("cannot cache chunks; they will be fetched again when needed")

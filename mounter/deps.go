@@ -140,7 +140,7 @@ func (t imageTree) Lookup(p string) (string, bool) {
 	case e == nil:
 		return "", false
 	case e.Type == toc.TypeSymlink:
-		return e.LinkName, true
+		return e.LinkName(), true
 	}
 	return "", true
 }

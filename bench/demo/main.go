@@ -157,7 +157,7 @@ func timed(ctx context.Context, env *testenv.Env, link *regproxy.Proxy, ready st
 		return outcome{}, err
 	}
 	pulled := time.Now()
-	wait, err := runner.RunUntilReady(ctx, env.Containerd.Address, ctrRun, ready)
+	wait, err := runner.RunUntilReady(ctx, env.Containerd, ctrRun, ready)
 	if err != nil {
 		return outcome{}, err
 	}

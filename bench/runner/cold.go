@@ -42,7 +42,10 @@ func (r *bench) coldState(ctx context.Context) error {
 	if err := os.RemoveAll(filepath.Join(r.env.DaemonRoot, "cache")); err != nil {
 		return err
 	}
-	// A fresh daemon starts a fresh manager.
+	// A fresh daemon starts a fresh manager. StartDaemon returns once
+	// containerd's calls reach it: had any call failed while it was down,
+	// containerd would redial it only after a backoff, and the next pull
+	// fail.
 	if err := r.env.StartDaemon(); err != nil {
 		return err
 	}

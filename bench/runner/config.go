@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/lazypull/lazypull/internal/testenv"
 )
 
 // Image is one image to measure: an OCI layout and the line its command
@@ -101,6 +103,9 @@ type Config struct {
 	// every fetch and what it was for).
 	LogDir   string
 	KeepLogs bool
+	// Containerd is the containerd release to start: testenv's default
+	// (the 2.x one) when zero.
+	Containerd testenv.ContainerdRelease
 }
 
 func (c Config) withDefaults() Config {

@@ -201,19 +201,15 @@ func (r *bench) runUntilReady(ctx context.Context, sc Scenario, ref, name, ready
 	if sc.Snapshotter != "" {
 		args = append(args, "--snapshotter", sc.Snapshotter)
 	}
-	return RunUntilReady(ctx, r.env.Containerd.Address, append(args, ref, name), ready)
+	return RunUntilReady(ctx, r.env.Containerd, append(args, ref, name), ready)
 }
 
-// RunUntilReady runs ctr with args against the containerd at address (in
+// RunUntilReady runs the started containerd's own ctr with args (in
 // testenv.Namespace) and returns once the container has printed ready on
 // its standard output. The returned wait lets the container finish (and be
 // removed) outside the timed part.
-func RunUntilReady(ctx context.Context, address string, args []string, ready string) (wait func() error, err error) {
-	ctrBin, err := exec.LookPath("ctr")
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.CommandContext(ctx, ctrBin, append([]string{"--address", address, "--namespace", testenv.Namespace}, args...)...)
+func RunUntilReady(ctx context.Context, c *testenv.Containerd, args []string, ready string) (wait func() error, err error) {
+	cmd := c.CtrCommand(ctx, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()

@@ -48,8 +48,12 @@ func Rerender(dir string) error {
 // chart, if not empty, is linked below the tables.
 func (rep *Report) Markdown(w io.Writer, chart string) {
 	fmt.Fprintf(w, "# lazypull benchmark, %s\n\n", rep.Started.Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(w, "Machine: %s. Link: %s round trip, %s through the proxy. %d cold runs per scenario; medians, min–max in brackets.\n\n",
-		rep.Machine, rep.RTT, bandwidthString(rep.Bandwidth), rep.Runs)
+	fmt.Fprintf(w, "Machine: %s. ", rep.Machine)
+	if rep.Containerd != "" {
+		fmt.Fprintf(w, "containerd %s. ", rep.Containerd)
+	}
+	fmt.Fprintf(w, "Link: %s round trip, %s through the proxy. %d cold runs per scenario; medians, min–max in brackets.\n\n",
+		rep.RTT, bandwidthString(rep.Bandwidth), rep.Runs)
 	fmt.Fprint(w, "Times in seconds. *pull*: the pull command; *first output*: from `ctr run` to the workload's ready line; "+
 		"*total*: both, the number a user waits, also as a ratio to overlayfs's full pull. *MB*, *requests*: what crossed the link until the ready line. "+
 		"*memory*: peak RSS of the snapshotter's processes, from the pull until the background fetch ended. "+

@@ -79,14 +79,17 @@ type ImageInfo struct {
 
 // Report is everything one Run measured and the conditions it ran in.
 type Report struct {
-	Started   time.Time   `json:"started"`
-	Machine   string      `json:"machine"`
-	RTT       string      `json:"rtt"`
-	Bandwidth int64       `json:"bandwidthBitsPerSecond"`
-	Runs      int         `json:"runsPerScenario"`
-	Scenarios []string    `json:"scenarios"` // report order; the first is the baseline
-	Images    []ImageInfo `json:"images"`
-	Results   []Result    `json:"results"`
+	Started time.Time `json:"started"`
+	Machine string    `json:"machine"`
+	// Containerd is the version the started containerd reported (empty
+	// in reports written before it was recorded: Debian's 1.6.20).
+	Containerd string      `json:"containerd,omitempty"`
+	RTT        string      `json:"rtt"`
+	Bandwidth  int64       `json:"bandwidthBitsPerSecond"`
+	Runs       int         `json:"runsPerScenario"`
+	Scenarios  []string    `json:"scenarios"` // report order; the first is the baseline
+	Images     []ImageInfo `json:"images"`
+	Results    []Result    `json:"results"`
 }
 
 func newReport(cfg Config, imgs []Image) *Report {

@@ -24,6 +24,9 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 	rep = newReport(cfg, imgs)
 
 	var opts []testenv.Option
+	if cfg.Containerd.Name != "" {
+		opts = append(opts, testenv.WithContainerd(cfg.Containerd))
+	}
 	if cfg.DaemonConfig != "" {
 		opts = append(opts, testenv.WithDaemonConfig(cfg.DaemonConfig))
 	}
@@ -41,6 +44,7 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 			err = errors.Join(err, fmt.Errorf("tearing down: %w", cerr))
 		}
 	}()
+	rep.Containerd = env.Containerd.Version
 	proxy, err := regproxy.Start(env.Registry.Host, regproxy.WithRTT(cfg.RTT), regproxy.WithBandwidth(cfg.Bandwidth))
 	if err != nil {
 		return rep, err

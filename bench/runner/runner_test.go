@@ -13,11 +13,11 @@ import (
 
 // TestRunEndToEnd runs one cold run of each built-in scenario, and of a
 // scenario file (lazypull again, as another snapshotter), on the small
-// hello image through the whole stack: registry, shaping proxy,
-// containerd, the daemons, the background fetch and a warm start.
+// hello image through the whole stack: registry, shaping proxy, each
+// containerd release, the daemons, the background fetch and a warm start.
 func TestRunEndToEnd(t *testing.T) {
 	testenv.NeedRoot(t)
-	for _, prog := range []string{"containerd", "ctr", "runc", "docker-registry", "skopeo"} {
+	for _, prog := range []string{"runc", "docker-registry", "skopeo"} {
 		testenv.NeedBinary(t, prog)
 	}
 	testenv.NeedFUSE(t)
@@ -38,14 +38,29 @@ func TestRunEndToEnd(t *testing.T) {
 	if _, err := img.WriteOCILayout(layout, "v1"); err != nil {
 		t.Fatal(err)
 	}
-	var progress strings.Builder
-	cfg := Config{Runs: 1, RTT: 5 * time.Millisecond, Bandwidth: 100e6, Progress: &progress,
-		Scenarios: append(Scenarios(), again)}
-	rep, err := Run(context.Background(), cfg, []Image{{Name: "hello", Layout: layout, Tag: "v1", Ready: "hello from lazypull"}})
-	t.Log(progress.String())
-	if err != nil {
-		t.Fatal(err)
+	for _, containerd := range testenv.ContainerdReleases {
+		t.Run("containerd-"+containerd.Name, func(t *testing.T) {
+			testenv.Need(t, "containerd "+containerd.Name, containerd.Installed())
+			var progress strings.Builder
+			cfg := Config{Runs: 1, RTT: 5 * time.Millisecond, Bandwidth: 100e6, Progress: &progress,
+				Scenarios: append(Scenarios(), again), Containerd: containerd}
+			rep, err := Run(context.Background(), cfg, []Image{{Name: "hello", Layout: layout, Tag: "v1", Ready: "hello from lazypull"}})
+			t.Log(progress.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(rep.Containerd, containerd.Name) {
+				t.Errorf("the report says containerd %q, but the run asked for %s", rep.Containerd, containerd.Name)
+			}
+			checkReport(t, rep, again)
+		})
 	}
+}
+
+// checkReport checks that every scenario of the run measured something
+// true, and that the report writes.
+func checkReport(t *testing.T, rep *Report, again Scenario) {
+	t.Helper()
 	if len(rep.Results) != 4 {
 		t.Fatalf("got %d results, want one per scenario: %+v", len(rep.Results), rep.Results)
 	}

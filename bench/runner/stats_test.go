@@ -30,7 +30,7 @@ func TestSpreadOf(t *testing.T) {
 
 func testReport() *Report {
 	rep := &Report{
-		Machine: "test", RTT: "20ms", Bandwidth: 100e6, Runs: 3,
+		Machine: "test", Containerd: "2.2.9", RTT: "20ms", Bandwidth: 100e6, Runs: 3,
 		Scenarios: []string{"overlayfs", "lazypull-estargz"},
 		Images:    []ImageInfo{{Name: "python", Size: 62.4e6}, {Name: "gcc"}},
 	}
@@ -79,7 +79,7 @@ func TestMarkdown(t *testing.T) {
 	testReport().Markdown(&b, "totals.png")
 	md := b.String()
 	for _, want := range []string{
-		"20ms round trip, 100 Mbit/s",
+		"Machine: test. containerd 2.2.9. Link: 20ms round trip, 100 Mbit/s",
 		"## python (62.4 MB compressed)",
 		"| scenario | pull | first output | total | total vs overlayfs | MB | requests | memory MiB | settled | background | warm | warm vs overlayfs |",
 		"| overlayfs | 8.90 (7.90–9.90) | 0.10 | 9.00 (8.00–10.00) | 1.00 | 62.4 | 5 | — | 1.000× | — | 0.20 | 1.00 |",

@@ -25,7 +25,7 @@ var maxHole = toc.DefaultLimits.MaxChunkBytes
 
 // ReadChunk decompresses the gzip member that holds chunk c (compressed is
 // exactly the bytes c.Offset..c.EndOffset of the blob), takes the chunk's
-// bytes and verifies them against c.Digest. It decompresses no more than
+// bytes and verifies them against c.Digest(). It decompresses no more than
 // the chunk needs, whatever the member claims, and allocates no more than
 // the member's bytes can inflate to.
 //
@@ -67,8 +67,8 @@ func ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
 	if _, err := io.ReadFull(zr, data); err != nil {
 		return nil, fmt.Errorf("gzip member at %d: read %d bytes: %w", c.Offset, c.Size, err)
 	}
-	if got := c.Digest.Algorithm().FromBytes(data); got != c.Digest {
-		return nil, fmt.Errorf("chunk digest is %s, the TOC says %s", got, c.Digest)
+	if got := c.Digest().Algorithm().FromBytes(data); got != c.Digest() {
+		return nil, fmt.Errorf("chunk digest is %s, the TOC says %s", got, c.Digest())
 	}
 	return data, nil
 }

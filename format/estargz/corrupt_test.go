@@ -118,7 +118,7 @@ func TestLegacyFooter(t *testing.T) {
 func TestReadChunkBomb(t *testing.T) {
 	huge := make([]byte, 64<<20)
 	member, _ := compressMember(huge, 9)
-	c := toc.Chunk{Offset: 0, EndOffset: int64(len(member)), Size: 10, Digest: digest.FromBytes(make([]byte, 10))}
+	c := withDigest(toc.Chunk{Offset: 0, EndOffset: int64(len(member)), Size: 10}, digest.FromBytes(make([]byte, 10)))
 	data, err := ReadChunk(member, c)
 	if err != nil || len(data) != 10 {
 		t.Errorf("ReadChunk of a bomb: %d bytes, %v", len(data), err)
@@ -172,7 +172,7 @@ func FuzzOpen(f *testing.F) {
 				if off+c.Size > int64(n) {
 					break
 				}
-				if got := digest.FromBytes(buf[off : off+c.Size]); c.Digest != "" && got != c.Digest {
+				if got := digest.FromBytes(buf[off : off+c.Size]); c.Digest() != "" && got != c.Digest() {
 					t.Fatalf("%s: served bytes %d..%d that do not match their digest", e.Name, off, off+c.Size)
 				}
 				off += c.Size
@@ -254,7 +254,7 @@ func TestHolesAreServedFromNothing(t *testing.T) {
 // ReadChunk allocate the chunk size its TOC claims.
 func TestReadChunkAllocatesWhatTheMemberCanHold(t *testing.T) {
 	member, _ := compressMember([]byte("hello"), 9)
-	c := toc.Chunk{EndOffset: int64(len(member)), Size: 60 << 20, Digest: digest.FromString("x")}
+	c := withDigest(toc.Chunk{EndOffset: int64(len(member)), Size: 60 << 20}, digest.FromString("x"))
 	var err error
 	n := allocated(func() { _, err = ReadChunk(member, c) })
 	if err == nil || !strings.Contains(err.Error(), "cannot inflate") {
@@ -263,9 +263,17 @@ func TestReadChunkAllocatesWhatTheMemberCanHold(t *testing.T) {
 	if n > 1<<20 {
 		t.Errorf("it allocated %d bytes", n)
 	}
-	for _, bad := range []toc.Chunk{{Size: -1, Digest: c.Digest}, {Size: 1, InnerOffset: -1, Digest: c.Digest}} {
+	for _, bad := range []toc.Chunk{withDigest(toc.Chunk{Size: -1}, c.Digest()), withDigest(toc.Chunk{Size: 1, InnerOffset: -1}, c.Digest())} {
 		if _, err := ReadChunk(member, bad); err == nil {
 			t.Errorf("ReadChunk took %+v", bad)
 		}
 	}
+}
+
+// withDigest is c with digest d, which must be valid.
+func withDigest(c toc.Chunk, d digest.Digest) toc.Chunk {
+	if err := c.SetDigest(d); err != nil {
+		panic(err)
+	}
+	return c
 }

@@ -149,20 +149,20 @@ func checkLayer(t *testing.T, r *Reader, files []testFile) {
 			continue
 		}
 		if f.hdr.Typeflag == tar.TypeLink {
-			if e.Type != toc.TypeHardlink || e.LinkName != toc.CleanTarName(f.hdr.Linkname) {
-				t.Errorf("%s: %s -> %q, want a hard link to %s", name, e.Type, e.LinkName, f.hdr.Linkname)
+			if e.Type != toc.TypeHardlink || e.LinkName() != toc.CleanTarName(f.hdr.Linkname) {
+				t.Errorf("%s: %s -> %q, want a hard link to %s", name, e.Type, e.LinkName(), f.hdr.Linkname)
 			}
 			continue
 		}
-		if e.Mode != uint32(f.hdr.Mode&0o7777) || e.UID != f.hdr.Uid || e.GID != f.hdr.Gid || e.UserName != f.hdr.Uname {
-			t.Errorf("%s: mode %o owner %d:%d %q, want %o %d:%d %q", name, e.Mode, e.UID, e.GID, e.UserName, f.hdr.Mode, f.hdr.Uid, f.hdr.Gid, f.hdr.Uname)
+		if e.Mode != uint32(f.hdr.Mode&0o7777) || int(e.UID) != f.hdr.Uid || int(e.GID) != f.hdr.Gid {
+			t.Errorf("%s: mode %o owner %d:%d, want %o %d:%d", name, e.Mode, e.UID, e.GID, f.hdr.Mode, f.hdr.Uid, f.hdr.Gid)
 		}
-		if !e.ModTime.Equal(f.hdr.ModTime) {
-			t.Errorf("%s: modtime %v, want %v", name, e.ModTime, f.hdr.ModTime)
+		if !e.ModTime().Equal(f.hdr.ModTime) {
+			t.Errorf("%s: modtime %v, want %v", name, e.ModTime(), f.hdr.ModTime)
 		}
 		for k, v := range f.hdr.PAXRecords {
-			if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && string(e.Xattrs[x]) != v {
-				t.Errorf("%s: xattr %s = %q, want %q", name, x, e.Xattrs[x], v)
+			if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && string(e.Xattrs()[x]) != v {
+				t.Errorf("%s: xattr %s = %q, want %q", name, x, e.Xattrs()[x], v)
 			}
 		}
 		switch f.hdr.Typeflag {
@@ -170,15 +170,15 @@ func checkLayer(t *testing.T, r *Reader, files []testFile) {
 			if got := readAll(t, r, name); !bytes.Equal(got, f.data) {
 				t.Errorf("%s: content differs (%d bytes, want %d)", name, len(got), len(f.data))
 			}
-			if want := digest.FromBytes(f.data); len(f.data) > 0 && e.Digest != want {
-				t.Errorf("%s: digest %s, want %s", name, e.Digest, want)
+			if want := digest.FromBytes(f.data); len(f.data) > 0 && e.Digest() != want {
+				t.Errorf("%s: digest %s, want %s", name, e.Digest(), want)
 			}
 		case tar.TypeSymlink:
-			if e.LinkName != f.hdr.Linkname {
-				t.Errorf("%s: target %q, want %q", name, e.LinkName, f.hdr.Linkname)
+			if e.LinkName() != f.hdr.Linkname {
+				t.Errorf("%s: target %q, want %q", name, e.LinkName(), f.hdr.Linkname)
 			}
 		case tar.TypeChar, tar.TypeBlock:
-			if e.DevMajor != int(f.hdr.Devmajor) || e.DevMinor != int(f.hdr.Devminor) {
+			if int64(e.DevMajor) != f.hdr.Devmajor || int64(e.DevMinor) != f.hdr.Devminor {
 				t.Errorf("%s: device %d:%d", name, e.DevMajor, e.DevMinor)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"path"
 	"sort"
+	"strings"
 )
 
 // TOC is a checked, indexed table of contents.
@@ -12,25 +13,65 @@ type TOC struct {
 	// come just before their first child. The root is not among them.
 	Entries []*Entry
 	root    *Entry
-	byName  map[string]*Entry
 }
 
 // Root is the layer's root directory.
 func (t *TOC) Root() *Entry { return t.root }
 
-// Lookup finds an entry by its cleaned name ("" is the root).
+// Lookup finds an entry by its cleaned name ("" is the root): one binary
+// search per name component, through the sorted children (a map of every
+// name would cost a mounted layer some 40 bytes an entry).
 func (t *TOC) Lookup(name string) (*Entry, bool) {
-	e, ok := t.byName[name]
-	return e, ok
+	e := t.root
+	for name != "" {
+		var base string
+		base, name, _ = strings.Cut(name, "/")
+		var ok bool
+		if e, ok = child(e, base); !ok {
+			return nil, false
+		}
+	}
+	return e, true
 }
 
 // Child finds the entry called base in directory dir.
 func (t *TOC) Child(dir *Entry, base string) (*Entry, bool) {
-	return t.Lookup(path.Join(dir.Name, base))
+	if base == "" || base == "." || base == ".." || strings.IndexByte(base, '/') >= 0 {
+		name := path.Join(dir.Name, base)
+		if name == "." {
+			name = ""
+		}
+		return t.Lookup(name)
+	}
+	return child(dir, base)
+}
+
+// child finds base among dir's sorted children. Siblings share their
+// parent's name and a slash, so sorted by name they are sorted by base.
+func child(dir *Entry, base string) (*Entry, bool) {
+	cs := dir.Children()
+	i := sort.Search(len(cs), func(i int) bool { return cs[i].Base() >= base })
+	if i < len(cs) && cs[i].Base() == base {
+		return cs[i], true
+	}
+	return nil, false
 }
 
 // Children lists a directory's entries, sorted by name.
-func (e *Entry) Children() []*Entry { return e.children }
+func (e *Entry) Children() []*Entry {
+	if e.children == nil {
+		return nil
+	}
+	return *e.children
+}
+
+// addChild lists c among dir's children (sorted once the TOC is built).
+func (dir *Entry) addChild(c *Entry) {
+	if dir.children == nil {
+		dir.children = new([]*Entry)
+	}
+	*dir.children = append(*dir.children, c)
+}
 
 // Base is the entry's last name component.
 func (e *Entry) Base() string { return e.Name[lastSlash(e.Name)+1:] }
@@ -40,7 +81,7 @@ func (t *TOC) HardlinkTarget(e *Entry) *Entry {
 	if e.Type != TypeHardlink {
 		return e
 	}
-	if target, ok := t.byName[e.LinkName]; ok {
+	if target, ok := t.Lookup(e.LinkName()); ok {
 		return target
 	}
 	return e
@@ -55,12 +96,13 @@ func (e *Entry) ChunkAt(off int64) (int, bool) {
 // setAttrs gives an implicit directory the attributes a listing brings.
 func (e *Entry) setAttrs(from *Entry) {
 	e.Mode, e.UID, e.GID = from.Mode, from.UID, from.GID
-	e.UserName, e.GroupName = from.UserName, from.GroupName
-	e.ModTime, e.Xattrs = from.ModTime, from.Xattrs
+	e.mtime, e.mtimeNsec = from.mtime, from.mtimeNsec
+	e.setMore("", from.Xattrs())
 	e.Implicit = false
 }
 
 func (e *Entry) sameAttrs(o *Entry) bool {
 	return e.Mode == o.Mode && e.UID == o.UID && e.GID == o.GID &&
-		e.ModTime.Equal(o.ModTime) && maps.EqualFunc(e.Xattrs, o.Xattrs, func(a, b []byte) bool { return string(a) == string(b) })
+		e.mtime == o.mtime && e.mtimeNsec == o.mtimeNsec &&
+		maps.EqualFunc(e.Xattrs(), o.Xattrs(), func(a, b []byte) bool { return string(a) == string(b) })
 }

@@ -39,9 +39,9 @@ type Limits struct {
 // anyway. A TOC is held whole in memory, decoded, so every MiB allowed
 // here is several MiB of a node's memory per layer.
 //
-// MaxEntries is half a million: each entry costs some 300 bytes once
-// indexed (a million took 318 MiB), and 64 MiB of JSON holds no more than
-// that many real entries, at 100 bytes for the smallest (a directory or a
+// MaxEntries is half a million: each entry costs 160 bytes (a directory)
+// to 260 (a one-chunk file with its name) once indexed, and 64 MiB of
+// JSON holds no more than that many real entries, at 100 bytes for the smallest (a directory or a
 // symlink with its times and owner), while the smallest possible ones
 // (`{"name":"d","type":"dir"}`) would be 2.5 million.
 //
@@ -200,7 +200,10 @@ type builder struct {
 	dataEnd int64
 	limits  Limits
 	chunks  map[*Entry][]rawChunk
-	last    *Entry // the last regular file: "chunk" entries continue it
+	// byName indexes the entries while they come; the TOC looks names
+	// up through its tree once built.
+	byName map[string]*Entry
+	last   *Entry // the last regular file: "chunk" entries continue it
 	// nodes counts wire entries and implicit directories (MaxEntries);
 	// nameBytes the names of all entries, implicit directories included.
 	nodes     int
@@ -209,10 +212,9 @@ type builder struct {
 }
 
 func newBuilder(dataEnd int64, limits Limits) *builder {
-	t := &TOC{byName: make(map[string]*Entry)}
-	t.root = &Entry{Name: "", Type: TypeDir, Mode: 0o755, NumLink: 1, Implicit: true}
-	t.byName[""] = t.root
-	return &builder{t: t, dataEnd: dataEnd, limits: limits, chunks: make(map[*Entry][]rawChunk)}
+	t := &TOC{root: &Entry{Name: "", Type: TypeDir, Mode: 0o755, NumLink: 1, Implicit: true, ino: 1}}
+	return &builder{t: t, dataEnd: dataEnd, limits: limits, chunks: make(map[*Entry][]rawChunk),
+		byName: map[string]*Entry{"": t.root}}
 }
 
 // count charges one node of the given name against the limits. The name
@@ -235,7 +237,6 @@ func (b *builder) count(name string) error {
 
 // add checks one wire entry and indexes it.
 func (b *builder) add(w *WireEntry) error {
-	t := b.t
 	if err := b.count(w.Name); err != nil {
 		return err
 	}
@@ -258,7 +259,7 @@ func (b *builder) add(w *WireEntry) error {
 	if e.Name == "" && e.Type != TypeDir {
 		return errorf(w.Name, "the root is a %s, not a directory", e.Type)
 	}
-	if prev, ok := t.byName[e.Name]; ok {
+	if prev, ok := b.byName[e.Name]; ok {
 		if e.Name == "" || (prev.Type == TypeDir && e.Type == TypeDir) {
 			// A directory listed twice (or the root listed at all):
 			// the listing wins over an implicit one, else the first.
@@ -281,24 +282,30 @@ func (b *builder) add(w *WireEntry) error {
 			b.chunks[e] = append(b.chunks[e], chunkFromWire(w))
 		}
 	case TypeHardlink:
-		target, ok := t.byName[e.LinkName]
+		target, ok := b.byName[e.LinkName()]
 		if !ok {
-			return errorf(w.Name, "hard link to %q, which no earlier entry is", e.LinkName)
+			return errorf(w.Name, "hard link to %q, which no earlier entry is", e.LinkName())
 		}
 		if target.Type == TypeHardlink {
 			// A link to a link (tar allows it): the earlier link was
 			// resolved already, so one step reaches the file.
-			target = t.byName[target.LinkName]
-			e.LinkName = target.Name
+			target = b.byName[target.LinkName()]
+			e.more.linkName = target.Name // a hard link's more is never nil
 		}
 		if target.Type == TypeDir {
-			return errorf(w.Name, "hard link to %q, a %s", e.LinkName, target.Type)
+			return errorf(w.Name, "hard link to %q, a %s", e.LinkName(), target.Type)
 		}
 		target.NumLink++
 	}
-	t.byName[e.Name] = e
-	t.Entries = append(t.Entries, e)
+	b.byName[e.Name] = e
+	b.append(e)
 	return nil
+}
+
+// append lists e in the TOC and numbers its inode.
+func (b *builder) append(e *Entry) {
+	e.ino = uint32(len(b.t.Entries)) + 2 // MaxEntries is far below 2^32
+	b.t.Entries = append(b.t.Entries, e)
 }
 
 // finish places the chunks once every entry is in.
@@ -306,9 +313,16 @@ func (b *builder) finish() (*TOC, error) {
 	if err := placeChunks(b.chunks, b.dataEnd, b.limits); err != nil {
 		return nil, err
 	}
-	for _, e := range b.t.byName {
-		slices.SortFunc(e.children, func(a, b *Entry) int { return strings.Compare(a.Name, b.Name) })
+	// Kept for the layer's life: sorted, with no spare capacity.
+	for _, e := range b.byName {
+		if e.children != nil {
+			cs := slices.Clone(*e.children)
+			slices.SortFunc(cs, func(a, b *Entry) int { return strings.Compare(a.Name, b.Name) })
+			*e.children = cs
+		}
 	}
+	b.t.Entries = slices.Clone(b.t.Entries)
+	b.byName = nil
 	return b.t, nil
 }
 
@@ -316,19 +330,18 @@ func (b *builder) finish() (*TOC, error) {
 // directories for parents the TOC does not list (umoci's diff layers omit
 // them); each counts against the limits.
 func (b *builder) addParents(e *Entry) error {
-	t := b.t
 	child := e
 	for {
 		dir := path.Dir(child.Name)
 		if dir == "." {
 			dir = ""
 		}
-		parent, ok := t.byName[dir]
+		parent, ok := b.byName[dir]
 		if ok {
 			if parent.Type != TypeDir {
 				return errorf(e.Name, "parent %q is a %s, not a directory", dir, parent.Type)
 			}
-			parent.children = append(parent.children, child)
+			parent.addChild(child)
 			if child.Type == TypeDir {
 				parent.NumLink++
 			}
@@ -338,9 +351,9 @@ func (b *builder) addParents(e *Entry) error {
 			return errorf(e.Name, "implicit directory %q: %s", shorten(dir), err.(*Error).Rule)
 		}
 		parent = &Entry{Name: dir, Type: TypeDir, Mode: 0o755, NumLink: 2, Implicit: true}
-		t.byName[dir] = parent
-		t.Entries = append(t.Entries, parent)
-		parent.children = append(parent.children, child)
+		b.byName[dir] = parent
+		b.append(parent)
+		parent.addChild(child)
 		if child.Type == TypeDir {
 			parent.NumLink++
 		}
@@ -353,11 +366,8 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Entry{
-		Name: name, Type: w.Type, LinkName: w.LinkName,
-		UID: w.UID, GID: w.GID, UserName: w.UserName, GroupName: w.GroupName,
-		NumLink: 1,
-	}
+	e := &Entry{Name: name, Type: w.Type, NumLink: 1}
+	var link string
 	switch w.Type {
 	case TypeDir:
 		e.NumLink = 2
@@ -367,28 +377,35 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 		}
 		e.Size = w.Size
 		if w.Digest != "" {
-			if e.Digest, err = parseDigest(w.Digest); err != nil {
+			s, err := makeSum(w.Digest)
+			if err != nil {
 				return nil, errorf(w.Name, "digest: %v", err)
+			}
+			if s == emptySum {
+				e.digest = &emptySum // empty files are many
+			} else {
+				e.digest = &s
 			}
 		}
 	case TypeSymlink:
 		if w.LinkName == "" || len(w.LinkName) > maxNameBytes || strings.IndexByte(w.LinkName, 0) >= 0 {
 			return nil, errorf(w.Name, "symlink target is empty, too long or holds a NUL byte")
 		}
+		link = w.LinkName
 	case TypeHardlink:
 		target, err := cleanName(w.LinkName)
 		if err != nil || target == "" {
 			return nil, errorf(w.Name, "hard link target %q is not a name inside the layer", w.LinkName)
 		}
-		e.LinkName = target
+		link = target
 	case TypeChar, TypeBlock:
 		if w.DevMajor < 0 || w.DevMajor > maxDeviceMajor || w.DevMinor < 0 || w.DevMinor > maxDeviceMinor {
 			return nil, errorf(w.Name, "device number %d:%d out of range", w.DevMajor, w.DevMinor)
 		}
-		e.DevMajor, e.DevMinor = w.DevMajor, w.DevMinor
+		e.DevMajor, e.DevMinor = uint16(w.DevMajor), uint32(w.DevMinor)
 	case TypeFifo:
 	default:
-		return nil, errorf(w.Name, "unknown type %q", w.Type)
+		return nil, errorf(w.Name, "unknown type")
 	}
 	if w.Mode < 0 {
 		return nil, errorf(w.Name, "negative mode %d", w.Mode)
@@ -398,10 +415,13 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 	if w.UID < 0 || w.UID > maxID || w.GID < 0 || w.GID > maxID {
 		return nil, errorf(w.Name, "owner %d:%d out of range", w.UID, w.GID)
 	}
+	e.UID, e.GID = uint32(w.UID), uint32(w.GID)
 	if w.ModTime != "" {
-		if e.ModTime, err = time.Parse(time.RFC3339, w.ModTime); err != nil {
+		mt, err := time.Parse(time.RFC3339, w.ModTime)
+		if err != nil {
 			return nil, errorf(w.Name, "modtime %q is not RFC 3339", w.ModTime)
 		}
+		e.mtime, e.mtimeNsec = mt.Unix(), int32(mt.Nanosecond())+1
 	}
 	if len(w.Xattrs) > maxXattrs {
 		return nil, errorf(w.Name, "%d xattrs, more than %d", len(w.Xattrs), maxXattrs)
@@ -414,9 +434,7 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 			delete(w.Xattrs, k)
 		}
 	}
-	if len(w.Xattrs) > 0 {
-		e.Xattrs = w.Xattrs
-	}
+	e.setMore(link, w.Xattrs)
 	return e, nil
 }
 
@@ -453,6 +471,9 @@ func cleanName(name string) (string, error) {
 	return clean, nil
 }
 
+// emptySum is the sha256 of nothing, which every empty file shares.
+var emptySum, _ = makeSum(string(digest.SHA256.FromBytes(nil)))
+
 func parseDigest(s string) (digest.Digest, error) {
 	// Nearly every digest is sha256: check it without go-digest's regexp,
 	// which costs more than the rest of parsing an entry.
@@ -483,11 +504,18 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 		i int // index in e.Chunks
 	}
 	var all []placed
+	// One array holds every file's chunks: a layer has tens of thousands
+	// of one-chunk files, each a small allocation otherwise.
+	var n int
+	for _, raws := range files {
+		n += len(raws)
+	}
+	slab := make([]Chunk, 0, n)
 	for e, raws := range files {
 		// covered stays within 0..e.Size: each chunk adds at most
 		// e.Size-covered.
 		var covered int64
-		e.Chunks = make([]Chunk, 0, len(raws))
+		start := len(slab)
 		for i, r := range raws {
 			if r.fileOffset != covered {
 				return errorf(e.Name, "chunk %d starts at file offset %d, want %d (chunks must be in order and cover the file)", i, r.fileOffset, covered)
@@ -523,28 +551,35 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 				if c.Size > limits.MaxChunkBytes || c.InnerOffset < 0 || c.InnerOffset > limits.MaxChunkBytes-c.Size {
 					return errorf(e.Name, "chunk %d needs %d+%d uncompressed bytes, over the limit of %d", i, c.InnerOffset, c.Size, limits.MaxChunkBytes)
 				}
-				if c.Offset < lastData(e.Chunks) {
+				if c.Offset < lastData(slab[start:]) {
 					return errorf(e.Name, "chunk %d lies before chunk %d in the blob", i, i-1)
 				}
-				all = append(all, placed{e, len(e.Chunks)})
+				all = append(all, placed{e, len(slab) - start})
 			}
 			if r.digest != "" {
-				d, err := parseDigest(r.digest)
+				s, err := makeSum(r.digest)
 				if err != nil {
 					return errorf(e.Name, "chunk %d digest: %v", i, err)
 				}
-				c.Digest = d
+				c.sum = s
 			}
-			e.Chunks = append(e.Chunks, c)
+			slab = append(slab, c)
 			covered += size
 		}
+		e.Chunks = slab[start:len(slab):len(slab)]
 		if covered != e.Size {
 			return errorf(e.Name, "chunks cover %d of %d bytes", covered, e.Size)
 		}
-		if c := e.Chunks[0]; len(e.Chunks) == 1 && !c.Zero && e.Digest != "" && e.Digest.Algorithm() == c.Digest.Algorithm() && e.Digest != c.Digest {
-			// One chunk is the whole file: readers serve it verified
-			// against the chunk's digest, so the file's must agree.
-			return errorf(e.Name, "its one chunk's digest %s is not the file's digest %s", c.Digest, e.Digest)
+		if c := &e.Chunks[0]; len(e.Chunks) == 1 && !c.Zero && e.digest != nil {
+			switch ed, cd := e.Digest(), c.Digest(); {
+			case *e.digest == c.sum:
+				e.digest = &c.sum // the same digest: keep it once
+			case ed.Algorithm() == cd.Algorithm():
+				// One chunk is the whole file: readers serve it
+				// verified against the chunk's digest, so the file's
+				// must agree.
+				return errorf(e.Name, "its one chunk's digest %s is not the file's digest %s", cd, ed)
+			}
 		}
 	}
 

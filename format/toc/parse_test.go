@@ -2,14 +2,17 @@ package toc
 
 import (
 	"bytes"
+	_ "crypto/sha512" // the digests of TestParseKeepsDigests
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"math"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -26,6 +29,14 @@ func parseEntries(t testing.TB, dataEnd int64, entries ...WireEntry) (*TOC, erro
 		t.Fatal(err)
 	}
 	return Parse(data, dataEnd, Limits{})
+}
+
+func withDigest(t testing.TB, c Chunk, d string) Chunk {
+	t.Helper()
+	if err := c.SetDigest(digest.Digest(d)); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func TestParseIndexes(t *testing.T) {
@@ -63,8 +74,8 @@ func TestParseIndexes(t *testing.T) {
 		t.Errorf("a hard link to a hard link does not resolve to the file")
 	}
 	want := []Chunk{
-		{Offset: 100, EndOffset: 200, FileOffset: 0, Size: 6, Digest: digest.Digest(d1)},
-		{Offset: 200, EndOffset: 1000, FileOffset: 6, Size: 4, Digest: digest.Digest(d2)},
+		withDigest(t, Chunk{Offset: 100, EndOffset: 200, FileOffset: 0, Size: 6}, d1),
+		withDigest(t, Chunk{Offset: 200, EndOffset: 1000, FileOffset: 6, Size: 4}, d2),
 	}
 	if len(tool.Chunks) != 2 || tool.Chunks[0] != want[0] || tool.Chunks[1] != want[1] {
 		t.Errorf("chunks = %+v, want %+v", tool.Chunks, want)
@@ -122,7 +133,6 @@ func TestParseRejects(t *testing.T) {
 		{"escape inside", []WireEntry{reg("a/../../x", 1, 0)}, "a/../../x", `".." component`},
 		{"absolute", []WireEntry{reg("/etc/passwd", 1, 0)}, "/etc/passwd", "absolute"},
 		{"nul", []WireEntry{reg("a\x00b", 1, 0)}, "a\x00b", "NUL"},
-		{"unknown type", []WireEntry{{Name: "x", Type: "socket"}}, "x", "unknown type"},
 		{"duplicate", []WireEntry{reg("x", 1, 0), reg("x", 1, 10)}, "x", "listed twice"},
 		{"dir then file", []WireEntry{{Name: "x", Type: TypeDir}, reg("x", 1, 0)}, "x", "listed twice"},
 		{"conflicting dirs", []WireEntry{{Name: "d", Type: TypeDir, Mode: 0o755}, {Name: "d", Type: TypeDir, Mode: 0o700}}, "d", "different attributes"},
@@ -186,6 +196,58 @@ func TestParseRejects(t *testing.T) {
 				t.Errorf("err = %v; want entry %q and a rule mentioning %q", err, tc.entry, tc.rule)
 			}
 		})
+	}
+}
+
+func TestParseRejectsUnknownType(t *testing.T) {
+	_, err := Parse([]byte(`{"version":1,"entries":[{"name":"x","type":"socket"}]}`), 0, Limits{})
+	var te *Error
+	if !errors.As(err, &te) || te.Entry != "x" || !strings.Contains(te.Rule, "unknown type") {
+		t.Errorf("err = %v, want entry \"x\": unknown type", err)
+	}
+}
+
+// TestParseKeepsDigests: digests are kept as bytes (sha256) or as they
+// are (sha512), and read back the same; a one-chunk file shares its
+// chunk's.
+func TestParseKeepsDigests(t *testing.T) {
+	d512 := digest.SHA512.FromString("big").String()
+	whole := digest.FromString("whole").String()
+	empty := digest.FromBytes(nil).String()
+	toc, err := parseEntries(t, 1000,
+		WireEntry{Name: "one", Type: TypeReg, Size: 3, Offset: 0, ChunkDigest: d1, Digest: d1},
+		WireEntry{Name: "two", Type: TypeReg, Size: 10, Offset: 100, ChunkSize: 6, ChunkDigest: d512, Digest: whole},
+		WireEntry{Name: "two", Type: TypeChunk, Offset: 200, ChunkOffset: 6, ChunkDigest: d2},
+		WireEntry{Name: "empty", Type: TypeReg, Digest: empty},
+		WireEntry{Name: "none", Type: TypeReg},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		file   string
+		chunks []string
+	}{
+		{"one", d1, []string{d1}},
+		{"two", whole, []string{d512, d2}},
+		{"empty", empty, nil},
+		{"none", "", nil},
+	} {
+		e, _ := toc.Lookup(tc.name)
+		if got := e.Digest(); string(got) != tc.file {
+			t.Errorf("%s: digest %q, want %q", tc.name, got, tc.file)
+		}
+		var got []string
+		for _, c := range e.Chunks {
+			got = append(got, string(c.Digest()))
+		}
+		if !slices.Equal(got, tc.chunks) {
+			t.Errorf("%s: chunk digests %q, want %q", tc.name, got, tc.chunks)
+		}
+	}
+	if _, err := parseEntries(t, 1000, WireEntry{Name: "z", Type: TypeReg, Size: 1, ChunkDigest: "sha256:" + strings.Repeat("0", 64)}); err == nil {
+		t.Errorf("an all-zero sha256 chunk digest was accepted")
 	}
 }
 
@@ -272,7 +334,7 @@ func FuzzParse(f *testing.F) {
 		if len(toc.Entries) > limits.MaxEntries {
 			t.Fatalf("%d entries (implicit directories included), over the limit of %d", len(toc.Entries), limits.MaxEntries)
 		}
-		for k := range toc.Root().Xattrs {
+		for k := range toc.Root().Xattrs() {
 			if strings.HasPrefix(k, "trusted.") || strings.HasPrefix(k, "user.overlay.") {
 				t.Fatalf("the root keeps xattr %s", k)
 			}
@@ -281,7 +343,7 @@ func FuzzParse(f *testing.F) {
 			if strings.HasPrefix(e.Name, "/") || strings.Contains("/"+e.Name+"/", "/../") || e.Name == "" {
 				t.Fatalf("accepted name %q", e.Name)
 			}
-			for k := range e.Xattrs {
+			for k := range e.Xattrs() {
 				if strings.HasPrefix(k, "trusted.") || strings.HasPrefix(k, "user.overlay.") {
 					t.Fatalf("%s keeps xattr %s", e.Name, k)
 				}
@@ -312,7 +374,7 @@ func FuzzParse(f *testing.F) {
 				if c.Offset < lastOffset {
 					t.Fatalf("%s: chunk %d lies before the previous one in the blob", e.Name, i)
 				}
-				if err := c.Digest.Validate(); err != nil {
+				if err := c.Digest().Validate(); err != nil {
 					t.Fatalf("%s: chunk %d digest: %v", e.Name, i, err)
 				}
 				lastOffset = c.Offset
@@ -354,7 +416,7 @@ func TestParseHoles(t *testing.T) {
 		t.Errorf("sparse chunks = %+v, want one hole %+v", sparse.Chunks, want)
 	}
 	mixed, _ := toc.Lookup("mixed")
-	want := []Chunk{{Size: 4, Zero: true}, {Offset: 50, EndOffset: 100, FileOffset: 4, Size: 6, Digest: digest.Digest(d1)}}
+	want := []Chunk{{Size: 4, Zero: true}, withDigest(t, Chunk{Offset: 50, EndOffset: 100, FileOffset: 4, Size: 6}, d1)}
 	if len(mixed.Chunks) != 2 || mixed.Chunks[0] != want[0] || mixed.Chunks[1] != want[1] {
 		t.Errorf("mixed chunks = %+v, want %+v", mixed.Chunks, want)
 	}
@@ -461,17 +523,17 @@ func TestParseDropsOverlayXattrs(t *testing.T) {
 	}
 	for _, name := range []string{"", "dir", "file"} {
 		e, _ := toc.Lookup(name)
-		for k := range e.Xattrs {
+		for k := range e.Xattrs() {
 			if OverlayXattr(k) {
 				t.Errorf("%q keeps xattr %s", name, k)
 			}
 		}
 	}
-	if dir, _ := toc.Lookup("dir"); dir.Xattrs != nil {
-		t.Errorf("dir xattrs = %q, want none", dir.Xattrs)
+	if dir, _ := toc.Lookup("dir"); dir.Xattrs() != nil {
+		t.Errorf("dir xattrs = %q, want none", dir.Xattrs())
 	}
-	if file, _ := toc.Lookup("file"); !maps.EqualFunc(file.Xattrs, kept, bytes.Equal) {
-		t.Errorf("file xattrs = %q, want %q", file.Xattrs, kept)
+	if file, _ := toc.Lookup("file"); !maps.EqualFunc(file.Xattrs(), kept, bytes.Equal) {
+		t.Errorf("file xattrs = %q, want %q", file.Xattrs(), kept)
 	}
 }
 
@@ -542,5 +604,13 @@ func TestParseAllocatesWhatItDecodes(t *testing.T) {
 	}
 	if n > 1<<20 {
 		t.Errorf("Parse allocated %d bytes for 100 entries, want it to stop at the limit", n)
+	}
+}
+
+// TestEntrySize: a mounted layer holds an Entry per file, so its size is
+// a size class of the allocator's; a field more must find its room.
+func TestEntrySize(t *testing.T) {
+	if got := unsafe.Sizeof(Entry{}); got != 112 {
+		t.Errorf("an Entry takes %d bytes, want 112", got)
 	}
 }

@@ -10,22 +10,66 @@
 package toc
 
 import (
+	"encoding/hex"
+	"fmt"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 )
 
-// Entry types, as the TOC JSON spells them.
+// Type is an entry's type. It reads and writes as the TOC JSON spells it
+// ("dir", "reg", ...), and takes one byte in memory.
+type Type uint8
+
+// Entry types.
 const (
-	TypeDir      = "dir"
-	TypeReg      = "reg"
-	TypeSymlink  = "symlink"
-	TypeHardlink = "hardlink"
-	TypeChar     = "char"
-	TypeBlock    = "block"
-	TypeFifo     = "fifo"
-	TypeChunk    = "chunk" // a later chunk of the reg entry before it (wire only)
+	TypeDir Type = iota + 1
+	TypeReg
+	TypeSymlink
+	TypeHardlink
+	TypeChar
+	TypeBlock
+	TypeFifo
+	TypeChunk // a later chunk of the reg entry before it (wire only)
+
+	// typeUnknown is a type the TOC spells in a way we do not know:
+	// Parse refuses it, naming the entry.
+	typeUnknown Type = 255
 )
+
+var typeNames = [...]string{
+	TypeDir: "dir", TypeReg: "reg", TypeSymlink: "symlink", TypeHardlink: "hardlink",
+	TypeChar: "char", TypeBlock: "block", TypeFifo: "fifo", TypeChunk: "chunk",
+}
+
+// String is the type as the TOC JSON spells it.
+func (t Type) String() string {
+	if int(t) < len(typeNames) && typeNames[t] != "" {
+		return typeNames[t]
+	}
+	return "unknown type"
+}
+
+// MarshalText writes the type as the TOC JSON spells it.
+func (t Type) MarshalText() ([]byte, error) {
+	if int(t) < len(typeNames) && typeNames[t] != "" {
+		return []byte(typeNames[t]), nil
+	}
+	return nil, fmt.Errorf("toc: no entry type %d", t)
+}
+
+// UnmarshalText reads a type as the TOC JSON spells it. A spelling it
+// does not know is not an error here: Parse refuses the entry by name.
+func (t *Type) UnmarshalText(b []byte) error {
+	for i, name := range typeNames {
+		if name != "" && name == string(b) {
+			*t = Type(i)
+			return nil
+		}
+	}
+	*t = typeUnknown
+	return nil
+}
 
 // Whiteout names, as in the OCI image layer spec.
 const (
@@ -34,30 +78,69 @@ const (
 )
 
 // Entry is one file of the layer, with all of its chunks.
+//
+// A mounted layer holds one Entry per file for its whole life, so Entry
+// is packed: what the TOC gives and no mounted layer reads (user and
+// group names, access and change times) is not kept, and digests are
+// kept as their bytes.
 type Entry struct {
-	Name      string // cleaned, relative, no "." or ".." components; "" is the root
-	Type      string // one of the Type constants other than TypeChunk
-	Size      int64  // regular files: uncompressed size
-	ModTime   time.Time
-	LinkName  string // symlink target as written; hardlink: cleaned name of the target
+	Name   string  // cleaned, relative, no "." or ".." components; "" is the root
+	Chunks []Chunk // regular files with content: in file order, covering Size exactly
+	// more holds what few entries have: see LinkName and Xattrs.
+	more *extra
+	// children are a directory's entries, sorted by name: behind a
+	// pointer, as most entries are not directories.
+	children *[]*Entry
+	Size     int64 // regular files: uncompressed size
+	mtime    int64 // Unix seconds
+	// digest is the file's: nil if the TOC has none; a one-chunk file
+	// shares its chunk's.
+	digest *sum
+	// mtimeNsec is the nanoseconds of the modification time plus one: 0
+	// if the TOC has no time.
+	mtimeNsec int32
 	Mode      uint32 // permission, setuid, setgid and sticky bits (07777)
-	UID, GID  int
-	UserName  string
-	GroupName string
-	DevMajor  int
-	DevMinor  int
-	// Xattrs never holds trusted.* nor user.overlay.* names: Parse
-	// drops them (see OverlayXattr).
-	Xattrs map[string][]byte
-	Digest digest.Digest // regular files: digest of the whole content, if the TOC has it
-	Chunks []Chunk       // regular files with content: in file order, covering Size exactly
-
+	UID, GID  uint32
+	DevMinor  uint32
 	// NumLink counts the names of this inode (hard links included).
-	NumLink int
+	NumLink  uint32
+	ino      uint32 // see Ino
+	DevMajor uint16
+	Type     Type // one of the Type constants other than TypeChunk
 	// Implicit marks a directory the TOC did not list but a child needs.
 	Implicit bool
+	// 112 bytes in all: mind the size class when adding a field.
+}
 
-	children []*Entry // directories: sorted by name
+type extra struct {
+	linkName string
+	xattrs   map[string][]byte
+}
+
+// LinkName is a symlink's target as written, a hard link's the cleaned
+// name of its target.
+func (e *Entry) LinkName() string {
+	if e.more == nil {
+		return ""
+	}
+	return e.more.linkName
+}
+
+// Xattrs are the entry's extended attributes, never trusted.* nor
+// user.overlay.* ones: Parse drops them (see OverlayXattr).
+func (e *Entry) Xattrs() map[string][]byte {
+	if e.more == nil {
+		return nil
+	}
+	return e.more.xattrs
+}
+
+// setMore keeps a link target and xattrs, if there are any.
+func (e *Entry) setMore(linkName string, xattrs map[string][]byte) {
+	e.more = nil
+	if linkName != "" || len(xattrs) > 0 {
+		e.more = &extra{linkName: linkName, xattrs: xattrs}
+	}
 }
 
 // Chunk is one independently compressed piece of a regular file.
@@ -70,10 +153,87 @@ type Chunk struct {
 	InnerOffset int64
 	// FileOffset and Size place the chunk in the file.
 	FileOffset, Size int64
-	// Digest is the digest of the chunk's uncompressed bytes.
-	Digest digest.Digest
+	sum              sum // see Digest
 	// Zero marks a hole: Size zero bytes with nothing stored in the blob.
 	Zero bool
+}
+
+// Digest is the digest of the chunk's uncompressed bytes ("" for a hole).
+func (c *Chunk) Digest() digest.Digest { return c.sum.digest() }
+
+// SetDigest sets the chunk's digest: sha256 or sha512.
+func (c *Chunk) SetDigest(d digest.Digest) error {
+	s, err := makeSum(string(d))
+	if err != nil {
+		return err
+	}
+	c.sum = s
+	return nil
+}
+
+// Digest is the digest of the whole content of a regular file, if the TOC
+// has it.
+func (e *Entry) Digest() digest.Digest {
+	if e.digest == nil {
+		return ""
+	}
+	return e.digest.digest()
+}
+
+// ModTime is the entry's modification time; the zero time if the TOC has
+// none.
+func (e *Entry) ModTime() time.Time {
+	if e.mtimeNsec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(e.mtime, int64(e.mtimeNsec-1)).UTC()
+}
+
+// Ino is the entry's inode number, stable for the TOC: the root is 1,
+// Entries[i] is i+2.
+func (e *Entry) Ino() uint64 { return uint64(e.ino) }
+
+// sum is a digest in 40 bytes: sha256, nearly every digest, as its 32
+// bytes, any other algorithm as its string. The zero value is none; no
+// sha256 is all zeros (Parse refuses one).
+type sum struct {
+	sha256 [32]byte
+	other  *digest.Digest
+}
+
+const sha256Prefix = "sha256:"
+
+// makeSum parses a digest: sha256 or sha512, in canonical form.
+func makeSum(s string) (sum, error) {
+	d, err := parseDigest(s)
+	if err != nil {
+		return sum{}, err
+	}
+	if d.Algorithm() != digest.SHA256 {
+		return sum{other: &d}, nil
+	}
+	var out sum
+	if _, err := hex.Decode(out.sha256[:], []byte(s[len(sha256Prefix):])); err != nil {
+		return sum{}, err
+	}
+	if out.sha256 == ([32]byte{}) {
+		return sum{}, fmt.Errorf("digest %s is all zeros", s)
+	}
+	return out, nil
+}
+
+func (s *sum) isZero() bool { return s.other == nil && s.sha256 == [32]byte{} }
+
+func (s *sum) digest() digest.Digest {
+	if s.other != nil {
+		return *s.other
+	}
+	if s.sha256 == ([32]byte{}) {
+		return ""
+	}
+	b := make([]byte, 0, len(sha256Prefix)+64)
+	b = append(b, sha256Prefix...)
+	return digest.Digest(hex.AppendEncode(b, s.sha256[:]))
 }
 
 // IsWhiteout tells whether the entry deletes a lower layer's file.

@@ -18,7 +18,7 @@ type JSON struct {
 // are followed by "chunk" entries of the same name.
 type WireEntry struct {
 	Name        string            `json:"name"`
-	Type        string            `json:"type"`
+	Type        Type              `json:"type"`
 	Size        int64             `json:"size,omitempty"`
 	ModTime     string            `json:"modtime,omitempty"` // RFC 3339
 	AccessTime  string            `json:"accesstime,omitempty"`

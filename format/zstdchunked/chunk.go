@@ -102,7 +102,7 @@ func decodePrefix(dst []byte, src io.Reader, n int64, exact bool, hint int64) ([
 
 // ReadChunk decompresses one chunk: compressed must be exactly the blob's
 // bytes [c.Offset, c.EndOffset). It returns the c.Size bytes at
-// c.InnerOffset of the frame's content once they match c.Digest. It
+// c.InnerOffset of the frame's content once they match c.Digest(). It
 // decompresses no more than c.InnerOffset+c.Size bytes, whatever the frame
 // claims. A zero chunk needs no bytes and reads as zeros (up to 1 GiB: a
 // caller serves larger holes itself).
@@ -160,11 +160,11 @@ func checkChunk(c toc.Chunk) error {
 	if c.Offset < 0 || c.EndOffset < c.Offset {
 		return fmt.Errorf("bad placement %d..%d", c.Offset, c.EndOffset)
 	}
-	if c.Digest == "" {
+	if c.Digest() == "" {
 		return errors.New("no digest to verify it against")
 	}
-	if err := c.Digest.Validate(); err != nil {
-		return fmt.Errorf("digest %q: %w", c.Digest, err)
+	if err := c.Digest().Validate(); err != nil {
+		return fmt.Errorf("digest %q: %w", c.Digest(), err)
 	}
 	return nil
 }
@@ -177,8 +177,8 @@ func decodeChunk(buf []byte, src io.Reader, c toc.Chunk, hint int64) ([]byte, er
 		return nil, err
 	}
 	data = data[c.InnerOffset:]
-	if got := c.Digest.Algorithm().FromBytes(data); got != c.Digest {
-		return nil, fmt.Errorf("%w (want %s, got %s)", ErrDigestMismatch, c.Digest, got)
+	if got := c.Digest().Algorithm().FromBytes(data); got != c.Digest() {
+		return nil, fmt.Errorf("%w (want %s, got %s)", ErrDigestMismatch, c.Digest(), got)
 	}
 	return data, nil
 }

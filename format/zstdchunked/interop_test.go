@@ -139,10 +139,10 @@ func stargzReads(t *testing.T, blob []byte, annotations map[string]string, tarba
 			continue
 		}
 		wantEntry, _ := toc.EntryFromTar(want.hdr)
-		if e.Type != wantEntry.Type || e.Mode != wantEntry.Mode || e.UID != wantEntry.UID || !e.ModTime().Equal(want.hdr.ModTime) {
+		if e.Type != wantEntry.Type.String() || e.Mode != wantEntry.Mode || e.UID != wantEntry.UID || !e.ModTime().Equal(want.hdr.ModTime) {
 			t.Errorf("%q: stargz-snapshotter reads %s %o uid %d %s, want %s %o uid %d %s", name, e.Type, e.Mode, e.UID, e.ModTime(), wantEntry.Type, wantEntry.Mode, wantEntry.UID, want.hdr.ModTime)
 		}
-		if e.Type != toc.TypeReg {
+		if e.Type != toc.TypeReg.String() {
 			continue
 		}
 		sr, err := r.OpenFile(name)

@@ -46,8 +46,8 @@ func TestRoundTrip(t *testing.T) {
 			if len(e.Chunks) != 4 {
 				t.Errorf("etc/several-chunks has %d chunks", len(e.Chunks))
 			}
-			if e.Digest != digest.FromBytes(content(4, 3*chunkSize+17, false)) {
-				t.Errorf("etc/several-chunks: file digest %s is not that of its content", e.Digest)
+			if e.Digest() != digest.FromBytes(content(4, 3*chunkSize+17, false)) {
+				t.Errorf("etc/several-chunks: file digest %s is not that of its content", e.Digest())
 			}
 		})
 	}
@@ -338,8 +338,8 @@ func TestSparseFile(t *testing.T) {
 	if len(e.Chunks) != 12 {
 		t.Errorf("sparse file stored in %d chunks, want 12", len(e.Chunks))
 	}
-	if e.Digest != digest.FromBytes(logical) {
-		t.Errorf("sparse file digest %s is not that of its content", e.Digest)
+	if e.Digest() != digest.FromBytes(logical) {
+		t.Errorf("sparse file digest %s is not that of its content", e.Digest())
 	}
 }
 
@@ -368,7 +368,9 @@ func TestReadChunk(t *testing.T) {
 	}
 	inner := c
 	inner.InnerOffset, inner.Size = 10, 20
-	inner.Digest = digest.FromBytes(want[10:30])
+	if err := inner.SetDigest(digest.FromBytes(want[10:30])); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := ReadChunk(blob[c.Offset:c.EndOffset], inner); err != nil || !bytes.Equal(got, want[10:30]) {
 		t.Errorf("chunk at an inner offset: %v", err)
 	}

@@ -256,14 +256,21 @@ func (c *Containerd) check() error {
 	return nil
 }
 
-// Ctr runs the release's ctr against this containerd in Namespace and
-// returns its standard output; the error carries standard error.
-func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
+// CtrCommand is the release's ctr with args against this containerd in
+// Namespace, for a caller that reads its output as it comes.
+func (c *Containerd) CtrCommand(ctx context.Context, args ...string) *exec.Cmd {
 	full := append([]string{"--address", c.Address, "--namespace", Namespace}, args...)
 	cmd := exec.CommandContext(ctx, c.CtrPath, full...)
 	// 2.x's ctr prints containerd's deprecations (cgroup v1 on this
 	// machine) before every error; check says them once.
 	cmd.Env = append(os.Environ(), "CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1")
+	return cmd
+}
+
+// Ctr runs the release's ctr against this containerd in Namespace and
+// returns its standard output; the error carries standard error.
+func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
+	cmd := c.CtrCommand(ctx, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

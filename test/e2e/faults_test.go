@@ -466,10 +466,10 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	assembled, _ := index.Lookup("bin/tool")
 	m.close(t) // waits for the assemblies
 	for _, e := range []*toc.Entry{multi, gone, assembled} {
-		if _, err := os.Stat(cachePath(cacheDir, e.Digest)); err != nil {
+		if _, err := os.Stat(cachePath(cacheDir, e.Digest())); err != nil {
 			t.Fatalf("%s was not assembled into one cache entry: %v", e.Name, err)
 		}
-		if _, err := os.Stat(cachePath(cacheDir, e.Chunks[0].Digest)); err == nil {
+		if _, err := os.Stat(cachePath(cacheDir, e.Chunks[0].Digest())); err == nil {
 			t.Errorf("%s: a chunk entry is still there beside the assembled file", e.Name)
 		}
 	}
@@ -514,9 +514,9 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	//  - lib/libbig.so: its whole-file entry is gone;
 	//  - bin/tool: intact, and read from its whole-file entry.
 	// Only the bad or missing files' data may be fetched.
-	corrupt := []digest.Digest{small.Chunks[0].Digest, multi.Digest}
+	corrupt := []digest.Digest{small.Chunks[0].Digest(), multi.Digest()}
 	corruptCacheEntries(t, cacheDir, corrupt...)
-	if err := os.Remove(cachePath(cacheDir, gone.Digest)); err != nil {
+	if err := os.Remove(cachePath(cacheDir, gone.Digest())); err != nil {
 		t.Fatal(err)
 	}
 	p2 := startProxy(t, upstream)
@@ -534,7 +534,7 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	// With passthrough: a corrupt whole-file entry, the backing file of a
 	// passthrough open, is found when the new cache first opens it, and the
 	// file's data alone is fetched again.
-	corruptCacheEntries(t, cacheDir, assembled.Digest)
+	corruptCacheEntries(t, cacheDir, assembled.Digest())
 	p3 := startProxy(t, upstream)
 	m3 := mountThrough(t, fl, p3.Addr(), cacheDir, remote.BlobOptions{}, true)
 	if failed := m3.readFiles(t, fl, fl.names); len(failed) > 0 {
@@ -547,7 +547,7 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	m3.close(t)
 
 	// Healed: each entry is back on disk, and right.
-	for _, d := range append(corrupt, assembled.Digest, gone.Digest) {
+	for _, d := range append(corrupt, assembled.Digest(), gone.Digest()) {
 		data, err := os.ReadFile(cachePath(cacheDir, d))
 		if err != nil {
 			t.Errorf("entry %s not stored again: %v", d, err)

@@ -2,7 +2,7 @@
 // images, overlayfs full pull against lazypull, through a shaped link.
 //
 //	go run ./bench/cmd/bench [-n 5] [--images python,gcc,java] [--scenarios ...]
-//	                         [--rtt 20ms] [--bandwidth 100M] [--out bench/results]
+//	                         [--rtt 20ms] [--bandwidth 100M] [--containerd 2.x|1.6] [--out bench/results]
 //	go run ./bench/cmd/bench --rerender bench/results/<timestamp>
 //
 // It writes results.json, results.md and totals.png under
@@ -37,6 +37,7 @@ func main() {
 	dataSize := flag.Int64("data-size", images.DefaultDataSize, "size in bytes of the data image's data layer")
 	daemonConfig := flag.String("daemon-config", "", "lazypull-snapshotter TOML `FILE` (default: its defaults)")
 	keepLogs := flag.Bool("keep-logs", false, "keep the daemons' logs under the results directory (else only when a run fails)")
+	containerd := flag.String("containerd", "2.x", "containerd `RELEASE` to start: 2.x ("+testenv.Containerd2.Name+", built by scripts/install-deps.sh) or 1.6 (Debian's)")
 	rerender := flag.String("rerender", "", "only rewrite results.md and totals.png of the results `DIR` from its results.json")
 	flag.Parse()
 
@@ -58,7 +59,11 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	cfg := runner.Config{Runs: *runs, RTT: *rtt, Bandwidth: bps, Scenarios: scenarios, Progress: os.Stderr}
+	release, err := testenv.ContainerdByName(strings.TrimSuffix(*containerd, ".x"))
+	if err != nil {
+		fail(fmt.Errorf("--containerd %s: %w", *containerd, err))
+	}
+	cfg := runner.Config{Runs: *runs, RTT: *rtt, Bandwidth: bps, Scenarios: scenarios, Progress: os.Stderr, Containerd: release}
 	if *daemonConfig != "" {
 		b, err := os.ReadFile(*daemonConfig)
 		if err != nil {
