@@ -14,6 +14,7 @@ package layer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -346,31 +347,52 @@ func (l *Layer) keepTail(tail []byte, tailOff int64) {
 	})
 }
 
-// index groups chunks by the member that holds them.
+// index groups chunks by the member that holds them. Kept for the
+// layer's life, so packed: one array of chunk references, which each
+// member's list is a piece of (a layer of 50,000 files has as many
+// members), and no spare capacity.
 func (l *Layer) index() {
-	byOff := make(map[int64]int)
+	type placed struct {
+		off, end int64
+		ref      chunkRef
+	}
+	var n int
 	for _, e := range l.blob.TOC().Entries {
-		for i, c := range e.Chunks {
-			if c.Zero {
-				continue
+		for _, c := range e.Chunks {
+			if !c.Zero {
+				n++
 			}
-			k, ok := byOff[c.Offset]
-			if !ok {
-				k = len(l.members)
-				byOff[c.Offset] = k
-				l.members = append(l.members, member{off: c.Offset, end: c.EndOffset})
-			}
-			l.members[k].chunks = append(l.members[k].chunks, chunkRef{e, i})
 		}
 	}
-	sort.Slice(l.members, func(a, b int) bool { return l.members[a].off < l.members[b].off })
-	// Kept for the layer's life: no spare capacity (a layer of 50,000
-	// files has as many members).
-	l.members = slices.Clone(l.members)
-	l.done = make([]bool, len(l.members))
-	for _, m := range l.members {
-		l.dataBytes += m.end - m.off
+	all := make([]placed, 0, n)
+	for _, e := range l.blob.TOC().Entries {
+		for i, c := range e.Chunks {
+			if !c.Zero {
+				all = append(all, placed{c.Offset, c.EndOffset, chunkRef{e, i}})
+			}
+		}
 	}
+	// By offset; in TOC order within a member.
+	slices.SortStableFunc(all, func(a, b placed) int { return cmp.Compare(a.off, b.off) })
+	refs := make([]chunkRef, len(all))
+	members := 0
+	for i, p := range all {
+		refs[i] = p.ref
+		if i == 0 || p.off != all[i-1].off {
+			members++
+		}
+	}
+	l.members = make([]member, 0, members)
+	for i := 0; i < len(all); {
+		j := i + 1
+		for j < len(all) && all[j].off == all[i].off {
+			j++
+		}
+		l.members = append(l.members, member{off: all[i].off, end: all[i].end, chunks: refs[i:j:j]})
+		l.dataBytes += all[i].end - all[i].off
+		i = j
+	}
+	l.done = make([]bool, len(l.members))
 }
 
 // TOC is the layer's verified table of contents.
