@@ -30,6 +30,11 @@ type Options struct {
 	MinChunkSize     int      // eStargz: let smaller files share a gzip member
 	CompressionLevel int      // 0: the format's default
 	PrioritizedFiles []string // files a workload reads first, in order
+	// ForStargz gives zstd:chunked layers stargz-snapshotter's annotations
+	// instead of containers/storage's: the blob suits both, but one
+	// descriptor cannot carry both sets (containers/storage refuses a
+	// layer with the eStargz TOC digest). lazypull reads either.
+	ForStargz bool
 	// Platforms picks the manifests of a multi-platform source; nil means
 	// the host's platform. AllPlatforms keeps every manifest.
 	Platforms    platforms.MatchComparer

@@ -58,11 +58,18 @@ func (w estargzWriter) close() (layerResult, error) {
 	return layerResult{ocispec.MediaTypeImageLayerGzip, res.DiffID, res.Annotations}, err
 }
 
-type zstdWriter struct{ *zstdchunked.Writer }
+type zstdWriter struct {
+	*zstdchunked.Writer
+	forStargz bool
+}
 
 func (w zstdWriter) close() (layerResult, error) {
 	res, err := w.Close()
-	return layerResult{zstdchunked.MediaType, res.DiffID, res.Annotations}, err
+	annotations := res.Annotations
+	if w.forStargz {
+		annotations = res.StargzAnnotations
+	}
+	return layerResult{zstdchunked.MediaType, res.DiffID, annotations}, err
 }
 
 func (c *converter) newLayerWriter(out io.Writer) (layerWriter, error) {
@@ -93,7 +100,7 @@ func (c *converter) newLayerWriter(out io.Writer) (layerWriter, error) {
 		if c.opts.CompressionLevel != 0 {
 			opts = append(opts, zstdchunked.WithCompressionLevel(c.opts.CompressionLevel))
 		}
-		return zstdWriter{zstdchunked.NewWriter(out, opts...)}, nil
+		return zstdWriter{zstdchunked.NewWriter(out, opts...), c.opts.ForStargz}, nil
 	}
 	return nil, fmt.Errorf("unknown layer format %q", c.opts.Format)
 }

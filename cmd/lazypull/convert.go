@@ -37,6 +37,7 @@ Examples:
 		&cli.IntFlag{Name: "min-chunk-size", Usage: "eStargz: let files under `BYTES` share a gzip member with their neighbours", DefaultText: "off"},
 		&cli.IntFlag{Name: "compression-level", Usage: "gzip 1-9 or zstd 1-4 `LEVEL`", DefaultText: "the format's"},
 		&cli.StringFlag{Name: "prioritized-files", Usage: "`FILE` listing paths (one per line) a workload reads first; they go first, for prefetch"},
+		&cli.StringFlag{Name: "zstdchunked-for", Value: "containers-storage", Usage: "zstd:chunked: whose annotations the layers carry, for nodes that mount them lazily besides lazypull: `PULLER` containers-storage (podman, CRI-O) or stargz-snapshotter (one descriptor cannot carry both)"},
 		&cli.StringSliceFlag{Name: "platform", Usage: "convert this `PLATFORM` of a multi-platform image (repeatable; default: this machine's)"},
 		&cli.BoolFlag{Name: "all-platforms", Usage: "convert every platform of a multi-platform image"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the result"},
@@ -63,6 +64,13 @@ Examples:
 			MinChunkSize:     c.Int("min-chunk-size"),
 			CompressionLevel: c.Int("compression-level"),
 			AllPlatforms:     c.Bool("all-platforms"),
+		}
+		switch who := c.String("zstdchunked-for"); who {
+		case "containers-storage":
+		case "stargz-snapshotter":
+			opts.ForStargz = true
+		default:
+			return cli.Exit(fmt.Sprintf("--zstdchunked-for %q: want containers-storage or stargz-snapshotter", who), 2)
 		}
 		if path := c.String("prioritized-files"); path != "" {
 			if opts.PrioritizedFiles, err = readLines(path); err != nil {
