@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -100,6 +101,7 @@ func RunFUSEManager(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	tuneGC()
 	mnt, c, closeMounter, err := newMounter(cfg)
 	if err != nil {
 		return err
@@ -135,6 +137,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	tuneGC()
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return fmt.Errorf("create root: %w", err)
 	}
@@ -238,4 +241,17 @@ func lockRoot(root string) (unlock func(), err error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return func() { f.Truncate(0); f.Close() }, nil
+}
+
+// gcPercent is the daemons' GOGC unless the environment sets one: they run
+// on every node beside the workloads, where memory counts more than the
+// little CPU a more frequent collection costs. Measured on python's cold
+// start (daemon and FUSE manager, peak RSS): 141-148 MiB at Go's 100,
+// 115-119 MiB at 50, with the same time to first output.
+const gcPercent = 50
+
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 }
