@@ -2,12 +2,14 @@ package layer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 
 	"github.com/containerd/log"
 
+	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/metrics"
 )
@@ -77,26 +79,22 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 		l.mu.Unlock()
 	}()
 	pr, pw := io.Pipe()
-	var inconsistent error
 	// Not spawned: it ends with the pipe, before this goroutine does.
 	go func() {
 		var err error
 		defer func() { pw.CloseWithError(err) }() // nil: io.EOF for the reader
 		defer l.recoverAs("reading chunks to assemble "+e.Name, &err)
-		h := e.Digest().Algorithm().Digester()
-		if err = l.writeContent(ctx, e, io.MultiWriter(pw, h.Hash())); err == nil && h.Digest() != e.Digest() {
-			// Every chunk matched its digest, the whole does not match
-			// the file's: the TOC contradicts itself.
-			inconsistent = fmt.Errorf("layer %s: file %q: its chunks make %s, its TOC digest says %s; the layer is not served", l.desc.Digest, e.Name, h.Digest(), e.Digest())
-			err = inconsistent
-		}
+		err = l.writeContent(ctx, e, pw)
 	}()
-	err := l.cache.PutFile(e.Digest(), pr) // checks the whole file's digest too
+	err := l.cache.PutFile(e.Digest(), pr) // checks the whole file's digest
 	pr.CloseWithError(io.ErrClosedPipe)
-	if inconsistent != nil {
-		log.L.WithError(inconsistent).Error("rejected a lazily mounted layer")
+	if errors.Is(err, cache.ErrDigestMismatch) {
+		// Every chunk matched its digest as it was read, the whole does
+		// not match the file's: the TOC contradicts itself.
+		err = fmt.Errorf("layer %s: file %q: its chunks do not make its TOC digest (%w); the layer is not served", l.desc.Digest, e.Name, err)
+		log.L.WithError(err).Error("rejected a lazily mounted layer")
 		metrics.LayerVerifications.WithLabelValues("rejected").Inc()
-		l.setVerification(Rejected, inconsistent)
+		l.setVerification(Rejected, err)
 		return
 	}
 	if err != nil {

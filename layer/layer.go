@@ -46,6 +46,8 @@ type Fetcher interface {
 type Cache interface {
 	Get(d digest.Digest) ([]byte, bool)
 	Put(d digest.Digest, data []byte) error
+	// PutFile fails with cache.ErrDigestMismatch when r's content does
+	// not hash to d.
 	PutFile(d digest.Digest, r io.Reader) error
 	Open(d digest.Digest) (*os.File, bool)
 	Has(d digest.Digest) bool

@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/format"
 	"github.com/lazypull/lazypull/format/estargz"
 	"github.com/lazypull/lazypull/format/toc"
@@ -88,7 +89,7 @@ func (c *memCache) Get(d digest.Digest) ([]byte, bool) {
 
 func (c *memCache) Put(d digest.Digest, data []byte) error {
 	if digest.FromBytes(data) != d {
-		return fmt.Errorf("digest mismatch for %s", d)
+		return fmt.Errorf("%w for %s", cache.ErrDigestMismatch, d)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
