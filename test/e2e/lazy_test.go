@@ -33,7 +33,7 @@ func testLazyRun(t *testing.T, containerd testenv.Option) {
 		t.Fatal(err)
 	}
 	// An ordinary image falls back to download and unpack, and says why.
-	out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, ref)
+	out, err := pullLazy(t, env, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func testLazyRun(t *testing.T, containerd testenv.Option) {
 			if _, err := lazypull(t, env.BinDir, "convert", "-q", "--format", format, "docker://"+ref, "docker://"+lazy); err != nil {
 				t.Fatal(err)
 			}
-			out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy)
+			out, err := pullLazy(t, env, lazy)
 			if err != nil {
 				t.Fatal(err)
 			}

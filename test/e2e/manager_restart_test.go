@@ -35,7 +35,7 @@ func testDaemonRestartsKilledManager(t *testing.T, containerd testenv.Option) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	lazy := pushLazyHello(t, ctx, env)
-	if out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil || strings.Count(out, "mounted lazily") != 2 {
+	if out, err := pullLazy(t, env, lazy); err != nil || strings.Count(out, "mounted lazily") != 2 {
 		t.Fatalf("pull: %v\n%s", err, out)
 	}
 	before := managerStatus(t, env)

@@ -36,7 +36,7 @@ func testContainerSurvivesDaemonKill(t *testing.T, containerd testenv.Option) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	lazy := pushLazyHello(t, ctx, env)
-	if out, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil || strings.Count(out, "mounted lazily") != 2 {
+	if out, err := pullLazy(t, env, lazy); err != nil || strings.Count(out, "mounted lazily") != 2 {
 		t.Fatalf("pull: %v\n%s", err, out)
 	}
 	files := helloFiles(t, env)
@@ -138,7 +138,7 @@ func testRegistryGone(t *testing.T, containerd testenv.Option) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	lazy := pushLazyHello(t, ctx, env)
-	if _, err := lazypull(t, env.BinDir, "pull", "--address", env.Containerd.Address, "--namespace", testenv.Namespace, lazy); err != nil {
+	if _, err := pullLazy(t, env, lazy); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := runHello(t, ctx, env, lazy, "first"); err != nil || out != testenv.HelloOutput {
