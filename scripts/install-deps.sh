@@ -16,6 +16,10 @@ have fusermount3     || missing+=(fuse3)
 # zstd:chunked blobs; a JVM runs the class file the java image starts.
 have zstd            || missing+=(zstd)
 have java            || missing+=(default-jre-headless)
+# The composefs mode's independent oracles: fsck.erofs/dump.erofs check the
+# EROFS images we write; fsverity computes fs-verity digests in user space.
+have fsck.erofs      || missing+=(erofs-utils)
+have fsverity        || missing+=(fsverity)
 # containers/storage, which format/interop tests against, builds its btrfs
 # driver with cgo.
 [[ -e /usr/include/btrfs/ioctl.h ]] || missing+=(libbtrfs-dev)

@@ -61,6 +61,10 @@ var debianPackage = map[string]string{
 	"skopeo":          "skopeo",
 	"fusermount3":     "fuse3",
 	"java":            "default-jre-headless",
+	"fsck.erofs":      "erofs-utils",
+	"dump.erofs":      "erofs-utils",
+	"mkfs.erofs":      "erofs-utils",
+	"fsverity":        "fsverity",
 }
 
 // lookPath finds a program, or says how to install it.
