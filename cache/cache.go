@@ -1,11 +1,13 @@
 // Package cache is lazypull's verified, content-addressed store of fetched
-// data: chunks and whole files, each kept once under its digest on disk, with
-// the hottest small ones also in memory.
+// data: chunks and whole files, each kept once under its digest on disk. It
+// keeps no copies in memory: hot entries stay in the kernel's page cache.
 //
 // Everything served is checked against its digest: Put and PutFile refuse
-// data that does not match, Get hashes a disk entry at every read, and Open
-// hashes a file once per Cache lifetime before handing it out. A corrupt or
-// truncated entry is deleted and reported as a miss, so the caller refetches.
+// data that does not match, and an entry found on disk at New is hashed
+// whole at its first read (Get, ReadAt or Open) before any of it is served;
+// entries written or hashed by this Cache are trusted for its lifetime. A
+// corrupt or truncated entry is deleted and reported as a miss, so the
+// caller refetches.
 // Because the key is the digest, identical chunks and files of different
 // layers and images share one entry.
 //
@@ -20,7 +22,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -37,8 +38,7 @@ var ErrClosed = errors.New("cache: closed")
 // counted in Stats.NoSpace.
 var ErrNoSpace = errors.New("the cache's filesystem is full")
 
-// Cache is a directory of entries named by digest, with a size limit and an
-// in-memory LRU in front. All methods are safe for concurrent use.
+// Cache is a directory of entries named by digest, with a size limit. All methods are safe for concurrent use.
 type Cache struct {
 	dir     string
 	opts    options
@@ -87,7 +87,7 @@ func New(dir string, opts ...Option) (*Cache, error) {
 		opts:    o,
 		lock:    lock,
 		hashers: newHasherPool(digest.SHA256),
-		index:   newIndex(o.memoryBytes),
+		index:   newIndex(),
 		busy:    make(map[digest.Digest]chan struct{}),
 		held:    make(map[digest.Digest]int),
 	}
@@ -134,11 +134,7 @@ func (c *Cache) Put(d digest.Digest, data []byte) error {
 	if err := c.hashers.verifyBytes(d, data); err != nil {
 		return fmt.Errorf("cache: put %s: %w", d, err)
 	}
-	var memoryCopy []byte
-	if c.index.fitsMemory(len(data)) { // fitsMemory reads only config: no lock
-		memoryCopy = slices.Clone(data)
-	}
-	return c.store(d, memoryCopy, func(f *os.File) (int64, error) {
+	return c.store(d, func(f *os.File) (int64, error) {
 		n, err := f.Write(data)
 		return int64(n), err
 	})
@@ -153,7 +149,7 @@ func (c *Cache) PutFile(d digest.Digest, r io.Reader) error {
 	if err := d.Validate(); err != nil {
 		return fmt.Errorf("cache: put %q: %w", d, err)
 	}
-	return c.store(d, nil, func(f *os.File) (int64, error) {
+	return c.store(d, func(f *os.File) (int64, error) {
 		h := c.hashers.get(d.Algorithm())
 		defer c.hashers.put(h)
 		n, err := io.CopyBuffer(io.MultiWriter(f, h.h), r, make([]byte, copyBufferSize))
@@ -169,8 +165,8 @@ func (c *Cache) PutFile(d digest.Digest, r io.Reader) error {
 
 // store claims d, writes its file with write, and indexes it, evicting older
 // entries if over the limit (never this one: a Get right after the Put finds
-// it). memoryCopy, if not nil, is kept in memory.
-func (c *Cache) store(d digest.Digest, memoryCopy []byte, write func(*os.File) (int64, error)) error {
+// it).
+func (c *Cache) store(d digest.Digest, write func(*os.File) (int64, error)) error {
 	done, err := c.claim(d)
 	if done == nil || err != nil {
 		return err
@@ -187,9 +183,6 @@ func (c *Cache) store(d digest.Digest, memoryCopy []byte, write func(*os.File) (
 	}
 	e := &entry{digest: d, size: size, verified: true}
 	c.index.add(e)
-	if memoryCopy != nil {
-		c.index.keepInMemory(e, memoryCopy)
-	}
 	victims := c.evictLocked(e)
 	c.mu.Unlock()
 	c.deleteEvicted(victims)
@@ -279,11 +272,49 @@ func (c *Cache) claim(d digest.Digest) (chan struct{}, error) {
 // corrupt (then deleted: the caller should fetch and Put it again). The
 // returned slice belongs to the caller.
 func (c *Cache) Get(d digest.Digest) ([]byte, bool) {
-	data, ok := c.GetInto(d, nil)
+	fd, size, ok := c.open(d)
 	if !ok {
 		return nil, false
 	}
+	defer fd.Close()
+	data := make([]byte, size)
+	if _, err := fd.ReadAt(data, 0); err != nil {
+		c.readFailed(d, err)
+		return nil, false
+	}
 	return data, true
+}
+
+// ReadAt reads len(p) bytes at off of the entry for d, which must hold
+// size bytes, into p: a FUSE read goes from the page cache straight into
+// its reply buffer, with no copy of the entry in between. It returns false
+// if the entry is absent, corrupt (then deleted), of another size, or
+// shorter than off+len(p).
+func (c *Cache) ReadAt(d digest.Digest, size int64, p []byte, off int64) bool {
+	if off < 0 || off+int64(len(p)) > size {
+		return false
+	}
+	fd, n, ok := c.open(d)
+	if !ok {
+		return false
+	}
+	defer fd.Close()
+	if n != size {
+		return false
+	}
+	if _, err := fd.ReadAt(p, off); err != nil {
+		c.readFailed(d, err)
+		return false
+	}
+	return true
+}
+
+// readFailed logs a read of an entry's open file that failed: the file was
+// truncated behind our back (the next open finds its size wrong and drops
+// it) or the disk failed.
+func (c *Cache) readFailed(d digest.Digest, err error) {
+	c.stats.misses.Add(1)
+	log.L.WithFields(log.Fields{"digest": d, "path": c.path(d)}).WithError(err).Warn("cache: cannot read entry")
 }
 
 // find looks d up for a read and marks it used: it returns the entry with
@@ -304,81 +335,29 @@ func (c *Cache) find(d digest.Digest) *entry {
 	return e
 }
 
-// GetInto is Get reading into buf's storage (grown if too small), so a
-// caller reusing one buffer reads without allocating. It returns the data
-// as buf[:n].
-func (c *Cache) GetInto(d digest.Digest, buf []byte) ([]byte, bool) {
-	for {
-		e := c.find(d)
-		if e == nil {
-			return buf[:0], false
-		}
-		if data := e.data; data != nil {
-			c.mu.Unlock()
-			c.stats.memoryHits.Add(1)
-			return append(buf[:0], data...), true // data is immutable: copy unlocked
-		}
-		if wait := e.loading; wait != nil {
-			c.mu.Unlock()
-			<-wait
-			continue // now in memory, most likely
-		}
-		size := e.size
-		keep := c.index.fitsMemory(int(size))
-		if keep {
-			e.loading = make(chan struct{})
-		}
-		c.mu.Unlock()
-		return c.getFromDisk(d, e, size, buf, keep)
-	}
-}
-
-// getFromDisk reads and hashes entry e, and keeps a copy in memory if keep
-// (then it has set e.loading, which it clears).
-func (c *Cache) getFromDisk(d digest.Digest, e *entry, size int64, buf []byte, keep bool) ([]byte, bool) {
-	p := c.path(d)
-	data, err := readEntry(p, size, buf)
-	if err == nil {
-		err = c.hashers.verifyBytes(d, data)
-	}
-	var memoryCopy []byte
-	if err == nil && keep {
-		memoryCopy = slices.Clone(data)
-	}
-	c.mu.Lock()
-	if keep {
-		close(e.loading)
-		e.loading = nil
-	}
-	if err == nil && c.index.current(e) && !c.closed {
-		e.verified = true // the whole file was just hashed
-		if memoryCopy != nil {
-			c.index.keepInMemory(e, memoryCopy)
-		}
-	}
-	c.mu.Unlock()
-	if err != nil {
-		c.drop(e, p, err, false)
-		c.stats.misses.Add(1)
-		return data[:0], false
-	}
-	c.stats.diskHits.Add(1)
-	return data, true
-}
-
 // Open opens the entry for d read-only, for use as a FUSE passthrough
 // backing file, or returns false if it is absent or corrupt. Hashing a large
-// file at every open would be too slow, so an entry is hashed once per Cache
-// lifetime: entries written through this Cache, or already read whole by
-// Get, are trusted; an entry found on disk at New is hashed at its first
-// Open (concurrent Opens wait for that one hash). Later Opens check only the
+// file at every read would be too slow, so an entry is hashed once per Cache
+// lifetime: entries written through this Cache, or already read once, are
+// trusted; an entry found on disk at New is hashed at its first read
+// (concurrent reads wait for that one hash). Later reads check only the
 // size. A corrupt entry is deleted and reported as a miss. The caller closes
 // the file; it stays readable even if the entry is evicted meanwhile.
 func (c *Cache) Open(d digest.Digest) (*os.File, bool) {
+	fd, _, ok := c.open(d)
+	if !ok {
+		return nil, false
+	}
+	return os.NewFile(uintptr(fd), c.path(d)), true
+}
+
+// open is Open for the cache's own reads: a raw descriptor, and the entry's
+// size.
+func (c *Cache) open(d digest.Digest) (entryFD, int64, bool) {
 	for {
 		e := c.find(d)
 		if e == nil {
-			return nil, false
+			return -1, 0, false
 		}
 		if wait := e.verifying; wait != nil {
 			c.mu.Unlock()
@@ -394,16 +373,17 @@ func (c *Cache) Open(d digest.Digest) (*os.File, bool) {
 		c.mu.Unlock()
 
 		p := c.path(d)
-		f, err := c.openEntry(d, p, size, verify)
+		fd, err := c.openEntry(d, p, size, verify)
 		if err != nil {
 			c.drop(e, p, err, verify)
 			c.stats.misses.Add(1)
 			if verify {
 				c.ops.Done()
 			}
-			return nil, false
+			return -1, 0, false
 		}
 		if verify {
+			c.stats.verifications.Add(1)
 			c.mu.Lock()
 			close(e.verifying)
 			e.verifying = nil
@@ -412,7 +392,7 @@ func (c *Cache) Open(d digest.Digest) (*os.File, bool) {
 			c.ops.Done()
 		}
 		c.stats.diskHits.Add(1)
-		return f, true
+		return fd, size, true
 	}
 }
 
@@ -530,15 +510,13 @@ func (c *Cache) Remove(d digest.Digest) error {
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	s := Stats{
-		Entries:       len(c.index.entries),
-		Bytes:         c.index.diskBytes,
-		MaxBytes:      c.opts.maxBytes,
-		MemoryEntries: c.index.memory.Len(),
-		MemoryBytes:   c.index.memoryBytes,
+		Entries:  len(c.index.entries),
+		Bytes:    c.index.diskBytes,
+		MaxBytes: c.opts.maxBytes,
 	}
 	c.mu.Unlock()
-	s.MemoryHits = c.stats.memoryHits.Load()
 	s.DiskHits = c.stats.diskHits.Load()
+	s.Verifications = c.stats.verifications.Load()
 	s.Misses = c.stats.misses.Load()
 	s.Evictions = c.stats.evictions.Load()
 	s.Corruptions = c.stats.corruptions.Load()
@@ -547,8 +525,8 @@ func (c *Cache) Stats() Stats {
 }
 
 // Close waits for writes and deletions in flight, records the last use of
-// the entries used since New as their mtime (for the next New's LRU order),
-// frees the memory cache and releases the directory. Files from Open stay
+// the entries used since New as their mtime (for the next New's LRU order)
+// and releases the directory. Files from Open stay
 // valid. After Close, Get and Open miss and Put fails with ErrClosed.
 func (c *Cache) Close() error {
 	c.mu.Lock()
@@ -566,9 +544,6 @@ func (c *Cache) Close() error {
 		if e.touched {
 			used = append(used, scannedEntry{digest: e.digest, size: e.size, lastUse: e.lastUse})
 		}
-	}
-	for c.index.memory.Len() > 0 {
-		c.index.dropMemory(c.index.memory.Front().Value.(*entry))
 	}
 	c.mu.Unlock()
 

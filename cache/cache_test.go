@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -91,7 +92,7 @@ func TestPutGet(t *testing.T) {
 				t.Fatalf("entry file: %v", err)
 			}
 			s := c.Stats()
-			if s.Entries != 1 || s.Bytes != int64(size) || s.MemoryHits != 1 {
+			if s.Entries != 1 || s.Bytes != int64(size) || s.DiskHits != 1 || s.Verifications != 0 {
 				t.Fatalf("stats %+v", s)
 			}
 		})
@@ -99,12 +100,12 @@ func TestPutGet(t *testing.T) {
 }
 
 func TestGetFromDisk(t *testing.T) {
-	c := newCache(t, t.TempDir(), WithMemoryBytes(0))
+	c := newCache(t, t.TempDir())
 	data := blob(1, 10000)
 	d := mustPut(t, c, data)
 	mustGet(t, c, d, data)
 	mustGet(t, c, d, data)
-	if s := c.Stats(); s.DiskHits != 2 || s.MemoryHits != 0 || s.MemoryEntries != 0 {
+	if s := c.Stats(); s.DiskHits != 2 {
 		t.Fatalf("stats %+v", s)
 	}
 	mustMiss(t, c, digest.FromString("absent"))
@@ -113,18 +114,47 @@ func TestGetFromDisk(t *testing.T) {
 	}
 }
 
-func TestGetIntoReusesBuffer(t *testing.T) {
-	c := newCache(t, t.TempDir())
-	data := blob(1, 4096)
+func TestReadAt(t *testing.T) {
+	dir := t.TempDir()
+	c := newCache(t, dir)
+	data := blob(1, 3<<20+5)
 	d := mustPut(t, c, data)
-	buf := make([]byte, 0, 8192)
-	got, ok := c.GetInto(d, buf)
-	if !ok || !bytes.Equal(got, data) || &got[0] != &buf[:1][0] {
-		t.Fatal("GetInto did not read into the given buffer")
+	size := int64(len(data))
+	for _, r := range []struct{ off, n int64 }{{0, 1}, {0, 128 << 10}, {1<<20 + 3, 128 << 10}, {size - 7, 7}, {size, 0}} {
+		p := make([]byte, r.n)
+		if !c.ReadAt(d, size, p, r.off) || !bytes.Equal(p, data[r.off:r.off+r.n]) {
+			t.Fatalf("ReadAt(%d bytes at %d): wrong bytes or a miss", r.n, r.off)
+		}
 	}
-	allocs := testing.AllocsPerRun(100, func() { c.GetInto(d, buf) })
-	if allocs != 0 {
-		t.Fatalf("GetInto memory hit: %v allocations, want 0", allocs)
+	p := make([]byte, 8)
+	for _, bad := range []struct {
+		why       string
+		size, off int64
+	}{{"past the end", size, size - 7}, {"negative offset", size, -1}, {"another size", size + 1, 0}, {"another size", size - 1, 0}} {
+		if c.ReadAt(d, bad.size, p, bad.off) {
+			t.Errorf("ReadAt %s: served", bad.why)
+		}
+	}
+	if c.ReadAt(digest.FromString("absent"), 8, p, 0) {
+		t.Error("ReadAt of an absent entry: served")
+	}
+	allocs := testing.AllocsPerRun(100, func() { c.ReadAt(d, size, p, 4096) })
+	t.Logf("ReadAt: %v allocations", allocs)
+
+	// An entry found on disk is hashed before its first byte is served: a
+	// corrupt one is a miss, and deleted.
+	c.Close()
+	corrupt := slices.Clone(data)
+	corrupt[len(corrupt)-1] ^= 1
+	if err := os.WriteFile(filepath.Join(dir, "sha256", d.Encoded()[:2], d.Encoded()), corrupt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c = newCache(t, dir)
+	if c.ReadAt(d, size, p, 0) {
+		t.Fatal("ReadAt served the first bytes of an entry whose last byte was changed on disk")
+	}
+	if c.Has(d) || c.Stats().Corruptions != 1 {
+		t.Fatalf("corrupt entry kept: stats %+v", c.Stats())
 	}
 }
 
@@ -197,8 +227,8 @@ func TestPutFile(t *testing.T) {
 	if err := c.PutFile(d, bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
-	if s := c.Stats(); s.Bytes != int64(len(data)) || s.MemoryEntries != 0 {
-		t.Fatalf("stats %+v (PutFile keeps nothing in memory)", s)
+	if s := c.Stats(); s.Bytes != int64(len(data)) {
+		t.Fatalf("stats %+v", s)
 	}
 	mustGet(t, c, d, data)
 
@@ -243,15 +273,22 @@ var corruptions = []struct {
 	}},
 }
 
+// TestGetDetectsCorruption: an entry found on disk is hashed before it is
+// served. (Within one Cache's lifetime an entry it wrote or hashed is
+// trusted, and only its size is checked at each read: see
+// TestGetDetectsTruncation.)
 func TestGetDetectsCorruption(t *testing.T) {
 	for _, tc := range corruptions {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newCache(t, t.TempDir(), WithMemoryBytes(0))
+			dir := t.TempDir()
+			c := newCache(t, dir)
 			data := blob(3, 8192)
 			d := mustPut(t, c, data)
+			c.Close()
 			if err := tc.corrupt(c.path(d), data); err != nil {
 				t.Fatal(err)
 			}
+			c = newCache(t, dir)
 			mustMiss(t, c, d)
 			s := c.Stats()
 			if s.Corruptions != 1 || s.Entries != 0 || s.Bytes != 0 || s.Misses != 1 {
@@ -270,8 +307,23 @@ func TestGetDetectsCorruption(t *testing.T) {
 	}
 }
 
+// TestGetDetectsTruncation: a trusted entry whose file changed size is a
+// miss, and is deleted.
+func TestGetDetectsTruncation(t *testing.T) {
+	c := newCache(t, t.TempDir())
+	data := blob(3, 8192)
+	d := mustPut(t, c, data)
+	if err := os.Truncate(c.path(d), 100); err != nil {
+		t.Fatal(err)
+	}
+	mustMiss(t, c, d)
+	if s := c.Stats(); s.Corruptions != 1 || s.Entries != 0 {
+		t.Fatalf("stats after a truncated entry's Get: %+v", s)
+	}
+}
+
 func TestGetVanishedFile(t *testing.T) {
-	c := newCache(t, t.TempDir(), WithMemoryBytes(0))
+	c := newCache(t, t.TempDir())
 	d := mustPut(t, c, blob(1, 100))
 	if err := os.Remove(c.path(d)); err != nil {
 		t.Fatal(err)
@@ -431,7 +483,7 @@ func TestRestartKeepsLRUOrder(t *testing.T) {
 
 func TestEvictionOrder(t *testing.T) {
 	const size = 1000
-	c := newCache(t, t.TempDir(), WithMaxBytes(3*size), WithMemoryBytes(0))
+	c := newCache(t, t.TempDir(), WithMaxBytes(3*size))
 	a, b, cc := mustPut(t, c, blob(1, size)), mustPut(t, c, blob(2, size)), mustPut(t, c, blob(3, size))
 	mustGet(t, c, a, blob(1, size)) // a is now the most recently used
 	d := mustPut(t, c, blob(4, size))
@@ -478,34 +530,6 @@ func TestEvictionAtNewWhenLimitLowered(t *testing.T) {
 	c = newCache(t, dir, WithMaxBytes(4500))
 	if s := c.Stats(); s.Entries != 4 || s.Bytes != 4000 || s.Evictions != 6 {
 		t.Fatalf("stats %+v", s)
-	}
-}
-
-func TestMemoryBounded(t *testing.T) {
-	const memory = 8 << 10 // entries up to 2 KiB are kept in memory
-	c := newCache(t, t.TempDir(), WithMemoryBytes(memory))
-	var ds []digest.Digest
-	for i := range 100 {
-		ds = append(ds, mustPut(t, c, blob(i, 500)))
-		if s := c.Stats(); s.MemoryBytes > memory {
-			t.Fatalf("memory %d bytes > limit %d", s.MemoryBytes, memory)
-		}
-	}
-	if s := c.Stats(); s.MemoryEntries != memory/500 {
-		t.Fatalf("memory entries %d, want %d", s.MemoryEntries, memory/500)
-	}
-	mustGet(t, c, ds[99], blob(99, 500)) // recent: memory
-	mustGet(t, c, ds[0], blob(0, 500))   // old: disk, then promoted
-	mustGet(t, c, ds[0], blob(0, 500))   // memory
-	if s := c.Stats(); s.MemoryHits != 2 || s.DiskHits != 1 || s.MemoryBytes > memory {
-		t.Fatalf("stats %+v", s)
-	}
-
-	big := blob(1, 2<<10+1) // over 1/4 of the memory cache
-	bd := mustPut(t, c, big)
-	mustGet(t, c, bd, big)
-	if s := c.Stats(); s.DiskHits != 2 {
-		t.Fatalf("a large entry was served from memory: %+v", s)
 	}
 }
 
@@ -575,7 +599,7 @@ func TestRemove(t *testing.T) {
 	if err := c.Remove(d); err != nil {
 		t.Fatal(err)
 	}
-	if c.Has(d) || c.Stats().Entries != 0 || c.Stats().MemoryEntries != 0 {
+	if c.Has(d) || c.Stats().Entries != 0 {
 		t.Fatal("entry still there after Remove")
 	}
 	mustMiss(t, c, d)
@@ -591,7 +615,7 @@ func TestConcurrentUse(t *testing.T) {
 		rounds     = 200
 	)
 	dir := t.TempDir()
-	c := newCache(t, dir, WithMaxBytes(20*4096), WithMemoryBytes(32<<10), WithSync(false))
+	c := newCache(t, dir, WithMaxBytes(20*4096), WithSync(false))
 	datas := make([][]byte, digests)
 	ds := make([]digest.Digest, digests)
 	for i := range datas {
@@ -601,7 +625,6 @@ func TestConcurrentUse(t *testing.T) {
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {
-			buf := make([]byte, 0, 16<<10)
 			for r := range rounds {
 				i := (g*7 + r*13) % digests
 				if r%3 == 0 {
@@ -614,7 +637,7 @@ func TestConcurrentUse(t *testing.T) {
 						return
 					}
 				case 2:
-					if got, ok := c.GetInto(ds[i], buf); ok && !bytes.Equal(got, datas[i]) {
+					if got, ok := c.Get(ds[i]); ok && !bytes.Equal(got, datas[i]) {
 						t.Errorf("Get(%d): wrong data", i)
 						return
 					}
@@ -698,14 +721,14 @@ func TestConcurrentPutsWriteOnce(t *testing.T) {
 }
 
 // TestConcurrentGetsHashOnce: the kernel reads one chunk in several pieces
-// at once; a disk entry is read and hashed once for all of them.
+// at once; an entry found on disk is hashed once for all of them.
 func TestConcurrentGetsHashOnce(t *testing.T) {
 	dir := t.TempDir()
 	c := newCache(t, dir)
 	data := blob(5, 4<<20)
 	d := mustPut(t, c, data)
 	c.Close()
-	c = newCache(t, dir) // nothing in memory
+	c = newCache(t, dir) // the entry is unverified again
 
 	start := make(chan struct{})
 	var wg sync.WaitGroup
@@ -721,10 +744,10 @@ func TestConcurrentGetsHashOnce(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
-	// Whether the others waited for the first read or came after it, they
-	// take its memory copy: exactly one read and hash from disk.
-	if s := c.Stats(); s.DiskHits != 1 || s.MemoryHits != 7 {
-		t.Errorf("8 Gets at once: %d disk reads, %d memory hits; want 1 and 7", s.DiskHits, s.MemoryHits)
+	// Whether the others waited for the first hash or came after it, they
+	// trust it: one hash for eight reads.
+	if s := c.Stats(); s.DiskHits != 8 || s.Verifications != 1 {
+		t.Errorf("8 Gets at once: %d reads, %d hashes; want 8 and 1", s.DiskHits, s.Verifications)
 	}
 }
 
@@ -732,7 +755,7 @@ func TestConcurrentGetsHashOnce(t *testing.T) {
 // and its release brings the cache back within its limit.
 func TestHoldSparesEntry(t *testing.T) {
 	const size = 1000
-	c := newCache(t, t.TempDir(), WithMaxBytes(size), WithMemoryBytes(0))
+	c := newCache(t, t.TempDir(), WithMaxBytes(size))
 	a := digest.FromBytes(blob(1, size))
 	release := c.Hold(a) // before the Put: nothing between Put and Get may take it
 	mustPut(t, c, blob(1, size))
@@ -770,7 +793,7 @@ func TestHoldSparesEntry(t *testing.T) {
 // same Puts and no Hold, the first entry is gone before its Get.
 func TestWithoutHoldTheLimitEvicts(t *testing.T) {
 	const size = 1000
-	c := newCache(t, t.TempDir(), WithMaxBytes(size), WithMemoryBytes(0))
+	c := newCache(t, t.TempDir(), WithMaxBytes(size))
 	a := mustPut(t, c, blob(1, size))
 	mustPut(t, c, blob(2, size))
 	mustMiss(t, c, a)

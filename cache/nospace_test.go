@@ -52,7 +52,7 @@ func chunk(i int) []byte {
 // stored before still reads right; freeing space lets the next Put in.
 func TestFullFilesystem(t *testing.T) {
 	dir := smallFilesystem(t, 1<<20)
-	c := openCache(t, dir, cache.WithMaxBytes(0), cache.WithMemoryBytes(0)) // only the filesystem bounds it
+	c := openCache(t, dir, cache.WithMaxBytes(0)) // only the filesystem bounds it
 
 	var stored []int
 	var full digest.Digest
@@ -114,7 +114,7 @@ func TestFullFilesystem(t *testing.T) {
 // keeps to a fifth of its filesystem however much is put.
 func TestDefaultLimitKeepsTheFilesystemFree(t *testing.T) {
 	dir := smallFilesystem(t, 1<<20)
-	c := openCache(t, dir, cache.WithMemoryBytes(0))
+	c := openCache(t, dir)
 	if got := c.Stats().MaxBytes; got < (1<<20)*199/1000 || got > (1<<20)/5 {
 		t.Fatalf("default limit on a 1 MiB filesystem: %d bytes, want 20%%", got)
 	}

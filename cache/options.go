@@ -6,13 +6,8 @@ type Option func(*options)
 type options struct {
 	maxBytes    int64
 	maxBytesSet bool // else New bounds the cache to DefaultMaxPercent of its filesystem
-	memoryBytes int64
 	sync        bool
 }
-
-// DefaultMemoryBytes is the size of the in-memory LRU unless WithMemoryBytes
-// says otherwise.
-const DefaultMemoryBytes = 16 << 20
 
 // DefaultMaxPercent is the share of its filesystem's size that the cache
 // keeps at most, unless WithMaxBytes says otherwise. The cache usually
@@ -22,7 +17,7 @@ const DefaultMemoryBytes = 16 << 20
 const DefaultMaxPercent = 20
 
 func defaultOptions() options {
-	return options{memoryBytes: DefaultMemoryBytes, sync: true}
+	return options{sync: true}
 }
 
 // WithMaxBytes limits the bytes of content kept on disk (file sizes, not
@@ -34,13 +29,6 @@ func defaultOptions() options {
 // the limit until they are released.
 func WithMaxBytes(n int64) Option {
 	return func(o *options) { o.maxBytes, o.maxBytesSet = max(n, 0), true }
-}
-
-// WithMemoryBytes sizes the in-memory LRU that keeps hot small entries
-// (entries up to 1/4 of it) so repeated reads of a chunk make no syscall.
-// 0 disables it.
-func WithMemoryBytes(n int64) Option {
-	return func(o *options) { o.memoryBytes = max(n, 0) }
 }
 
 // WithSync sets whether Put and PutFile fsync a new entry before renaming it

@@ -44,7 +44,9 @@ type Fetcher interface {
 
 // Cache keeps verified data by digest (cache.Cache does).
 type Cache interface {
-	Get(d digest.Digest) ([]byte, bool)
+	// ReadAt fills p from off in the entry for d, which holds size bytes,
+	// or reports false (absent, corrupt, or another size).
+	ReadAt(d digest.Digest, size int64, p []byte, off int64) bool
 	Put(d digest.Digest, data []byte) error
 	// PutFile fails with cache.ErrDigestMismatch when r's content does
 	// not hash to d.

@@ -87,6 +87,15 @@ func (c *memCache) Get(d digest.Digest) ([]byte, bool) {
 	return b, ok
 }
 
+func (c *memCache) ReadAt(d digest.Digest, size int64, p []byte, off int64) bool {
+	b, ok := c.Get(d)
+	if !ok || int64(len(b)) != size || off < 0 || off+int64(len(p)) > size {
+		return false
+	}
+	copy(p, b[off:])
+	return true
+}
+
 func (c *memCache) Put(d digest.Digest, data []byte) error {
 	if digest.FromBytes(data) != d {
 		return fmt.Errorf("%w for %s", cache.ErrDigestMismatch, d)

@@ -40,6 +40,10 @@ func (l *Layer) ReadAt(ctx context.Context, e *toc.Entry, p []byte, off int64) (
 			n += int(to - from)
 			continue
 		}
+		if l.readCached(e, i, p[n:n+int(to-from)], from) {
+			n += int(to - from)
+			continue
+		}
 		data, err := l.chunk(ctx, e, i)
 		if err != nil {
 			return n, err
@@ -141,27 +145,21 @@ func (l *Layer) take(cl *call, d digest.Digest) ([]byte, bool) {
 	return data, ok
 }
 
-// cachedChunk returns chunk i of e from the cache: its own entry, or the
-// file's assembled entry (which replaces the chunks of a file assembled for
-// passthrough, verified whole when the cache first opens it).
+// cachedChunk returns chunk i of e from the cache.
 func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
+	data := make([]byte, e.Chunks[i].Size)
+	return data, l.readCached(e, i, data, 0)
+}
+
+// readCached reads len(p) bytes at from within chunk i of e from the cache,
+// straight into p: from the chunk's own entry, or from the file's assembled
+// entry (which replaces the chunks of a file assembled for passthrough).
+func (l *Layer) readCached(e *toc.Entry, i int, p []byte, from int64) bool {
 	c := e.Chunks[i]
-	if data, ok := l.cache.Get(c.Digest()); ok && int64(len(data)) == c.Size {
-		return data, true
+	if l.cache.ReadAt(c.Digest(), c.Size, p, from) {
+		return true
 	}
-	if !assembles(e) {
-		return nil, false
-	}
-	f, ok := l.cache.Open(e.Digest())
-	if !ok {
-		return nil, false
-	}
-	defer f.Close()
-	data := make([]byte, c.Size)
-	if _, err := f.ReadAt(data, c.FileOffset); err != nil {
-		return nil, false
-	}
-	return data, true
+	return assembles(e) && l.cache.ReadAt(e.Digest(), e.Size, p, c.FileOffset+from)
 }
 
 // hasChunk tells whether the cache holds chunk r, in its own entry or in

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
+	"github.com/containerd/log"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/sirupsen/logrus"
 
@@ -69,7 +70,9 @@ type CacheConfig struct {
 	// first. Unset, it is 20% of the size of the cache's filesystem
 	// (cache.DefaultMaxPercent), measured at start; 0 is unbounded.
 	MaxBytes *int64 `toml:"max_bytes"`
-	// MemoryBytes bounds the in-memory cache of hot chunks (default 16 MiB).
+	// MemoryBytes is ignored: it sized an in-memory copy of hot chunks,
+	// which the kernel's page cache keeps already. Still read, so that
+	// configurations that set it keep loading (with a warning).
 	MemoryBytes int64 `toml:"memory_bytes"`
 	// Sync fsyncs every cached chunk (default false: every chunk is
 	// verified when read, so a torn write after a crash costs only a
@@ -83,9 +86,6 @@ func (c CacheConfig) cacheOptions() []cache.Option {
 	opts := []cache.Option{cache.WithSync(c.Sync)}
 	if c.MaxBytes != nil {
 		opts = append(opts, cache.WithMaxBytes(*c.MaxBytes))
-	}
-	if c.MemoryBytes > 0 {
-		opts = append(opts, cache.WithMemoryBytes(c.MemoryBytes))
 	}
 	return opts
 }
@@ -189,6 +189,9 @@ func LoadConfig(path string) (Config, error) {
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("config %s: %w", path, err)
 	}
+	if cfg.Cache.MemoryBytes != 0 {
+		log.L.Warnf("config %s: [cache] memory_bytes is no longer used (the kernel's page cache keeps hot chunks): remove it", path)
+	}
 	return cfg, nil
 }
 
@@ -239,7 +242,7 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("fuse.opaque_xattr %q: want auto, trusted, user or both", c.FUSE.OpaqueXattr)
 	}
-	if c.Cache.MaxBytes != nil && *c.Cache.MaxBytes < 0 || c.Cache.MemoryBytes < 0 || c.Fetch.MaxRetries < 0 || c.Fetch.Parallel < 0 {
+	if c.Cache.MaxBytes != nil && *c.Cache.MaxBytes < 0 || c.Fetch.MaxRetries < 0 || c.Fetch.Parallel < 0 {
 		return errors.New("cache sizes, fetch.max_retries and fetch.parallel cannot be negative")
 	}
 	if c.Cache.Dir != "" && !filepath.IsAbs(c.Cache.Dir) {

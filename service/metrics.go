@@ -75,7 +75,6 @@ func (cc cacheCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	s := cc.c.Stats()
-	ch <- prometheus.MustNewConstMetric(cacheHits, prometheus.CounterValue, float64(s.MemoryHits), "memory")
 	ch <- prometheus.MustNewConstMetric(cacheHits, prometheus.CounterValue, float64(s.DiskHits), "disk")
 	ch <- prometheus.MustNewConstMetric(cacheMisses, prometheus.CounterValue, float64(s.Misses))
 	ch <- prometheus.MustNewConstMetric(cacheEvictions, prometheus.CounterValue, float64(s.Evictions))
