@@ -1,0 +1,124 @@
+package composefs
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/mount"
+)
+
+// Verity is how overlayfs checks the objects it serves against the
+// fs-verity digests in the metadata images' trusted.overlay.metacopy.
+type Verity string
+
+const (
+	// VerityOff serves objects unchecked: some object has no fs-verity
+	// (objects on a filesystem or kernel without it, lazy objects served
+	// by FUSE, which overlayfs cannot measure), so checking would fail.
+	VerityOff Verity = "off"
+	// VerityRequire refuses to open a file whose metacopy names no digest
+	// or whose object's fs-verity digest differs (EIO at open).
+	VerityRequire Verity = "require"
+)
+
+// VerityFor is the policy for a stack: require verity only when every
+// object it can reach has fs-verity enabled, since one without it would
+// fail every open (EIO), and there is nothing in between worth having
+// (verity=on fails the same way for an object without fs-verity).
+func VerityFor(everyObjectHasVerity bool) Verity {
+	if everyObjectHasVerity {
+		return VerityRequire
+	}
+	return VerityOff
+}
+
+// MaxOptionsLength is the longest overlay option string mount(2) takes:
+// the kernel copies one page of options and ends it with a NUL. containerd
+// hands options to mount(2) (and refuses more than a page itself); its
+// trick for long lowerdirs (chdir to their common prefix, relative paths)
+// never applies to a lowerdir with a data-only layer, whose empty element
+// between "::" leaves no common prefix.
+const MaxOptionsLength = 4095
+
+// ErrOptionsTooLong says an overlay's options do not fit in one mount(2)
+// call: its layers' paths must be shorter, or fewer.
+var ErrOptionsTooLong = errors.New("overlay options longer than mount(2) takes")
+
+// Overlay is a composefs stack: metadata images mounted read-only, over
+// the object directory as a data-only lower layer, and for a container's
+// writable snapshot an upper and a work directory.
+type Overlay struct {
+	// Layers are the mountpoints of the metadata images, top first.
+	Layers []string
+	// Objects is the object directory, into which the images' redirects
+	// point (/ab/cdef… is Objects/ab/cdef…).
+	Objects string
+	// Verity is the fs-verity policy (VerityFor).
+	Verity Verity
+	// Upper and Work, both or neither, make the overlay writable.
+	Upper, Work string
+}
+
+// Mount is the mount a snapshotter returns (Prepare, View, Mounts) for the
+// stack: overlay with
+//
+//   - lowerdir=metaN:…:meta1::objects: the objects a data-only lower layer
+//     (kernel ≥ 6.5), reached only through redirects, never listed;
+//   - metacopy=on, redirect_dir=on: follow the images' metacopy and
+//     redirect xattrs (a data-only layer implies both; saying so makes the
+//     mount refuse where they are turned off or unsupported);
+//   - index=off: overlay's inode index ties an upper directory to its lower
+//     layers by file handle; the same images are stacked under many
+//     snapshots and remounted after restarts, as containerd's overlay
+//     snapshotter turns it off for its own reasons;
+//   - verity=off|require (kernel ≥ 6.6).
+//
+// It never has userxattr: overlayfs refuses it with metacopy=on, so the
+// composefs mode needs real root (rootless uses the FUSE mode). A view of
+// a single layer is still an overlay: the image alone has no data.
+func (o Overlay) Mount() (mount.Mount, error) {
+	if len(o.Layers) == 0 {
+		return mount.Mount{}, errors.New("composefs overlay: no metadata layers")
+	}
+	if o.Verity != VerityOff && o.Verity != VerityRequire {
+		return mount.Mount{}, fmt.Errorf("composefs overlay: verity mode %q is neither %q nor %q", o.Verity, VerityOff, VerityRequire)
+	}
+	if (o.Upper == "") != (o.Work == "") {
+		return mount.Mount{}, fmt.Errorf("composefs overlay: upper %q and work %q: both or neither", o.Upper, o.Work)
+	}
+	paths := append(append([]string{}, o.Layers...), o.Objects)
+	if o.Upper != "" {
+		paths = append(paths, o.Upper, o.Work)
+	}
+	for _, p := range paths {
+		if err := checkOverlayPath(p); err != nil {
+			return mount.Mount{}, fmt.Errorf("composefs overlay: %w", err)
+		}
+	}
+
+	options := []string{"lowerdir=" + strings.Join(o.Layers, ":") + "::" + o.Objects}
+	if o.Upper != "" {
+		options = append(options, "upperdir="+o.Upper, "workdir="+o.Work)
+	}
+	options = append(options, "metacopy=on", "redirect_dir=on", "index=off", "verity="+string(o.Verity))
+	if n := len(strings.Join(options, ",")); n > MaxOptionsLength {
+		return mount.Mount{}, fmt.Errorf("composefs overlay of %d layers: %d bytes of options, at most %d: %w", len(o.Layers), n, MaxOptionsLength, ErrOptionsTooLong)
+	}
+	return mount.Mount{Type: "overlay", Source: "overlay", Options: options}, nil
+}
+
+// checkOverlayPath refuses what overlayfs's option syntax cannot carry as
+// it is: relative paths (resolved against whatever directory the mounting
+// process is in), ':' (the layer separator), ',' (the option separator)
+// and '\' (overlayfs's escape).
+func checkOverlayPath(p string) error {
+	if p == "" || !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return fmt.Errorf("path %q is not absolute and clean", p)
+	}
+	if strings.ContainsAny(p, ":,\\\n") {
+		return fmt.Errorf("path %q has a character overlayfs options cannot carry (: , \\ or newline)", p)
+	}
+	return nil
+}

@@ -1,0 +1,335 @@
+package composefs
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/internal/testenv"
+)
+
+// The objects the test stacks serve: named by the sha256 of their content.
+var (
+	objectA = []byte("the contents of object A\n")
+	objectB = bytes.Repeat([]byte("B"), 5000) // more than a block
+)
+
+func objectName(data []byte) string {
+	sum := sha256.Sum256(data)
+	h := hex.EncodeToString(sum[:])
+	return h[:2] + "/" + h[2:]
+}
+
+// writeObjects makes an object directory holding the given contents.
+func writeObjects(t *testing.T, dir string, contents ...[]byte) {
+	t.Helper()
+	for _, c := range contents {
+		p := filepath.Join(dir, objectName(c))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, c, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// tree builds a directory for mkfs.erofs as the composefs writer lays out
+// a layer: regular files empty (sparse) of their object's size, with
+// metacopy and redirect xattrs; whiteouts; opaque directories.
+type tree struct {
+	t   *testing.T
+	dir string
+}
+
+func newTree(t *testing.T) *tree { return &tree{t: t, dir: t.TempDir()} }
+
+func (tr *tree) path(name string) string {
+	p := filepath.Join(tr.dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		tr.t.Fatal(err)
+	}
+	return p
+}
+
+// file is a metadata-only file whose data is the object of content data
+// (which the object directory may or may not hold).
+func (tr *tree) file(name string, data []byte) {
+	tr.t.Helper()
+	p := tr.path(name)
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		tr.t.Fatal(err)
+	}
+	if err := os.Truncate(p, int64(len(data))); err != nil {
+		tr.t.Fatal(err)
+	}
+	tr.xattr(name, "trusted.overlay.metacopy", "")
+	tr.xattr(name, "trusted.overlay.redirect", "/"+objectName(data))
+}
+
+func (tr *tree) whiteout(name string) {
+	tr.t.Helper()
+	if err := unix.Mknod(tr.path(name), unix.S_IFCHR|0o000, 0); err != nil {
+		tr.t.Fatal(err)
+	}
+}
+
+func (tr *tree) opaqueDir(name string) {
+	tr.t.Helper()
+	if err := os.MkdirAll(filepath.Join(tr.dir, name), 0o755); err != nil {
+		tr.t.Fatal(err)
+	}
+	tr.xattr(name, "trusted.overlay.opaque", "y")
+}
+
+func (tr *tree) xattr(name, key, value string) {
+	tr.t.Helper()
+	if err := unix.Lsetxattr(filepath.Join(tr.dir, name), key, []byte(value), 0); err != nil {
+		tr.t.Fatalf("set %s on %s: %v", key, name, err)
+	}
+}
+
+// image writes the tree as an EROFS image with Debian's mkfs.erofs.
+func (tr *tree) image() string {
+	tr.t.Helper()
+	mkfs := testenv.NeedBinary(tr.t, "mkfs.erofs")
+	img := filepath.Join(tr.t.TempDir(), "layer.erofs")
+	if out, err := exec.Command(mkfs, "--quiet", "-T0", img, tr.dir).CombinedOutput(); err != nil {
+		tr.t.Fatalf("mkfs.erofs %s: %v\n%s", tr.dir, err, out)
+	}
+	return img
+}
+
+// needMounts checks the test can mount, and when it ends that it left no
+// mount under root and no loop device behind.
+func needMounts(t *testing.T) string {
+	t.Helper()
+	testenv.NeedRoot(t)
+	root := t.TempDir()
+	// Every t.TempDir of this test is under this one: the images too.
+	all := filepath.Dir(root)
+	t.Cleanup(func() {
+		if left := testenv.MountsUnder(all); len(left) > 0 {
+			t.Errorf("mounts left behind: %v", left)
+			_ = testenv.UnmountAll(left)
+		}
+		if devs := loopDevicesBacking(t, all); len(devs) > 0 {
+			t.Errorf("loop devices left behind: %v", devs)
+		}
+	})
+	return root
+}
+
+// loopDevicesBacking lists the loop devices whose backing file is under
+// dir (/sys/block/loopN/loop/backing_file, present while one is attached).
+func loopDevicesBacking(t *testing.T, dir string) []string {
+	t.Helper()
+	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		real = dir
+	}
+	var devs []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // detached meanwhile
+		}
+		if backing := strings.TrimSpace(string(b)); strings.HasPrefix(backing, real+"/") || strings.HasPrefix(backing, dir+"/") {
+			devs = append(devs, filepath.Base(filepath.Dir(filepath.Dir(f)))+"="+backing)
+		}
+	}
+	return devs
+}
+
+// mountinfoOf returns the filesystem type, source and super options of the
+// mount at mountpoint.
+func mountinfoOf(t *testing.T, mountpoint string) (fstype, source, superOpts string) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		fields, pf := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(fields) < 5 || len(pf) < 3 || fields[4] != mountpoint {
+			continue
+		}
+		fstype, source, superOpts = pf[0], pf[1], pf[2]
+	}
+	if fstype == "" {
+		t.Fatalf("%s is not mounted", mountpoint)
+	}
+	return fstype, source, superOpts
+}
+
+// mountImage mounts img at a new directory under root, unmounted when the
+// test ends.
+func mountImage(t *testing.T, root, img string, opts ...MountOption) string {
+	t.Helper()
+	mp, err := os.MkdirTemp(root, "meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := MountImage(img, mp, opts...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Unmount(mp); err != nil {
+			t.Error(err)
+		}
+	})
+	return mp
+}
+
+var mechanisms = []struct {
+	name string
+	opts []MountOption
+}{
+	{"file", nil},
+	{"loop", []MountOption{WithLoopDevice()}},
+}
+
+func TestMountImage(t *testing.T) {
+	for _, m := range mechanisms {
+		t.Run(m.name, func(t *testing.T) {
+			root := needMounts(t)
+			tr := newTree(t)
+			tr.file("dir/a", objectA)
+			img := tr.image()
+			// The image under root, so the leak check sees its loop device.
+			local := filepath.Join(root, "layer.erofs")
+			copyFile(t, img, local)
+
+			mp := filepath.Join(root, "mnt")
+			if err := os.Mkdir(mp, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := MountImage(local, mp, m.opts...); err != nil {
+				t.Fatal(err)
+			}
+			fstype, source, superOpts := mountinfoOf(t, mp)
+			if fstype != "erofs" || !strings.HasPrefix(superOpts, "ro") || strings.Contains(superOpts, ",acl") {
+				t.Errorf("mounted as %s %s: want erofs, ro, noacl", fstype, superOpts)
+			}
+			devs := loopDevicesBacking(t, root)
+			if m.name == "file" && (source != local || len(devs) != 0) {
+				t.Errorf("file-backed mount: source %s, loop devices %v; want %s and none", source, devs, local)
+			}
+			if m.name == "loop" && (!strings.HasPrefix(source, "/dev/loop") || len(devs) != 1) {
+				t.Errorf("loop mount: source %s, loop devices %v; want /dev/loopN backed by %s", source, devs, local)
+			}
+			if m.name == "loop" {
+				sys := filepath.Join("/sys/block", filepath.Base(source))
+				for file, want := range map[string]string{"ro": "1", "loop/autoclear": "1", "loop/dio": "1"} {
+					if b, err := os.ReadFile(filepath.Join(sys, file)); err != nil || strings.TrimSpace(string(b)) != want {
+						t.Errorf("%s/%s: %q, %v; want %s", sys, file, b, err, want)
+					}
+				}
+			}
+			t.Logf("%s %s %s", fstype, source, superOpts)
+
+			st, err := os.Stat(filepath.Join(mp, "dir/a"))
+			if err != nil || st.Size() != int64(len(objectA)) {
+				t.Fatalf("stat dir/a in the image: %v, %v; want size %d", st, err, len(objectA))
+			}
+			redirect := make([]byte, 128)
+			n, err := unix.Getxattr(filepath.Join(mp, "dir/a"), "trusted.overlay.redirect", redirect)
+			if err != nil || string(redirect[:n]) != "/"+objectName(objectA) {
+				t.Errorf("redirect of dir/a: %q, %v", redirect[:n], err)
+			}
+			if err := unix.Mkdir(filepath.Join(mp, "new"), 0o755); !errors.Is(err, unix.EROFS) {
+				t.Errorf("mkdir in the image: %v, want EROFS", err)
+			}
+
+			if err := Unmount(mp); err != nil {
+				t.Fatal(err)
+			}
+			// Autoclear: the loop device is gone with the mount, at once.
+			if devs := loopDevicesBacking(t, root); len(devs) != 0 {
+				t.Errorf("after unmount, loop devices %v remain", devs)
+			}
+			if err := Unmount(mp); err != nil {
+				t.Errorf("second unmount: %v, want success", err)
+			}
+		})
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMountImageErrors(t *testing.T) {
+	for _, m := range mechanisms {
+		t.Run(m.name, func(t *testing.T) {
+			root := needMounts(t)
+			mp := filepath.Join(root, "mnt")
+			if err := os.Mkdir(mp, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			junk := filepath.Join(root, "junk.erofs")
+			if err := os.WriteFile(junk, bytes.Repeat([]byte{0x5a}, 8192), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := MountImage(junk, mp, m.opts...)
+			t.Logf("junk image: %v", err)
+			if !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), junk) {
+				t.Errorf("junk image: %v; want EINVAL naming the image", err)
+			}
+			err = MountImage(filepath.Join(root, "missing.erofs"), mp, m.opts...)
+			if !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("missing image: %v; want ENOENT", err)
+			}
+			if left := testenv.MountsUnder(mp); len(left) != 0 {
+				t.Errorf("failed mounts left %v", left)
+			}
+		})
+	}
+}
+
+func TestUnmount(t *testing.T) {
+	root := needMounts(t)
+	if err := Unmount(root); err != nil {
+		t.Errorf("unmount of a directory that is no mountpoint: %v, want success", err)
+	}
+	if err := Unmount(filepath.Join(root, "nothing")); err != nil {
+		t.Errorf("unmount of a missing path: %v, want success", err)
+	}
+
+	tr := newTree(t)
+	tr.file("a", objectA)
+	mp := mountImage(t, root, tr.image())
+	f, err := os.Open(filepath.Join(mp, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Unmount(mp)
+	f.Close()
+	if !errors.Is(err, unix.EBUSY) {
+		t.Errorf("unmount of a busy mount: %v, want EBUSY (no lazy detach)", err)
+	}
+	if err := Unmount(mp); err != nil {
+		t.Errorf("unmount once no longer busy: %v", err)
+	}
+}
