@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -148,4 +149,79 @@ func Unmount(mountpoint string) error {
 	default:
 		return fmt.Errorf("unmount %s: %w", mountpoint, err)
 	}
+}
+
+// MountAt mounts the stack at target itself, with the new mount API: each
+// layer its own fsconfig lowerdir+ (and the objects datadir+), so there is
+// no one-page limit on the options, only overlayfs's own (500 layers, each
+// path shorter than PATH_MAX). Kernel ≥ 6.8. It is for stacks whose
+// Mount() is too long for mount(2) (ErrOptionsTooLong): the snapshotter
+// mounts them and hands containerd a bind mount of target, which every
+// containerd release mounts as it is.
+func (o Overlay) MountAt(target string) error {
+	// Same checks and option values as Mount, which the length aside
+	// must accept the stack.
+	if _, err := o.Mount(); err != nil && !errors.Is(err, ErrOptionsTooLong) {
+		return err
+	}
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("mount composefs overlay at %s: fsopen: %w", target, err)
+	}
+	defer unix.Close(fsfd)
+	fail := func(step string, err error) error {
+		err = fmt.Errorf("mount composefs overlay of %d layers at %s: %s: %w", len(o.Layers), target, step, err)
+		// overlayfs says why in the filesystem context's messages.
+		if msg := fsContextMessages(fsfd); msg != "" {
+			err = fmt.Errorf("%w (kernel: %s)", err, msg)
+		}
+		return err
+	}
+	var params [][2]string
+	for _, l := range o.Layers {
+		params = append(params, [2]string{"lowerdir+", l})
+	}
+	params = append(params, [2]string{"datadir+", o.Objects})
+	if o.Upper != "" {
+		params = append(params, [2]string{"upperdir", o.Upper}, [2]string{"workdir", o.Work})
+	}
+	params = append(params,
+		[2]string{"metacopy", "on"}, [2]string{"redirect_dir", "on"},
+		[2]string{"index", "off"}, [2]string{"verity", string(o.Verity)})
+	for _, p := range params {
+		if err := unix.FsconfigSetString(fsfd, p[0], p[1]); err != nil {
+			return fail(p[0]+"="+p[1], err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return fail("create", err)
+	}
+	var attrs int
+	if o.Upper == "" {
+		attrs = unix.MOUNT_ATTR_RDONLY
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
+	if err != nil {
+		return fail("fsmount", err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fail("move_mount", err)
+	}
+	return nil
+}
+
+// fsContextMessages reads what the kernel logged into a filesystem context
+// ("e overlay: ..."), one message a read, until there are no more.
+func fsContextMessages(fsfd int) string {
+	var msgs []string
+	buf := make([]byte, 4096)
+	for range 16 {
+		n, err := unix.Read(fsfd, buf)
+		if err != nil || n <= 0 {
+			break
+		}
+		msgs = append(msgs, strings.TrimSpace(string(buf[:n])))
+	}
+	return strings.Join(msgs, "; ")
 }

@@ -512,3 +512,186 @@ func TestOverlayVerityRequire(t *testing.T) {
 		}
 	}
 }
+
+// TestContainerdLowerdirs: what containerd's mount.All (core/mount, as
+// the shim mounts a container's rootfs) does with a composefs overlay's
+// lowerdir, whose "::" leaves an empty element: under a page it is passed
+// as it is, even where containerd tries its compaction (options over a
+// page less 512 bytes); over a page its compaction (chdir to the layers'
+// common prefix) never applies, and the mount fails, where the same
+// layers without a data-only layer would have been compacted and mounted.
+// Overlay.Mount refuses such a stack (ErrOptionsTooLong), and MountAt
+// mounts it, to be handed to containerd as a bind mount.
+func TestContainerdLowerdirs(t *testing.T) {
+	root := needMounts(t)
+	tr := newTree(t)
+	tr.file("a", objectA)
+	top := mountImage(t, root, tr.image())
+	objects := filepath.Join(root, "objects")
+	writeObjects(t, objects, objectA)
+
+	// fillers are empty directories standing for metadata layers, under
+	// root, each path pathLen bytes long, as a snapshotter's are
+	// (/var/lib/containerd/io.containerd.snapshotter.v1.lazypull/snapshots/123/fs
+	// is 71).
+	var made int
+	fillers := func(n, pathLen int) []string {
+		var dirs []string
+		for range n {
+			made++
+			name := fmt.Sprintf("%s/layer%04d-", root, made)
+			name += strings.Repeat("x", max(pathLen-len(name), 1))
+			if err := os.Mkdir(name, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			dirs = append(dirs, name)
+		}
+		return dirs
+	}
+	readA := func(t *testing.T, rootfs string) {
+		t.Helper()
+		if got, err := os.ReadFile(filepath.Join(rootfs, "a")); err != nil || !bytes.Equal(got, objectA) {
+			t.Errorf("a read %q, %v; want its object's bytes", got, err)
+		}
+	}
+
+	t.Run("under a page, over containerd's compaction threshold", func(t *testing.T) {
+		o := Overlay{Layers: []string{top}, Objects: objects, Verity: VerityOff}
+		for {
+			m, err := o.Mount()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := len(strings.Join(m.Options, ","))
+			if n > 4096-512+100 {
+				t.Logf("%d layers, %d bytes of options", len(o.Layers), n)
+				break
+			}
+			o.Layers = append(o.Layers, fillers(1, 60)...)
+		}
+		readA(t, mountOverlay(t, root, o))
+	})
+
+	long := Overlay{Layers: append([]string{top}, fillers(119, 64)...), Objects: objects, Verity: VerityOff}
+	t.Run("over a page", func(t *testing.T) {
+		if _, err := long.Mount(); !errors.Is(err, ErrOptionsTooLong) {
+			t.Fatalf("Mount of 120 layers of 64-byte paths: %v, want ErrOptionsTooLong", err)
+		}
+		target := filepath.Join(root, "long")
+		if err := os.Mkdir(target, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// What containerd does with it, had Mount not refused it.
+		raw := mount.Mount{Type: "overlay", Source: "overlay", Options: []string{
+			"lowerdir=" + strings.Join(long.Layers, ":") + "::" + objects, "metacopy=on", "redirect_dir=on", "index=off", "verity=off",
+		}}
+		err := mount.All([]mount.Mount{raw}, target)
+		t.Logf("containerd's mount.All of a %d-byte lowerdir with a data-only layer: %v", len(raw.Options[0]), err)
+		if err == nil {
+			Unmount(target)
+			t.Fatal("containerd mounted a lowerdir over a page with a data-only layer: its compaction handles \"::\" now; Overlay.Mount can stop refusing")
+		}
+		// The same layers without the data-only layer: containerd
+		// compacts them, and they mount.
+		plain := mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + strings.Join(long.Layers, ":")}}
+		if err := mount.All([]mount.Mount{plain}, target); err != nil {
+			t.Fatalf("containerd's mount.All of the same lowerdir without a data-only layer: %v", err)
+		}
+		if err := Unmount(target); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("120 layers of short paths", func(t *testing.T) {
+		// The same stack, each layer named by a short symbolic link, as
+		// a snapshotter can name its mounts (/var/lib/lazypull/m/1234).
+		short, err := os.MkdirTemp("/tmp", "cfs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(short) })
+		o := Overlay{Objects: objects, Verity: VerityOff}
+		for i, l := range long.Layers {
+			link := fmt.Sprintf("%s/%d", short, i)
+			if err := os.Symlink(l, link); err != nil {
+				t.Fatal(err)
+			}
+			o.Layers = append(o.Layers, link)
+		}
+		readA(t, mountOverlay(t, root, o))
+	})
+
+	t.Run("over a page, mounted by MountAt and bound", func(t *testing.T) {
+		o := long
+		o.Upper, o.Work = filepath.Join(root, "upper"), filepath.Join(root, "work")
+		stack := filepath.Join(root, "stack")
+		for _, d := range []string{o.Upper, o.Work, stack} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := o.MountAt(stack); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := Unmount(stack); err != nil {
+				t.Error(err)
+			}
+		})
+		target := filepath.Join(root, "bound")
+		if err := os.Mkdir(target, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		bind := mount.Mount{Type: "bind", Source: stack, Options: []string{"rbind", "rw"}}
+		if err := mount.All([]mount.Mount{bind}, target); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := Unmount(target); err != nil {
+				t.Error(err)
+			}
+		})
+		readA(t, target)
+		if err := os.WriteFile(filepath.Join(target, "new"), []byte("new"), 0o644); err != nil {
+			t.Errorf("write through the bound stack: %v", err)
+		}
+
+	})
+}
+
+func TestOverlayMountOptions(t *testing.T) {
+	o := Overlay{Layers: []string{"/m/2", "/m/1"}, Objects: "/objects", Verity: VerityRequire, Upper: "/s/fs", Work: "/s/work"}
+	m, err := o.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"lowerdir=/m/2:/m/1::/objects", "upperdir=/s/fs", "workdir=/s/work", "metacopy=on", "redirect_dir=on", "index=off", "verity=require"}
+	if m.Type != "overlay" || m.Source != "overlay" || !slices.Equal(m.Options, want) {
+		t.Errorf("Mount() = %+v, want overlay with %v", m, want)
+	}
+	o.Upper, o.Work, o.Verity = "", "", VerityOff
+	if m, err := o.Mount(); err != nil || !slices.Equal(m.Options, []string{"lowerdir=/m/2:/m/1::/objects", "metacopy=on", "redirect_dir=on", "index=off", "verity=off"}) {
+		t.Errorf("read-only Mount() = %v, %v", m.Options, err)
+	}
+	if VerityFor(true) != VerityRequire || VerityFor(false) != VerityOff {
+		t.Error("VerityFor: require only when every object has fs-verity")
+	}
+
+	for name, bad := range map[string]Overlay{
+		"no layers":         {Objects: "/o", Verity: VerityOff},
+		"no verity mode":    {Layers: []string{"/m"}, Objects: "/o"},
+		"verity=on":         {Layers: []string{"/m"}, Objects: "/o", Verity: "on"},
+		"upper, no work":    {Layers: []string{"/m"}, Objects: "/o", Verity: VerityOff, Upper: "/u"},
+		"no objects":        {Layers: []string{"/m"}, Verity: VerityOff},
+		"relative layer":    {Layers: []string{"m"}, Objects: "/o", Verity: VerityOff},
+		"unclean layer":     {Layers: []string{"/m/../x"}, Objects: "/o", Verity: VerityOff},
+		"colon in layer":    {Layers: []string{"/m:x"}, Objects: "/o", Verity: VerityOff},
+		"comma in objects":  {Layers: []string{"/m"}, Objects: "/o,upperdir=/x", Verity: VerityOff},
+		"backslash in work": {Layers: []string{"/m"}, Objects: "/o", Verity: VerityOff, Upper: "/u", Work: `/w\`},
+		"too long":          {Layers: slices.Repeat([]string{"/" + strings.Repeat("m", 99)}, 41), Objects: "/o", Verity: VerityOff},
+	} {
+		if m, err := bad.Mount(); err == nil {
+			t.Errorf("%s: Mount() = %v, want an error", name, m.Options)
+		}
+	}
+}
