@@ -75,9 +75,22 @@ type Overlay struct {
 //     snapshotter turns it off for its own reasons;
 //   - verity=off|require (kernel ≥ 6.6).
 //
-// It never has userxattr: overlayfs refuses it with metacopy=on, so the
-// composefs mode needs real root (rootless uses the FUSE mode). A view of
-// a single layer is still an overlay: the image alone has no data.
+// verity comes last: mount(2) keeps 4095 bytes of options and drops the
+// rest silently, and a cut verity value fails the mount (EINVAL, "Bad value
+// for 'verity'") where a cut path could name another directory.
+//
+// It never has userxattr: overlayfs refuses it with redirect_dir=on and
+// metacopy=on (EINVAL, "conflicting options"), so the composefs mode needs
+// real root (rootless uses the FUSE mode). Nor may a caller add
+// uidmap=/gidmap= for containerd 2.x to idmap the layers: its idmapped
+// overlay rewrite looks for the layers' common parent, finds none in the
+// empty element of "::" and fails the mount ("no common prefix found");
+// idmap each image's mount and the object directory instead. A view of a
+// single layer is still an overlay: the image alone has no data.
+//
+// Options longer than MaxOptionsLength are ErrOptionsTooLong: give the
+// layers shorter paths, or mount the stack with MountAt and hand
+// containerd a bind mount of it.
 func (o Overlay) Mount() (mount.Mount, error) {
 	if len(o.Layers) == 0 {
 		return mount.Mount{}, errors.New("composefs overlay: no metadata layers")

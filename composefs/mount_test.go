@@ -695,3 +695,24 @@ func TestOverlayMountOptions(t *testing.T) {
 		}
 	}
 }
+
+func TestOverlayRefusesUserxattr(t *testing.T) {
+	root := needMounts(t)
+	tr := newTree(t)
+	tr.file("a", objectA)
+	o := Overlay{Layers: []string{mountImage(t, root, tr.image())}, Objects: t.TempDir(), Verity: VerityOff}
+	m, err := o.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Options = append(m.Options, "userxattr")
+	target := t.TempDir()
+	err = mount.All([]mount.Mount{m}, target)
+	if err == nil {
+		Unmount(target)
+	}
+	// What keeps the composefs mode out of user namespaces.
+	if !errors.Is(err, unix.EINVAL) {
+		t.Errorf("composefs overlay with userxattr: %v, want EINVAL (conflicting options)", err)
+	}
+}
