@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -714,5 +715,46 @@ func TestOverlayRefusesUserxattr(t *testing.T) {
 	// What keeps the composefs mode out of user namespaces.
 	if !errors.Is(err, unix.EINVAL) {
 		t.Errorf("composefs overlay with userxattr: %v, want EINVAL (conflicting options)", err)
+	}
+}
+
+// TestMountImageLoopConcurrent: mounts racing for the same free loop
+// device (LOOP_CTL_GET_FREE gives them the same one) all get one.
+func TestMountImageLoopConcurrent(t *testing.T) {
+	root := needMounts(t)
+	tr := newTree(t)
+	tr.file("a", objectA)
+	img := tr.image()
+	const n = 8
+	mps := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		mps[i] = filepath.Join(root, fmt.Sprint(i))
+		if err := os.Mkdir(mps[i], 0o755); err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { errs[i] = MountImage(img, mps[i], WithLoopDevice()) })
+	}
+	wg.Wait()
+	devices := map[string]bool{}
+	for i, mp := range mps {
+		if errs[i] != nil {
+			t.Errorf("mount %d: %v", i, errs[i])
+			continue
+		}
+		_, source, _ := mountinfoOf(t, mp)
+		devices[source] = true
+		if st, err := os.Stat(filepath.Join(mp, "a")); err != nil || st.Size() != int64(len(objectA)) {
+			t.Errorf("%s/a: %v, %v", mp, st, err)
+		}
+	}
+	if len(devices) != n {
+		t.Errorf("%d mounts on %d loop devices (%v), want one each", n, len(devices), devices)
+	}
+	for _, mp := range mps {
+		if err := Unmount(mp); err != nil {
+			t.Error(err)
+		}
 	}
 }
