@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"golang.org/x/sys/unix"
 )
 
@@ -135,6 +137,36 @@ func attachLoop(img *os.File) (*os.File, error) {
 		lastErr = fmt.Errorf("configure %s: %w", name, err)
 	}
 	return nil, lastErr
+}
+
+// MountedImage returns the image file mounted at mountpoint (through its
+// loop device, if it has one), or "" when no EROFS image is mounted there.
+// EROFS mounts outlive the daemon that made them: after a restart this is
+// how to tell which are still up, and of which image.
+func MountedImage(mountpoint string) (string, error) {
+	real, err := filepath.EvalSymlinks(mountpoint)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("image mounted at %s: %w", mountpoint, err)
+	}
+	info, err := mount.Lookup(real)
+	if err != nil {
+		return "", fmt.Errorf("image mounted at %s: %w", mountpoint, err)
+	}
+	if info.Mountpoint != real || info.FSType != "erofs" {
+		return "", nil
+	}
+	dev, ok := strings.CutPrefix(info.Source, "/dev/")
+	if !ok || !strings.HasPrefix(dev, "loop") {
+		return info.Source, nil
+	}
+	b, err := os.ReadFile(filepath.Join("/sys/block", dev, "loop", "backing_file"))
+	if err != nil {
+		return "", fmt.Errorf("image mounted at %s through %s: %w", mountpoint, info.Source, err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // Unmount unmounts a metadata image (or an overlay of them). It does not

@@ -246,6 +246,9 @@ func TestMountImage(t *testing.T) {
 			}
 			t.Logf("%s %s %s", fstype, source, superOpts)
 
+			if got, err := MountedImage(mp); err != nil || got != local {
+				t.Errorf("MountedImage(%s) = %q, %v; want %s", mp, got, err, local)
+			}
 			st, err := os.Stat(filepath.Join(mp, "dir/a"))
 			if err != nil || st.Size() != int64(len(objectA)) {
 				t.Fatalf("stat dir/a in the image: %v, %v; want size %d", st, err, len(objectA))
@@ -268,6 +271,11 @@ func TestMountImage(t *testing.T) {
 			}
 			if err := Unmount(mp); err != nil {
 				t.Errorf("second unmount: %v, want success", err)
+			}
+			for _, p := range []string{mp, root, filepath.Join(root, "nothing")} {
+				if got, err := MountedImage(p); err != nil || got != "" {
+					t.Errorf("MountedImage(%s) with nothing mounted = %q, %v; want \"\"", p, got, err)
+				}
 			}
 		})
 	}
