@@ -34,6 +34,7 @@ type Batch struct {
 	s     *Store
 	owner string // "" for a lease: pins, records nothing
 	lock  *os.File
+	ctx   context.Context // for the log
 
 	mu    sync.Mutex
 	pins  map[digest.Digest]struct{}
@@ -68,6 +69,7 @@ func (s *Store) newBatch(ctx context.Context, owner string) (*Batch, error) {
 		s:     s,
 		owner: owner,
 		lock:  lock,
+		ctx:   context.WithoutCancel(ctx),
 		pins:  make(map[digest.Digest]struct{}),
 		dirs:  make(map[string]struct{}),
 	}, nil
@@ -313,7 +315,7 @@ func (w *Writer) Commit(expected digest.Digest) (Object, error) {
 
 func (w *Writer) commit(expected digest.Digest) (Object, error) {
 	s := w.b.s
-	ctx := context.TODO() // for the log only
+	ctx := w.b.ctx
 	if w.err != nil {
 		return Object{}, w.err
 	}
@@ -344,13 +346,19 @@ func (w *Writer) commit(expected digest.Digest) (Object, error) {
 	if err := w.f.Close(); err != nil {
 		return Object{}, fmt.Errorf("objects: object %s: close %s: %w", d, tmp, err)
 	}
-	s.enableVerity(ctx, tmp)
-
 	dir := filepath.Join(s.objectsDir(), name[:2])
+	final := filepath.Join(s.objectsDir(), name)
+	if s.Verity() != VerityUnsupported {
+		// Enabling reads the whole file to build its tree: not for a
+		// copy that is about to be dropped. (Two writers of the same new
+		// content may both enable; one copy wins the rename.)
+		if _, err := os.Lstat(final); err != nil {
+			s.enableVerity(ctx, tmp)
+		}
+	}
 	if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, fs.ErrExist) {
 		return Object{}, fmt.Errorf("objects: object %s: %w", d, err)
 	}
-	final := filepath.Join(s.objectsDir(), name)
 	// NOREPLACE: an object present already stays as it is (it may be
 	// open, mounted, verity-enabled); ours is the duplicate.
 	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/containerd/log"
@@ -22,6 +25,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	"golang.org/x/sys/unix"
 
+	"github.com/lazypull/lazypull/composefs/verity"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -701,4 +705,55 @@ func TestVerityStatusLoggedOnce(t *testing.T) {
 	if warnings != want {
 		t.Errorf("%d warnings about fs-verity, want %d (status %s)", warnings, want, st)
 	}
+}
+
+// TestStreamedWrites: content streamed from a reader that is not a
+// bytes.Reader goes through Writer.ReadFrom's buffer, in pieces that do
+// not line up with blocks, and lands whole.
+func TestStreamedWrites(t *testing.T) {
+	s := open(t, t.TempDir())
+	b := batch(t, s, "l")
+	for i, size := range []int{0, 1, 4095, 1 << 20, 3<<20 + 5} {
+		data := content(size, uint64(i))
+		obj, err := b.Put(iotest.HalfReader(bytes.NewReader(data)), sha(data))
+		if err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		want, _ := verity.Digest(bytes.NewReader(data))
+		if obj.Size != int64(size) || obj.Verity != want {
+			t.Errorf("%d bytes: %+v, want verity %s", size, obj, want)
+		}
+		f, err := s.Open(obj.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(f)
+		f.Close()
+		if !bytes.Equal(got, data) {
+			t.Errorf("%d bytes: object holds %d bytes, not what was written", size, len(got))
+		}
+	}
+}
+
+// FuzzName: whatever a hostile image calls a digest, an accepted one is
+// a file two levels below the objects directory, spelled one way only.
+func FuzzName(f *testing.F) {
+	for _, seed := range []string{"sha256:" + strings.Repeat("ab", 32), "sha256:../../x", "sha512:00", "", "sha256:" + strings.Repeat("AB", 32)} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		name, err := Name(digest.Digest(s))
+		if err != nil {
+			return
+		}
+		if len(name) != 65 || name[2] != '/' || filepath.Clean(name) != name || strings.Contains(name, "..") {
+			t.Fatalf("Name(%q) = %q", s, name)
+		}
+		if "sha256:"+name[:2]+name[3:] != s {
+			t.Fatalf("Name(%q) = %q: not the digest's own hex", s, name)
+		}
+		if _, err := hex.DecodeString(name[:2] + name[3:]); err != nil || strings.ToLower(s) != s {
+			t.Fatalf("Name(%q) accepted non-lower-case hex", s)
+		}
+	})
 }
