@@ -101,3 +101,43 @@ func benchCommit(b *testing.B, data []byte, next func(int) io.Reader, opts ...Op
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkStat is what a metadata image pays per file for its object's
+// size and fs-verity digest: one open, fstat and getxattr when the digest
+// is recorded ("xattr"), a read of the whole object when it is not
+// ("recompute", 64 KiB objects).
+func BenchmarkStat(b *testing.B) {
+	ctx := context.Background()
+	s, err := Open(ctx, benchDir(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	batch, err := s.Batch(ctx, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer batch.Abort()
+	obj, err := batch.Put(bytes.NewReader(content(64<<10, 1)), "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, _ := s.Path(obj.Digest)
+	b.Run("xattr", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := s.Stat(ctx, obj.Digest); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("recompute", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			unix.Removexattr(p, verityXattr)
+			b.StartTimer()
+			if _, err := s.Stat(ctx, obj.Digest); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
