@@ -374,7 +374,20 @@ func (w *Writer) commit(expected digest.Digest) (Object, error) {
 		obj.New = true
 		w.placed = true
 	case errors.Is(err, unix.EEXIST), errors.Is(err, fs.ErrExist):
-		// dedup: the temp file goes in finish
+		// dedup: the temp file goes in finish. Unless what is there is
+		// plainly not this content (not a file, or not its size: a
+		// crash or a disk error, as nothing rewrites objects), which
+		// ours then replaces.
+		fi, serr := os.Lstat(final)
+		if serr == nil && fi.Mode().IsRegular() && fi.Size() == obj.Size {
+			break
+		}
+		log.G(ctx).WithField("path", final).WithField("size", obj.Size).Warn("objects: replacing a damaged object")
+		if err := os.Rename(tmp, final); err != nil {
+			return Object{}, fmt.Errorf("objects: object %s: replace damaged %s: %w", d, final, err)
+		}
+		obj.New = true
+		w.placed = true
 	default:
 		return Object{}, fmt.Errorf("objects: object %s: rename %s to %s: %w", d, tmp, final, err)
 	}

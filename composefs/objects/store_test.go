@@ -757,3 +757,25 @@ func FuzzName(f *testing.F) {
 		}
 	})
 }
+
+// TestDamagedObjectReplaced: an object that is plainly not its content
+// (truncated) is replaced by the next write of that content rather than
+// kept as a duplicate.
+func TestDamagedObjectReplaced(t *testing.T) {
+	s := open(t, t.TempDir())
+	b := batch(t, s, "l")
+	data := content(10000, 1)
+	obj := put(t, b, data)
+	p, _ := s.Path(obj.Digest)
+	os.Chmod(p, 0o644)
+	if err := os.Truncate(p, 100); err != nil {
+		t.Fatal(err)
+	}
+	again := put(t, b, data)
+	if !again.New {
+		t.Error("the damaged object was kept")
+	}
+	if got, _ := os.ReadFile(p); !bytes.Equal(got, data) {
+		t.Errorf("object holds %d bytes, want the %d written", len(got), len(data))
+	}
+}
