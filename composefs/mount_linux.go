@@ -67,13 +67,18 @@ func mountErofs(source, mountpoint string, acl bool) error {
 	if acl {
 		data = "acl"
 	}
-	if err := unix.Mount(source, mountpoint, "erofs", unix.MS_RDONLY, data); err != nil {
+	err := unix.Mount(source, mountpoint, "erofs", unix.MS_RDONLY, data)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EFSCORRUPTED):
 		// EROFS says what is wrong with an image in the kernel log only,
 		// not in the errno (nor, with the new mount API, in the
 		// filesystem context's messages).
 		return fmt.Errorf("mount EROFS image %s at %s (%s): %w (the kernel log says why)", source, mountpoint, data, err)
+	default:
+		return fmt.Errorf("mount EROFS image %s at %s (%s): %w", source, mountpoint, data, err)
 	}
-	return nil
 }
 
 // mountLoop attaches image to a free loop device (read-only, direct I/O,
@@ -191,8 +196,7 @@ func Unmount(mountpoint string) error {
 // mounts them and hands containerd a bind mount of target, which every
 // containerd release mounts as it is.
 func (o Overlay) MountAt(target string) error {
-	// Same checks and option values as Mount, which the length aside
-	// must accept the stack.
+	// Mount's checks, all but the length.
 	if _, err := o.Mount(); err != nil && !errors.Is(err, ErrOptionsTooLong) {
 		return err
 	}
