@@ -766,3 +766,21 @@ func TestMountImageLoopConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestMountAtErrors(t *testing.T) {
+	root := needMounts(t)
+	target := t.TempDir()
+	o := Overlay{Layers: []string{filepath.Join(root, "no-such-layer")}, Objects: root, Verity: VerityOff}
+	err := o.MountAt(target)
+	t.Logf("MountAt with a missing layer: %v", err)
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "no-such-layer") {
+		t.Errorf("MountAt with a missing layer: %v, want ENOENT naming it", err)
+	}
+	o.Layers[0] = "relative"
+	if err := o.MountAt(target); err == nil || errors.Is(err, unix.EINVAL) {
+		t.Errorf("MountAt with a relative layer: %v, want refused before the kernel sees it", err)
+	}
+	if left := testenv.MountsUnder(target); len(left) != 0 {
+		t.Errorf("failed MountAt left %v", left)
+	}
+}
