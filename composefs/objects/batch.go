@@ -356,18 +356,13 @@ func (w *Writer) commit(expected digest.Digest) (Object, error) {
 			s.enableVerity(ctx, tmp)
 		}
 	}
-	if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, fs.ErrExist) {
-		return Object{}, fmt.Errorf("objects: object %s: %w", d, err)
-	}
-	// NOREPLACE: an object present already stays as it is (it may be
-	// open, mounted, verity-enabled); ours is the duplicate.
-	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EINVAL) {
-		// A filesystem without RENAME_NOREPLACE: link fails on an
-		// existing name just as atomically.
-		if err = os.Link(tmp, final); err == nil {
-			os.Remove(tmp)
+	err := place(tmp, final)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The fan-out directory's first object (GC leaves them be).
+		if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, fs.ErrExist) {
+			return Object{}, fmt.Errorf("objects: object %s: %w", d, err)
 		}
+		err = place(tmp, final)
 	}
 	switch {
 	case err == nil:
@@ -395,6 +390,21 @@ func (w *Writer) commit(expected digest.Digest) (Object, error) {
 	w.b.dirs[dir] = struct{}{}
 	w.b.mu.Unlock()
 	return obj, nil
+}
+
+// place renames tmp to final unless final exists. NOREPLACE: an object
+// present already stays as it is (it may be open, mounted,
+// verity-enabled); ours is the duplicate.
+func place(tmp, final string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) {
+		// A filesystem without RENAME_NOREPLACE: link fails on an
+		// existing name just as atomically.
+		if err = os.Link(tmp, final); err == nil {
+			os.Remove(tmp)
+		}
+	}
+	return err
 }
 
 func syncDir(dir string) error {
