@@ -181,7 +181,11 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 		if validOwner(e.Name()) != nil || !e.Type().IsRegular() {
 			return res, fmt.Errorf("objects: %s: not a refs file; GC stops rather than guess what it keeps alive", p)
 		}
-		if err := s.readRefs(p, func(_ digest.Digest, key [32]byte) { live[key] = struct{}{} }); err != nil {
+		err := s.readRefs(p, func(_ digest.Digest, key [32]byte) { live[key] = struct{}{} })
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // released since the listing (Release takes no lock)
+		}
+		if err != nil {
 			return res, err
 		}
 	}

@@ -350,7 +350,7 @@ func TestConcurrentGCAndWriters(t *testing.T) {
 	s2 := open(t, root) // a second Store on the same root, as another process would be
 	const writers, perBatch, rounds = 4, 8, 6
 	var wg sync.WaitGroup
-	errs := make(chan error, writers*rounds+rounds)
+	errs := make(chan error, writers*rounds+rounds+1)
 	for w := range writers {
 		wg.Add(1)
 		go func() {
@@ -382,6 +382,30 @@ func TestConcurrentGCAndWriters(t *testing.T) {
 			}
 		}()
 	}
+	// An owner that comes and goes: Release takes no lock, so GC meets
+	// refs files that vanish under it.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for r := range 4 * rounds {
+			b, err := s2.Batch(ctx, "transient")
+			if err == nil {
+				_, err = b.Put(bytes.NewReader(content(50, uint64(r%3))), "")
+				if err == nil {
+					err = b.Commit()
+				} else {
+					b.Abort()
+				}
+			}
+			if err == nil {
+				err = s.Release("transient")
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
 	gcDone := make(chan struct{})
 	go func() {
 		defer close(gcDone)
