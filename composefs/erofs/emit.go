@@ -33,11 +33,15 @@ func (w *Writer) WriteTo(out io.Writer) (int64, error) {
 
 // emitter writes sequentially and remembers the first error.
 type emitter struct {
-	w   *bufio.Writer
-	pos uint64
-	err error
-	buf [blkSize]byte
+	w       *bufio.Writer
+	pos     uint64
+	err     error
+	buf     [blkSize]byte // a directory block
+	scratch [inodeExtendedSize]byte
 }
+
+// zeros pads.
+var zeros [blkSize]byte
 
 func (e *emitter) write(b []byte) {
 	if e.err != nil {
@@ -59,10 +63,9 @@ func (e *emitter) writeString(s string) {
 
 // padTo writes zeros up to byte offset to.
 func (e *emitter) padTo(to uint64) {
-	var zero [512]byte
 	for e.err == nil && e.pos < to {
-		n := min(to-e.pos, uint64(len(zero)))
-		e.write(zero[:n])
+		n := min(to-e.pos, uint64(len(zeros)))
+		e.write(zeros[:n])
 	}
 	if e.err == nil && e.pos != to {
 		e.err = fmt.Errorf("layout error: at byte %d, want %d", e.pos, to)
@@ -99,7 +102,7 @@ func (w *Writer) emit(e *emitter, img *image) {
 			continue
 		}
 		ino++
-		e.padTo(n.nid * slotSize)
+		e.padTo(uint64(n.nid) * slotSize)
 		w.emitInode(e, i, ino)
 	}
 
@@ -138,7 +141,8 @@ func (w *Writer) emit(e *emitter, img *image) {
 // emitInode writes an inode, its xattrs and what it inlines.
 func (w *Writer) emitInode(e *emitter, i int, ino uint32) {
 	n := &w.nodes[i]
-	var b [inodeExtendedSize]byte
+	b := &e.scratch
+	clear(b[:])
 	icount := uint16(0)
 	if n.xsize > 0 {
 		icount = uint16((n.xsize-xattrHeaderSize)/4 + 1)
@@ -148,12 +152,7 @@ func (w *Writer) emitInode(e *emitter, i int, ino uint32) {
 	case layoutChunkBased:
 		iu = uint32(chunkBits(n.size) - blkBits) // 4-byte block map: no INDEXES flag
 	default:
-		switch n.mode & sIFMT {
-		case sIFCHR, sIFBLK:
-			iu = n.rdev
-		default:
-			iu = n.blk
-		}
+		iu = n.blk // or a device's number
 	}
 	if n.flags&flagCompact != 0 {
 		le.PutUint16(b[0:], uint16(n.layout)<<1)
@@ -195,17 +194,17 @@ func (w *Writer) emitInode(e *emitter, i int, ino uint32) {
 				nshared++
 			}
 		}
-		var h [xattrHeaderSize]byte
+		h := e.scratch[:xattrHeaderSize]
+		clear(h)
 		le.PutUint32(h[0:], filter)
 		h[4] = uint8(nshared)
-		e.write(h[:])
+		e.write(h)
 		k := 0
 		for _, id := range refs {
 			if p := &w.pairs[id]; p.shared() && k < nshared {
 				k++
-				var ref [4]byte
-				le.PutUint32(ref[:], p.off)
-				e.write(ref[:])
+				le.PutUint32(e.scratch[:4], p.off)
+				e.write(e.scratch[:4])
 			}
 		}
 		k = 0
@@ -221,10 +220,9 @@ func (w *Writer) emitInode(e *emitter, i int, ino uint32) {
 
 	switch {
 	case n.layout == layoutChunkBased:
-		var null [4]byte
-		le.PutUint32(null[:], nullAddr)
+		le.PutUint32(e.scratch[:4], nullAddr)
 		for range n.tail / 4 {
-			e.write(null[:])
+			e.write(e.scratch[:4])
 		}
 	case n.layout == layoutFlatInline:
 		full := n.size - uint64(n.tail)
@@ -246,17 +244,16 @@ func (w *Writer) emitInode(e *emitter, i int, ino uint32) {
 
 // emitXattr writes one xattr entry, padded to 4 bytes.
 func (w *Writer) emitXattr(e *emitter, p *xpair) {
-	var h [xattrEntrySize]byte
+	h := e.scratch[:xattrEntrySize]
 	suffix, value := p.suffix(), p.value()
 	h[0] = uint8(len(suffix))
 	h[1] = p.index()
 	le.PutUint16(h[2:], uint16(len(value)))
-	e.write(h[:])
+	e.write(h)
 	e.writeString(suffix)
 	e.writeString(value)
 	if pad := (4 - (xattrEntrySize+len(suffix)+len(value))%4) % 4; pad > 0 {
-		var z [4]byte
-		e.write(z[:pad])
+		e.write(zeros[:pad])
 	}
 }
 
@@ -272,7 +269,7 @@ func encodeDirBlock(buf []byte, ents []dent, used int, full bool) []byte {
 	nameoff := direntSize * len(ents)
 	for i, d := range ents {
 		o := i * direntSize
-		le.PutUint64(b[o:], d.nid)
+		le.PutUint64(b[o:], uint64(d.nid))
 		le.PutUint16(b[o+8:], uint16(nameoff))
 		b[o+10] = d.ft
 		nameoff += copy(b[nameoff:], d.name)

@@ -138,6 +138,9 @@ func (w *Writer) linkTree() error {
 	return nil
 }
 
+// visiting marks a hard link whose chain is being followed.
+const visiting = -2
+
 // resolveLinks points every hard link at the regular file holding its
 // inode (following links to links) and counts the file's links.
 func (w *Writer) resolveLinks() error {
@@ -148,6 +151,7 @@ func (w *Writer) resolveLinks() error {
 			continue
 		}
 		chain = append(chain[:0], int32(i))
+		nodes[i].target = visiting
 		cur := int32(i)
 		for {
 			link := internalPath(nodes[cur].ext.link)
@@ -161,9 +165,10 @@ func (w *Writer) resolveLinks() error {
 					cur = t.target
 					break
 				}
-				if slices.Contains(chain, int32(j)) || len(chain) > len(nodes) {
+				if t.target == visiting {
 					return fmt.Errorf("erofs: %q: hard links in a cycle", displayPath(nodes[i].path))
 				}
+				t.target = visiting
 				chain = append(chain, int32(j))
 				cur = int32(j)
 				continue
@@ -236,7 +241,7 @@ func (w *Writer) sizeDirs() {
 // dent is one directory entry.
 type dent struct {
 	name string
-	nid  uint64
+	nid  uint32
 	ft   uint8
 }
 
@@ -244,8 +249,10 @@ type dent struct {
 // order into blocks and calls fn for each block with its entries and the
 // bytes they take (12 per entry plus the names).
 func (w *Writer) walkDir(d int32, fn func(ents []dent, used int, last bool) error) error {
-	var buf [blkSize / (direntSize + 1)]dent
-	ents := buf[:0]
+	if w.dents == nil {
+		w.dents = make([]dent, 0, blkSize/(direntSize+1))
+	}
+	ents := w.dents[:0]
 	used := 0
 	add := func(e dent) error {
 		if used+direntSize+len(e.name) > blkSize {
@@ -347,7 +354,7 @@ func (w *Writer) place(img *image) error {
 			n.layout = layoutFlatPlain
 			if n.size > 0 {
 				n.layout = layoutChunkBased
-				n.tail = uint32(4 * chunkCount(n.size))
+				n.tail = uint16(4 * chunkCount(n.size))
 				img.chunked = true
 			}
 		case typ == sIFREG || typ == sIFDIR || typ == sIFLNK:
@@ -367,14 +374,17 @@ func (w *Writer) place(img *image) error {
 				pos = roundUp(pos, blkSize)
 			}
 			n.layout = layoutFlatInline
-			n.tail = uint32(rem)
+			n.tail = uint16(rem)
 		default:
 			n.layout = layoutFlatPlain
 		}
-		n.nid = pos / slotSize
+		if pos/slotSize > math.MaxUint32 {
+			return fmt.Errorf("erofs: %d inodes take over %d bytes", img.inos, uint64(math.MaxUint32)*slotSize)
+		}
+		n.nid = uint32(pos / slotSize)
 		pos += roundUp(head+uint64(n.tail), slotSize)
 	}
-	img.rootNid = nodes[0].nid
+	img.rootNid = uint64(nodes[0].nid)
 	if img.rootNid > math.MaxUint16 {
 		return fmt.Errorf("erofs: root nid %d does not fit 16 bits", img.rootNid)
 	}

@@ -29,7 +29,6 @@ package erofs
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 )
@@ -88,27 +87,26 @@ type Entry struct {
 // node is an entry as the writer keeps it: small and flat, because a
 // layer may have a million of them.
 type node struct {
-	path   string
+	path   string // components joined by NUL (see internalPath)
 	mtime  int64
 	size   uint64 // regular: file size; dir: directory bytes; symlink: target length
+	ext    *nodeExt
 	mode   uint32
 	uid    uint32
 	gid    uint32
 	nsec   uint32
-	rdev   uint32
 	nlink  uint32
 	xoff   uint32 // first of this inode's xattrs in Writer.xrefs
+	parent int32  // index of the parent directory
+	end    int32  // index just past this node's subtree in sorted order
+	target int32  // hard link: index of the node holding the inode
+	xsize  uint32 // bytes of the inode's xattr area
+	nid    uint32 // inode number: byte offset / 32
+	blk    uint32 // first data block (FLAT_PLAIN, FLAT_INLINE); a device's number
 	nx     uint16 // number of xattrs
+	tail   uint16 // bytes inlined after the inode and xattrs (tail data or chunk entries)
 	flags  uint8
 	layout uint8
-	parent int32 // index of the parent directory
-	end    int32 // index just past this node's subtree in sorted order
-	target int32 // hard link: index of the node holding the inode
-	xsize  uint32
-	tail   uint32 // bytes inlined after the inode and xattrs (tail data or chunk entries)
-	nid    uint64
-	blk    uint32 // first data block, for FLAT_PLAIN and FLAT_INLINE
-	ext    *nodeExt
 }
 
 // nodeExt holds what few entries have.
@@ -139,7 +137,11 @@ func (p *xpair) value() string  { return p.key[2+int(p.key[1]):] }
 func (p *xpair) entrySize() uint32 {
 	return uint32(roundUp(uint64(xattrEntrySize+len(p.key)-2), 4))
 }
-func (p *xpair) shared() bool { return p.refs > 1 }
+
+// shared tells whether the pair goes to the shared area: when more than
+// one inode has it, and its entry is no larger than a block, which readers
+// that read a shared entry within one block's reach (go-erofs) need.
+func (p *xpair) shared() bool { return p.refs > 1 && p.entrySize() <= blkSize }
 
 // Writer collects entries, in any order, and writes the image.
 type Writer struct {
@@ -147,8 +149,8 @@ type Writer struct {
 	xrefs  []uint32 // per-inode xattr lists (indexes into pairs), each sorted by name
 	pairs  []xpair
 	xindex map[string]uint32
-	err    error
 	built  bool
+	dents  []dent // walkDir's scratch: one block's entries
 }
 
 // NewWriter returns an empty Writer.
@@ -218,7 +220,7 @@ func (w *Writer) Add(e Entry) error {
 		if e.DevMajor > 0xFFF || e.DevMinor > 0xFFFFF {
 			return fmt.Errorf("erofs: %q: device %d:%d out of range", e.Path, e.DevMajor, e.DevMinor)
 		}
-		n.rdev = encodeDev(e.DevMajor, e.DevMinor)
+		n.blk = encodeDev(e.DevMajor, e.DevMinor)
 	}
 	if len(e.Xattrs) > 0 {
 		if err := w.addXattrs(&n, e.Xattrs); err != nil {
@@ -235,26 +237,30 @@ func (w *Writer) addXattrs(n *node, xattrs map[string][]byte) error {
 	if len(xattrs) > 0xFFFF {
 		return fmt.Errorf("erofs: %q: %d xattrs", displayPath(n.path), len(xattrs))
 	}
-	path := displayPath(n.path)
-	names := slices.Sorted(maps.Keys(xattrs))
+	var nb [8]string // most entries have a few xattrs: no allocation for them
+	names := nb[:0]
+	for name := range xattrs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
 	var size uint64 = xattrHeaderSize
 	for _, name := range names {
 		value := xattrs[name]
 		_, suffix, ok := splitXattrName(name)
 		if !ok {
-			return fmt.Errorf("erofs: %q: xattr %q: no EROFS name prefix (user., trusted., security., system.posix_acl_*)", path, name)
+			return fmt.Errorf("erofs: %q: xattr %q: no EROFS name prefix (user., trusted., security., system.posix_acl_*)", displayPath(n.path), name)
 		}
 		if len(suffix) > MaxNameLen || strings.IndexByte(suffix, 0) >= 0 {
-			return fmt.Errorf("erofs: %q: xattr %q: name over %d bytes or with NUL", path, name, MaxNameLen)
+			return fmt.Errorf("erofs: %q: xattr %q: name over %d bytes or with NUL", displayPath(n.path), name, MaxNameLen)
 		}
 		if len(value) > MaxXattrValueLen {
-			return fmt.Errorf("erofs: %q: xattr %q: value of %d bytes over %d", path, name, len(value), MaxXattrValueLen)
+			return fmt.Errorf("erofs: %q: xattr %q: value of %d bytes over %d", displayPath(n.path), name, len(value), MaxXattrValueLen)
 		}
 		// Worst case all inline; sharing can only make it smaller.
 		size += roundUp(uint64(xattrEntrySize+len(suffix)+len(value)), 4)
 	}
 	if size > maxXattrIbody {
-		return fmt.Errorf("erofs: %q: xattrs take %d bytes, over the inode's %d", path, size, maxXattrIbody)
+		return fmt.Errorf("erofs: %q: xattrs take %d bytes, over the inode's %d", displayPath(n.path), size, maxXattrIbody)
 	}
 	n.xoff = uint32(len(w.xrefs))
 	n.nx = uint16(len(names))

@@ -149,7 +149,7 @@ func TestHoleFilesTakeOneChunkEntry(t *testing.T) {
 		if size > 1<<43 {
 			wantEntries = uint32((size + 1<<43 - 1) >> 43)
 		}
-		if f.layout != layoutChunkBased || f.tail != 4*wantEntries {
+		if f.layout != layoutChunkBased || uint32(f.tail) != 4*wantEntries {
 			t.Errorf("size %d: layout %d with %d bytes of chunk entries, want CHUNK_BASED with %d", size, f.layout, f.tail, wantEntries)
 		}
 		isize := uint64(inodeExtendedSize)
@@ -159,13 +159,13 @@ func TestHoleFilesTakeOneChunkEntry(t *testing.T) {
 		if (size <= 1<<32-1) != (f.flags&flagCompact != 0) {
 			t.Errorf("size %d: compact %v", size, f.flags&flagCompact != 0)
 		}
-		off := f.nid*slotSize + isize
+		off := uint64(f.nid)*slotSize + isize
 		for i := range wantEntries {
 			if got := binary.LittleEndian.Uint32(img[off+uint64(4*i):]); got != nullAddr {
 				t.Errorf("size %d: chunk entry %d is %#x", size, i, got)
 			}
 		}
-		if format := binary.LittleEndian.Uint16(img[f.nid*slotSize+16:]); format&0x20 != 0 || blkBits+uint(format&0x1F) != chunkBits(size) {
+		if format := binary.LittleEndian.Uint16(img[uint64(f.nid)*slotSize+16:]); format&0x20 != 0 || blkBits+uint(format&0x1F) != chunkBits(size) {
 			t.Errorf("size %d: chunk format %#x", size, format)
 		}
 		checkWithGoErofs(t, img, []Entry{{Path: "f", Mode: sIFREG | 0o644, Size: size}})
