@@ -138,7 +138,10 @@ func Open(ctx context.Context, root string, opts ...Option) (*Store, error) {
 	for _, o := range opts {
 		o(&s.opts)
 	}
-	for _, d := range []string{root, s.objectsDir(), s.tmpDir(), s.refsDir()} {
+	if err := os.MkdirAll(root, dirMode); err != nil {
+		return nil, fmt.Errorf("objects: %w", err)
+	}
+	for _, d := range []string{s.objectsDir(), s.tmpDir(), s.refsDir()} {
 		if err := os.Mkdir(d, dirMode); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("objects: %w", err)
 		}
