@@ -803,3 +803,75 @@ func TestDamagedObjectReplaced(t *testing.T) {
 		t.Errorf("object holds %d bytes, want the %d written", len(got), len(data))
 	}
 }
+
+// fakeVerity stands in for a kernel with fs-verity: it records what was
+// enabled (by inode, as a rename keeps it) and measures what it enabled.
+type fakeVerity struct {
+	mu      sync.Mutex
+	enabled map[uint64]verity.Sum
+	calls   int
+}
+
+func (v *fakeVerity) options(o *options) {
+	v.enabled = map[uint64]verity.Sum{}
+	o.enable = func(f *os.File) error {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		v.calls++
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return err
+		}
+		sum, err := verity.Digest(f) // (the probe's inode may be reused: no EEXIST here)
+		v.enabled[st.Ino] = sum
+		return err
+	}
+	o.measure = func(f *os.File) (verity.Sum, error) {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		var st unix.Stat_t
+		unix.Fstat(int(f.Fd()), &st)
+		sum, ok := v.enabled[st.Ino]
+		if !ok {
+			return sum, verity.ErrNoVerity
+		}
+		return sum, nil
+	}
+}
+
+// TestVerityWhereSupported: on a filesystem with fs-verity (the kernel
+// stood in for), every new object is enabled once before it is in
+// place, a duplicate is not enabled at all, and Stat without the xattr
+// takes the kernel's measurement rather than reading the object.
+func TestVerityWhereSupported(t *testing.T) {
+	ctx := context.Background()
+	fake := &fakeVerity{}
+	s := open(t, t.TempDir(), fake.options)
+	if st := s.Verity(); st != VerityEnabled {
+		t.Fatalf("Verity() = %s, want enabled", st)
+	}
+	probes := fake.calls
+	b := batch(t, s, "l")
+	data := content(9000, 1)
+	obj := put(t, b, data)
+	if fake.calls != probes+1 {
+		t.Errorf("%d enables for one new object, want 1", fake.calls-probes)
+	}
+	put(t, b, data)
+	if fake.calls != probes+1 {
+		t.Errorf("the duplicate was enabled too (%d enables)", fake.calls-probes)
+	}
+	p, _ := s.Path(obj.Digest)
+	var st unix.Stat_t
+	unix.Stat(p, &st)
+	if fake.enabled[st.Ino] != obj.Verity {
+		t.Errorf("the object in place has verity %s, want %s", fake.enabled[st.Ino], obj.Verity)
+	}
+	// The measurement answers for a missing xattr: forge it to tell.
+	unix.Removexattr(p, verityXattr)
+	forged := verity.Sum{1, 2, 3}
+	fake.enabled[st.Ino] = forged
+	if info, err := s.Stat(ctx, obj.Digest); err != nil || info.Verity != forged {
+		t.Errorf("Stat = %+v, %v; want the kernel's measurement %s", info, err, forged)
+	}
+}
