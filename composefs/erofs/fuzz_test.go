@@ -66,7 +66,7 @@ func (s *fuzzSource) path(dirs []string, kinds map[string]uint32) (p string, ok 
 	return p, true
 }
 
-var fuzzXattrNames = []string{"trusted.overlay.metacopy", "trusted.overlay.redirect", "security.capability", "user.a", "user.b", "system.posix_acl_access", "security.selinux", "trusted." + strings.Repeat("n", 255), "bogus.x", "user."}
+var fuzzXattrNames = []string{"trusted.overlay.metacopy", "trusted.overlay.redirect", "security.capability", "user.a", "user.b", "system.posix_acl_access", "security.selinux", "trusted." + strings.Repeat("n", 247), "bogus.x", "user."}
 
 var fuzzTypes = []uint32{sIFREG, sIFREG, sIFREG, sIFDIR, sIFDIR, sIFLNK, sIFCHR, sIFBLK, sIFIFO, sIFSOCK}
 
@@ -148,6 +148,9 @@ func fuzzEntries(data []byte) []Entry {
 				size = s.u16()
 			}
 			e.Xattrs[name] = bytes.Repeat([]byte{'v'}, size)
+			if name == "system.posix_acl_access" && !s.rare() {
+				e.Xattrs[name] = validACL()
+			}
 		}
 		es = append(es, e)
 	}
@@ -185,7 +188,9 @@ func FuzzWrite(f *testing.F) {
 		}
 		checkWithGoErofs(t, buf.Bytes(), accepted)
 		if !fuzzing {
-			checkWithErofsUtils(t, saveImage(t, buf.Bytes()))
+			imgPath := saveImage(t, buf.Bytes())
+			checkWithErofsUtils(t, imgPath)
+			checkKernel(t, imgPath, accepted)
 		}
 	})
 }

@@ -27,6 +27,7 @@
 package erofs
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -39,6 +40,9 @@ const (
 	MaxNameLen = 255
 	// MaxSymlinkLen is the longest symlink target (PATH_MAX - 1).
 	MaxSymlinkLen = 4095
+	// MaxXattrNameLen is the longest xattr name, prefix included
+	// (XATTR_NAME_MAX).
+	MaxXattrNameLen = 255
 	// MaxXattrValueLen is the largest xattr value (e_value_size is 16 bits).
 	MaxXattrValueLen = 65535
 	// MaxFileSize is the largest regular file: 512 chunk entries at the
@@ -246,15 +250,22 @@ func (w *Writer) addXattrs(n *node, xattrs map[string][]byte) error {
 	var size uint64 = xattrHeaderSize
 	for _, name := range names {
 		value := xattrs[name]
-		_, suffix, ok := splitXattrName(name)
+		index, suffix, ok := splitXattrName(name)
 		if !ok {
 			return fmt.Errorf("erofs: %q: xattr %q: no EROFS name prefix (user., trusted., security., system.posix_acl_*)", displayPath(n.path), name)
 		}
-		if len(suffix) > MaxNameLen || strings.IndexByte(suffix, 0) >= 0 {
-			return fmt.Errorf("erofs: %q: xattr %q: name over %d bytes or with NUL", displayPath(n.path), name, MaxNameLen)
+		// The whole name, not just the stored suffix: the kernel lists a
+		// longer one but getxattr cannot ask for it (ERANGE).
+		if len(name) > MaxXattrNameLen || strings.IndexByte(suffix, 0) >= 0 {
+			return fmt.Errorf("erofs: %q: xattr %.300q: name over %d bytes or with NUL", displayPath(n.path), name, MaxXattrNameLen)
 		}
 		if len(value) > MaxXattrValueLen {
 			return fmt.Errorf("erofs: %q: xattr %q: value of %d bytes over %d", displayPath(n.path), name, len(value), MaxXattrValueLen)
+		}
+		if index == xattrACLAccess || index == xattrACLDefault {
+			if err := checkACL(value); err != nil {
+				return fmt.Errorf("erofs: %q: xattr %q: %w", displayPath(n.path), name, err)
+			}
 		}
 		// Worst case all inline; sharing can only make it smaller.
 		size += roundUp(uint64(xattrEntrySize+len(suffix)+len(value)), 4)
@@ -296,6 +307,24 @@ func checkPath(p string) error {
 			return fmt.Errorf("erofs: %q: name of %d bytes over %d", p, len(name), MaxNameLen)
 		case strings.IndexByte(name, 0) >= 0:
 			return fmt.Errorf("erofs: %q: name with NUL", p)
+		}
+	}
+	return nil
+}
+
+// checkACL checks a POSIX ACL xattr value the way the kernel parses it
+// (posix_acl_from_xattr): version 2, whole 8-byte entries of known tags.
+// The kernel consults a directory's ACL on every lookup through it, so an
+// unparsable one would make the directory and all below it unreachable.
+func checkACL(v []byte) error {
+	if len(v) < 4 || (len(v)-4)%8 != 0 || binary.LittleEndian.Uint32(v) != 2 {
+		return fmt.Errorf("not a POSIX ACL (version 2, 8-byte entries): %d bytes", len(v))
+	}
+	for e := v[4:]; len(e) > 0; e = e[8:] {
+		switch tag := binary.LittleEndian.Uint16(e); tag {
+		case 0x01, 0x02, 0x04, 0x08, 0x10, 0x20: // USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER
+		default:
+			return fmt.Errorf("POSIX ACL entry with tag %#x", tag)
 		}
 	}
 	return nil

@@ -78,7 +78,10 @@ func sampleTree() []Entry {
 	for i := range 300 {
 		es = append(es, Entry{Path: fmt.Sprintf("many/file-with-a-longish-name-%04d", i), Mode: sIFREG | 0o644, Mtime: t0, Size: uint64(i)})
 	}
-	es = append(es, Entry{Path: "many/bigxattr", Mode: sIFREG | 0o644, Mtime: t0, Xattrs: map[string][]byte{"user.big": bytes.Repeat([]byte("v"), MaxXattrValueLen)}})
+	es = append(es, Entry{Path: "many/bigxattr", Mode: sIFREG | 0o644, Mtime: t0, Xattrs: map[string][]byte{
+		"user.big": bytes.Repeat([]byte("v"), MaxXattrValueLen),
+		"user." + strings.Repeat("n", MaxXattrNameLen-5): []byte("longest name"),
+	}})
 	return es
 }
 
@@ -245,7 +248,9 @@ func TestRejects(t *testing.T) {
 		{"no prefix", []Entry{{Path: "a", Mode: sIFREG, Xattrs: map[string][]byte{"foo.bar": nil}}}, `"a": xattr "foo.bar"`},
 		{"bare prefix", []Entry{{Path: "a", Mode: sIFREG, Xattrs: map[string][]byte{"user.": nil}}}, `"a": xattr "user."`},
 		{"acl suffix", []Entry{{Path: "a", Mode: sIFREG, Xattrs: map[string][]byte{"system.posix_acl_access.x": nil}}}, `"a": xattr`},
-		{"long xattr name", []Entry{{Path: "a", Mode: sIFREG, Xattrs: map[string][]byte{"user." + strings.Repeat("x", 256): nil}}}, `"a": xattr`},
+		{"long xattr name", []Entry{{Path: "a", Mode: sIFREG, Xattrs: map[string][]byte{"user." + strings.Repeat("x", 251): nil}}}, `"a": xattr`},
+		{"bad acl", []Entry{{Path: "a", Mode: sIFDIR, Xattrs: map[string][]byte{"system.posix_acl_access": []byte("vvvv")}}}, `"a": xattr "system.posix_acl_access": not a POSIX ACL`},
+		{"acl tag", []Entry{{Path: "a", Mode: sIFDIR, Xattrs: map[string][]byte{"system.posix_acl_default": append(validACL(), 9, 0, 0, 0, 0, 0, 0, 0)}}}, `"a": xattr "system.posix_acl_default": POSIX ACL entry with tag`},
 		{"long xattr value", []Entry{{Path: "a", Mode: sIFREG, Xattrs: map[string][]byte{"user.x": make([]byte, 65536)}}}, `"a": xattr "user.x": value of 65536 bytes`},
 		{"xattr area", []Entry{{Path: "a", Mode: sIFREG, Xattrs: map[string][]byte{"user.x": make([]byte, 65535), "user.y": make([]byte, 65535), "user.z": make([]byte, 65535), "user.w": make([]byte, 65535)}}}, `"a": xattrs take`},
 		{"size", []Entry{{Path: "a", Mode: sIFREG, Size: MaxFileSize + 1}}, `"a": size`},
