@@ -203,13 +203,17 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 		}
 		res.Temps++
 	}
-	err = s.walkObjects(ctx, func(d digest.Digest, path string, st *unix.Stat_t) error {
+	err = s.walkObjects(ctx, func(d digest.Digest, path string) error {
 		var key [32]byte
 		hex.Decode(key[:], []byte(strings.TrimPrefix(string(d), "sha256:")))
 		if _, ok := live[key]; ok {
 			return nil
 		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			return fmt.Errorf("objects: stat %s: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
 			return fmt.Errorf("objects: remove object %s: %w", d, err)
 		}
 		res.Objects++

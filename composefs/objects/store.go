@@ -431,7 +431,14 @@ type Usage struct {
 // Usage walks the objects directory.
 func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	var u Usage
-	err := s.walkObjects(ctx, func(_ digest.Digest, path string, st *unix.Stat_t) error {
+	err := s.walkObjects(ctx, func(_ digest.Digest, path string) error {
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return nil // removed since the listing
+			}
+			return fmt.Errorf("objects: stat %s: %w", path, err)
+		}
 		u.Objects++
 		u.Size += st.Size
 		u.Disk += st.Blocks * 512
@@ -441,8 +448,9 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 }
 
 // walkObjects calls fn for every object (a regular file with an object's
-// name in a fan-out directory); other entries are logged and left alone.
-func (s *Store) walkObjects(ctx context.Context, fn func(d digest.Digest, path string, st *unix.Stat_t) error) error {
+// name in a fan-out directory; fn stats it if it needs to: GC does only
+// for what it removes); other entries are logged and left alone.
+func (s *Store) walkObjects(ctx context.Context, fn func(d digest.Digest, path string) error) error {
 	dirs, err := os.ReadDir(s.objectsDir())
 	if err != nil {
 		return fmt.Errorf("objects: %w", err)
@@ -467,14 +475,7 @@ func (s *Store) walkObjects(ctx context.Context, fn func(d digest.Digest, path s
 				log.G(ctx).WithField("path", path).Warn("objects: not an object, left alone")
 				continue
 			}
-			var st unix.Stat_t
-			if err := unix.Lstat(path, &st); err != nil {
-				if errors.Is(err, unix.ENOENT) {
-					continue // removed since the listing
-				}
-				return fmt.Errorf("objects: stat %s: %w", path, err)
-			}
-			if err := fn(d, path, &st); err != nil {
+			if err := fn(d, path); err != nil {
 				return err
 			}
 		}
