@@ -299,3 +299,14 @@ func TestGolden(t *testing.T) {
 	checkWithGoErofs(t, img, es)
 	checkWithErofsUtils(t, saveImage(t, img))
 }
+
+func TestEmptyTree(t *testing.T) {
+	img := writeImage(t, nil)
+	if len(img) != blkSize {
+		t.Errorf("an empty tree takes %d bytes, want one block", len(img))
+	}
+	checkWithGoErofs(t, img, nil)
+	imgPath := saveImage(t, img)
+	checkWithErofsUtils(t, imgPath)
+	checkKernel(t, imgPath, nil)
+}
