@@ -113,7 +113,8 @@ func BenchmarkWrite(b *testing.B) {
 }
 
 // TestBenchTreeReadsBack checks the benchmark's tree is a valid one (a
-// smaller cut of it, through go-erofs and fsck.erofs).
+// smaller cut of it, through go-erofs, fsck.erofs and, as root, the
+// kernel).
 func TestBenchTreeReadsBack(t *testing.T) {
 	var es []Entry
 	for i := range 5000 {
@@ -121,5 +122,7 @@ func TestBenchTreeReadsBack(t *testing.T) {
 	}
 	img := writeImage(t, es)
 	checkWithGoErofs(t, img, es)
-	checkWithErofsUtils(t, saveImage(t, img))
+	imgPath := saveImage(t, img)
+	checkWithErofsUtils(t, imgPath)
+	checkKernel(t, imgPath, es)
 }

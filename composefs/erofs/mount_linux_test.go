@@ -174,7 +174,7 @@ func checkContents(t *testing.T, p string, e Entry) {
 		return
 	}
 	defer f.Close()
-	if e.Data != nil || e.Size <= 1<<20 {
+	if e.Data != nil || e.Size <= 64<<10 {
 		got, err := io.ReadAll(f)
 		want := e.Data
 		if want == nil {

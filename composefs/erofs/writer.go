@@ -98,8 +98,8 @@ type Entry struct {
 	// system.posix_acl_access / system.posix_acl_default.
 	Xattrs map[string][]byte
 	// Data, if not nil, is a regular file's contents, stored in the image
-	// (len(Data) must equal Size). Without it the file is a hole of Size
-	// bytes.
+	// (len(Data) must equal Size); the Writer keeps the slice, not a copy,
+	// until WriteTo. Without it the file is a hole of Size bytes.
 	Data []byte
 }
 
@@ -162,7 +162,8 @@ func (p *xpair) entrySize() uint32 {
 // that read a shared entry within one block's reach (go-erofs) need.
 func (p *xpair) shared() bool { return p.refs > 1 && p.entrySize() <= blkSize }
 
-// Writer collects entries, in any order, and writes the image.
+// Writer collects entries, in any order, and writes the image. It is not
+// safe for concurrent use.
 type Writer struct {
 	nodes  []node
 	xrefs  []uint32 // per-inode xattr lists (indexes into pairs), each sorted by name
