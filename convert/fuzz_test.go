@@ -166,7 +166,7 @@ func readFile(b format.Blob, blob []byte, e *toc.Entry) ([]byte, error) {
 		if c.EndOffset > int64(len(blob)) {
 			return nil, errors.New("a chunk lies past the blob's end")
 		}
-		data, err := b.ReadChunk(blob[c.Offset:c.EndOffset], c)
+		data, err := b.ReadChunk(nil, blob[c.Offset:c.EndOffset], c)
 		if err != nil {
 			return nil, err
 		}

@@ -121,8 +121,9 @@ type Blob interface {
 	// names any.
 	PrefetchEnd() (int64, bool)
 	// ReadChunk decompresses and verifies one chunk, given exactly the
-	// bytes c.Offset..c.EndOffset of the blob.
-	ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error)
+	// bytes c.Offset..c.EndOffset of the blob, into dst's storage if it
+	// can hold c.Size bytes (else into a new slice).
+	ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error)
 }
 
 // Options configure Open.
@@ -185,14 +186,14 @@ func sniff(ra io.ReaderAt, size int64) (Kind, bool) {
 
 type estargzBlob struct{ *estargz.Reader }
 
-func (estargzBlob) ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
-	return estargz.ReadChunk(compressed, c)
+func (estargzBlob) ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
+	return estargz.ReadChunk(dst, compressed, c)
 }
 
 type zstdBlob struct{ *zstdchunked.Reader }
 
 func (zstdBlob) PrefetchEnd() (int64, bool) { return 0, false }
 
-func (zstdBlob) ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
-	return zstdchunked.ReadChunk(compressed, c)
+func (zstdBlob) ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
+	return zstdchunked.ReadChunk(dst, compressed, c)
 }

@@ -62,7 +62,7 @@ func TestOpenBothFormats(t *testing.T) {
 			t.Fatalf("%s: no hello", tc.kind)
 		}
 		c := e.Chunks[0]
-		data, err := blob.ReadChunk(tc.blob[c.Offset:c.EndOffset], c)
+		data, err := blob.ReadChunk(nil, tc.blob[c.Offset:c.EndOffset], c)
 		if err != nil || string(data) != "hello" {
 			t.Errorf("%s: ReadChunk = %q, %v", tc.kind, data, err)
 		}

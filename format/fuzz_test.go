@@ -62,7 +62,7 @@ func FuzzAnnotations(f *testing.F) {
 		if c.Offset < 0 || c.EndOffset > int64(len(b.blob)) || c.Offset > c.EndOffset {
 			t.Fatalf("chunk %+v outside the blob", c)
 		}
-		if data, err := blob.ReadChunk(b.blob[c.Offset:c.EndOffset], c); err != nil || string(data) != "hello" {
+		if data, err := blob.ReadChunk(nil, b.blob[c.Offset:c.EndOffset], c); err != nil || string(data) != "hello" {
 			t.Fatalf("hello reads %q, %v", data, err)
 		}
 	})

@@ -240,7 +240,7 @@ func verifyChunks(ra io.ReaderAt, blob format.Blob) error {
 			if _, err := ra.ReadAt(compressed, c.Offset); err != nil && err != io.EOF {
 				return fmt.Errorf("file %q chunk %d: %w", e.Name, i, err)
 			}
-			if _, err := blob.ReadChunk(compressed, c); err != nil {
+			if _, err := blob.ReadChunk(nil, compressed, c); err != nil {
 				return fmt.Errorf("file %q chunk %d: %w", e.Name, i, err)
 			}
 		}

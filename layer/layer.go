@@ -47,6 +47,7 @@ type Cache interface {
 	// ReadAt fills p from off in the entry for d, which holds size bytes,
 	// or reports false (absent, corrupt, or another size).
 	ReadAt(d digest.Digest, size int64, p []byte, off int64) bool
+	// Put stores a copy of data: the caller reuses it after.
 	Put(d digest.Digest, data []byte) error
 	// PutFile fails with cache.ErrDigestMismatch when r's content does
 	// not hash to d.
@@ -55,6 +56,9 @@ type Cache interface {
 	Has(d digest.Digest) bool
 	Remove(d digest.Digest) error
 }
+
+// defaultSpanSize is Options.SpanSize unless set.
+const defaultSpanSize = 8 << 20
 
 // Options tune a layer.
 type Options struct {
@@ -98,7 +102,7 @@ func (o Options) withDefaults() Options {
 		o.TailSize = 512 << 10
 	}
 	if o.SpanSize <= 0 {
-		o.SpanSize = 8 << 20
+		o.SpanSize = defaultSpanSize
 	}
 	if o.Parallel <= 0 {
 		o.Parallel = 4

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,7 +103,7 @@ func (c *memCache) Put(d digest.Digest, data []byte) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.m[d] = data
+	c.m[d] = bytes.Clone(data) // as cache.Cache: the caller may reuse data
 	return nil
 }
 
@@ -537,5 +538,67 @@ func TestAssembledFileReplacesItsChunks(t *testing.T) {
 	}
 	if len(f2.ranges) != opened {
 		t.Errorf("a restart fetched the assembled file again: %v", f2.ranges[opened:])
+	}
+}
+
+// slowFetcher counts the fetches in flight across the layers that share
+// it, each taking a moment so that they overlap.
+type slowFetcher struct {
+	*blobFetcher
+	inflight, peak *atomic.Int64
+}
+
+func (f slowFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
+	n := f.inflight.Add(1)
+	defer f.inflight.Add(-1)
+	for {
+		old := f.peak.Load()
+		if n <= old || f.peak.CompareAndSwap(old, n) {
+			break
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	return f.blobFetcher.FetchAt(ctx, p, off)
+}
+
+// TestBackgroundSpansBoundedAcrossLayers: however many layers share a Gate,
+// at most backgroundSpans background spans are in flight (each holds its
+// bytes in memory), where six layers fetching two at a time would have
+// twelve.
+func TestBackgroundSpansBoundedAcrossLayers(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	gate := NewGate()
+	var inflight, peak atomic.Int64
+	var layers []*Layer
+	for range 6 {
+		f := slowFetcher{&blobFetcher{data: blob, corrupt: -1}, &inflight, &peak}
+		l, err := Open(context.Background(), desc, f, newMemCache(t), Options{TailSize: 64 << 10, Gate: gate, SpanSize: 256 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Close)
+		// A container's read: the background starts once reads are quiet.
+		if got, err := readFile(t, l, files[1].name); err != nil || !bytes.Equal(got, files[1].data) {
+			t.Fatalf("read %s: %v", files[1].name, err)
+		}
+		layers = append(layers, l)
+	}
+	peak.Store(0)
+	for _, l := range layers {
+		l.StartBackground()
+	}
+	for _, l := range layers {
+		select {
+		case <-l.BackgroundDone():
+		case <-time.After(30 * time.Second):
+			t.Fatal("background fetch did not finish")
+		}
+		if s := l.Stats(); s.CachedBytes != s.DataSize {
+			t.Fatalf("%d of %d data bytes cached after the background fetch", s.CachedBytes, s.DataSize)
+		}
+	}
+	if p := peak.Load(); p > backgroundSpans || p < 2 {
+		t.Fatalf("%d background fetches in flight at once across 6 layers; want 2..%d", p, backgroundSpans)
 	}
 }

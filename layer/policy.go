@@ -131,7 +131,7 @@ func (l *Layer) StartBackground() {
 		}
 		// Small spans, few at once: a read that arrives meanwhile waits
 		// for at most a couple of megabytes ahead of it on the link.
-		p := pace{parallel: min(l.opts.Parallel, 2), span: min(l.opts.SpanSize, 2<<20), yield: true}
+		p := pace{parallel: min(l.opts.Parallel, 2), span: min(l.opts.SpanSize, backgroundSpanSize), yield: true}
 		if err := l.fetchRange(ctx, 0, len(l.members), "background", p); err != nil {
 			if ctx.Err() == nil {
 				log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("background fetch stopped")
@@ -152,6 +152,9 @@ func (l *Layer) BackgroundDone() <-chan struct{} {
 	defer l.mu.Unlock()
 	return l.bgDone
 }
+
+// backgroundSpanSize bounds the background fetch's spans.
+const backgroundSpanSize = 2 << 20
 
 // pace is how fetchRange fetches: spans of at most span bytes, parallel
 // at once, and whether to yield to foreground fetches (background work).
@@ -176,9 +179,19 @@ func (l *Layer) fetchRange(ctx context.Context, from, to int, why string, p pace
 		slots <- struct{}{}
 		if p.yield {
 			// Before claiming: a reader must never wait for a span that
-			// waits for readers.
+			// waits for readers, or for other layers' spans.
 			if err := l.gate.waitQuiet(ctx); err != nil {
 				break
+			}
+			if err := l.gate.acquireBackground(ctx); err != nil {
+				break
+			}
+		}
+		// unslot gives back the slots taken for a span not fetched.
+		unslot := func() {
+			<-slots
+			if p.yield {
+				l.gate.releaseBackground()
 			}
 		}
 		// The span: members from k whose bytes fit in the pace's span.
@@ -189,7 +202,7 @@ func (l *Layer) fetchRange(ctx context.Context, from, to int, why string, p pace
 		l.markCached(k, end)
 		cl, mine := l.claim(k, end)
 		if !mine {
-			<-slots
+			unslot()
 			if cl != nil {
 				pending = append(pending, cl)
 			}
@@ -202,8 +215,16 @@ func (l *Layer) fetchRange(ctx context.Context, from, to int, why string, p pace
 			var once sync.Once
 			free := func() { once.Do(func() { <-slots }) }
 			defer free()
+			if p.yield {
+				// Held until the span's chunks are cached, not only
+				// fetched: what it bounds is the memory they take.
+				defer l.gate.releaseBackground()
+			}
 			l.fetchSpanThen(ctx, spanStart, end, cl, why, free)
 		}) {
+			if p.yield {
+				l.gate.releaseBackground()
+			}
 			l.release(k, end, cl, errClosed)
 			break
 		}

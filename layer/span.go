@@ -3,6 +3,7 @@ package layer
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/containerd/log"
@@ -32,7 +33,9 @@ func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why str
 	defer l.recoverAs("a fetch for "+why, &err)
 
 	start, stop := l.members[k].off, l.members[last].end
-	buf := make([]byte, stop-start)
+	bp := spanBuffers.get(stop - start)
+	defer spanBuffers.put(bp)
+	buf := *bp
 	for attempt := 0; attempt < 2; attempt++ {
 		fetchEnd := stop
 		if tp := l.tailPiece; attempt == 0 && tp.data != nil && tp.member >= k && tp.member <= last {
@@ -74,6 +77,48 @@ func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why str
 	}
 }
 
+// bufferPool recycles byte buffers of up to max bytes. Nothing keeps a
+// span's bytes once its chunks are decoded (they are copied out), nor a
+// decoded chunk's once it is cached, unless a reader waits for it: fresh
+// buffers for each (8 MiB spans, 4 MiB chunks) were garbage that kept the
+// FUSE manager's heap far above what was live through a background fetch.
+type bufferPool struct {
+	pool sync.Pool
+	max  int
+}
+
+// The pools keep buffers of the background fetch's sizes (its spans are
+// at most 2 MiB, chunks are at most 4 MiB by default): larger ones, rare,
+// go back to the garbage collector, and a pool of small buffers does not
+// end up holding large ones.
+var (
+	spanBuffers  = &bufferPool{max: backgroundSpanSize}
+	chunkBuffers = &bufferPool{max: 4 << 20}
+)
+
+// get returns a buffer of n bytes.
+func (p *bufferPool) get(n int64) *[]byte {
+	if n <= int64(p.max) {
+		if b, ok := p.pool.Get().(*[]byte); ok {
+			if int64(cap(*b)) >= n {
+				*b = (*b)[:n]
+				return b
+			}
+			p.pool.Put(b) // too small for this one: keep it for another
+		}
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// put gives b back, unless it is larger than the pool keeps: a rare large
+// one is not kept around.
+func (p *bufferPool) put(b *[]byte) {
+	if cap(*b) <= p.max {
+		p.pool.Put(b)
+	}
+}
+
 // release ends the fetch cl of members [k, end): they are done unless it
 // failed, and its waiters wake.
 func (l *Layer) release(k, end int, cl *call, err error) {
@@ -106,7 +151,13 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 		if cached && !wanted {
 			continue
 		}
-		data, err := l.blob.ReadChunk(compressed, c)
+		var dst []byte // a reader's chunk is its own; the rest are recycled
+		var bp *[]byte
+		if !wanted {
+			bp = chunkBuffers.get(c.Size)
+			dst = *bp
+		}
+		data, err := l.blob.ReadChunk(dst, compressed, c)
 		if err != nil {
 			return fmt.Errorf("%q chunk %d: %w", r.e.Name, r.i, err)
 		}
@@ -125,6 +176,9 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 					log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("cannot cache chunks; they will be fetched again when needed")
 				})
 			}
+		}
+		if bp != nil {
+			chunkBuffers.put(bp)
 		}
 	}
 	return nil

@@ -32,7 +32,7 @@ var maxHole = toc.DefaultLimits.MaxChunkBytes
 // A hole is returned as zeros only up to maxHole bytes: a TOC bounds a
 // hole by its file alone, up to a TiB, and readers serve larger ones
 // from nothing (File does).
-func ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
+func ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
 	if c.Size < 0 || c.InnerOffset < 0 {
 		return nil, fmt.Errorf("chunk at %d: bad geometry (inner offset %d, size %d)", c.Offset, c.InnerOffset, c.Size)
 	}
@@ -40,7 +40,9 @@ func ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
 		if c.Size > maxHole {
 			return nil, fmt.Errorf("hole of %d bytes at file offset %d: more than %d to hand out as zeros; serve it without storage", c.Size, c.FileOffset, maxHole)
 		}
-		return make([]byte, c.Size), nil
+		data := grow(dst, c.Size)
+		clear(data)
+		return data, nil
 	}
 	if max := maxInflate * int64(len(compressed)); c.InnerOffset > max || c.Size > max-c.InnerOffset {
 		return nil, fmt.Errorf("gzip member at %d: %d bytes cannot inflate to the %d+%d the chunk needs", c.Offset, len(compressed), c.InnerOffset, c.Size)
@@ -63,7 +65,7 @@ func ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
 	if _, err := io.CopyN(io.Discard, zr, c.InnerOffset); err != nil {
 		return nil, fmt.Errorf("gzip member at %d: skip %d bytes to the chunk: %w", c.Offset, c.InnerOffset, err)
 	}
-	data := make([]byte, c.Size)
+	data := grow(dst, c.Size)
 	if _, err := io.ReadFull(zr, data); err != nil {
 		return nil, fmt.Errorf("gzip member at %d: read %d bytes: %w", c.Offset, c.Size, err)
 	}
@@ -71,4 +73,12 @@ func ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
 		return nil, fmt.Errorf("chunk digest is %s, the TOC says %s", got, c.Digest())
 	}
 	return data, nil
+}
+
+// grow is dst[:n] if dst can hold n bytes, else a new slice.
+func grow(dst []byte, n int64) []byte {
+	if int64(cap(dst)) >= n {
+		return dst[:n]
+	}
+	return make([]byte, n)
 }

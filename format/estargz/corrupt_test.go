@@ -119,12 +119,12 @@ func TestReadChunkBomb(t *testing.T) {
 	huge := make([]byte, 64<<20)
 	member, _ := compressMember(huge, 9)
 	c := withDigest(toc.Chunk{Offset: 0, EndOffset: int64(len(member)), Size: 10}, digest.FromBytes(make([]byte, 10)))
-	data, err := ReadChunk(member, c)
+	data, err := ReadChunk(nil, member, c)
 	if err != nil || len(data) != 10 {
 		t.Errorf("ReadChunk of a bomb: %d bytes, %v", len(data), err)
 	}
 	c.InnerOffset = 1 << 30
-	if _, err := ReadChunk(member, c); err == nil {
+	if _, err := ReadChunk(nil, member, c); err == nil {
 		t.Errorf("a chunk past the member's end was read")
 	}
 }
@@ -242,10 +242,10 @@ func TestHolesAreServedFromNothing(t *testing.T) {
 		t.Errorf("read at the end of the file: %d, %v; want 100, EOF", n, err)
 	}
 	e, _ := parsed.Lookup("sparse")
-	if _, err := ReadChunk(nil, e.Chunks[0]); err == nil {
+	if _, err := ReadChunk(nil, nil, e.Chunks[0]); err == nil {
 		t.Errorf("ReadChunk handed out a hole of %d bytes", e.Chunks[0].Size)
 	}
-	if data, err := ReadChunk(nil, toc.Chunk{Size: 10, Zero: true}); err != nil || !bytes.Equal(data, make([]byte, 10)) {
+	if data, err := ReadChunk(nil, nil, toc.Chunk{Size: 10, Zero: true}); err != nil || !bytes.Equal(data, make([]byte, 10)) {
 		t.Errorf("ReadChunk of a small hole: %v, %v", data, err)
 	}
 }
@@ -256,7 +256,7 @@ func TestReadChunkAllocatesWhatTheMemberCanHold(t *testing.T) {
 	member, _ := compressMember([]byte("hello"), 9)
 	c := withDigest(toc.Chunk{EndOffset: int64(len(member)), Size: 60 << 20}, digest.FromString("x"))
 	var err error
-	n := allocated(func() { _, err = ReadChunk(member, c) })
+	n := allocated(func() { _, err = ReadChunk(nil, member, c) })
 	if err == nil || !strings.Contains(err.Error(), "cannot inflate") {
 		t.Errorf("a %d-byte member for a 60 MiB chunk: err = %v", len(member), err)
 	}
@@ -264,7 +264,7 @@ func TestReadChunkAllocatesWhatTheMemberCanHold(t *testing.T) {
 		t.Errorf("it allocated %d bytes", n)
 	}
 	for _, bad := range []toc.Chunk{withDigest(toc.Chunk{Size: -1}, c.Digest()), withDigest(toc.Chunk{Size: 1, InnerOffset: -1}, c.Digest())} {
-		if _, err := ReadChunk(member, bad); err == nil {
+		if _, err := ReadChunk(nil, member, bad); err == nil {
 			t.Errorf("ReadChunk took %+v", bad)
 		}
 	}

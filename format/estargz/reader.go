@@ -201,7 +201,7 @@ func (r *Reader) readChunk(e *toc.Entry, i int) ([]byte, error) {
 	if _, err := r.ra.ReadAt(compressed, c.Offset); err != nil && !(errors.Is(err, io.EOF) && c.EndOffset == r.size) {
 		return nil, fmt.Errorf("estargz: %q chunk %d: read %d bytes at %d: %w", e.Name, i, len(compressed), c.Offset, err)
 	}
-	data, err := ReadChunk(compressed, c)
+	data, err := ReadChunk(nil, compressed, c)
 	if err != nil {
 		return nil, fmt.Errorf("estargz: %q chunk %d: %w", e.Name, i, err)
 	}

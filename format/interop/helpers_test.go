@@ -264,7 +264,7 @@ func lazypullReads(l layer, files map[string][]byte, opts format.Options) (forma
 				got = append(got, make([]byte, c.Size)...)
 				continue
 			}
-			b, err := blob.ReadChunk(l.blob[c.Offset:c.EndOffset], c)
+			b, err := blob.ReadChunk(nil, l.blob[c.Offset:c.EndOffset], c)
 			if err != nil {
 				return kind, fmt.Errorf("%q: %w", name, err)
 			}

@@ -78,7 +78,7 @@ func BenchmarkReadChunk(b *testing.B) {
 	b.SetBytes(c.Size)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := ReadChunk(compressed, c); err != nil {
+		if _, err := ReadChunk(nil, compressed, c); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -106,8 +106,8 @@ func decodePrefix(dst []byte, src io.Reader, n int64, exact bool, hint int64) ([
 // decompresses no more than c.InnerOffset+c.Size bytes, whatever the frame
 // claims. A zero chunk needs no bytes and reads as zeros (up to 1 GiB: a
 // caller serves larger holes itself).
-func ReadChunk(compressed []byte, c toc.Chunk) ([]byte, error) {
-	data, err := readChunk(nil, compressed, c)
+func ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
+	data, err := readChunk(dst, compressed, c)
 	if err != nil {
 		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: %w", c.Offset, err)
 	}

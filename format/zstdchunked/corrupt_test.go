@@ -248,11 +248,11 @@ func TestZstdBomb(t *testing.T) {
 	}
 	c := withDigest(toc.Chunk{EndOffset: int64(len(bomb)), Size: 100}, digest.FromBytes(make([]byte, 100)))
 	before := allocated()
-	got, err := ReadChunk(bomb, c)
+	got, err := ReadChunk(nil, bomb, c)
 	if err != nil || len(got) != 100 {
 		t.Fatalf("first 100 bytes of a bomb: %d bytes, %v", len(got), err)
 	}
-	if _, err := ReadChunk(bomb, withDigest(c, digest.FromString("x"))); !errors.Is(err, ErrDigestMismatch) {
+	if _, err := ReadChunk(nil, bomb, withDigest(c, digest.FromString("x"))); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("bomb with a wrong digest: %v", err)
 	}
 	if a := allocated() - before; a > 24<<20 {
@@ -274,14 +274,14 @@ func TestHugeWindow(t *testing.T) {
 	frame = append(frame, "hello"...)         //
 	c := withDigest(toc.Chunk{EndOffset: int64(len(frame)), Size: 5}, digest.FromString("hello"))
 	before := allocated()
-	if _, err := ReadChunk(frame, c); err == nil {
+	if _, err := ReadChunk(nil, frame, c); err == nil {
 		t.Error("a 1 GiB window: no error")
 	}
 	if a := allocated() - before; a > 16<<20 {
 		t.Errorf("refusing a 1 GiB window allocated %d bytes", a)
 	}
 	frame[5] = 10 << 3 // 1 MiB: fine
-	if got, err := ReadChunk(frame, c); err != nil || string(got) != "hello" {
+	if got, err := ReadChunk(nil, frame, c); err != nil || string(got) != "hello" {
 		t.Errorf("a 1 MiB window: %q, %v", got, err)
 	}
 }
@@ -290,7 +290,7 @@ func TestReadChunkRefuses(t *testing.T) {
 	enc, _ := zstd.NewWriter(nil)
 	frame := enc.EncodeAll([]byte("hello, world"), nil)
 	good := withDigest(toc.Chunk{EndOffset: int64(len(frame)), Size: 12}, digest.FromString("hello, world"))
-	if got, err := ReadChunk(frame, good); err != nil || string(got) != "hello, world" {
+	if got, err := ReadChunk(nil, frame, good); err != nil || string(got) != "hello, world" {
 		t.Fatalf("good chunk: %q, %v", got, err)
 	}
 	for name, edit := range map[string]func(*toc.Chunk){
@@ -309,15 +309,15 @@ func TestReadChunkRefuses(t *testing.T) {
 	} {
 		c := good
 		edit(&c)
-		if _, err := ReadChunk(frame, c); err == nil {
+		if _, err := ReadChunk(nil, frame, c); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	if _, err := ReadChunk([]byte("not zstd at all"), withDigest(toc.Chunk{EndOffset: 15, Size: 3}, digest.FromString("not"))); err == nil {
+	if _, err := ReadChunk(nil, []byte("not zstd at all"), withDigest(toc.Chunk{EndOffset: 15, Size: 3}, digest.FromString("not"))); err == nil {
 		t.Error("not zstd: no error")
 	}
 	sha512 := withDigest(good, digest.SHA512.FromString("hello, world"))
-	if _, err := ReadChunk(frame, sha512); err != nil {
+	if _, err := ReadChunk(nil, frame, sha512); err != nil {
 		t.Errorf("sha512 digest: %v", err)
 	}
 }

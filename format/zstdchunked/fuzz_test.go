@@ -83,7 +83,7 @@ func FuzzReadChunk(f *testing.F) {
 	f.Fuzz(func(t *testing.T, compressed []byte, innerOffset, size int64, d string) {
 		c := toc.Chunk{EndOffset: int64(len(compressed)), InnerOffset: innerOffset, Size: size}
 		_ = c.SetDigest(digest.Digest(d)) // a digest it refuses stays unset: ReadChunk must refuse the chunk
-		out, err := ReadChunk(compressed, c)
+		out, err := ReadChunk(nil, compressed, c)
 		if err != nil {
 			return
 		}

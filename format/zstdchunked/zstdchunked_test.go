@@ -350,7 +350,7 @@ func TestReadChunk(t *testing.T) {
 	e, _ := r.TOC().Lookup("etc/several-chunks")
 	want := content(4, 3*4096+17, false)
 	for i, c := range e.Chunks {
-		got, err := ReadChunk(blob[c.Offset:c.EndOffset], c)
+		got, err := ReadChunk(nil, blob[c.Offset:c.EndOffset], c)
 		if err != nil {
 			t.Fatalf("chunk %d: %v", i, err)
 		}
@@ -359,10 +359,10 @@ func TestReadChunk(t *testing.T) {
 		}
 	}
 	c := e.Chunks[0]
-	if _, err := ReadChunk(blob[c.Offset:c.EndOffset-1], c); err == nil {
+	if _, err := ReadChunk(nil, blob[c.Offset:c.EndOffset-1], c); err == nil {
 		t.Error("ReadChunk of a short range: no error")
 	}
-	zero, err := ReadChunk(nil, toc.Chunk{Zero: true, Size: 10})
+	zero, err := ReadChunk(nil, nil, toc.Chunk{Zero: true, Size: 10})
 	if err != nil || !bytes.Equal(zero, make([]byte, 10)) {
 		t.Errorf("zero chunk: %v, %v", zero, err)
 	}
@@ -371,7 +371,7 @@ func TestReadChunk(t *testing.T) {
 	if err := inner.SetDigest(digest.FromBytes(want[10:30])); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := ReadChunk(blob[c.Offset:c.EndOffset], inner); err != nil || !bytes.Equal(got, want[10:30]) {
+	if got, err := ReadChunk(nil, blob[c.Offset:c.EndOffset], inner); err != nil || !bytes.Equal(got, want[10:30]) {
 		t.Errorf("chunk at an inner offset: %v", err)
 	}
 }
