@@ -1,0 +1,475 @@
+package composefs
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/composefs/erofs"
+	"github.com/lazypull/lazypull/composefs/objects"
+)
+
+// InlineMax is the largest regular file whose content BuildDir keeps in
+// the metadata image itself rather than in an object (as composefs does:
+// an object and a redirect cost more than such a file).
+const InlineMax = 64
+
+// BuildStats is what BuildDir made of a layer.
+type BuildStats struct {
+	Entries    int   // entries in the image: the root, every path, hard links included
+	Files      int   // regular files (an inode hard-linked under several names counts once)
+	Inlined    int   // of those, non-empty files of at most InlineMax bytes, kept in the image
+	FileBytes  int64 // their content, every regular file (inode) once
+	Objects    int   // distinct objects the image names
+	Bytes      int64 // their content
+	NewObjects int   // of those, not in the store before this build
+	NewBytes   int64 // content of the new objects
+	// Verity: every object has kernel fs-verity enabled with the
+	// digest the image names, so the stack can mount with
+	// VerityFor(true). False on filesystems or kernels without it.
+	Verity     bool
+	ImageBytes int64 // the image file's size
+}
+
+// BuildOption changes what BuildDir does.
+type BuildOption func(*buildConfig)
+
+type buildConfig struct {
+	copy bool
+}
+
+// WithCopy copies every file's content into the store and leaves dir as
+// it was, instead of adopting the files (objects.Batch.Adopt), which
+// turns them into the store's objects where dir and the store share a
+// filesystem.
+func WithCopy() BuildOption { return func(c *buildConfig) { c.copy = true } }
+
+// BuildDir converts the unpacked layer in dir (as containerd's differ
+// writes an overlay upper: whiteouts as 0/0 character devices, opaque
+// directories with trusted.overlay.opaque=y) into the composefs form:
+// every regular file's content into store, and an EROFS metadata image of
+// the tree written to image (a temp file renamed into place), whose
+// regular files carry trusted.overlay.metacopy (36 bytes with the
+// object's fs-verity digest) and trusted.overlay.redirect=/<objects.Name>.
+// Empty files and files of at most InlineMax bytes are kept in the image
+// and need no object.
+//
+// Files are adopted, not copied (objects.Batch.Adopt): where dir and the
+// store share a filesystem the files themselves become objects, so dir
+// is consumed, whether BuildDir succeeds or not: the caller removes it
+// afterwards and never builds from it again (WithCopy leaves it intact).
+// Content the store has already is neither written nor linked again.
+//
+// The objects are recorded under owner in the store's refs by a batch
+// committed only once the image is in place, so GC never removes what the
+// image names; if that commit fails, the image is removed.
+//
+// Only what the layer means reaches the image: the walk follows no
+// symlink; xattrs are kept if they are user.* (but not user.overlay.*),
+// security.* (file capabilities, SELinux labels) or POSIX ACLs; of
+// trusted.* only a directory's trusted.overlay.opaque=y. A layer's own
+// trusted.overlay.redirect or metacopy (from a tar's PAX records) would
+// expose other objects, and never reaches the image.
+//
+// Memory is bounded by the image's entries (the erofs.Writer's ~200 bytes
+// an entry, beside names and distinct xattrs, and the inlined contents),
+// never by file contents, which are streamed.
+func BuildDir(ctx context.Context, dir string, store *objects.Store, owner, image string, opts ...BuildOption) (BuildStats, error) {
+	var cfg buildConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	batch, err := store.Batch(ctx, owner)
+	if err != nil {
+		return BuildStats{}, fmt.Errorf("composefs: build %s: %w", dir, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			batch.Abort()
+		}
+	}()
+	b := &builder{
+		ctx:     ctx,
+		cfg:     cfg,
+		store:   store,
+		batch:   batch,
+		w:       erofs.NewWriter(),
+		links:   map[inodeKey]string{},
+		objects: map[[32]byte]struct{}{},
+		verity:  store.Verity() == objects.VerityEnabled,
+	}
+	if err := b.walk(dir); err != nil {
+		return BuildStats{}, err
+	}
+	// No object at all: nothing to check, a stack can require verity.
+	b.stats.Verity = b.verity || b.stats.Objects == 0
+	size, err := writeImage(b.w, image)
+	if err != nil {
+		return BuildStats{}, fmt.Errorf("composefs: build %s: %w", dir, err)
+	}
+	b.stats.ImageBytes = size
+	if err := batch.Commit(); err != nil {
+		os.Remove(image)
+		return BuildStats{}, fmt.Errorf("composefs: build %s: record the objects of %s: %w", dir, image, err)
+	}
+	committed = true
+	return b.stats, nil
+}
+
+type inodeKey struct{ dev, ino uint64 }
+
+type builder struct {
+	ctx   context.Context
+	cfg   buildConfig
+	store *objects.Store
+	batch *objects.Batch
+	w     *erofs.Writer
+	stats BuildStats
+	// links maps a regular file's inode with more than one name to the
+	// first of its names the (sorted) walk met: later ones are hard links.
+	links map[inodeKey]string
+	// objects is the set of distinct objects named (raw sha256).
+	objects map[[32]byte]struct{}
+	verity  bool // every object so far has kernel fs-verity
+	xbuf    []byte
+}
+
+// walk adds dir's tree to the image, depth first in byte order of names
+// (any order gives the same image; this one makes the first name of a
+// hard-linked inode, the one holding its metadata, the same every time).
+func (b *builder) walk(dir string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return fmt.Errorf("composefs: build %s: %w", dir, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("composefs: build %s: not a directory", dir)
+	}
+	return b.entry("", dir, &st)
+}
+
+// entry adds the file at path (rel in the image), whose lstat is st, and
+// for a directory everything under it.
+func (b *builder) entry(rel, path string, st *unix.Stat_t) error {
+	if b.stats.Entries%1024 == 0 {
+		if err := b.ctx.Err(); err != nil {
+			return fmt.Errorf("composefs: build %s: %w", path, err)
+		}
+	}
+	b.stats.Entries++
+	typ := st.Mode & unix.S_IFMT
+	if typ == unix.S_IFREG && st.Nlink > 1 {
+		key := inodeKey{st.Dev, st.Ino}
+		if first, ok := b.links[key]; ok {
+			return b.add(path, erofs.Entry{Path: rel, Link: first})
+		}
+		b.links[key] = rel
+	}
+	e := erofs.Entry{
+		Path:      rel,
+		Mode:      st.Mode,
+		UID:       st.Uid,
+		GID:       st.Gid,
+		Mtime:     st.Mtim.Sec,
+		MtimeNsec: uint32(st.Mtim.Nsec),
+	}
+	// Xattrs before the content: adopting a file makes it the store's
+	// (its owner, mode and xattrs replaced).
+	xattrs, err := b.xattrs(path, typ == unix.S_IFDIR)
+	if err != nil {
+		return err
+	}
+	e.Xattrs = xattrs
+	switch typ {
+	case unix.S_IFREG:
+		if err := b.file(path, st, &e); err != nil {
+			return err
+		}
+	case unix.S_IFLNK:
+		target, err := os.Readlink(path)
+		if err != nil {
+			return fmt.Errorf("composefs: build: %w", err)
+		}
+		e.Target = target
+	case unix.S_IFCHR, unix.S_IFBLK:
+		e.DevMajor, e.DevMinor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
+	case unix.S_IFDIR:
+		if err := b.add(path, e); err != nil {
+			return err
+		}
+		return b.dir(rel, path)
+	case unix.S_IFIFO, unix.S_IFSOCK:
+	default:
+		return fmt.Errorf("composefs: build %s: unknown file type %#o", path, typ)
+	}
+	return b.add(path, e)
+}
+
+func (b *builder) add(path string, e erofs.Entry) error {
+	if err := b.w.Add(e); err != nil {
+		return fmt.Errorf("composefs: build %s: %w", path, err)
+	}
+	return nil
+}
+
+// dir adds a directory's children, in byte order.
+func (b *builder) dir(rel, path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("composefs: build: %w", err)
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("composefs: build: %w", err)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		crel, cpath := name, path+"/"+name
+		if rel != "" {
+			crel = rel + "/" + name
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(cpath, &st); err != nil {
+			return fmt.Errorf("composefs: build %s: %w", cpath, err)
+		}
+		if err := b.entry(crel, cpath, &st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// file fills in a regular file's content: none, inline, or an object.
+func (b *builder) file(path string, st *unix.Stat_t, e *erofs.Entry) error {
+	b.stats.Files++
+	b.stats.FileBytes += st.Size
+	e.Size = uint64(st.Size)
+	switch {
+	case st.Size == 0:
+		return nil
+	case st.Size <= InlineMax:
+		data, err := readSmall(path, st.Size)
+		if err != nil {
+			return err
+		}
+		e.Data = data
+		b.stats.Inlined++
+		return nil
+	}
+	put := b.batch.Adopt
+	if b.cfg.copy {
+		put = b.batch.PutFile
+	}
+	obj, err := put(path)
+	if err != nil {
+		return fmt.Errorf("composefs: build %s: %w", path, err)
+	}
+	if obj.Size != st.Size {
+		return fmt.Errorf("composefs: build %s: %d bytes stored of %d", path, obj.Size, st.Size)
+	}
+	name, err := objects.Name(obj.Digest)
+	if err != nil {
+		return fmt.Errorf("composefs: build %s: %w", path, err)
+	}
+	if err := b.count(obj); err != nil {
+		return fmt.Errorf("composefs: build %s: %w", path, err)
+	}
+	if e.Xattrs == nil {
+		e.Xattrs = make(map[string][]byte, 2)
+	}
+	e.Xattrs[xattrMetacopy] = metacopy(obj.Verity)
+	e.Xattrs[xattrRedirect] = []byte("/" + name)
+	return nil
+}
+
+// count records an object the image names, once, and whether the kernel
+// checks it.
+func (b *builder) count(obj objects.Object) error {
+	var key [32]byte
+	if _, err := hex.Decode(key[:], []byte(obj.Digest.Encoded())); err != nil {
+		return fmt.Errorf("object %s: %w", obj.Digest, err)
+	}
+	if _, ok := b.objects[key]; ok {
+		return nil
+	}
+	b.objects[key] = struct{}{}
+	b.stats.Objects++
+	b.stats.Bytes += obj.Size
+	if obj.New {
+		b.stats.NewObjects++
+		b.stats.NewBytes += obj.Size
+	}
+	if b.verity {
+		ok, err := b.store.KernelVerity(obj.Digest, obj.Verity)
+		if err != nil {
+			return err
+		}
+		b.verity = ok
+	}
+	return nil
+}
+
+// readSmall reads a file of a few bytes whole, without following a
+// symlink, and checks it is the size its lstat said.
+func readSmall(path string, size int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("composefs: build: %w", err)
+	}
+	defer f.Close()
+	data := make([]byte, size+1) // one more: a grown file is seen
+	n, err := io.ReadFull(f, data)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("composefs: build %s: %w", path, err)
+	}
+	if int64(n) != size {
+		return nil, fmt.Errorf("composefs: build %s: read %d bytes of %d: changed while read", path, n, size)
+	}
+	return data[:n:n], nil
+}
+
+// Overlay xattrs BuildDir writes.
+const (
+	xattrMetacopy = "trusted.overlay.metacopy"
+	xattrRedirect = "trusted.overlay.redirect"
+	xattrOpaque   = "trusted.overlay.opaque"
+)
+
+// metacopy is trusted.overlay.metacopy naming an fs-verity digest:
+// struct ovl_metacopy {version 0, len 36, flags 0, digest_algo 1
+// (FS_VERITY_HASH_ALG_SHA256)} and the digest.
+func metacopy(sum [32]byte) []byte {
+	v := make([]byte, 4, 36)
+	v[1], v[3] = 36, 1
+	return append(v, sum[:]...)
+}
+
+// keepXattr says whether an xattr of the unpacked layer goes into the
+// image: what the layer's files mean to a container, and nothing that
+// steers overlayfs but a directory's opacity as containerd's differ marks
+// it (a forged redirect or metacopy would serve another file's bytes).
+func keepXattr(name string, value []byte, dir bool) bool {
+	switch {
+	case name == xattrOpaque:
+		return dir && string(value) == "y"
+	case strings.HasPrefix(name, "user.overlay."):
+		return false
+	case strings.HasPrefix(name, "user."), strings.HasPrefix(name, "security."):
+		return true
+	case name == "system.posix_acl_access", name == "system.posix_acl_default":
+		return true
+	}
+	return false
+}
+
+// xattrs reads the xattrs of path (not following a symlink) that the
+// image keeps.
+func (b *builder) xattrs(path string, dir bool) (map[string][]byte, error) {
+	names, err := b.listXattrs(path)
+	if err != nil {
+		return nil, err
+	}
+	var out map[string][]byte
+	for _, name := range names {
+		if name != xattrOpaque && !keepXattr(name, nil, dir) {
+			continue // not even read
+		}
+		value, err := b.getXattr(path, name)
+		if errors.Is(err, unix.ENODATA) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !keepXattr(name, value, dir) {
+			continue
+		}
+		if out == nil {
+			out = make(map[string][]byte, 2)
+		}
+		out[name] = value
+	}
+	return out, nil
+}
+
+func (b *builder) listXattrs(path string) ([]string, error) {
+	if b.xbuf == nil {
+		b.xbuf = make([]byte, 4096)
+	}
+	for {
+		n, err := unix.Llistxattr(path, b.xbuf)
+		switch {
+		case errors.Is(err, unix.ERANGE):
+			b.xbuf = make([]byte, 2*len(b.xbuf))
+			continue
+		case errors.Is(err, unix.ENOTSUP), errors.Is(err, unix.EOPNOTSUPP):
+			return nil, nil
+		case err != nil:
+			return nil, fmt.Errorf("composefs: build %s: list xattrs: %w", path, err)
+		}
+		var names []string
+		for s := range strings.SplitSeq(string(b.xbuf[:n]), "\x00") {
+			if s != "" {
+				names = append(names, s)
+			}
+		}
+		return names, nil
+	}
+}
+
+func (b *builder) getXattr(path, name string) ([]byte, error) {
+	for {
+		n, err := unix.Lgetxattr(path, name, b.xbuf)
+		if errors.Is(err, unix.ERANGE) {
+			b.xbuf = make([]byte, 2*len(b.xbuf))
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("composefs: build %s: xattr %s: %w", path, name, err)
+		}
+		return slices.Clone(b.xbuf[:n]), nil
+	}
+}
+
+// writeImage writes the image to a temp file beside path, syncs it and
+// renames it into place, then syncs the directory: a crash leaves the
+// old image or the new one whole.
+func writeImage(w *erofs.Writer, path string) (int64, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return 0, err
+	}
+	tmp := f.Name()
+	n, err := w.WriteTo(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return 0, fmt.Errorf("write image %s: %w", path, err)
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			return 0, fmt.Errorf("write image %s: sync its directory: %w", path, err)
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,483 @@
+package composefs
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/composefs/objects"
+	"github.com/lazypull/lazypull/internal/testenv"
+)
+
+// tarEntry is one member of a test layer: a header and, for a regular
+// file, its content; xattrs go in as PAX SCHILY.xattr records, as
+// image builders write them.
+type tarEntry struct {
+	hdr    tar.Header
+	data   []byte
+	xattrs map[string]string
+}
+
+var layerTime = time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
+
+func tdir(name string, mode int64) tarEntry {
+	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode}}
+}
+
+func tfile(name string, mode int64, data []byte) tarEntry {
+	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data))}, data: data}
+}
+
+// tlink is a hard link to target, its header carrying the target's
+// metadata as image builders write it (containerd applies a link's
+// owner, mode and xattrs to the inode it shares).
+func tlink(name string, target tarEntry) tarEntry {
+	e := target
+	e.hdr.Typeflag, e.hdr.Name, e.hdr.Linkname, e.hdr.Size, e.data = tar.TypeLink, name, target.hdr.Name, 0, nil
+	return e
+}
+
+func tsymlink(name, target string) tarEntry {
+	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777}}
+}
+
+func (e tarEntry) owner(uid, gid int) tarEntry { e.hdr.Uid, e.hdr.Gid = uid, gid; return e }
+func (e tarEntry) mtime(t time.Time) tarEntry  { e.hdr.ModTime = t; return e }
+func (e tarEntry) xattr(k, v string) tarEntry {
+	m := map[string]string{k: v}
+	for k, v := range e.xattrs {
+		m[k] = v
+	}
+	e.xattrs = m
+	return e
+}
+
+// tarLayer writes the entries as an uncompressed layer tar (PAX, so
+// nanosecond mtimes and xattrs survive).
+func tarLayer(t testing.TB, entries []tarEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := e.hdr
+		if h.ModTime.IsZero() {
+			h.ModTime = layerTime
+		}
+		h.Format = tar.FormatPAX
+		for k, v := range e.xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatalf("tar %s: %v", h.Name, err)
+		}
+		if _, err := tw.Write(e.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// unpack applies a layer tar to dir as containerd's differ does into an
+// overlay snapshot's upper directory (core/diff/apply on Linux): whiteouts
+// become 0/0 character devices, opaque markers trusted.overlay.opaque=y,
+// parents made implicitly copy their metadata from the lower layers.
+func unpack(t testing.TB, layer []byte, dir string, parents ...string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts := []archive.ApplyOpt{archive.WithConvertWhiteout(archive.OverlayConvertWhiteout)}
+	if len(parents) > 0 {
+		opts = append(opts, archive.WithParents(parents))
+	}
+	if _, err := archive.Apply(context.Background(), dir, bytes.NewReader(layer), opts...); err != nil {
+		t.Fatalf("unpack into %s: %v", dir, err)
+	}
+	// The applier leaves the root alone (the snapshotter made it): an
+	// mtime of its own, not the time of this unpack, so two unpacks
+	// compare equal.
+	if err := os.Chtimes(dir, layerTime, layerTime); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fileCapability is a security.capability value (VFS_CAP_REVISION_2,
+// effective) granting cap_net_bind_service.
+func fileCapability() string {
+	var v [20]byte
+	binary.LittleEndian.PutUint32(v[0:], 0x02000001)
+	binary.LittleEndian.PutUint32(v[4:], 1<<10) // permitted
+	return string(v[:])
+}
+
+func blob(size int, seed uint64) []byte {
+	b := make([]byte, size)
+	var key [32]byte
+	key[0], key[1] = byte(seed), byte(seed>>8)
+	rand.NewChaCha8(key).Read(b)
+	return b
+}
+
+// The two layers of TestBuildDirMatchesOverlay: the lower a small root
+// filesystem, the upper changing it in every way a layer can.
+var (
+	shared   = blob(4000, 1) // in both layers: one object
+	tool     = tfile("bin/tool", 0o4755, blob(5000, 2)).xattr("security.capability", fileCapability())
+	tiny     = tfile("bin/tiny", 0o755, []byte("#!/bin/sh\n"))
+	newX     = tfile("new/x", 0o644, blob(1000, 12)).owner(7, 8).xattr("user.x", "y")
+	layerOne = []tarEntry{
+		tdir("etc", 0o755),
+		tfile("etc/passwd", 0o644, bytes.Repeat([]byte("root:x:0:0:root:/root:/bin/sh\n"), 8)),
+		tfile("etc/hostname", 0o644, []byte("box\n")),
+		tfile("etc/empty", 0o600, nil),
+		tdir("bin", 0o755),
+		tool,
+		tlink("bin/tool-alias", tool),
+		tiny,
+		tlink("bin/tiny-alias", tiny),
+		tdir("usr", 0o755), tdir("usr/lib", 0o755),
+		tfile("usr/lib/libx.so.1", 0o644, blob(100<<10, 3)),
+		tsymlink("usr/lib/libx.so", "libx.so.1"),
+		tsymlink("usr/lib/long", strings.Repeat("very/long/", 100)+"target"),
+		tdir("home", 0o755),
+		tdir("home/user", 0o700).owner(1000, 1000).mtime(layerTime.Add(time.Hour)),
+		tfile("home/user/notes", 0o640, blob(100, 4)).owner(1000, 1000).
+			mtime(time.Date(2020, 1, 2, 3, 4, 5, 999, time.UTC)).xattr("user.comment", "hello"),
+		tdir("opaq", 0o755).xattr("user.dir", "kept"),
+		tfile("opaq/a", 0o644, blob(300, 5)),
+		tdir("opaq/sub", 0o755), tfile("opaq/sub/b", 0o644, blob(301, 6)),
+		tdir("del", 0o751).mtime(layerTime.Add(-time.Hour)).xattr("user.del", "parent"),
+		tfile("del/gone", 0o644, blob(150, 7)),
+		tfile("del/kept", 0o644, blob(151, 8)),
+		tdir("replace", 0o755), tfile("replace/me", 0o644, blob(500, 9)),
+		tdir("dev", 0o755),
+		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
+		{hdr: tar.Header{Typeflag: tar.TypeBlock, Name: "dev/disk", Mode: 0o660, Devmajor: 8, Devminor: 17}},
+		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "dev/fifo", Mode: 0o600}},
+		tdir("shared", 0o755), tfile("shared/one", 0o644, shared),
+	}
+	layerTwo = []tarEntry{
+		// Every directory written to has its entry (as image builders
+		// write layers): else its mtime would be the time of unpacking.
+		tdir("del", 0o751).mtime(layerTime.Add(-time.Hour)).xattr("user.del", "parent"),
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "del/.wh.gone"}},
+		tdir("opaq", 0o750).xattr("user.dir", "upper"),
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "opaq/.wh..wh..opq"}},
+		tfile("opaq/c", 0o644, blob(70, 10)),
+		tdir("replace", 0o755),
+		tfile("replace/me", 0o600, blob(500, 11)).owner(2, 3),
+		tdir("new", 0o755),
+		newX,
+		tlink("new/y", newX),
+		tsymlink("new/link", "../etc/passwd"),
+		tfile("new/same", 0o444, shared).owner(5, 5),
+		tdir("etc", 0o755).mtime(layerTime.Add(2 * time.Hour)),
+		tfile("etc/motd", 0o644, []byte("hello\n")),
+		tdir("bin", 0o755),
+		tfile("bin/tool2", 0o2755, blob(6000, 13)).owner(0, 50).xattr("security.capability", fileCapability()),
+		tdir("usr", 0o755), tdir("usr/lib", 0o755),
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/lib/.wh.libx.so"}},
+		tfile("usr/lib/acl", 0o640, blob(80, 14)).xattr("system.posix_acl_access", posixACL()),
+	}
+)
+
+// posixACL is a system.posix_acl_access value: user::rw-, user:1000:r--,
+// group::r--, mask::r--, other::---.
+func posixACL() string {
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, uint32(2))
+	for _, e := range []struct {
+		tag, perm uint16
+		id        uint32
+	}{{0x01, 6, 0xFFFFFFFF}, {0x02, 4, 1000}, {0x04, 4, 0xFFFFFFFF}, {0x10, 4, 0xFFFFFFFF}, {0x20, 0, 0xFFFFFFFF}} {
+		binary.Write(&b, binary.LittleEndian, e)
+	}
+	return b.String()
+}
+
+// node is what the comparison sees of a path in a mounted tree.
+type node struct {
+	Mode     uint32
+	UID, GID uint32
+	Nlink    uint64
+	Size     int64
+	Mtime    string
+	Rdev     uint64
+	Target   string
+	Xattrs   map[string]string
+	Content  string // sha256 of a regular file's bytes
+}
+
+// snapshot walks a mounted tree (without following symlinks) and
+// records every path's metadata, xattrs (as listed: overlayfs lists no
+// trusted.overlay.*) and content digest, and which paths share an inode.
+func snapshot(t *testing.T, root string) (map[string]node, [][]string) {
+	t.Helper()
+	out := map[string]node{}
+	inodes := map[uint64][]string{}
+	err := filepath.Walk(root, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		n := node{
+			Mode: st.Mode, UID: st.Uid, GID: st.Gid, Nlink: st.Nlink,
+			Mtime: fmt.Sprintf("%d.%09d", st.Mtim.Sec, st.Mtim.Nsec),
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			n.Size = st.Size
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(b)
+			n.Content = hex.EncodeToString(sum[:])
+			if st.Nlink > 1 {
+				inodes[st.Ino] = append(inodes[st.Ino], rel)
+			}
+		case unix.S_IFLNK:
+			n.Size = st.Size
+			n.Target, err = os.Readlink(p)
+			if err != nil {
+				return err
+			}
+		case unix.S_IFCHR, unix.S_IFBLK:
+			n.Rdev = st.Rdev
+		case unix.S_IFDIR:
+			n.Nlink = 0 // overlayfs counts a merged directory's links its own way
+		}
+		n.Xattrs = listXattrs(t, p)
+		out[rel] = n
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var groups [][]string
+	for _, g := range inodes {
+		slices.Sort(g)
+		groups = append(groups, g)
+	}
+	slices.SortFunc(groups, func(a, b []string) int { return strings.Compare(a[0], b[0]) })
+	return out, groups
+}
+
+func listXattrs(t *testing.T, p string) map[string]string {
+	t.Helper()
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		t.Fatalf("list xattrs of %s: %v", p, err)
+	}
+	var m map[string]string
+	for name := range strings.SplitSeq(string(buf[:n]), "\x00") {
+		if name == "" {
+			continue
+		}
+		v := make([]byte, 64<<10)
+		vn, err := unix.Lgetxattr(p, name, v)
+		if err != nil {
+			t.Fatalf("xattr %s of %s: %v", name, p, err)
+		}
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[name] = string(v[:vn])
+	}
+	return m
+}
+
+func getXattr(p, name string) (string, error) {
+	v := make([]byte, 64<<10)
+	n, err := unix.Lgetxattr(p, name, v)
+	if err != nil {
+		return "", err
+	}
+	return string(v[:n]), nil
+}
+
+func openStore(t testing.TB, root string) *objects.Store {
+	t.Helper()
+	s, err := objects.Open(context.Background(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func build(t testing.TB, dir string, s *objects.Store, owner, image string, opts ...BuildOption) BuildStats {
+	t.Helper()
+	st, err := BuildDir(context.Background(), dir, s, owner, image, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// fsckImage checks an image with erofs-utils, an independent reader.
+func fsckImage(t *testing.T, image string) {
+	t.Helper()
+	fsck := testenv.NeedBinary(t, "fsck.erofs")
+	if out, err := exec.Command(fsck, image).CombinedOutput(); err != nil {
+		t.Errorf("fsck.erofs %s: %v\n%s", image, err, out)
+	}
+}
+
+// TestBuildDirMatchesOverlay: two layers unpacked by containerd's own
+// applier, converted by BuildDir and mounted as a composefs stack, look
+// and read exactly as the same layers unpacked the overlay snapshotter's
+// way under plain overlayfs: every path, type, mode, owner, size, mtime,
+// symlink target, device, xattr, hard link and byte.
+func TestBuildDirMatchesOverlay(t *testing.T) {
+	root := needMounts(t)
+	one, two := tarLayer(t, layerOne), tarLayer(t, layerTwo)
+
+	// The overlay snapshotter's way.
+	ref1, ref2 := filepath.Join(root, "ref1"), filepath.Join(root, "ref2")
+	unpack(t, one, ref1)
+	unpack(t, two, ref2, ref1)
+	want := filepath.Join(root, "want")
+	os.Mkdir(want, 0o755)
+	ref := mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + ref2 + ":" + ref1}}
+	if err := mount.All([]mount.Mount{ref}, want); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Unmount(want); err != nil {
+			t.Error(err)
+		}
+	})
+
+	// composefs: each layer unpacked into its own directory, converted,
+	// and the next one unpacked with the previous image as its parent,
+	// as the snapshotter's active snapshot over a composefs stack.
+	store := openStore(t, filepath.Join(root, "store"))
+	dir1, dir2 := filepath.Join(root, "dir1"), filepath.Join(root, "dir2")
+	img1, img2 := filepath.Join(root, "1.erofs"), filepath.Join(root, "2.erofs")
+	unpack(t, one, dir1)
+	st1 := build(t, dir1, store, "layer1", img1)
+	mp1 := mountImage(t, root, img1, WithACL())
+	unpack(t, two, dir2, mp1)
+	st2 := build(t, dir2, store, "layer2", img2)
+	mp2 := mountImage(t, root, img2, WithACL())
+	t.Logf("layer 1: %+v", st1)
+	t.Logf("layer 2: %+v", st2)
+	fsckImage(t, img1)
+	fsckImage(t, img2)
+	got := mountOverlay(t, root, Overlay{
+		Layers:  []string{mp2, mp1},
+		Objects: store.ObjectsDir(),
+		Verity:  VerityFor(st1.Verity && st2.Verity),
+	})
+
+	// What the builds did. Layer 1: 13 files (hard links once), 2 of
+	// them inlined (hostname, tiny), 1 empty, 10 objects.
+	if st1.Files != 13 || st1.Inlined != 2 || st1.Objects != 10 || st1.NewObjects != 10 || st1.NewBytes != st1.Bytes || st1.Verity {
+		t.Errorf("layer 1: %+v; want 13 files, 2 inlined, 10 new objects, no verity on this kernel", st1)
+	}
+	// Layer 2: 7 files, motd inlined; new/same is shared/one, present.
+	if st2.Files != 7 || st2.Inlined != 1 || st2.Objects != 6 || st2.NewObjects != 5 || st2.NewBytes != st2.Bytes-int64(len(shared)) {
+		t.Errorf("layer 2: %+v; want 7 files, 1 inlined, 6 objects, 5 new (all but new/same)", st2)
+	}
+
+	wantTree, wantLinks := snapshot(t, want)
+	gotTree, gotLinks := snapshot(t, got)
+	for _, p := range []string{"del/gone", "opaq/a", "opaq/sub", "usr/lib/libx.so"} {
+		if _, ok := wantTree[p]; ok {
+			t.Errorf("%s is in the reference overlay: the test's layers do not delete it", p)
+		}
+	}
+	for _, p := range []string{"del/kept", "opaq/c", "bin/tool-alias", "new/y", "home/user/notes"} {
+		if _, ok := wantTree[p]; !ok {
+			t.Errorf("%s is not in the reference overlay", p)
+		}
+	}
+	if n := wantTree["bin/tool"]; n.Mode != unix.S_IFREG|0o4755 || n.Xattrs["security.capability"] != fileCapability() {
+		t.Errorf("the reference's bin/tool: %+v; want setuid with a capability", n)
+	}
+	for _, p := range sortedKeys(wantTree, gotTree) {
+		w, wok := wantTree[p]
+		g, gok := gotTree[p]
+		switch {
+		case !gok:
+			t.Errorf("%s: missing from the composefs stack (overlay: %+v)", p, w)
+		case !wok:
+			t.Errorf("%s: only in the composefs stack: %+v", p, g)
+		case fmt.Sprint(w) != fmt.Sprint(g):
+			t.Errorf("%s:\n composefs %+v\n overlay   %+v", p, g, w)
+		}
+	}
+	if fmt.Sprint(wantLinks) != fmt.Sprint(gotLinks) || len(wantLinks) != 3 {
+		t.Errorf("hard links: composefs %v, overlay %v; want the same 3 groups", gotLinks, wantLinks)
+	}
+	// The files are served from the store, and the images name them
+	// with their fs-verity digests.
+	redirect, err := getXattr(filepath.Join(mp1, "usr/lib/libx.so.1"), xattrRedirect)
+	if err != nil || !strings.HasPrefix(redirect, "/") {
+		t.Fatalf("redirect of usr/lib/libx.so.1: %q, %v", redirect, err)
+	}
+	obj, err := os.ReadFile(filepath.Join(store.ObjectsDir(), redirect))
+	if err != nil || !bytes.Equal(obj, blob(100<<10, 3)) {
+		t.Errorf("the object %s: %d bytes, %v; want libx.so.1's", redirect, len(obj), err)
+	}
+	mc, err := getXattr(filepath.Join(mp1, "usr/lib/libx.so.1"), xattrMetacopy)
+	d := "sha256:" + strings.ReplaceAll(strings.TrimPrefix(redirect, "/"), "/", "")
+	info, serr := store.Stat(context.Background(), digest.Digest(d))
+	if err != nil || serr != nil || mc != string(metacopy(info.Verity)) {
+		t.Errorf("metacopy of usr/lib/libx.so.1: %x, %v; want %x (%v)", mc, err, metacopy(info.Verity), serr)
+	}
+	for _, p := range []string{"etc/hostname", "etc/empty"} {
+		if _, err := getXattr(filepath.Join(mp1, p), xattrRedirect); err != unix.ENODATA {
+			t.Errorf("%s (inline or empty) has a redirect: %v", p, err)
+		}
+	}
+	for _, p := range []string{"del/gone", "usr/lib/libx.so"} {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(mp2, p), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+			t.Errorf("%s in layer 2's image: %+v, %v; want a 0/0 whiteout", p, st, err)
+		}
+	}
+	if v, err := getXattr(filepath.Join(mp2, "opaq"), xattrOpaque); err != nil || v != "y" {
+		t.Errorf("opaq in layer 2's image: opaque %q, %v; want y", v, err)
+	}
+}
+
+func sortedKeys(ms ...map[string]node) []string {
+	var keys []string
+	for _, m := range ms {
+		for k := range m {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
