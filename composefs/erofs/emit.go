@@ -96,14 +96,14 @@ func (w *Writer) emit(e *emitter, img *image) {
 	e.write(sb[:])
 
 	var ino uint32
-	for i := range w.nodes {
+	for _, i := range img.order {
 		n := &w.nodes[i]
 		if n.flags&flagLink != 0 {
 			continue
 		}
 		ino++
 		e.padTo(uint64(n.nid) * slotSize)
-		w.emitInode(e, i, ino)
+		w.emitInode(e, int(i), ino)
 	}
 
 	e.padTo(img.sharedPos)
@@ -112,7 +112,7 @@ func (w *Writer) emit(e *emitter, img *image) {
 	}
 
 	e.padTo(img.dataBlk * blkSize)
-	for i := range w.nodes {
+	for _, i := range img.order {
 		n := &w.nodes[i]
 		nb := dataBlocks(n)
 		if nb == 0 {

@@ -37,6 +37,7 @@ type image struct {
 	dataBlk    uint64 // first data block
 	blocks     uint64 // image size in blocks
 	chunked    bool
+	order      []int32 // nodes in the order of their inodes and data
 }
 
 // build checks the tree and computes the whole layout.
@@ -98,7 +99,7 @@ func (w *Writer) build() (*image, error) {
 	if err := w.resolveLinks(); err != nil {
 		return nil, err
 	}
-	img := &image{}
+	img := &image{order: w.bfsOrder()}
 	w.setTimes(img)
 	w.sizeDirs()
 	if err := w.place(img); err != nil {
@@ -211,6 +212,25 @@ func (w *Writer) setTimes(img *image) {
 	}
 }
 
+// bfsOrder is the order inodes are laid out in: breadth-first, as
+// composefs does, so that a directory's entries have neighbouring inodes
+// (a directory listed with stat reads few blocks) and the root comes
+// first.
+func (w *Writer) bfsOrder() []int32 {
+	order := make([]int32, 1, len(w.nodes))
+	for k := 0; k < len(order); k++ {
+		d := order[k]
+		dn := &w.nodes[d]
+		if dn.flags&flagLink != 0 || dn.mode&sIFMT != sIFDIR {
+			continue
+		}
+		for c := d + 1; c < dn.end; c = w.nodes[c].end {
+			order = append(order, c)
+		}
+	}
+	return order
+}
+
 // sizeDirs computes each directory's link count and size in bytes.
 func (w *Writer) sizeDirs() {
 	for i := range w.nodes {
@@ -317,7 +337,7 @@ func (w *Writer) place(img *image) error {
 	nodes := w.nodes
 	pairs := w.pairs
 	pos := uint64(metaStart)
-	for i := range nodes {
+	for _, i := range img.order {
 		n := &nodes[i]
 		if n.flags&flagLink != 0 {
 			continue
@@ -412,7 +432,7 @@ func (w *Writer) place(img *image) error {
 	// Data blocks, in inode order.
 	blk := roundUp(pos, blkSize) / blkSize
 	img.dataBlk = blk
-	for i := range nodes {
+	for _, i := range img.order {
 		n := &nodes[i]
 		if nb := dataBlocks(n); nb > 0 {
 			if blk > math.MaxUint32-1 {

@@ -24,7 +24,7 @@ func mountImage(t *testing.T, imgPath string) string {
 	testenv.NeedRoot(t)
 	dir := t.TempDir()
 	if err := unix.Mount(imgPath, dir, "erofs", unix.MS_RDONLY, ""); err != nil {
-		t.Fatalf("mount -t erofs %s: %v", imgPath, err)
+		t.Fatalf("mount -t erofs %s: %v (file-backed EROFS mounts need Linux 6.12+ with CONFIG_EROFS_FS_BACKED_BY_FILE)", imgPath, err)
 	}
 	t.Cleanup(func() {
 		if err := unix.Unmount(dir, 0); err != nil {

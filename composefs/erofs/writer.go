@@ -27,11 +27,11 @@
 // Layout (all deterministic: the same entries in any order give the same
 // bytes): 4 KiB blocks; the superblock at byte 1024 with build_time the
 // least mtime in the tree (so most inodes are 32-byte compact ones) and no
-// uuid; inodes from byte 1152 in depth-first order of the byte-sorted
-// tree, so the root is nid 36; then the shared xattr area (pairs more than
-// one inode has, such as the empty trusted.overlay.metacopy); then data
-// blocks (directory blocks that are not inlined, long symlinks, file
-// contents). Regular files without contents are CHUNK_BASED with chunkbits
+// uuid; inodes from byte 1152 in breadth-first order of the byte-sorted
+// tree (as composefs: a directory's entries are neighbours), so the root
+// is nid 36; then the shared xattr area (pairs more than one inode has,
+// such as the empty trusted.overlay.metacopy); then data blocks
+// (directory blocks that are not inlined, long symlinks, file contents). Regular files without contents are CHUNK_BASED with chunkbits
 // large enough that one null block-map entry covers the file: a hole of
 // the file's size. Inline tails never cross a block, and a symlink's
 // inode, xattrs and target share one (kernels before 6.12 require it).

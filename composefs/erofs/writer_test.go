@@ -292,7 +292,7 @@ func TestGolden(t *testing.T) {
 	}
 	img := writeImage(t, es)
 	sum := sha256.Sum256(img)
-	const want = "7b015482e4da977943c02a56a76dd624cd21e23201937749b3ef752bc82af200"
+	const want = "616caaebc9431c64555c62de23bad7e79c8ae6aeab7f2d4a059badb55d9fc199"
 	if got := hex.EncodeToString(sum[:]); got != want {
 		t.Errorf("golden image sha256 %s, want %s", got, want)
 	}
