@@ -60,6 +60,7 @@ type Config struct {
 	Cache       CacheConfig       `toml:"cache"`
 	Fetch       FetchConfig       `toml:"fetch"`
 	FUSE        FUSEConfig        `toml:"fuse"`
+	Composefs   ComposefsConfig   `toml:"composefs"`
 }
 
 // CacheConfig places and bounds the cache of fetched chunks.
@@ -133,6 +134,16 @@ type FUSEConfig struct {
 	// that running containers keep them when the daemon restarts or
 	// crashes (default true).
 	Manager *bool `toml:"manager"`
+}
+
+// ComposefsConfig sets up the composefs mode.
+type ComposefsConfig struct {
+	// Enable stores every layer the snapshotter unpacks as an EROFS
+	// metadata image over one object store (<root>/composefs) that holds
+	// each distinct file once for every image on the node (default false).
+	// It needs real root (not a user namespace) and a kernel with
+	// overlayfs data-only lower layers (6.5 or later).
+	Enable bool `toml:"enable"`
 }
 
 // Duration is a TOML string such as "10s".

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/fusemanager"
 	"github.com/lazypull/lazypull/internal/unixsocket"
 	"github.com/lazypull/lazypull/mounter"
@@ -155,7 +156,16 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	// in reverse).
 	defer closeRemote()
 
-	sn, err := snapshot.New(cfg.Root, append(cfg.Snapshotter.snapshotOpts(), snapshot.WithRemote(remote))...)
+	opts := append(cfg.Snapshotter.snapshotOpts(), snapshot.WithRemote(remote))
+	if cfg.Composefs.Enable {
+		layers, err := composefs.OpenLayers(ctx, filepath.Join(cfg.Root, "composefs"))
+		if err != nil {
+			return err
+		}
+		defer layers.Close()
+		opts = append(opts, snapshot.WithComposefs(layers))
+	}
+	sn, err := snapshot.New(cfg.Root, opts...)
 	if err != nil {
 		return err
 	}

@@ -2,13 +2,16 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
 
+	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -25,21 +28,40 @@ func TestMain(m *testing.M) {
 func TestConformance(t *testing.T) {
 	testenv.NeedRoot(t)
 	for _, tc := range []struct {
-		name string
-		opts []Opt
+		name      string
+		opts      []Opt
+		composefs bool
 	}{
-		{"SyncRemove", nil},
-		{"AsyncRemove", []Opt{WithAsyncRemove}},
+		{"SyncRemove", nil, false},
+		{"AsyncRemove", []Opt{WithAsyncRemove}, false},
+		{"Composefs", nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The suite's name picks the expected behaviour: ours is overlayfs's
 			// (no directory renames across layers without redirect_dir).
 			testsuite.SnapshotterSuite(t, "overlayfs", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
-				s, err := New(root, tc.opts...)
+				opts := tc.opts
+				var layers *composefs.Layers
+				if tc.composefs {
+					var err error
+					if layers, err = composefs.OpenLayers(ctx, filepath.Join(root, "composefs")); err != nil {
+						return nil, nil, err
+					}
+					opts = append(opts, WithComposefs(layers))
+				}
+				s, err := New(root, opts...)
 				if err != nil {
 					return nil, nil, err
 				}
-				return s, s.Close, nil
+				return s, func() error {
+					err := s.Close()
+					if layers != nil {
+						// The layers' images stay mounted past Close,
+						// as they do past a daemon's exit.
+						err = errors.Join(err, testenv.UnmountAll(testenv.MountsUnder(root)), layers.Close())
+					}
+					return err
+				}, nil
 			})
 		})
 	}

@@ -71,16 +71,27 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		opts = append(opts[:len(opts):len(opts)], snapshots.WithLabels(map[string]string{LabelUnpacked: truncate(why, 1000)}))
 	}
 	s.fallbackMu.Unlock()
+	size, labels, err := s.convertOnCommit(ctx, key)
+	if err != nil {
+		return fmt.Errorf("commit snapshot %s: %w", key, err)
+	}
+	if labels != nil {
+		opts = append(opts[:len(opts):len(opts)], snapshots.WithLabels(labels))
+	}
 	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		id, _, _, err := storage.GetInfo(ctx, key)
 		if err != nil {
 			return err
 		}
-		du, err := fs.DiskUsage(ctx, s.upperPath(id))
-		if err != nil {
-			return fmt.Errorf("commit snapshot %s: %w", key, err)
+		usage := snapshots.Usage{Size: size, Inodes: 1}
+		if size < 0 {
+			du, err := fs.DiskUsage(ctx, s.upperPath(id))
+			if err != nil {
+				return fmt.Errorf("commit snapshot %s: %w", key, err)
+			}
+			usage = snapshots.Usage(du)
 		}
-		if _, err := storage.CommitActive(ctx, key, name, snapshots.Usage(du), opts...); err != nil {
+		if _, err := storage.CommitActive(ctx, key, name, usage, opts...); err != nil {
 			return fmt.Errorf("commit snapshot %s as %s: %w", key, name, err)
 		}
 		return nil

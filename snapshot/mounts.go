@@ -57,7 +57,13 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) []mount
 		}
 		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ID), Options: append(options, access, "rbind")}}
 	}
-	if snap.Kind == snapshots.KindView && len(snap.ParentIDs) == 1 {
+	composefs := false
+	for _, id := range snap.ParentIDs {
+		composefs = composefs || s.isComposefs(id)
+	}
+	// A composefs layer's directory holds its metadata only: it needs the
+	// overlay, even alone.
+	if snap.Kind == snapshots.KindView && len(snap.ParentIDs) == 1 && !composefs {
 		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ParentIDs[0]), Options: append(options, "ro", "rbind")}}
 	}
 
@@ -70,7 +76,20 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) []mount
 	for i, id := range snap.ParentIDs {
 		lowers[i] = s.upperPath(id)
 	}
-	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
+	lowerdir := "lowerdir=" + strings.Join(lowers, ":")
+	if composefs && s.composefs != nil { // else Restore marked them broken
+		// The object store, as a data-only lower layer: overlayfs looks
+		// a file's data up there, by its redirect xattr, when the file
+		// is opened. Following a metacopy file above another layer
+		// takes metacopy=on (else EPERM, "refusing to follow metacopy
+		// origin"), which takes redirect_dir=on: an upper written
+		// through this mount may hold metadata-only copies and
+		// redirects of its own, so only unpacked layers are converted
+		// (see convertOnCommit).
+		lowerdir += "::" + s.composefs.Objects()
+		options = append(options, "metacopy=on", "redirect_dir=on")
+	}
+	options = append(options, lowerdir)
 	options = append(options, s.mountOptions...)
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
 }

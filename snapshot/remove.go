@@ -76,15 +76,23 @@ func (s *Snapshotter) orphanDirs(ctx context.Context) ([]string, error) {
 }
 
 func (s *Snapshotter) removeDirs(ctx context.Context, dirs []string) {
+	var released []string // composefs layers: their objects may go too
 	for _, dir := range dirs {
 		if err := s.unmountDir(ctx, filepath.Join(dir, "fs")); err != nil {
 			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to unmount snapshot; leaving it for the next cleanup")
 			continue
 		}
+		// The snapshot is gone from the metadata: its objects may go
+		// before its directory does (a directory that fails to go
+		// would otherwise keep them forever).
+		if id := filepath.Base(dir); s.isComposefs(id) {
+			released = append(released, id)
+		}
 		if err := os.RemoveAll(dir); err != nil {
 			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to remove snapshot directory")
 		}
 	}
+	s.releaseComposefs(ctx, released)
 }
 
 // unmountDir releases whatever is mounted on a snapshot's fs directory, so

@@ -17,24 +17,33 @@ import (
 // rather than stack containers on an empty directory. The returned error
 // lists the broken snapshots.
 func (s *Snapshotter) Restore(ctx context.Context) error {
-	if s.remote == nil {
+	if s.remote == nil && s.composefs == nil {
 		return nil
 	}
 	type remoteSnap struct {
 		id   string
 		info snapshots.Info
 	}
-	var found []remoteSnap
+	var (
+		found     []remoteSnap
+		composefs []string // ids
+	)
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
-			if _, ok := info.Labels[LabelRemote]; !ok || info.Kind != snapshots.KindCommitted {
+			_, remote := info.Labels[LabelRemote]
+			_, cfs := info.Labels[LabelComposefs]
+			if !remote && !cfs || info.Kind != snapshots.KindCommitted {
 				return nil
 			}
 			id, _, _, err := storage.GetInfo(ctx, info.Name)
 			if err != nil {
 				return err
 			}
-			found = append(found, remoteSnap{id, info})
+			if cfs {
+				composefs = append(composefs, id)
+			} else {
+				found = append(found, remoteSnap{id, info})
+			}
 			return nil
 		})
 	})
@@ -45,6 +54,22 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 		return fmt.Errorf("list remote snapshots: %w", err)
 	}
 	var errs []error
+	if len(composefs) > 0 {
+		if s.composefs == nil {
+			// Turned off since: containers cannot stack on them. Say
+			// what to do rather than mount them wrong.
+			err := fmt.Errorf("%d snapshots are in the composefs form but the composefs mode is off: turn it on again ([composefs] enable = true) to use them, or remove their images", len(composefs))
+			for _, id := range composefs {
+				s.markBroken(id, err)
+			}
+			errs = append(errs, err)
+		} else if err := s.restoreComposefs(ctx, composefs); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.remote == nil {
+		return errors.Join(errs...)
+	}
 	for _, r := range found {
 		// The Remote keeps a mount it still serves (one that outlived the
 		// daemon) and replaces a dead one.

@@ -35,8 +35,9 @@ type Snapshotter struct {
 	asyncRemove   bool
 	upperdirLabel bool
 	remapIDs      bool
-	mountOptions  []string // appended to every overlay mount
-	remote        Remote   // nil: every layer is unpacked
+	mountOptions  []string  // appended to every overlay mount
+	remote        Remote    // nil: every layer is unpacked
+	composefs     Composefs // nil: committed layers stay plain directories
 
 	brokenMu sync.Mutex
 	broken   map[string]error // remote snapshots Restore could not mount, by id
@@ -107,6 +108,9 @@ func New(root string, opts ...Opt) (*Snapshotter, error) {
 		if need {
 			s.mountOptions = append(s.mountOptions, "userxattr")
 		}
+	}
+	if s.composefs != nil && hasOption(s.mountOptions, "userxattr") {
+		return nil, fmt.Errorf("the composefs mode needs real root: overlayfs refuses metacopy with \"userxattr\", which %s (in a user namespace) needs; turn composefs off", root)
 	}
 	// index=on would tie upper dirs to their lower dirs' file handles, which
 	// breaks when lower layers are remounted (remote layers after a restart).

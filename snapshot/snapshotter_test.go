@@ -23,7 +23,12 @@ import (
 
 func newTestSnapshotter(t *testing.T, opts ...Opt) (*Snapshotter, context.Context) {
 	t.Helper()
-	s, err := New(t.TempDir(), opts...)
+	return newTestSnapshotterAt(t, t.TempDir(), opts...)
+}
+
+func newTestSnapshotterAt(t *testing.T, root string, opts ...Opt) (*Snapshotter, context.Context) {
+	t.Helper()
+	s, err := New(root, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
