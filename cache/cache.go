@@ -152,7 +152,9 @@ func (c *Cache) PutFile(d digest.Digest, r io.Reader) error {
 	return c.store(d, func(f *os.File) (int64, error) {
 		h := c.hashers.get(d.Algorithm())
 		defer c.hashers.put(h)
-		n, err := io.CopyBuffer(io.MultiWriter(f, h.h), r, make([]byte, copyBufferSize))
+		buf := getCopyBuffer()
+		defer copyBuffers.Put(buf)
+		n, err := io.CopyBuffer(io.MultiWriter(f, h.h), r, *buf)
 		if err != nil {
 			return n, fmt.Errorf("copy to %s: %w", f.Name(), err)
 		}

@@ -86,7 +86,9 @@ func (p *hasherPool) verifyBytes(d digest.Digest, data []byte) error {
 func (p *hasherPool) verifyReader(d digest.Digest, size int64, r io.Reader) error {
 	h := p.get(d.Algorithm())
 	defer p.put(h)
-	n, err := io.CopyBuffer(h.h, r, make([]byte, copyBufferSize))
+	buf := getCopyBuffer()
+	defer copyBuffers.Put(buf)
+	n, err := io.CopyBuffer(h.h, r, *buf)
 	if err != nil {
 		return err
 	}
@@ -99,5 +101,18 @@ func (p *hasherPool) verifyReader(d digest.Digest, size int64, r io.Reader) erro
 	return nil
 }
 
-// copyBufferSize is the buffer for streaming a large file through a hash.
-const copyBufferSize = 1 << 20
+// copyBufferSize is the buffer for streaming a file through a hash: the
+// background fetch streams every chunk it caches through one.
+const copyBufferSize = 256 << 10
+
+// copyBuffers recycle the copy buffers: one per streamed chunk would be
+// garbage by the megabyte.
+var copyBuffers sync.Pool
+
+func getCopyBuffer() *[]byte {
+	if b, ok := copyBuffers.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, copyBufferSize)
+	return &b
+}

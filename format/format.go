@@ -124,6 +124,9 @@ type Blob interface {
 	// bytes c.Offset..c.EndOffset of the blob, into dst's storage if it
 	// can hold c.Size bytes (else into a new slice).
 	ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error)
+	// OpenChunk streams chunk c's bytes out of the same compressed bytes,
+	// unverified, for a caller that hashes what it stores.
+	OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error)
 }
 
 // Options configure Open.
@@ -193,6 +196,14 @@ func (estargzBlob) ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error
 type zstdBlob struct{ *zstdchunked.Reader }
 
 func (zstdBlob) PrefetchEnd() (int64, bool) { return 0, false }
+
+func (estargzBlob) OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error) {
+	return estargz.OpenChunk(compressed, c)
+}
+
+func (zstdBlob) OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error) {
+	return zstdchunked.OpenChunk(compressed, c)
+}
 
 func (zstdBlob) ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
 	return zstdchunked.ReadChunk(dst, compressed, c)

@@ -4,7 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -174,5 +177,84 @@ func TestKindOf(t *testing.T) {
 		if ok != (tc.kind != "") || ok && kind != tc.kind {
 			t.Errorf("%q with %v: KindOf = %q, %v; want %q", tc.mediaType, tc.annotations, kind, ok, tc.kind)
 		}
+	}
+}
+
+// TestOpenChunkStreamsWhatReadChunkReturns: in both formats, every chunk
+// streamed by OpenChunk is the bytes ReadChunk verifies (chunks of a
+// large file, small files sharing a member), and a cut member yields at
+// most a prefix of the chunk, never other bytes.
+func TestOpenChunkStreamsWhatReadChunkReturns(t *testing.T) {
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	big := bytes.Repeat([]byte("0123456789abcdef-large-file-"), 10000) // 280 kB: several chunks
+	files := map[string][]byte{"big": big}
+	for i := range 20 {
+		files[fmt.Sprintf("small%02d", i)] = []byte(fmt.Sprintf("small file %d\n", i))
+	}
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(files[name]))})
+		tw.Write(files[name])
+	}
+	tw.Close()
+	var esgz, zst bytes.Buffer
+	ew := estargz.NewWriter(&esgz, estargz.WithChunkSize(64<<10), estargz.WithMinChunkSize(4<<10))
+	if err := ew.AppendTar(bytes.NewReader(tarBuf.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	eres, err := ew.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw := zstdchunked.NewWriter(&zst, zstdchunked.WithChunkSize(64<<10))
+	if err := zw.AppendTar(bytes.NewReader(tarBuf.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	zres, err := zw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []lazyBlob{{EStargz, esgz.Bytes(), eres.Annotations}, {ZstdChunked, zst.Bytes(), zres.Annotations}} {
+		desc := ocispec.Descriptor{Digest: digest.FromBytes(tc.blob), Size: int64(len(tc.blob)), Annotations: tc.annotations}
+		blob, _, err := Open(bytes.NewReader(tc.blob), desc, Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.kind, err)
+		}
+		chunks, inner := 0, 0
+		for _, e := range blob.TOC().Entries {
+			for _, c := range e.Chunks {
+				compressed := tc.blob[c.Offset:c.EndOffset]
+				want, err := blob.ReadChunk(nil, compressed, c)
+				if err != nil {
+					t.Fatalf("%s %s: ReadChunk: %v", tc.kind, e.Name, err)
+				}
+				rc, err := blob.OpenChunk(compressed, c)
+				if err != nil {
+					t.Fatalf("%s %s: OpenChunk: %v", tc.kind, e.Name, err)
+				}
+				got, err := io.ReadAll(rc)
+				rc.Close()
+				if err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("%s %s chunk at %d: streamed %d bytes (%v), want the %d ReadChunk returns", tc.kind, e.Name, c.FileOffset, len(got), err, len(want))
+				}
+				// Cut short: at most a prefix of the chunk (its
+				// digest, checked by the caller, tells the rest).
+				if rc, err := blob.OpenChunk(compressed[:len(compressed)/2], c); err == nil {
+					got, _ := io.ReadAll(rc)
+					rc.Close()
+					if !bytes.HasPrefix(want, got) {
+						t.Errorf("%s %s: a cut member streamed %d bytes that are not the chunk's", tc.kind, e.Name, len(got))
+					}
+				}
+				chunks++
+				if c.InnerOffset > 0 {
+					inner++
+				}
+			}
+		}
+		if chunks < 10 {
+			t.Errorf("%s: only %d chunks: the test layer should have many", tc.kind, chunks)
+		}
+		t.Logf("%s: %d chunks, %d inside a shared member", tc.kind, chunks, inner)
 	}
 }

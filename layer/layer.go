@@ -49,8 +49,8 @@ type Cache interface {
 	ReadAt(d digest.Digest, size int64, p []byte, off int64) bool
 	// Put stores a copy of data: the caller reuses it after.
 	Put(d digest.Digest, data []byte) error
-	// PutFile fails with cache.ErrDigestMismatch when r's content does
-	// not hash to d.
+	// PutFile streams r's content in, failing with
+	// cache.ErrDigestMismatch when it does not hash to d.
 	PutFile(d digest.Digest, r io.Reader) error
 	Open(d digest.Digest) (*os.File, bool)
 	Has(d digest.Digest) bool

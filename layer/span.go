@@ -2,11 +2,15 @@ package layer
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/lazypull/lazypull/cache"
+	"github.com/opencontainers/go-digest"
 )
 
 // fetchSpan fetches the members claimed by cl from k on (up to end) in one
@@ -77,24 +81,67 @@ func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why str
 	}
 }
 
+// streamToCache decompresses chunk r out of its member's compressed bytes
+// straight into the cache, which hashes it as it writes: a chunk that does
+// not match its digest is an error, as ReadChunk's would be.
+func (l *Layer) streamToCache(compressed []byte, r chunkRef) error {
+	c := r.e.Chunks[r.i]
+	rc, err := l.blob.OpenChunk(compressed, c)
+	if err != nil {
+		return fmt.Errorf("%q chunk %d: %w", r.e.Name, r.i, err)
+	}
+	defer rc.Close()
+	src := &readErr{r: rc}
+	var bad error // the data's fault, not the cache's
+	l.putChunk(c.Digest(), func() error {
+		err := l.cache.PutFile(c.Digest(), src)
+		if src.err != nil || errors.Is(err, cache.ErrDigestMismatch) {
+			bad = fmt.Errorf("%q chunk %d: %w", r.e.Name, r.i, errors.Join(src.err, err))
+			return nil
+		}
+		return err
+	})
+	return bad
+}
+
+// readErr remembers its reader's failure (corrupt compressed data), which
+// the cache reports only as a failed copy.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}
+
+// putChunk stores a chunk with put; the cache's failure (a full disk) is
+// logged once per layer: the chunk is fetched again when needed.
+func (l *Layer) putChunk(d digest.Digest, put func() error) {
+	if err := put(); err != nil {
+		l.cacheWarn.Do(func() {
+			log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("cannot cache chunks; they will be fetched again when needed")
+		})
+	}
+}
+
 // bufferPool recycles byte buffers of up to max bytes. Nothing keeps a
-// span's bytes once its chunks are decoded (they are copied out), nor a
-// decoded chunk's once it is cached, unless a reader waits for it: fresh
-// buffers for each (8 MiB spans, 4 MiB chunks) were garbage that kept the
-// FUSE manager's heap far above what was live through a background fetch.
+// span's bytes once its chunks are decoded (they are copied out or
+// streamed to the cache): a fresh buffer for each was garbage that kept
+// the FUSE manager's heap far above what was live through a background
+// fetch.
 type bufferPool struct {
 	pool sync.Pool
 	max  int
 }
 
-// The pools keep buffers of the background fetch's sizes (its spans are
-// at most 2 MiB, chunks are at most 4 MiB by default): larger ones, rare,
-// go back to the garbage collector, and a pool of small buffers does not
-// end up holding large ones.
-var (
-	spanBuffers  = &bufferPool{max: backgroundSpanSize}
-	chunkBuffers = &bufferPool{max: 4 << 20}
-)
+// The pool keeps buffers of the background fetch's spans (at most 2 MiB):
+// larger ones, rare, go back to the garbage collector.
+var spanBuffers = &bufferPool{max: backgroundSpanSize}
 
 // get returns a buffer of n bytes.
 func (p *bufferPool) get(n int64) *[]byte {
@@ -151,34 +198,27 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 		if cached && !wanted {
 			continue
 		}
-		var dst []byte // a reader's chunk is its own; the rest are recycled
-		var bp *[]byte
 		if !wanted {
-			bp = chunkBuffers.get(c.Size)
-			dst = *bp
+			// Only the cache wants it: stream it there, hashed on the
+			// way, rather than hold it whole in memory.
+			if err := l.streamToCache(compressed, r); err != nil {
+				return err
+			}
+			l.chunks.Add(1)
+			continue
 		}
-		data, err := l.blob.ReadChunk(dst, compressed, c)
+		data, err := l.blob.ReadChunk(nil, compressed, c)
 		if err != nil {
 			return fmt.Errorf("%q chunk %d: %w", r.e.Name, r.i, err)
 		}
 		l.chunks.Add(1)
-		if wanted {
-			l.mu.Lock()
-			if cl.want[c.Digest()] > 0 {
-				cl.data[c.Digest()] = data
-			}
-			l.mu.Unlock()
+		l.mu.Lock()
+		if cl.want[c.Digest()] > 0 {
+			cl.data[c.Digest()] = data
 		}
+		l.mu.Unlock()
 		if !cached {
-			if err := l.cache.Put(c.Digest(), data); err != nil {
-				// Once per layer: a full disk fails every Put.
-				l.cacheWarn.Do(func() {
-					log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("cannot cache chunks; they will be fetched again when needed")
-				})
-			}
-		}
-		if bp != nil {
-			chunkBuffers.put(bp)
+			l.putChunk(c.Digest(), func() error { return l.cache.Put(c.Digest(), data) })
 		}
 	}
 	return nil

@@ -44,27 +44,11 @@ func ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
 		clear(data)
 		return data, nil
 	}
-	if max := maxInflate * int64(len(compressed)); c.InnerOffset > max || c.Size > max-c.InnerOffset {
-		return nil, fmt.Errorf("gzip member at %d: %d bytes cannot inflate to the %d+%d the chunk needs", c.Offset, len(compressed), c.InnerOffset, c.Size)
-	}
-	var zr *gzip.Reader
-	if v := gzipReaders.Get(); v != nil {
-		zr = v.(*gzip.Reader)
-		if err := zr.Reset(bytes.NewReader(compressed)); err != nil {
-			return nil, fmt.Errorf("gzip member at %d: %w", c.Offset, err)
-		}
-	} else {
-		var err error
-		if zr, err = gzip.NewReader(bytes.NewReader(compressed)); err != nil {
-			return nil, fmt.Errorf("gzip member at %d: %w", c.Offset, err)
-		}
+	zr, err := openMember(compressed, c)
+	if err != nil {
+		return nil, err
 	}
 	defer gzipReaders.Put(zr)
-	zr.Multistream(false)
-
-	if _, err := io.CopyN(io.Discard, zr, c.InnerOffset); err != nil {
-		return nil, fmt.Errorf("gzip member at %d: skip %d bytes to the chunk: %w", c.Offset, c.InnerOffset, err)
-	}
 	data := grow(dst, c.Size)
 	if _, err := io.ReadFull(zr, data); err != nil {
 		return nil, fmt.Errorf("gzip member at %d: read %d bytes: %w", c.Offset, c.Size, err)
@@ -81,4 +65,64 @@ func grow(dst []byte, n int64) []byte {
 		return dst[:n]
 	}
 	return make([]byte, n)
+}
+
+// OpenChunk is ReadChunk as a stream, for a caller that verifies what it
+// stores as it stores it (the cache's PutFile): it yields the chunk's
+// c.Size bytes (fewer if the member is short), unverified, and holds none
+// of them in memory. Close it to recycle the decompressor. Holes have no
+// member to open.
+func OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error) {
+	if c.Size < 0 || c.InnerOffset < 0 || c.Zero {
+		return nil, fmt.Errorf("chunk at %d: no member to read (inner offset %d, size %d, hole %v)", c.Offset, c.InnerOffset, c.Size, c.Zero)
+	}
+	zr, err := openMember(compressed, c)
+	if err != nil {
+		return nil, err
+	}
+	return &chunkReader{Reader: io.LimitReader(zr, c.Size), zr: zr}, nil
+}
+
+type chunkReader struct {
+	io.Reader
+	zr *gzip.Reader
+}
+
+func (r *chunkReader) Close() error {
+	if r.zr != nil {
+		gzipReaders.Put(r.zr)
+		r.zr, r.Reader = nil, eofReader{}
+	}
+	return nil
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// openMember opens the gzip member that holds chunk c and skips to the
+// chunk, refusing a chunk its member's bytes cannot inflate to. The caller
+// puts the reader back in gzipReaders.
+func openMember(compressed []byte, c toc.Chunk) (*gzip.Reader, error) {
+	if max := maxInflate * int64(len(compressed)); c.InnerOffset > max || c.Size > max-c.InnerOffset {
+		return nil, fmt.Errorf("gzip member at %d: %d bytes cannot inflate to the %d+%d the chunk needs", c.Offset, len(compressed), c.InnerOffset, c.Size)
+	}
+	var zr *gzip.Reader
+	if v := gzipReaders.Get(); v != nil {
+		zr = v.(*gzip.Reader)
+		if err := zr.Reset(bytes.NewReader(compressed)); err != nil {
+			return nil, fmt.Errorf("gzip member at %d: %w", c.Offset, err)
+		}
+	} else {
+		var err error
+		if zr, err = gzip.NewReader(bytes.NewReader(compressed)); err != nil {
+			return nil, fmt.Errorf("gzip member at %d: %w", c.Offset, err)
+		}
+	}
+	zr.Multistream(false)
+	if _, err := io.CopyN(io.Discard, zr, c.InnerOffset); err != nil {
+		gzipReaders.Put(zr)
+		return nil, fmt.Errorf("gzip member at %d: skip %d bytes to the chunk: %w", c.Offset, c.InnerOffset, err)
+	}
+	return zr, nil
 }

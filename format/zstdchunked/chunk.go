@@ -134,6 +134,50 @@ func readChunk(buf, compressed []byte, c toc.Chunk) ([]byte, error) {
 	return decodeChunk(buf, bytes.NewReader(compressed), c, contentSizeHint(compressed))
 }
 
+// OpenChunk is ReadChunk as a stream, for a caller that verifies what it
+// stores as it stores it (the cache's PutFile): it yields the chunk's
+// c.Size bytes (fewer if the frames are short), unverified, holding none
+// of them in memory beyond the decoder's window. Close it to recycle the
+// decoder. Holes have no frame to open.
+func OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error) {
+	if err := checkChunk(c); err != nil {
+		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: %w", c.Offset, err)
+	}
+	if c.Zero {
+		return nil, fmt.Errorf("zstdchunked: chunk at offset %d is a hole: no frame to read", c.Offset)
+	}
+	if want := c.EndOffset - c.Offset; int64(len(compressed)) != want {
+		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: got %d compressed bytes, the chunk spans %d", c.Offset, len(compressed), want)
+	}
+	d, err := getDecoder()
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	window := uint64(max(c.InnerOffset+c.Size, minWindowCap))
+	if err := d.ResetWithOptions(bytes.NewReader(compressed), zstd.WithDecoderMaxWindow(window)); err != nil {
+		putDecoder(d)
+		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: %w", c.Offset, err)
+	}
+	if _, err := io.CopyN(io.Discard, d, c.InnerOffset); err != nil {
+		putDecoder(d)
+		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: skip %d bytes to the chunk: %w", c.Offset, c.InnerOffset, err)
+	}
+	return &chunkReader{Reader: io.LimitReader(d, c.Size), d: d}, nil
+}
+
+type chunkReader struct {
+	io.Reader
+	d *zstd.Decoder
+}
+
+func (r *chunkReader) Close() error {
+	if r.d != nil {
+		putDecoder(r.d)
+		r.d, r.Reader = nil, bytes.NewReader(nil)
+	}
+	return nil
+}
+
 // contentSizeHint is the content size the first frame in b declares, or 0.
 func contentSizeHint(b []byte) int64 {
 	var h zstd.Header
