@@ -2,6 +2,7 @@ package zstdchunked
 
 import (
 	"bytes"
+	"io"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -67,8 +68,9 @@ func FuzzOpen(f *testing.F) {
 	})
 }
 
-// FuzzReadChunk feeds ReadChunk arbitrary frames and chunk geometry. It
-// may fail, never panic, and what it returns is what the digest says.
+// FuzzReadChunk feeds ReadChunk and OpenChunk arbitrary frames and chunk
+// geometry. They may fail, never panic; what ReadChunk returns is what the
+// digest says, and what OpenChunk streams is the same bytes.
 func FuzzReadChunk(f *testing.F) {
 	enc, _ := zstd.NewWriter(nil)
 	text := content(3, 3000, true)
@@ -83,9 +85,22 @@ func FuzzReadChunk(f *testing.F) {
 	f.Fuzz(func(t *testing.T, compressed []byte, innerOffset, size int64, d string) {
 		c := toc.Chunk{EndOffset: int64(len(compressed)), InnerOffset: innerOffset, Size: size}
 		_ = c.SetDigest(digest.Digest(d)) // a digest it refuses stays unset: ReadChunk must refuse the chunk
+		// OpenChunk never yields more than the chunk, whatever the
+		// frames claim.
+		var streamed []byte
+		if rc, err := OpenChunk(compressed, c); err == nil {
+			streamed, err = io.ReadAll(io.LimitReader(rc, size+1))
+			rc.Close()
+			if int64(len(streamed)) > size {
+				t.Fatalf("OpenChunk streamed more than the %d-byte chunk", size)
+			}
+		}
 		out, err := ReadChunk(nil, compressed, c)
 		if err != nil {
 			return
+		}
+		if !bytes.Equal(streamed, out) {
+			t.Fatalf("OpenChunk streamed %d bytes, ReadChunk verified %d other ones", len(streamed), len(out))
 		}
 		if int64(len(out)) != size {
 			t.Fatalf("ReadChunk returned %d bytes for a %d-byte chunk", len(out), size)
