@@ -8,8 +8,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -106,8 +108,14 @@ func BuildDir(ctx context.Context, dir string, store *objects.Store, owner, imag
 		links:   map[inodeKey]string{},
 		objects: map[[32]byte]struct{}{},
 		verity:  store.Verity() == objects.VerityEnabled,
+		sem:     make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
-	if err := b.walk(dir); err != nil {
+	err = b.walk(dir)
+	b.wg.Wait() // the batch ends (Abort or Commit) with no worker in it
+	if err == nil {
+		err = b.failed()
+	}
+	if err != nil {
 		return BuildStats{}, err
 	}
 	// No object at all: nothing to check, a stack can require verity.
@@ -141,6 +149,28 @@ type builder struct {
 	objects map[[32]byte]struct{}
 	verity  bool // every object so far has kernel fs-verity
 	xbuf    []byte
+
+	// Objects are hashed and stored by workers, one a CPU (hashing is
+	// most of the work), at most that many files at once; the walk
+	// reads each file's metadata before handing it over.
+	sem chan struct{}
+	wg  sync.WaitGroup
+	mu  sync.Mutex // the Writer, what workers count, err
+	err error      // a worker's first
+}
+
+func (b *builder) fail(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+func (b *builder) failed() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }
 
 // walk adds dir's tree to the image, depth first in byte order of names
@@ -164,6 +194,9 @@ func (b *builder) entry(rel, path string, st *unix.Stat_t) error {
 		if err := b.ctx.Err(); err != nil {
 			return fmt.Errorf("composefs: build %s: %w", path, err)
 		}
+	}
+	if err := b.failed(); err != nil {
+		return err
 	}
 	b.stats.Entries++
 	typ := st.Mode & unix.S_IFMT
@@ -191,8 +224,8 @@ func (b *builder) entry(rel, path string, st *unix.Stat_t) error {
 	e.Xattrs = xattrs
 	switch typ {
 	case unix.S_IFREG:
-		if err := b.file(path, st, &e); err != nil {
-			return err
+		if big, err := b.file(path, st, &e); err != nil || big {
+			return err // a big one is the worker's to add
 		}
 	case unix.S_IFLNK:
 		target, err := os.Readlink(path)
@@ -215,6 +248,8 @@ func (b *builder) entry(rel, path string, st *unix.Stat_t) error {
 }
 
 func (b *builder) add(path string, e erofs.Entry) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if err := b.w.Add(e); err != nil {
 		return fmt.Errorf("composefs: build %s: %w", path, err)
 	}
@@ -249,23 +284,47 @@ func (b *builder) dir(rel, path string) error {
 	return nil
 }
 
-// file fills in a regular file's content: none, inline, or an object.
-func (b *builder) file(path string, st *unix.Stat_t, e *erofs.Entry) error {
+// file fills in a regular file's content when it is empty or small
+// (inline); a bigger one (big) goes to a worker that stores its object
+// and adds the entry.
+func (b *builder) file(path string, st *unix.Stat_t, e *erofs.Entry) (big bool, err error) {
 	b.stats.Files++
 	b.stats.FileBytes += st.Size
 	e.Size = uint64(st.Size)
 	switch {
 	case st.Size == 0:
-		return nil
+		return false, nil
 	case st.Size <= InlineMax:
 		data, err := readSmall(path, st.Size)
 		if err != nil {
-			return err
+			return false, err
 		}
 		e.Data = data
 		b.stats.Inlined++
-		return nil
+		return false, nil
 	}
+	select {
+	case b.sem <- struct{}{}:
+	case <-b.ctx.Done():
+		return true, fmt.Errorf("composefs: build %s: %w", path, b.ctx.Err())
+	}
+	b.wg.Add(1)
+	size := st.Size
+	go func(e erofs.Entry) {
+		defer func() { <-b.sem; b.wg.Done() }()
+		err := b.object(path, size, &e)
+		if err == nil {
+			err = b.add(path, e)
+		}
+		if err != nil {
+			b.fail(err)
+		}
+	}(*e)
+	return true, nil
+}
+
+// object stores a file's content and points its entry at the object.
+func (b *builder) object(path string, size int64, e *erofs.Entry) error {
 	put := b.batch.Adopt
 	if b.cfg.copy {
 		put = b.batch.PutFile
@@ -274,8 +333,8 @@ func (b *builder) file(path string, st *unix.Stat_t, e *erofs.Entry) error {
 	if err != nil {
 		return fmt.Errorf("composefs: build %s: %w", path, err)
 	}
-	if obj.Size != st.Size {
-		return fmt.Errorf("composefs: build %s: %d bytes stored of %d", path, obj.Size, st.Size)
+	if obj.Size != size {
+		return fmt.Errorf("composefs: build %s: %d bytes stored of %d", path, obj.Size, size)
 	}
 	name, err := objects.Name(obj.Digest)
 	if err != nil {
@@ -295,6 +354,8 @@ func (b *builder) file(path string, st *unix.Stat_t, e *erofs.Entry) error {
 // count records an object the image names, once, and whether the kernel
 // checks it.
 func (b *builder) count(obj objects.Object) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	var key [32]byte
 	if _, err := hex.Decode(key[:], []byte(obj.Digest.Encoded())); err != nil {
 		return fmt.Errorf("object %s: %w", obj.Digest, err)
