@@ -858,3 +858,70 @@ func diskUsage(b *testing.B, path string) int64 {
 	}
 	return total
 }
+
+// TestBuildDirErrors: what BuildDir cannot convert is an error naming the
+// path, and leaves no image and no refs behind.
+func TestBuildDirErrors(t *testing.T) {
+	root := t.TempDir()
+	store := openStore(t, filepath.Join(root, "store"))
+	file := filepath.Join(root, "file")
+	os.WriteFile(file, []byte("x"), 0o644)
+	tree := filepath.Join(root, "tree")
+	os.MkdirAll(filepath.Join(tree, "a/b"), 0o755)
+	os.WriteFile(filepath.Join(tree, "a/b/big"), blob(1000, 40), 0o644)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, c := range []struct {
+		name, dir string
+		ctx       context.Context
+	}{
+		{"missing", filepath.Join(root, "missing"), context.Background()},
+		{"not a directory", file, context.Background()},
+		{"cancelled", tree, cancelled},
+	} {
+		image := filepath.Join(root, "img")
+		_, err := BuildDir(c.ctx, c.dir, store, "owner", image)
+		if err == nil || !strings.Contains(err.Error(), c.dir) {
+			t.Errorf("%s: %v; want an error naming %s", c.name, err, c.dir)
+		}
+		if _, serr := os.Stat(image); serr == nil {
+			t.Errorf("%s: an image was written", c.name)
+		}
+		if _, rerr := store.Refs("owner"); rerr == nil {
+			t.Errorf("%s: refs were recorded", c.name)
+		}
+	}
+}
+
+// TestBuildDirSpecialFiles: sockets and fifos are kept, a tree with no
+// objects says a stack of it may require verity, and erofs-utils read the
+// image.
+func TestBuildDirSpecialFiles(t *testing.T) {
+	root := t.TempDir()
+	store := openStore(t, filepath.Join(root, "store"))
+	dir := filepath.Join(root, "layer")
+	os.MkdirAll(filepath.Join(dir, "run"), 0o755)
+	if err := unix.Mkfifo(filepath.Join(dir, "run/fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sock)
+	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: filepath.Join(dir, "run/sock")}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "run/pid"), []byte("1234\n"), 0o644)
+	image := filepath.Join(root, "img")
+	st := build(t, dir, store, "owner", image)
+	if st.Entries != 5 || st.Files != 1 || st.Inlined != 1 || st.Objects != 0 || !st.Verity {
+		t.Errorf("%+v: want 5 entries, 1 file inlined, no objects, verity possible", st)
+	}
+	fsckImage(t, image)
+	dump := testenv.NeedBinary(t, "dump.erofs")
+	out, err := exec.Command(dump, "--path=/run/sock", image).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SOCK file") {
+		t.Errorf("dump.erofs of run/sock: %v\n%s", err, out)
+	}
+}
