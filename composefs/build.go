@@ -24,6 +24,16 @@ import (
 // an object and a redirect cost more than such a file).
 const InlineMax = 64
 
+// ErrOverlayUpper says a directory holds what overlayfs writes into the
+// upper layer of a mount with metacopy=on and redirect_dir=on (every
+// composefs stack): a file whose metadata alone was copied up
+// (trusted.overlay.metacopy: its data is in a lower layer) or a renamed
+// directory (trusted.overlay.redirect: its entries are in a lower layer).
+// Such a directory means nothing on its own: a container's upper must be
+// converted from the merged view (a diff), not by BuildDir. containerd's
+// applier never writes these xattrs (it refuses trusted.* from a tar).
+var ErrOverlayUpper = errors.New("an overlayfs upper layer's metadata-only copy-up or redirect, whose data is in lower layers")
+
 // BuildStats is what BuildDir made of a layer.
 type BuildStats struct {
 	Entries    int   // entries in the image: the root, every path, hard links included
@@ -77,9 +87,11 @@ func WithCopy() BuildOption { return func(c *buildConfig) { c.copy = true } }
 // Only what the layer means reaches the image: the walk follows no
 // symlink; xattrs are kept if they are user.* (but not user.overlay.*),
 // security.* (file capabilities, SELinux labels) or POSIX ACLs; of
-// trusted.* only a directory's trusted.overlay.opaque=y. A layer's own
-// trusted.overlay.redirect or metacopy (from a tar's PAX records) would
-// expose other objects, and never reaches the image.
+// trusted.* only a directory's trusted.overlay.opaque=y. A file with
+// trusted.overlay.metacopy or trusted.overlay.redirect is ErrOverlayUpper:
+// a container's upper whose data is elsewhere (dropping the xattr would
+// store a hole's zeros as the file), and were it forged, would expose
+// other objects; none ever reaches the image from dir.
 //
 // Memory is bounded by the image's entries (the erofs.Writer's ~200 bytes
 // an entry, beside names and distinct xattrs, and the inlined contents),
@@ -442,6 +454,9 @@ func (b *builder) xattrs(path string, dir bool) (map[string][]byte, error) {
 	}
 	var out map[string][]byte
 	for _, name := range names {
+		if name == xattrMetacopy || name == xattrRedirect {
+			return nil, fmt.Errorf("composefs: build %s: has %s: %w", path, name, ErrOverlayUpper)
+		}
 		if name != xattrOpaque && !keepXattr(name, nil, dir) {
 			continue // not even read
 		}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -565,8 +566,8 @@ func TestBuildDirDedup(t *testing.T) {
 }
 
 // TestBuildDirHostileXattrs: overlay xattrs a layer carries (PAX records,
-// or set by any other unpacker) never reach the image; a forged redirect
-// to another layer's object serves the file's own bytes, not the other's.
+// or set by any other unpacker) never reach the image; a file whose tar
+// forged a redirect to another layer's object serves its own bytes.
 func TestBuildDirHostileXattrs(t *testing.T) {
 	root := needMounts(t)
 	store := openStore(t, filepath.Join(root, "store"))
@@ -603,10 +604,21 @@ func TestBuildDirHostileXattrs(t *testing.T) {
 		with(tdir("evildir", 0o755)),
 		tdir("xdir", 0o755),
 	}), dir)
-	// containerd's applier refuses trusted.* from a tar (it says so in
-	// its log); set them as an applier that took them would have.
+	// containerd's applier (1.6 and 2.x) refuses trusted.* from a tar
+	// (it says so in its log): the forged redirect and metacopy are not
+	// there. Set the other trusted ones as an applier that took them
+	// would have (a forged redirect or metacopy in dir is
+	// ErrOverlayUpper: TestBuildDirRefusesOverlayUpper).
 	for _, p := range []string{"evil", "evil-small", "evildir"} {
 		for k, v := range hostile {
+			if strings.HasPrefix(k, "trusted.") {
+				if _, err := getXattr(filepath.Join(dir, p), k); err != unix.ENODATA {
+					t.Errorf("%s has %s from the tar: %v", p, k, err)
+				}
+			}
+			if k == xattrRedirect || k == xattrMetacopy {
+				continue
+			}
 			if err := unix.Lsetxattr(filepath.Join(dir, p), k, []byte(v), 0); err != nil {
 				t.Fatal(err)
 			}
@@ -923,5 +935,68 @@ func TestBuildDirSpecialFiles(t *testing.T) {
 	out, err := exec.Command(dump, "--path=/run/sock", image).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "SOCK file") {
 		t.Errorf("dump.erofs of run/sock: %v\n%s", err, out)
+	}
+}
+
+// TestBuildDirRefusesOverlayUpper: what overlayfs writes into the upper of
+// a composefs stack (metacopy=on, redirect_dir=on) when a container
+// changes only a file's metadata or renames a directory names data in the
+// lower layers; BuildDir refuses it (ErrOverlayUpper, naming the path)
+// rather than store a hole's zeros as the file or an empty directory. So
+// does a forged redirect or metacopy. Nothing is recorded.
+func TestBuildDirRefusesOverlayUpper(t *testing.T) {
+	root := needMounts(t)
+	store := openStore(t, filepath.Join(root, "store"))
+	dir := filepath.Join(root, "layer")
+	unpack(t, tarLayer(t, layerOne), dir)
+	img := filepath.Join(root, "1.erofs")
+	build(t, dir, store, "layer", img)
+	mp := mountImage(t, root, img, WithACL())
+
+	for _, c := range []struct {
+		name   string
+		change func(merged string) error
+		path   string
+	}{
+		{"chmod", func(m string) error { return os.Chmod(filepath.Join(m, "usr/lib/libx.so.1"), 0o600) }, "usr/lib/libx.so.1"},
+		{"chown inlined", func(m string) error { return os.Chown(filepath.Join(m, "etc/hostname"), 5, 5) }, "etc/hostname"},
+		{"rename dir", func(m string) error { return os.Rename(filepath.Join(m, "opaq"), filepath.Join(m, "moved")) }, "moved"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up, work := filepath.Join(root, c.name, "upper"), filepath.Join(root, c.name, "work")
+			os.MkdirAll(up, 0o755)
+			os.MkdirAll(work, 0o755)
+			merged := mountOverlay(t, root, Overlay{Layers: []string{mp}, Objects: store.ObjectsDir(), Verity: VerityOff, Upper: up, Work: work})
+			if err := c.change(merged); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(root, c.name, "upper.erofs")
+			_, err := BuildDir(context.Background(), up, store, "upper", out, WithCopy())
+			if !errors.Is(err, ErrOverlayUpper) || !strings.Contains(err.Error(), filepath.Join(up, c.path)) {
+				t.Errorf("BuildDir of the upper: %v; want ErrOverlayUpper naming %s", err, c.path)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Error("an image was written")
+			}
+		})
+	}
+
+	forged := filepath.Join(root, "forged")
+	os.MkdirAll(filepath.Join(forged, "d"), 0o755)
+	os.WriteFile(filepath.Join(forged, "f"), blob(100, 50), 0o644)
+	for _, c := range []struct{ path, name string }{{"f", xattrMetacopy}, {"f", xattrRedirect}, {"d", xattrRedirect}} {
+		p := filepath.Join(forged, c.path)
+		unix.Lsetxattr(p, c.name, []byte("/00/forged"), 0)
+		_, err := BuildDir(context.Background(), forged, store, "forged", filepath.Join(root, "forged.erofs"), WithCopy())
+		if !errors.Is(err, ErrOverlayUpper) || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s with %s: %v; want ErrOverlayUpper naming it", c.path, c.name, err)
+		}
+		unix.Lremovexattr(p, c.name)
+	}
+	if _, err := store.Refs("upper"); err == nil {
+		t.Error("refs recorded for a refused upper")
+	}
+	if _, err := store.Refs("forged"); err == nil {
+		t.Error("refs recorded for a refused layer")
 	}
 }
