@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -122,9 +124,22 @@ func (s *Store) putFile(b *Batch, path string, link bool) (obj Object, dir strin
 	return o, "", nil // the Writer told the batch of its directory
 }
 
+// hashers are reused: an fs-verity hash holds a 4 KiB block a tree level,
+// which for a layer of many small files was most of what it allocated.
+var hashers = sync.Pool{New: func() any { return &hasher{sha256.New(), verity.New()} }}
+
+type hasher struct {
+	sha hash.Hash
+	v   *verity.Hash
+}
+
 // hashFile reads f to its end, taking the SHA-256 and fs-verity digests.
 func hashFile(f *os.File) (Info, error) {
-	sha, vh := sha256.New(), verity.New()
+	h := hashers.Get().(*hasher)
+	defer hashers.Put(h)
+	sha, vh := h.sha, h.v
+	sha.Reset()
+	vh.Reset()
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
