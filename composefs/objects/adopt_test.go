@@ -3,6 +3,7 @@ package objects
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -162,5 +163,51 @@ func TestKernelVerity(t *testing.T) {
 	}
 	if ok, _ := s.KernelVerity(obj.Digest, verity.Sum{1}); ok {
 		t.Error("KernelVerity true for another digest")
+	}
+}
+
+// TestAdoptConcurrent: files of the same content adopted at once, by
+// batches of two owners, make one object: one adoption places it, the
+// others find it, every batch names it, and tmp/ is left empty.
+func TestAdoptConcurrent(t *testing.T) {
+	root := t.TempDir()
+	s := open(t, filepath.Join(root, "store"))
+	data := content(50000, 9)
+	batches := []*Batch{batch(t, s, "a"), batch(t, s, "b")}
+	const n = 8
+	results := make(chan Object, n)
+	errs := make(chan error, n)
+	for i := range n {
+		src := filepath.Join(root, fmt.Sprint(i))
+		os.WriteFile(src, data, 0o644)
+		go func() {
+			obj, err := batches[i%2].Adopt(src)
+			results <- obj
+			errs <- err
+		}()
+	}
+	news := 0
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		if (<-results).New {
+			news++
+		}
+	}
+	if news != 1 {
+		t.Errorf("%d adoptions placed the object, want 1", news)
+	}
+	for i, b := range batches {
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		owner := []string{"a", "b"}[i]
+		if refs, err := s.Refs(owner); err != nil || len(refs) != 1 || refs[0] != sha(data) {
+			t.Errorf("refs of %s: %v, %v", owner, refs, err)
+		}
+	}
+	if ls, _ := os.ReadDir(filepath.Join(s.Root(), tmpName)); len(ls) != 0 {
+		t.Errorf("tmp/ holds %d files", len(ls))
 	}
 }
