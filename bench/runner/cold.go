@@ -17,8 +17,9 @@ import (
 
 // coldState brings the node back to what a fresh node has: no image, no
 // snapshots, an empty lazypull cache, a FUSE manager and daemon that start
-// from nothing (so that their peak memory is this run's), and no page cache.
-func (r *bench) coldState(ctx context.Context) error {
+// from nothing (so that their peak memory is this run's) with sc's
+// configuration, and no page cache.
+func (r *bench) coldState(ctx context.Context, sc Scenario) error {
 	if err := r.removeImages(ctx); err != nil {
 		return err
 	}
@@ -41,6 +42,9 @@ func (r *bench) coldState(ctx context.Context) error {
 	}
 	if err := os.RemoveAll(filepath.Join(r.env.DaemonRoot, "cache")); err != nil {
 		return err
+	}
+	if err := os.WriteFile(r.env.ConfigPath(), []byte(r.cfg.daemonConfig(sc)), 0o644); err != nil {
+		return fmt.Errorf("the daemon's configuration: %w", err)
 	}
 	// A fresh daemon starts a fresh manager. StartDaemon returns once
 	// containerd's calls reach it: had any call failed while it was down,

@@ -33,13 +33,18 @@ type Scenario struct {
 	Snapshotter string `toml:"snapshotter"`
 	// Pull is the pull command, with {ref}, {containerd} (its socket),
 	// {namespace}, {snapshotter} and {bin} (lazypull's binaries) replaced. Empty: `ctr images pull`, or
-	// `lazypull pull` for lazypull.
+	// `lazypull pull` for lazypull with a lazy format (a gzip image goes
+	// through `ctr images pull` into it, as into overlayfs).
 	Pull []string `toml:"pull"`
 	// Daemon is the command serving Snapshotter on {socket}, keeping its
 	// state under {root} and reading {config} ({bin} too): another snapshotter's
 	// daemon, which the runner starts, stops and empties for each cold run.
 	Daemon []string `toml:"daemon"`
-	// Config is written to {config} before Daemon starts.
+	// Config is written to {config} before Daemon starts. For lazypull's
+	// own daemon (snapshotter "lazypull", no Daemon) it is
+	// lazypull-snapshotter's configuration for this scenario's runs,
+	// replacing the run's Config.DaemonConfig: a scenario is a mode of the
+	// daemon as much as a form of the image.
 	Config string `toml:"config"`
 }
 
@@ -55,10 +60,18 @@ var (
 	Overlayfs       = Scenario{Name: "overlayfs"}
 	LazypullEStargz = Scenario{Name: "lazypull-estargz", Format: "estargz", Snapshotter: "lazypull"}
 	LazypullZstd    = Scenario{Name: "lazypull-zstd", Format: "zstdchunked", Snapshotter: "lazypull"}
+	// LazypullComposefs pulls the image as overlayfs does (gzip, every
+	// byte before the start) into lazypull's composefs mode: its cold run
+	// is the pull and the conversion of each layer to a metadata image
+	// over the object store, its warm start what the mode costs a
+	// container against overlayfs's plain directories.
+	LazypullComposefs = Scenario{Name: "lazypull-composefs", Snapshotter: "lazypull", Config: "[composefs]\nenable = true\n"}
 )
 
 // Scenarios lists the built-in scenarios.
-func Scenarios() []Scenario { return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd} }
+func Scenarios() []Scenario {
+	return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd, LazypullComposefs}
+}
 
 // ScenariosByName picks built-in scenarios by name, and reads scenario
 // files given by a path ending in .toml.
@@ -80,10 +93,28 @@ func ScenariosByName(names []string) ([]Scenario, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("no scenario %q (there are overlayfs, lazypull-estargz, lazypull-zstd, or a scenario file ending in .toml)", n)
+			return nil, fmt.Errorf("no scenario %q (there are %s, or a scenario file ending in .toml)", n, strings.Join(ScenarioNames(), ", "))
 		}
 	}
 	return out, nil
+}
+
+// ScenarioNames lists the built-in scenarios' names.
+func ScenarioNames() []string {
+	var names []string
+	for _, s := range Scenarios() {
+		names = append(names, s.Name)
+	}
+	return names
+}
+
+// daemonConfig is lazypull-snapshotter's configuration for a run of sc:
+// the scenario's own, else the run's.
+func (c Config) daemonConfig(sc Scenario) string {
+	if sc.Snapshotter == "lazypull" && !sc.external() && sc.Config != "" {
+		return sc.Config
+	}
+	return c.DaemonConfig
 }
 
 // Config says how to run the benchmark.
@@ -93,8 +124,13 @@ type Config struct {
 	Bandwidth int64         // bits per second shared by all responses; 0: no cap
 	Scenarios []Scenario
 	// DaemonConfig is lazypull-snapshotter's TOML configuration; empty for
-	// its defaults.
+	// its defaults. A scenario with a Config of its own (lazypull-composefs)
+	// runs with that instead.
 	DaemonConfig string
+	// Footprint, after the runs, pulls all the images into each scenario
+	// that keeps whole layers (overlayfs, lazypull-composefs) and measures
+	// its disk and page cache (see Footprint).
+	Footprint bool
 	// RunTimeout bounds one run (pull and run until the ready line).
 	RunTimeout time.Duration
 	Progress   io.Writer // one line per run; nil for none

@@ -1,8 +1,11 @@
 // Package runner is the benchmark behind issue 6: it measures how soon a
 // container on a cold node does its first useful work, for each image and
 // scenario (containerd's overlayfs with a full pull, lazypull with eStargz,
-// lazypull with zstd:chunked), through a shaped link, N times each, and
-// writes the raw results as JSON, a markdown table and a PNG chart.
+// lazypull with zstd:chunked, lazypull's composefs mode with a full pull),
+// through a shaped link, N times each, and writes the raw results as JSON,
+// a markdown table and a PNG chart. With all the images on one node it also
+// measures the disk and page cache of the snapshotters that keep whole
+// layers (Footprint).
 //
 // It drives the real stack that internal/testenv starts (registry,
 // lazypull-snapshotter with its FUSE manager, containerd) from the outside,

@@ -23,7 +23,7 @@ import (
 // for the background fetch to settle and measures a warm start.
 func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration int) (Result, error) {
 	res := Result{Image: img.Name, Scenario: sc.Name, Run: iteration}
-	if err := r.coldState(ctx); err != nil {
+	if err := r.coldState(ctx, sc); err != nil {
 		return res, fmt.Errorf("cold state: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RunTimeout)
@@ -180,7 +180,7 @@ func (r *bench) pull(ctx context.Context, sc Scenario, ref string) error {
 			return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 		}
 		return nil
-	case sc.Snapshotter == "lazypull":
+	case sc.Snapshotter == "lazypull" && sc.Format != "":
 		_, err := r.lazypull(ctx, "pull", "--plain-http", "--address", r.env.Containerd.Address,
 			"--namespace", testenv.Namespace, ref)
 		return err

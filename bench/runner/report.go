@@ -80,6 +80,7 @@ func (rep *Report) Markdown(w io.Writer, chart string) {
 			cell(s.MB, "%.1f"), cell(s.Requests, "%.0f"), orDash(s.MemoryMiB, "%.0f"),
 			orDash(s.Settled, "%.3f×"), percent(s.BackgroundLink), orDash(s.Warm, "%.2f"), ratioCell(s.WarmRatio))
 	}
+	rep.footprintMarkdown(w)
 	if chart != "" {
 		fmt.Fprintf(w, "\n![median total time to first output](%s)\n", chart)
 	}
@@ -132,4 +133,35 @@ func bandwidthString(bps int64) string {
 	default:
 		return fmt.Sprintf("%d bit/s", bps)
 	}
+}
+
+// footprintMarkdown writes the footprint table, if the run measured one,
+// with each scenario's disk and page cache as a ratio to the first's.
+func (rep *Report) footprintMarkdown(w io.Writer) {
+	if len(rep.Footprints) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n## Footprint: %s on one node\n\n", strings.Join(rep.Footprints[0].Images, " and "))
+	fmt.Fprint(w, "All the images pulled into one snapshotter. *disk*: blocks allocated under its roots (each inode once, mounts left out); "+
+		"*objects*: of which the composefs object store; *page cache*: resident pages of the files under the roots (mincore) after each image's workload ran once from a dropped page cache "+
+		"(file data only: directories, inodes and EROFS's own metadata cache are not counted). Ratios to the first row.\n\n")
+	fmt.Fprint(w, "| scenario | roots | files | disk MB | disk vs first | objects MB | page cache MB | page cache vs first |\n")
+	fmt.Fprint(w, "|---|---|---|---|---|---|---|---|\n")
+	first := rep.Footprints[0]
+	for _, fp := range rep.Footprints {
+		objects := "—"
+		if fp.ObjectBytes > 0 {
+			objects = fmt.Sprintf("%.1f", mb(fp.ObjectBytes))
+		}
+		fmt.Fprintf(w, "| %s | %s | %d | %.1f | %s | %s | %.1f | %s |\n", fp.Scenario, strings.Join(fp.Roots, ", "), fp.Files,
+			mb(fp.DiskBytes), ratioCell(ratio(fp.DiskBytes, first.DiskBytes)), objects,
+			mb(fp.PageCacheBytes), ratioCell(ratio(fp.PageCacheBytes, first.PageCacheBytes)))
+	}
+}
+
+func ratio(a, b int64) float64 {
+	if a <= 0 || b <= 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
 }

@@ -90,6 +90,9 @@ type Report struct {
 	Scenarios  []string    `json:"scenarios"` // report order; the first is the baseline
 	Images     []ImageInfo `json:"images"`
 	Results    []Result    `json:"results"`
+	// Footprints: all the images on one node at once, per scenario that
+	// keeps whole layers (Config.Footprint).
+	Footprints []Footprint `json:"footprints,omitempty"`
 }
 
 func newReport(cfg Config, imgs []Image) *Report {

@@ -97,6 +97,22 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 			}
 		}
 	}
+	if cfg.Footprint {
+		for _, sc := range cfg.Scenarios {
+			if !footprintScenario(sc) {
+				continue
+			}
+			fp, err := r.footprint(ctx, imgs, sc)
+			if err != nil {
+				if !cfg.KeepLogs {
+					r.keepLogs()
+				}
+				return rep, fmt.Errorf("%s footprint: %w", sc.Name, err)
+			}
+			rep.Footprints = append(rep.Footprints, fp)
+			fmt.Fprintln(cfg.Progress, fp.progressLine())
+		}
+	}
 	return rep, r.finalClean(ctx)
 }
 

@@ -43,7 +43,7 @@ func TestRunEndToEnd(t *testing.T) {
 			testenv.Need(t, "containerd "+containerd.Name, containerd.Installed())
 			var progress strings.Builder
 			cfg := Config{Runs: 1, RTT: 5 * time.Millisecond, Bandwidth: 100e6, Progress: &progress,
-				Scenarios: append(Scenarios(), again), Containerd: containerd}
+				Scenarios: append(Scenarios(), again), Containerd: containerd, Footprint: true}
 			rep, err := Run(context.Background(), cfg, []Image{{Name: "hello", Layout: layout, Tag: "v1", Ready: "hello from lazypull"}})
 			t.Log(progress.String())
 			if err != nil {
@@ -61,7 +61,7 @@ func TestRunEndToEnd(t *testing.T) {
 // true, and that the report writes.
 func checkReport(t *testing.T, rep *Report, again Scenario) {
 	t.Helper()
-	if len(rep.Results) != 4 {
+	if want := len(Scenarios()) + 1; len(rep.Results) != want {
 		t.Fatalf("got %d results, want one per scenario: %+v", len(rep.Results), rep.Results)
 	}
 	for _, r := range rep.Results {
@@ -74,7 +74,7 @@ func checkReport(t *testing.T, rep *Report, again Scenario) {
 			t.Errorf("%s: settled after %d bytes; the image has %d", r.Scenario, r.SettledBytes, r.ImageBytes)
 		}
 		switch r.Scenario {
-		case LazypullEStargz.Name, LazypullZstd.Name:
+		case LazypullEStargz.Name, LazypullZstd.Name, LazypullComposefs.Name:
 			if r.DaemonPeak == 0 || r.ManagerPeak == 0 {
 				t.Errorf("%s: no peak memory: %+v", r.Scenario, r)
 			}
@@ -82,6 +82,20 @@ func checkReport(t *testing.T, rep *Report, again Scenario) {
 			if r.DaemonPeak == 0 || r.Bytes >= r.ImageBytes {
 				t.Errorf("%s: no peak memory, or not lazy: %+v", r.Scenario, r)
 			}
+		}
+	}
+	// The footprint: overlayfs and the composefs mode only, the image's
+	// files on disk in containerd's directories or in the object store
+	// (which shows the mode was on).
+	if len(rep.Footprints) != 2 {
+		t.Fatalf("footprints %+v: want overlayfs and lazypull-composefs", rep.Footprints)
+	}
+	for _, fp := range rep.Footprints {
+		if fp.DiskBytes == 0 || fp.Files == 0 || fp.PageCacheBytes == 0 {
+			t.Errorf("%s footprint: nothing measured: %+v", fp.Scenario, fp)
+		}
+		if objects := fp.ObjectBytes > 0; objects != (fp.Scenario == LazypullComposefs.Name) {
+			t.Errorf("%s footprint: %d bytes in the object store", fp.Scenario, fp.ObjectBytes)
 		}
 	}
 	dir := t.TempDir()

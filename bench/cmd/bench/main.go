@@ -29,13 +29,14 @@ import (
 func main() {
 	runs := flag.Int("n", 5, "cold runs per image and scenario")
 	imageList := flag.String("images", "python,gcc,java", "comma-separated images (of "+strings.Join(images.Names(), ", ")+")")
-	scenarioList := flag.String("scenarios", "overlayfs,lazypull-estargz,lazypull-zstd", "comma-separated scenarios")
+	scenarioList := flag.String("scenarios", "overlayfs,lazypull-estargz,lazypull-zstd", "comma-separated scenarios (built in: "+strings.Join(runner.ScenarioNames(), ", ")+"; or scenario .toml files)")
 	rtt := flag.Duration("rtt", 20*time.Millisecond, "round-trip time the proxy adds per request")
 	bandwidth := flag.String("bandwidth", "100M", "link bandwidth in bit/s (k, M, G suffixes; 0: no cap)")
 	out := flag.String("out", filepath.Join(testenv.SourceRoot(), "bench", "results"), "results `DIR`; each run writes DIR/<timestamp>/")
 	cache := flag.String("cache", images.DefaultCacheDir(), "image build cache `DIR`")
 	dataSize := flag.Int64("data-size", images.DefaultDataSize, "size in bytes of the data image's data layer")
 	daemonConfig := flag.String("daemon-config", "", "lazypull-snapshotter TOML `FILE` (default: its defaults)")
+	footprint := flag.Bool("footprint", true, "after the runs, measure disk and page cache with all the images pulled into overlayfs and lazypull-composefs")
 	keepLogs := flag.Bool("keep-logs", false, "keep the daemons' logs under the results directory (else only when a run fails)")
 	containerd := flag.String("containerd", "2.x", "containerd `RELEASE` to start: 2.x ("+testenv.Containerd2.Name+", built by scripts/install-deps.sh) or 1.6 (Debian's)")
 	rerender := flag.String("rerender", "", "only rewrite results.md and totals.png of the results `DIR` from its results.json")
@@ -63,7 +64,7 @@ func main() {
 	if err != nil {
 		fail(fmt.Errorf("--containerd %s: %w", *containerd, err))
 	}
-	cfg := runner.Config{Runs: *runs, RTT: *rtt, Bandwidth: bps, Scenarios: scenarios, Progress: os.Stderr, Containerd: release}
+	cfg := runner.Config{Runs: *runs, RTT: *rtt, Bandwidth: bps, Scenarios: scenarios, Progress: os.Stderr, Containerd: release, Footprint: *footprint}
 	if *daemonConfig != "" {
 		b, err := os.ReadFile(*daemonConfig)
 		if err != nil {
