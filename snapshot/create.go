@@ -71,6 +71,9 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		opts = append(opts[:len(opts):len(opts)], snapshots.WithLabels(map[string]string{LabelUnpacked: truncate(why, 1000)}))
 	}
 	s.fallbackMu.Unlock()
+	if err := s.unmountMerged(ctx, key); err != nil {
+		return fmt.Errorf("commit snapshot %s: %w", key, err)
+	}
 	size, labels, err := s.convertOnCommit(ctx, key)
 	if err != nil {
 		return fmt.Errorf("commit snapshot %s: %w", key, err)
@@ -160,7 +163,15 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	if err != nil {
 		return nil, "", err
 	}
-	return s.mounts(snap, info), snap.ID, nil
+	mounts, err := s.mounts(snap, info)
+	if err != nil {
+		// Not left half made: the key stays free for another try.
+		if rerr := s.Remove(ctx, key); rerr != nil {
+			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to remove snapshot that could not be mounted")
+		}
+		return nil, "", fmt.Errorf("create snapshot %s: %w", key, err)
+	}
+	return mounts, snap.ID, nil
 }
 
 // makeDirs creates snapshots/new-*/fs (and work, for an active snapshot).

@@ -34,12 +34,14 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	if err := s.checkRemote(ctx, snap.ParentIDs); err != nil {
 		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
 	}
-	return s.mounts(snap, info), nil
+	return s.mounts(snap, info)
 }
 
 // mounts builds the mount list: a bind mount when there is nothing to stack
-// (no parent, or a view of a single parent), overlayfs otherwise.
-func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) []mount.Mount {
+// (no parent, or a view of a single parent), overlayfs otherwise, and a bind
+// mount of an overlay mounted here for a composefs stack too deep for one
+// mount(2) (deepMounts).
+func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) ([]mount.Mount, error) {
 	var options []string
 	if s.remapIDs {
 		if v, ok := info.Labels[snapshots.LabelSnapshotUIDMapping]; ok {
@@ -55,7 +57,7 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) []mount
 		if snap.Kind == snapshots.KindView {
 			access = "ro"
 		}
-		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ID), Options: append(options, access, "rbind")}}
+		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ID), Options: append(options, access, "rbind")}}, nil
 	}
 	composefs := false
 	for _, id := range snap.ParentIDs {
@@ -64,8 +66,9 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) []mount
 	// A composefs layer's directory holds its metadata only: it needs the
 	// overlay, even alone.
 	if snap.Kind == snapshots.KindView && len(snap.ParentIDs) == 1 && !composefs {
-		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ParentIDs[0]), Options: append(options, "ro", "rbind")}}
+		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ParentIDs[0]), Options: append(options, "ro", "rbind")}}, nil
 	}
+	idmapped := len(options) > 0
 
 	if snap.Kind == snapshots.KindActive {
 		options = append(options,
@@ -91,5 +94,8 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) []mount
 	}
 	options = append(options, lowerdir)
 	options = append(options, s.mountOptions...)
-	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
+	if composefs && s.composefs != nil && optionsTooLong(options) {
+		return s.deepMounts(snap, idmapped)
+	}
+	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
 }

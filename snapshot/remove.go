@@ -78,6 +78,12 @@ func (s *Snapshotter) orphanDirs(ctx context.Context) ([]string, error) {
 func (s *Snapshotter) removeDirs(ctx context.Context, dirs []string) {
 	var released []string // composefs layers: their objects may go too
 	for _, dir := range dirs {
+		// A deep composefs stack's overlay (deepMounts) first: it
+		// stacks on fs.
+		if err := unmountAll(filepath.Join(dir, "merged")); err != nil {
+			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to unmount snapshot; leaving it for the next cleanup")
+			continue
+		}
 		if err := s.unmountDir(ctx, filepath.Join(dir, "fs")); err != nil {
 			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to unmount snapshot; leaving it for the next cleanup")
 			continue
@@ -103,19 +109,24 @@ func (s *Snapshotter) unmountDir(ctx context.Context, fsDir string) error {
 			return err
 		}
 	}
-	if !mayBeMounted(fsDir) {
+	return unmountAll(fsDir)
+}
+
+// unmountAll releases whatever is mounted on dir.
+func unmountAll(dir string) error {
+	if !mayBeMounted(dir) {
 		return nil // the common case; a failing umount(2) would cost more than the check
 	}
 	// Unmount until nothing is left: this also clears a stack of mounts and
 	// a FUSE mount whose server is gone. EINVAL means "not a mountpoint".
 	for {
-		switch err := unix.Unmount(fsDir, unix.MNT_DETACH); err {
+		switch err := unix.Unmount(dir, unix.MNT_DETACH); err {
 		case nil:
 			continue
 		case unix.EINVAL, unix.ENOENT:
 			return nil
 		default:
-			return fmt.Errorf("unmount %s: %w", fsDir, err)
+			return fmt.Errorf("unmount %s: %w", dir, err)
 		}
 	}
 }
