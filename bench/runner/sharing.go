@@ -148,6 +148,15 @@ func diskUsage(roots ...string) (usage, error) {
 			}
 			var st unix.Stat_t
 			if err := unix.Lstat(p, &st); err != nil {
+				// containerd's garbage collector removes the directories
+				// of removed snapshots (a container's, after ctr run --rm)
+				// when it gets to them: what goes is not the images'.
+				if errors.Is(err, unix.ENOENT) {
+					if d.IsDir() {
+						return fs.SkipDir
+					}
+					return nil
+				}
 				return fmt.Errorf("stat %s: %w", p, err)
 			}
 			if st.Dev != rootSt.Dev {
@@ -188,7 +197,9 @@ func residentPages(path string, size int64) (int64, error) {
 		return 0, nil
 	}
 	f, err := os.Open(path)
-	if err != nil {
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil // removed since the walk listed it
+	} else if err != nil {
 		return 0, err
 	}
 	defer f.Close()
