@@ -1,0 +1,151 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/proxy"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/lazypull/lazypull/composefs/objects"
+	"github.com/lazypull/lazypull/snapshot"
+)
+
+// ComposefsStatus is what `lazypull status` says of the composefs mode:
+// which snapshots are in the composefs form, and the object store they
+// share.
+type ComposefsStatus struct {
+	// Snapshots are every snapshot the daemon has, by name.
+	Snapshots []SnapshotStatus
+	// Store is the object store's usage; nil when the root has none (the
+	// mode was never turned on).
+	Store *StoreStatus `json:",omitempty"`
+}
+
+// SnapshotStatus is one snapshot of the daemon.
+type SnapshotStatus struct {
+	Name   string
+	Kind   string // Active, View, Committed (containerd's words)
+	Parent string `json:",omitempty"`
+	// Composefs is the snapshot's snapshot.LabelComposefs: "verity" or
+	// "no-verity" for a layer in the composefs form, "" for a plain one.
+	Composefs string `json:",omitempty"`
+}
+
+// StoreStatus is the object store's usage and fs-verity.
+type StoreStatus struct {
+	Dir     string
+	Objects int64
+	Bytes   int64 // of content
+	Disk    int64 // allocated on disk
+	// Verity says whether the store's filesystem gives objects fs-verity
+	// (objects.VerityStatus's words).
+	Verity string
+}
+
+// composefsDir is where the daemon keeps the composefs object store (as
+// Run opens it).
+func composefsDir(root string) string { return filepath.Join(root, "composefs") }
+
+// Composefs asks the daemon serving containerd's snapshots API on address
+// for its snapshots, and reads the object store under root. The metadata
+// is the daemon's (its bbolt file is locked while it runs); the object
+// store may be opened by several processes.
+func Composefs(ctx context.Context, root, address string) (ComposefsStatus, error) {
+	var st ComposefsStatus
+	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return st, fmt.Errorf("connect to lazypull-snapshotter at %s: %w", address, err)
+	}
+	defer conn.Close()
+	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "lazypull")
+	// A root that never had a snapshot has no bucket for them, and the
+	// snapshots API answers a List with an error of unknown kind (not
+	// NotFound over gRPC): look before asking.
+	if names, _ := os.ReadDir(filepath.Join(root, "snapshots")); len(names) > 0 {
+		if st.Snapshots, err = SnapshotsOf(ctx, sn); err != nil {
+			return st, fmt.Errorf("snapshots of lazypull-snapshotter at %s: %w", address, err)
+		}
+	}
+	st.Store, err = storeStatus(ctx, composefsDir(root))
+	return st, err
+}
+
+// SnapshotsOf lists sn's snapshots, by name, with their composefs form.
+func SnapshotsOf(ctx context.Context, sn snapshots.Snapshotter) ([]SnapshotStatus, error) {
+	var list []SnapshotStatus
+	err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		list = append(list, SnapshotStatus{
+			Name:      info.Name,
+			Kind:      info.Kind.String(),
+			Parent:    info.Parent,
+			Composefs: info.Labels[snapshot.LabelComposefs],
+		})
+		return nil
+	})
+	if errdefs.IsNotFound(err) {
+		return nil, nil // a fresh root: no snapshots yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+	return list, nil
+}
+
+// storeStatus reads the object store in dir, or returns nil if there is
+// none: opening it would make one.
+func storeStatus(ctx context.Context, dir string) (*StoreStatus, error) {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	// Open says in the log when the filesystem has no fs-verity: the
+	// status says it anyway.
+	quiet := logrus.New()
+	quiet.SetLevel(logrus.ErrorLevel)
+	ctx = log.WithLogger(ctx, logrus.NewEntry(quiet))
+	store, err := objects.Open(ctx, dir)
+	if err != nil {
+		return nil, fmt.Errorf("composefs object store %s: %w", dir, err)
+	}
+	defer store.Close()
+	u, err := store.Usage(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("composefs object store %s: %w", dir, err)
+	}
+	return &StoreStatus{Dir: dir, Objects: u.Objects, Bytes: u.Size, Disk: u.Disk, Verity: store.Verity().String()}, nil
+}
+
+// Summary is one line on the composefs mode: how many snapshots are in its
+// form (and with fs-verity), and the object store's usage and fs-verity.
+func (st ComposefsStatus) Summary(bytes func(int64) string) string {
+	var n, verity int
+	for _, s := range st.Snapshots {
+		if s.Composefs != "" {
+			n++
+		}
+		if s.Composefs == "verity" {
+			verity++
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "composefs: %d of %d snapshots in the composefs form (%d with fs-verity)", n, len(st.Snapshots), verity)
+	if st.Store == nil {
+		b.WriteString("; no object store (the mode was never on)")
+		return b.String()
+	}
+	fmt.Fprintf(&b, "; object store %s: %d objects, %s (%s on disk), fs-verity %s",
+		st.Store.Dir, st.Store.Objects, bytes(st.Store.Bytes), bytes(st.Store.Disk), st.Store.Verity)
+	return b.String()
+}
