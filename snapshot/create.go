@@ -43,6 +43,11 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		s.fallbackMu.Unlock()
 		return mounts, nil
 	}
+	// The layer is the Remote's now: a deep stack mounted for the unpack
+	// that will not happen (deepMounts) would only linger.
+	if err := s.unmountMerged(ctx, key); err != nil {
+		log.G(ctx).WithError(err).WithField("key", key).Warn("failed to unmount the unused overlay of a remote snapshot; Remove will")
+	}
 	if err := s.commitRemote(ctx, target, key, opts); err != nil {
 		if rerr := s.Remove(ctx, key); rerr != nil {
 			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to remove remote snapshot that could not be committed")
