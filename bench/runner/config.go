@@ -127,9 +127,9 @@ type Config struct {
 	// its defaults. A scenario with a Config of its own (lazypull-composefs)
 	// runs with that instead.
 	DaemonConfig string
-	// Footprint, after the runs, pulls all the images into each scenario
-	// that keeps whole layers (overlayfs, lazypull-composefs) and measures
-	// its disk and page cache (see Footprint).
+	// Footprint, after the runs, pulls all the images into each of
+	// overlayfs's and lazypull's scenarios and measures its disk and page
+	// cache (see Footprint).
 	Footprint bool
 	// RunTimeout bounds one run (pull and run until the ready line).
 	RunTimeout time.Duration

@@ -4,8 +4,7 @@
 // lazypull with zstd:chunked, lazypull's composefs mode with a full pull),
 // through a shaped link, N times each, and writes the raw results as JSON,
 // a markdown table and a PNG chart. With all the images on one node it also
-// measures the disk and page cache of the snapshotters that keep whole
-// layers (Footprint).
+// measures the disk and page cache each snapshotter uses (Footprint).
 //
 // It drives the real stack that internal/testenv starts (registry,
 // lazypull-snapshotter with its FUSE manager, containerd) from the outside,

@@ -142,7 +142,7 @@ func (rep *Report) footprintMarkdown(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "\n## Footprint: %s on one node\n\n", strings.Join(rep.Footprints[0].Images, " and "))
-	fmt.Fprint(w, "All the images pulled into one snapshotter. *disk*: blocks allocated under its roots (each inode once, mounts left out); "+
+	fmt.Fprint(w, "All the images pulled into one snapshotter (a lazy pull's background fetch ended). *disk*: blocks allocated under its roots (each inode once, mounts left out); "+
 		"*objects*: of which the composefs object store; *page cache*: resident pages of the files under the roots (mincore) after each image's workload ran once from a dropped page cache "+
 		"(file data only: directories, inodes and EROFS's own metadata cache are not counted). Ratios to the first row.\n\n")
 	fmt.Fprint(w, "| scenario | roots | files | disk MB | disk vs first | objects MB | page cache MB | page cache vs first |\n")

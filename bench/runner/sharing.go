@@ -15,7 +15,8 @@ import (
 )
 
 // Footprint is what a scenario's snapshotter keeps of all the run's images
-// at once, pulled one after the other: bytes on disk under its root, and
+// at once, pulled one after the other (and, for a lazy pull, fetched in
+// the background to the end): bytes on disk under its root, and
 // the page cache its files hold once every image's workload has run from a
 // dropped cache. Images that share files in different layers (python and
 // gcc share their Debian base layer, which containerd stores once either
@@ -29,21 +30,25 @@ type Footprint struct {
 	// below them left out.
 	DiskBytes int64    `json:"diskBytes"`
 	Roots     []string `json:"roots"` // relative to the snapshotter's state directory
-	// ObjectBytes is the part of DiskBytes in the composefs object store.
+	// ObjectBytes is the part of DiskBytes in the composefs object
+	// store's files (its 256 fan-out directories, there in every lazypull
+	// root, left out).
 	ObjectBytes int64 `json:"objectBytes,omitempty"`
 	// PageCacheBytes is the resident pages (mincore) of the regular files
 	// under the roots after every image's workload ran once from a dropped
 	// page cache. It counts file data only: directory blocks, inodes and
-	// EROFS's own metadata cache are not file pages.
+	// EROFS's own metadata cache are not file pages, nor are the FUSE
+	// mode's pages of files it served without passthrough.
 	PageCacheBytes int64 `json:"pageCacheBytes"`
 	Files          int   `json:"files"` // regular files under the roots
 }
 
-// footprintScenario tells whether Footprint measures sc: the scenarios that
-// keep whole layers on the node (not the lazy ones, whose disk is a cache
-// that fills in the background, nor other snapshotters').
+// footprintScenario tells whether Footprint measures sc: overlayfs and
+// lazypull's scenarios (the lazy ones once their background fetch has
+// ended, their disk the chunk cache), not other snapshotters', whose
+// roots it does not know.
 func footprintScenario(sc Scenario) bool {
-	return sc.Format == "" && !sc.external()
+	return !sc.external() && (sc.Snapshotter == "" || sc.Snapshotter == "lazypull")
 }
 
 // footprint pulls every image in sc from a cold state, measures the disk
@@ -56,12 +61,17 @@ func (r *bench) footprint(ctx context.Context, imgs []Image, sc Scenario) (Footp
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RunTimeout*time.Duration(len(imgs)))
 	defer cancel()
+	r.proxy.ResetStats()
+	var imageBytes int64
 	for _, img := range imgs {
 		fp.Images = append(fp.Images, img.Name)
 		if err := r.pull(ctx, sc, r.proxy.Addr()+"/"+repo(img, sc)); err != nil {
 			return fp, err
 		}
+		imageBytes += r.imageSizes[repo(img, sc)]
 	}
+	// A lazy pull's layers are whole once the background fetch has ended.
+	r.settle(ctx, imageBytes)
 	base, roots := r.snapshotterRoots(sc)
 	for _, root := range roots {
 		rel, _ := filepath.Rel(base, root)
@@ -77,7 +87,7 @@ func (r *bench) footprint(ctx context.Context, imgs []Image, sc Scenario) (Footp
 		if err != nil {
 			return fp, err
 		}
-		fp.ObjectBytes = objects.bytes
+		fp.ObjectBytes = objects.fileBytes
 	}
 	if err := dropPageCache(); err != nil {
 		return fp, err
@@ -118,9 +128,10 @@ func (r *bench) snapshotterRoots(sc Scenario) (base string, roots []string) {
 
 // usage is what diskUsage found.
 type usage struct {
-	bytes    int64 // allocated blocks, each inode once
-	resident int64 // page-cache-resident bytes of regular files
-	files    int
+	bytes     int64 // allocated blocks, each inode once
+	fileBytes int64 // of bytes, the regular files'
+	resident  int64 // page-cache-resident bytes of regular files
+	files     int
 }
 
 // diskUsage walks the roots (missing ones are empty) without entering
@@ -175,6 +186,7 @@ func diskUsage(roots ...string) (usage, error) {
 			u.bytes += st.Blocks * 512
 			if d.Type().IsRegular() {
 				u.files++
+				u.fileBytes += st.Blocks * 512
 				n, err := residentPages(p, st.Size)
 				if err != nil {
 					return err

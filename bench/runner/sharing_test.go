@@ -55,6 +55,9 @@ func TestDiskUsage(t *testing.T) {
 	if want := one + dirBlocks(t, dir) + dirBlocks(t, b); u.files != 1 || u.bytes != want {
 		t.Errorf("usage %+v: want 1 file and %d bytes (the file once, two directories)", u, want)
 	}
+	if u.fileBytes != one {
+		t.Errorf("%d bytes of regular files, want %d", u.fileBytes, one)
+	}
 	if u.resident != 0 {
 		t.Errorf("%d bytes resident after the pages were dropped", u.resident)
 	}
@@ -98,7 +101,12 @@ func TestScenarioDaemonConfig(t *testing.T) {
 	if got := cfg.daemonConfig(other); got != cfg.DaemonConfig {
 		t.Errorf("another daemon's config reached lazypull's: %q", got)
 	}
-	if !footprintScenario(LazypullComposefs) || !footprintScenario(Overlayfs) || footprintScenario(LazypullEStargz) || footprintScenario(other) {
-		t.Error("the footprint is measured for the scenarios that keep whole layers: overlayfs and lazypull-composefs only")
+	for _, sc := range Scenarios() {
+		if !footprintScenario(sc) {
+			t.Errorf("no footprint for %s", sc.Name)
+		}
+	}
+	if footprintScenario(other) {
+		t.Error("a footprint for another snapshotter, whose roots the runner does not know")
 	}
 }

@@ -36,7 +36,7 @@ func main() {
 	cache := flag.String("cache", images.DefaultCacheDir(), "image build cache `DIR`")
 	dataSize := flag.Int64("data-size", images.DefaultDataSize, "size in bytes of the data image's data layer")
 	daemonConfig := flag.String("daemon-config", "", "lazypull-snapshotter TOML `FILE` (default: its defaults)")
-	footprint := flag.Bool("footprint", true, "after the runs, measure disk and page cache with all the images pulled into overlayfs and lazypull-composefs")
+	footprint := flag.Bool("footprint", true, "after the runs, measure disk and page cache with all the images pulled into each of overlayfs's and lazypull's scenarios")
 	keepLogs := flag.Bool("keep-logs", false, "keep the daemons' logs under the results directory (else only when a run fails)")
 	containerd := flag.String("containerd", "2.x", "containerd `RELEASE` to start: 2.x ("+testenv.Containerd2.Name+", built by scripts/install-deps.sh) or 1.6 (Debian's)")
 	rerender := flag.String("rerender", "", "only rewrite results.md and totals.png of the results `DIR` from its results.json")
