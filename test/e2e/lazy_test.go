@@ -144,7 +144,7 @@ func checkMetrics(t *testing.T, addr string) {
 		"lazypull_mounted_layers 2",
 		"lazypull_registry_fetched_bytes_total{registry=",
 		`lazypull_fuse_operation_seconds_count{operation="read"}`,
-		`lazypull_cache_hits_total{from="memory"}`,
+		`lazypull_cache_hits_total{from="disk"}`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
