@@ -158,7 +158,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 
 	opts := append(cfg.Snapshotter.snapshotOpts(), snapshot.WithRemote(remote))
 	if cfg.Composefs.Enable {
-		layers, err := composefs.OpenLayers(ctx, filepath.Join(cfg.Root, "composefs"))
+		layers, err := composefs.OpenLayers(ctx, composefsDir(cfg.Root))
 		if err != nil {
 			return err
 		}
