@@ -61,17 +61,16 @@ const (
 // hold files of e's directory (or below it), within neighbourWindow.
 func (l *Layer) neighbours(e *toc.Entry, k int) (lo, hi int) {
 	m := l.members[k]
-	if m.end-m.off > smallMember {
+	if m.size > smallMember {
 		return k, k + 1
 	}
 	dir := path.Dir(e.Name) + "/"
 	near := func(j int) bool {
-		n := l.members[j]
-		if n.end-n.off > smallMember {
+		if l.members[j].size > smallMember {
 			return false
 		}
-		for _, r := range n.chunks {
-			if !strings.HasPrefix(r.e.Name, dir) {
+		for _, r := range l.chunksOf(j) {
+			if e, _ := l.resolve(r); !strings.HasPrefix(e.Name, dir) {
 				return false
 			}
 		}
@@ -81,7 +80,7 @@ func (l *Layer) neighbours(e *toc.Entry, k int) (lo, hi int) {
 	for lo > 0 && m.off-l.members[lo-1].off <= neighbourWindow && near(lo-1) {
 		lo--
 	}
-	for hi < len(l.members) && l.members[hi].end-m.end <= neighbourWindow && near(hi) {
+	for hi < len(l.members) && l.members[hi].end()-m.end() <= neighbourWindow && near(hi) {
 		hi++
 	}
 	return lo, hi

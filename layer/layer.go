@@ -147,9 +147,10 @@ type Layer struct {
 	cache   Cache
 	opts    Options
 
-	members   []member  // compressed members (gzip) or frames (zstd), by offset
-	dataBytes int64     // their total size
-	tailPiece tailPiece // set once, at Open
+	members   []member   // compressed members (gzip) or frames (zstd), by offset
+	refs      []chunkRef // the members' chunks, member by member
+	dataBytes int64      // their total size
+	tailPiece tailPiece  // set once, at Open
 
 	// ctx ends when the layer closes; wg counts every goroutine the
 	// layer started (see spawn).
@@ -194,14 +195,38 @@ type tailPiece struct {
 	data   []byte
 }
 
+// member is a compressed member (gzip) or frame (zstd). A layer of
+// 50,000 small files has as many, kept for its life: 16 bytes each.
 type member struct {
-	off, end int64
-	chunks   []chunkRef
+	off  int64
+	size uint32 // toc.Limits keeps a member under 4 GiB
+	// first is the member's first chunk in Layer.refs; the next member's
+	// first ends its chunks.
+	first uint32
 }
 
+func (m member) end() int64 { return m.off + int64(m.size) }
+
+// chunkRef names a chunk by the index of its entry in the TOC's Entries
+// and its index among that entry's chunks: 8 bytes, not a pointer and an
+// int.
 type chunkRef struct {
-	e *toc.Entry
-	i int
+	entry, chunk uint32
+}
+
+// chunksOf lists the chunks that member k holds.
+func (l *Layer) chunksOf(k int) []chunkRef {
+	end := len(l.refs)
+	if k+1 < len(l.members) {
+		end = int(l.members[k+1].first)
+	}
+	return l.refs[l.members[k].first:end]
+}
+
+// resolve resolves a reference to its entry and chunk.
+func (l *Layer) resolve(r chunkRef) (*toc.Entry, *toc.Chunk) {
+	e := l.blob.TOC().Entries[r.entry]
+	return e, &e.Chunks[r.chunk]
 }
 
 // call is one fetch of a run of members. Readers waiting on it register
@@ -327,11 +352,11 @@ func (l *Layer) missed(e *toc.Entry) {
 // for a small layer that is all of it, in the one request that got the TOC.
 func (l *Layer) keepTail(tail []byte, tailOff int64) {
 	first := sort.Search(len(l.members), func(k int) bool { return l.members[k].off >= tailOff })
-	if first > 0 && l.members[first-1].end > tailOff {
+	if first > 0 && l.members[first-1].end() > tailOff {
 		// The member the tail cuts: keep its end, so that fetching it
 		// later asks only for the rest.
 		m := l.members[first-1]
-		l.tailPiece = tailPiece{member: first - 1, from: tailOff, data: bytes.Clone(tail[:m.end-tailOff])}
+		l.tailPiece = tailPiece{member: first - 1, from: tailOff, data: bytes.Clone(tail[:m.end()-tailOff])}
 	}
 	if first == len(l.members) {
 		return
@@ -350,55 +375,55 @@ func (l *Layer) keepTail(tail []byte, tailOff int64) {
 		defer l.recoverAs("caching the tail", &err)
 		for k := first; k < len(l.members) && err == nil; k++ {
 			m := l.members[k]
-			err = l.decodeMember(tail[m.off-tailOff:m.end-tailOff], m, cl)
+			err = l.decodeMember(tail[m.off-tailOff:m.end()-tailOff], k, cl)
 		}
 	})
 }
 
 // index groups chunks by the member that holds them. Kept for the
-// layer's life, so packed: one array of chunk references, which each
-// member's list is a piece of (a layer of 50,000 files has as many
-// members), and no spare capacity.
+// layer's life, so packed: one array of chunk references, in member
+// order, which each member indexes into (a layer of 50,000 files has as
+// many members), and no spare capacity.
 func (l *Layer) index() {
 	type placed struct {
 		off, end int64
 		ref      chunkRef
 	}
+	entries := l.blob.TOC().Entries
 	var n int
-	for _, e := range l.blob.TOC().Entries {
+	for _, e := range entries {
 		for _, c := range e.Chunks {
 			if !c.Zero {
 				n++
 			}
 		}
 	}
+	// The indexes fit in 32 bits: toc.Limits bounds the TOC's bytes, and
+	// every chunk takes some of them.
 	all := make([]placed, 0, n)
-	for _, e := range l.blob.TOC().Entries {
-		for i, c := range e.Chunks {
+	for i, e := range entries {
+		for j, c := range e.Chunks {
 			if !c.Zero {
-				all = append(all, placed{c.Offset, c.EndOffset, chunkRef{e, i}})
+				all = append(all, placed{c.Offset, c.EndOffset, chunkRef{uint32(i), uint32(j)}})
 			}
 		}
 	}
 	// By offset; in TOC order within a member.
 	slices.SortStableFunc(all, func(a, b placed) int { return cmp.Compare(a.off, b.off) })
-	refs := make([]chunkRef, len(all))
+	l.refs = make([]chunkRef, len(all))
 	members := 0
 	for i, p := range all {
-		refs[i] = p.ref
+		l.refs[i] = p.ref
 		if i == 0 || p.off != all[i-1].off {
 			members++
 		}
 	}
 	l.members = make([]member, 0, members)
-	for i := 0; i < len(all); {
-		j := i + 1
-		for j < len(all) && all[j].off == all[i].off {
-			j++
+	for i, p := range all {
+		if i == 0 || p.off != all[i-1].off {
+			l.members = append(l.members, member{off: p.off, size: uint32(p.end - p.off), first: uint32(i)})
+			l.dataBytes += p.end - p.off
 		}
-		l.members = append(l.members, member{off: all[i].off, end: all[i].end, chunks: refs[i:j:j]})
-		l.dataBytes += all[i].end - all[i].off
-		i = j
 	}
 	l.done = make([]bool, len(l.members))
 }

@@ -398,13 +398,13 @@ func TestOpenReadsOnlyTheTOCWhenTheManifestPlacesIt(t *testing.T) {
 // fetchedFiles lists the files whose every chunk the layer has cached.
 func fetchedFiles(l *Layer) map[string]bool {
 	out := map[string]bool{}
-	for _, e := range l.TOC().Entries {
+	for n, e := range l.TOC().Entries {
 		if e.Type != toc.TypeReg || e.Size == 0 {
 			continue
 		}
 		all := true
 		for i, c := range e.Chunks {
-			if !c.Zero && !l.hasChunk(chunkRef{e, i}) {
+			if !c.Zero && !l.hasChunk(chunkRef{uint32(n), uint32(i)}) {
 				all = false
 			}
 		}

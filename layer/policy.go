@@ -36,7 +36,7 @@ func (l *Layer) FetchFile(e *toc.Entry) {
 // up to k, in the background but ahead of background work.
 func (l *Layer) fetchFile(e *toc.Entry, k int, why string) {
 	first, last, ok := l.memberSpan(e)
-	if !ok || l.members[last].end-l.members[first].off > l.opts.WholeFile {
+	if !ok || l.members[last].end()-l.members[first].off > l.opts.WholeFile {
 		return
 	}
 	l.gate.enter()
@@ -64,7 +64,7 @@ func (l *Layer) readAhead(e *toc.Entry, from int) {
 	if from >= len(e.Chunks) {
 		return
 	}
-	if first, last, ok := l.memberSpan(e); ok && l.members[last].end-l.members[first].off <= l.opts.WholeFile {
+	if first, last, ok := l.memberSpan(e); ok && l.members[last].end()-l.members[first].off <= l.opts.WholeFile {
 		return
 	}
 	var size int64
@@ -196,7 +196,7 @@ func (l *Layer) fetchRange(ctx context.Context, from, to int, why string, p pace
 		}
 		// The span: members from k whose bytes fit in the pace's span.
 		end := k + 1
-		for end < to && l.members[end].end-l.members[k].off <= p.span {
+		for end < to && l.members[end].end()-l.members[k].off <= p.span {
 			end++
 		}
 		l.markCached(k, end)
@@ -260,7 +260,7 @@ func (l *Layer) markCached(from, to int) {
 			continue
 		}
 		all := true
-		for _, r := range l.members[k].chunks {
+		for _, r := range l.chunksOf(k) {
 			if !l.hasChunk(r) {
 				all = false
 				break
@@ -270,7 +270,7 @@ func (l *Layer) markCached(from, to int) {
 			l.mu.Lock()
 			if !l.done[k] {
 				l.done[k] = true
-				l.cachedData.Add(l.members[k].end - l.members[k].off)
+				l.cachedData.Add(int64(l.members[k].size))
 			}
 			l.mu.Unlock()
 		}

@@ -165,5 +165,6 @@ func (l *Layer) readCached(e *toc.Entry, i int, p []byte, from int64) bool {
 // hasChunk tells whether the cache holds chunk r, in its own entry or in
 // its file's assembled one.
 func (l *Layer) hasChunk(r chunkRef) bool {
-	return l.cache.Has(r.e.Chunks[r.i].Digest()) || (assembles(r.e) && l.cache.Has(r.e.Digest()))
+	e, c := l.resolve(r)
+	return l.cache.Has(c.Digest()) || (assembles(e) && l.cache.Has(e.Digest()))
 }

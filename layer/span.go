@@ -36,7 +36,7 @@ func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why str
 	defer func() { l.release(k, last+1, cl, err) }()
 	defer l.recoverAs("a fetch for "+why, &err)
 
-	start, stop := l.members[k].off, l.members[last].end
+	start, stop := l.members[k].off, l.members[last].end()
 	bp := spanBuffers.get(stop - start)
 	defer spanBuffers.put(bp)
 	buf := *bp
@@ -63,7 +63,7 @@ func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why str
 		}
 		for j := k; j <= last && err == nil; j++ {
 			m := l.members[j]
-			err = l.decodeMember(buf[m.off-start:m.end-start], m, cl)
+			err = l.decodeMember(buf[m.off-start:m.end()-start], j, cl)
 		}
 		if err == nil {
 			if l.spool != nil {
@@ -85,10 +85,10 @@ func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why str
 // straight into the cache, which hashes it as it writes: a chunk that does
 // not match its digest is an error, as ReadChunk's would be.
 func (l *Layer) streamToCache(compressed []byte, r chunkRef) error {
-	c := r.e.Chunks[r.i]
-	rc, err := l.blob.OpenChunk(compressed, c)
+	e, c := l.resolve(r)
+	rc, err := l.blob.OpenChunk(compressed, *c)
 	if err != nil {
-		return fmt.Errorf("%q chunk %d: %w", r.e.Name, r.i, err)
+		return fmt.Errorf("%q chunk %d: %w", e.Name, r.chunk, err)
 	}
 	defer rc.Close()
 	src := &readErr{r: rc}
@@ -96,7 +96,7 @@ func (l *Layer) streamToCache(compressed []byte, r chunkRef) error {
 	l.putChunk(c.Digest(), func() error {
 		err := l.cache.PutFile(c.Digest(), src)
 		if src.err != nil || errors.Is(err, cache.ErrDigestMismatch) {
-			bad = fmt.Errorf("%q chunk %d: %w", r.e.Name, r.i, errors.Join(src.err, err))
+			bad = fmt.Errorf("%q chunk %d: %w", e.Name, r.chunk, errors.Join(src.err, err))
 			return nil
 		}
 		return err
@@ -177,7 +177,7 @@ func (l *Layer) release(k, end int, cl *call, err error) {
 		delete(l.inflight, j)
 		if err == nil && !l.done[j] {
 			l.done[j] = true
-			l.cachedData.Add(l.members[j].end - l.members[j].off)
+			l.cachedData.Add(int64(l.members[j].size))
 		}
 	}
 	l.mu.Unlock()
@@ -188,9 +188,9 @@ func (l *Layer) release(k, end int, cl *call, err error) {
 // decodeMember verifies and caches every chunk a member holds, and keeps
 // the bytes of those that readers of cl wait for. A chunk the cache holds
 // already and nobody waits for is not decoded again.
-func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
-	for _, r := range m.chunks {
-		c := r.e.Chunks[r.i]
+func (l *Layer) decodeMember(compressed []byte, k int, cl *call) error {
+	for _, r := range l.chunksOf(k) {
+		e, c := l.resolve(r)
 		l.mu.Lock()
 		wanted := cl.want[c.Digest()] > 0
 		l.mu.Unlock()
@@ -207,9 +207,9 @@ func (l *Layer) decodeMember(compressed []byte, m member, cl *call) error {
 			l.chunks.Add(1)
 			continue
 		}
-		data, err := l.blob.ReadChunk(nil, compressed, c)
+		data, err := l.blob.ReadChunk(nil, compressed, *c)
 		if err != nil {
-			return fmt.Errorf("%q chunk %d: %w", r.e.Name, r.i, err)
+			return fmt.Errorf("%q chunk %d: %w", e.Name, r.chunk, err)
 		}
 		l.chunks.Add(1)
 		l.mu.Lock()

@@ -78,6 +78,11 @@ func (l Limits) WithDefaults() Limits {
 	if l.MaxMemberBytes <= 0 {
 		l.MaxMemberBytes = l.MaxChunkBytes + l.MaxChunkBytes/8
 	}
+	// Readers hold a chunk and fetch a member whole, and a mounted layer
+	// keeps a member's size in 32 bits: neither may reach 4 GiB, whatever
+	// a configuration asks for.
+	l.MaxChunkBytes = min(l.MaxChunkBytes, maxChunkBytes)
+	l.MaxMemberBytes = min(l.MaxMemberBytes, maxChunkBytes+maxChunkBytes/8)
 	return l
 }
 
@@ -90,6 +95,7 @@ const (
 	maxID          = 1<<32 - 1
 	maxDeviceMajor = 1<<12 - 1
 	maxDeviceMinor = 1<<20 - 1
+	maxChunkBytes  = 1 << 30
 )
 
 // Error is a TOC that breaks a rule; it names the entry and the rule.
