@@ -94,10 +94,10 @@ func FuzzConvertLayer(f *testing.F) {
 			}
 			got, err := readFile(opened, blob, e)
 			if err != nil {
-				t.Fatalf("%s: %v", e.Name, err)
+				t.Fatalf("%s: %v", e.Path(), err)
 			}
-			if w, ok := want[e.Name]; ok && !bytes.Equal(got, w) {
-				t.Fatalf("%s: the converted layer holds %q, the tar %q", e.Name, got, w)
+			if w, ok := want[e.Path()]; ok && !bytes.Equal(got, w) {
+				t.Fatalf("%s: the converted layer holds %q, the tar %q", e.Path(), got, w)
 			}
 		}
 	})

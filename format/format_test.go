@@ -226,16 +226,16 @@ func TestOpenChunkStreamsWhatReadChunkReturns(t *testing.T) {
 				compressed := tc.blob[c.Offset:c.EndOffset]
 				want, err := blob.ReadChunk(nil, compressed, c)
 				if err != nil {
-					t.Fatalf("%s %s: ReadChunk: %v", tc.kind, e.Name, err)
+					t.Fatalf("%s %s: ReadChunk: %v", tc.kind, e.Path(), err)
 				}
 				rc, err := blob.OpenChunk(compressed, c)
 				if err != nil {
-					t.Fatalf("%s %s: OpenChunk: %v", tc.kind, e.Name, err)
+					t.Fatalf("%s %s: OpenChunk: %v", tc.kind, e.Path(), err)
 				}
 				got, err := io.ReadAll(rc)
 				rc.Close()
 				if err != nil || !bytes.Equal(got, want) {
-					t.Fatalf("%s %s chunk at %d: streamed %d bytes (%v), want the %d ReadChunk returns", tc.kind, e.Name, c.FileOffset, len(got), err, len(want))
+					t.Fatalf("%s %s chunk at %d: streamed %d bytes (%v), want the %d ReadChunk returns", tc.kind, e.Path(), c.FileOffset, len(got), err, len(want))
 				}
 				// Cut short: at most a prefix of the chunk (its
 				// digest, checked by the caller, tells the rest).
@@ -243,7 +243,7 @@ func TestOpenChunkStreamsWhatReadChunkReturns(t *testing.T) {
 					got, _ := io.ReadAll(rc)
 					rc.Close()
 					if !bytes.HasPrefix(want, got) {
-						t.Errorf("%s %s: a cut member streamed %d bytes that are not the chunk's", tc.kind, e.Name, len(got))
+						t.Errorf("%s %s: a cut member streamed %d bytes that are not the chunk's", tc.kind, e.Path(), len(got))
 					}
 				}
 				chunks++

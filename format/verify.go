@@ -122,7 +122,7 @@ func checkTar(r io.Reader, t *toc.TOC) error {
 	}
 	for _, e := range t.Entries {
 		if !seen[e] && !e.Implicit {
-			return mismatch(e.Name, "in the TOC but not in the tar")
+			return mismatch(e.Path(), "in the TOC but not in the tar")
 		}
 	}
 	return nil
@@ -143,25 +143,26 @@ var tarTypes = map[byte]toc.Type{
 func sameHeader(h *tar.Header, e *toc.Entry) error {
 	typ, ok := tarTypes[h.Typeflag]
 	if !ok || typ != e.Type {
-		return mismatch(e.Name, "a %s in the TOC, tar type %q in the tar", e.Type, h.Typeflag)
+		return mismatch(e.Path(), "a %s in the TOC, tar type %q in the tar", e.Type, h.Typeflag)
 	}
 	switch {
-	case uint32(h.Mode&0o7777) != e.Mode:
-		return mismatch(e.Name, "mode %o in the TOC, %o in the tar", e.Mode, h.Mode&0o7777)
+	case h.Mode&0o7777 != int64(e.Mode):
+		return mismatch(e.Path(), "mode %o in the TOC, %o in the tar", e.Mode, h.Mode&0o7777)
 	case h.Uid != int(e.UID) || h.Gid != int(e.GID):
-		return mismatch(e.Name, "owner %d:%d in the TOC, %d:%d in the tar", e.UID, e.GID, h.Uid, h.Gid)
+		return mismatch(e.Path(), "owner %d:%d in the TOC, %d:%d in the tar", e.UID, e.GID, h.Uid, h.Gid)
 	case e.Type == toc.TypeReg && h.Size != e.Size:
-		return mismatch(e.Name, "%d bytes in the TOC, %d in the tar", e.Size, h.Size)
+		return mismatch(e.Path(), "%d bytes in the TOC, %d in the tar", e.Size, h.Size)
 	case e.Type == toc.TypeSymlink && h.Linkname != e.LinkName():
-		return mismatch(e.Name, "links to %q in the TOC, %q in the tar", e.LinkName(), h.Linkname)
+		return mismatch(e.Path(), "links to %q in the TOC, %q in the tar", e.LinkName(), h.Linkname)
 	case e.Type == toc.TypeHardlink && cleanTarName(h.Linkname) != e.LinkName():
-		return mismatch(e.Name, "a hard link to %q in the TOC, to %q in the tar", e.LinkName(), h.Linkname)
-	case (e.Type == toc.TypeChar || e.Type == toc.TypeBlock) && (h.Devmajor != int64(e.DevMajor) || h.Devminor != int64(e.DevMinor)):
-		return mismatch(e.Name, "device %d:%d in the TOC, %d:%d in the tar", e.DevMajor, e.DevMinor, h.Devmajor, h.Devminor)
+		return mismatch(e.Path(), "a hard link to %q in the TOC, to %q in the tar", e.LinkName(), h.Linkname)
+	case (e.Type == toc.TypeChar || e.Type == toc.TypeBlock) && !sameDev(e, h):
+		major, minor := e.Dev()
+		return mismatch(e.Path(), "device %d:%d in the TOC, %d:%d in the tar", major, minor, h.Devmajor, h.Devminor)
 	}
 	for k, v := range e.Xattrs() {
 		if tv, ok := h.PAXRecords["SCHILY.xattr."+k]; !ok || tv != string(v) {
-			return mismatch(e.Name, "xattr %s in the TOC is not the tar's", k)
+			return mismatch(e.Path(), "xattr %s in the TOC is not the tar's", k)
 		}
 	}
 	return nil
@@ -183,7 +184,7 @@ func sameContent(r io.Reader, e *toc.Entry, buf []byte) error {
 		for left := c.Size; left > 0; {
 			n, err := io.ReadFull(r, buf[:min(left, int64(len(buf)))])
 			if err != nil {
-				return mismatch(e.Name, "content ends %d bytes early in the tar: %v", left, err)
+				return mismatch(e.Path(), "content ends %d bytes early in the tar: %v", left, err)
 			}
 			p := buf[:n]
 			if whole != nil {
@@ -191,7 +192,7 @@ func sameContent(r io.Reader, e *toc.Entry, buf []byte) error {
 			}
 			if c.Zero {
 				if !isZero(p) {
-					return mismatch(e.Name, "chunk %d is a hole in the TOC but holds data in the tar", i)
+					return mismatch(e.Path(), "chunk %d is a hole in the TOC but holds data in the tar", i)
 				}
 			} else {
 				h.Write(p)
@@ -199,11 +200,11 @@ func sameContent(r io.Reader, e *toc.Entry, buf []byte) error {
 			left -= int64(n)
 		}
 		if h != nil && digest.NewDigest(c.Digest().Algorithm(), h) != c.Digest() {
-			return mismatch(e.Name, "chunk %d at offset %d differs from the TOC's digest in the tar", i, c.FileOffset)
+			return mismatch(e.Path(), "chunk %d at offset %d differs from the TOC's digest in the tar", i, c.FileOffset)
 		}
 	}
 	if whole != nil && digest.NewDigest(e.Digest().Algorithm(), whole) != e.Digest() {
-		return mismatch(e.Name, "content differs from the TOC's digest in the tar")
+		return mismatch(e.Path(), "content differs from the TOC's digest in the tar")
 	}
 	return nil
 }
@@ -226,4 +227,10 @@ var zeroBlock = make([]byte, 4096)
 func IsVerifyError(err error) bool {
 	var v *VerifyError
 	return errors.As(err, &v)
+}
+
+// sameDev tells whether a device entry has the tar header's numbers.
+func sameDev(e *toc.Entry, h *tar.Header) bool {
+	major, minor := e.Dev()
+	return h.Devmajor == int64(major) && h.Devminor == int64(minor)
 }

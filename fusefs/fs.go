@@ -198,6 +198,6 @@ func whiteoutTarget(base string) (string, bool) {
 // errno turns a read error into EIO: a caller never gets wrong bytes.
 func (f *filesystem) readError(e *toc.Entry, err error) syscall.Errno {
 	f.readErrors.Add(1)
-	log.L.WithError(err).WithField("file", e.Name).Error("read failed; the reader gets EIO")
+	log.L.WithError(err).WithField("file", e.Path()).Error("read failed; the reader gets EIO")
 	return syscall.EIO
 }

@@ -36,7 +36,7 @@ func typeBits(e *toc.Entry) uint32 {
 func (f *filesystem) fillAttr(e *toc.Entry, out *fuse.Attr) {
 	e = f.toc.HardlinkTarget(e)
 	out.Ino = e.Ino()
-	out.Mode = typeBits(e) | e.Mode
+	out.Mode = typeBits(e) | uint32(e.Mode)
 	out.Nlink = max(e.NumLink, 1)
 	out.Uid, out.Gid = e.UID, e.GID
 	switch e.Type {
@@ -47,7 +47,7 @@ func (f *filesystem) fillAttr(e *toc.Entry, out *fuse.Attr) {
 	case toc.TypeDir:
 		out.Size = 4096
 	case toc.TypeChar, toc.TypeBlock:
-		out.Rdev = uint32(unix.Mkdev(uint32(e.DevMajor), e.DevMinor))
+		out.Rdev = uint32(unix.Mkdev(e.Dev()))
 	}
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 4096

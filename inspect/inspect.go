@@ -238,10 +238,10 @@ func verifyChunks(ra io.ReaderAt, blob format.Blob) error {
 			}
 			compressed := make([]byte, c.EndOffset-c.Offset)
 			if _, err := ra.ReadAt(compressed, c.Offset); err != nil && err != io.EOF {
-				return fmt.Errorf("file %q chunk %d: %w", e.Name, i, err)
+				return fmt.Errorf("file %q chunk %d: %w", e.Path(), i, err)
 			}
 			if _, err := blob.ReadChunk(nil, compressed, c); err != nil {
-				return fmt.Errorf("file %q chunk %d: %w", e.Name, i, err)
+				return fmt.Errorf("file %q chunk %d: %w", e.Path(), i, err)
 			}
 		}
 	}

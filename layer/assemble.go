@@ -65,7 +65,7 @@ func (l *Layer) assemble(e *toc.Entry) {
 	if busy {
 		return
 	}
-	if !l.spawn("assembling "+e.Name, func(ctx context.Context) { l.assembleNow(ctx, e) }) {
+	if !l.spawn("assembling "+e.Path(), func(ctx context.Context) { l.assembleNow(ctx, e) }) {
 		l.mu.Lock()
 		delete(l.assembling, e.Digest())
 		l.mu.Unlock()
@@ -83,7 +83,7 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 	go func() {
 		var err error
 		defer func() { pw.CloseWithError(err) }() // nil: io.EOF for the reader
-		defer l.recoverAs("reading chunks to assemble "+e.Name, &err)
+		defer l.recoverAs("reading chunks to assemble "+e.Path(), &err)
 		err = l.writeContent(ctx, e, pw)
 	}()
 	err := l.cache.PutFile(e.Digest(), pr) // checks the whole file's digest
@@ -91,14 +91,14 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 	if errors.Is(err, cache.ErrDigestMismatch) {
 		// Every chunk matched its digest as it was read, the whole does
 		// not match the file's: the TOC contradicts itself.
-		err = fmt.Errorf("layer %s: file %q: its chunks do not make its TOC digest (%w); the layer is not served", l.desc.Digest, e.Name, err)
+		err = fmt.Errorf("layer %s: file %q: its chunks do not make its TOC digest (%w); the layer is not served", l.desc.Digest, e.Path(), err)
 		log.L.WithError(err).Error("rejected a lazily mounted layer")
 		metrics.LayerVerifications.WithLabelValues("rejected").Inc()
 		l.setVerification(Rejected, err)
 		return
 	}
 	if err != nil {
-		log.L.WithError(err).WithField("file", e.Name).Debug("cannot assemble a cached file for passthrough")
+		log.L.WithError(err).WithField("file", e.Path()).Debug("cannot assemble a cached file for passthrough")
 		return
 	}
 	// The assembled file holds the chunks now: keep them once on disk.

@@ -1,9 +1,7 @@
 package layer
 
 import (
-	"path"
 	"sort"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -64,13 +62,16 @@ func (l *Layer) neighbours(e *toc.Entry, k int) (lo, hi int) {
 	if m.size > smallMember {
 		return k, k + 1
 	}
-	dir := path.Dir(e.Name) + "/"
+	dir := e.Parent()
+	if dir == nil || dir.Parent() == nil {
+		return k, k + 1 // the root's files are not one package
+	}
 	near := func(j int) bool {
 		if l.members[j].size > smallMember {
 			return false
 		}
 		for _, r := range l.chunksOf(j) {
-			if e, _ := l.resolve(r); !strings.HasPrefix(e.Name, dir) {
+			if e, _ := l.resolve(r); !e.Within(dir) {
 				return false
 			}
 		}

@@ -168,7 +168,7 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 			n, err := io.Copy(d.Hash(), file)
 			file.Close()
 			if err != nil || n != e.Size || d.Digest() != served {
-				t.Fatalf("%s: the cached file holds %d bytes (%v) of %s, ReadAt served %d of %s", e.Name, n, err, d.Digest(), e.Size, served)
+				t.Fatalf("%s: the cached file holds %d bytes (%v) of %s, ReadAt served %d of %s", e.Path(), n, err, d.Digest(), e.Size, served)
 			}
 		}
 	}
@@ -180,7 +180,7 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 		}
 		l.Close() // waits for the assemblies
 		if v, _ := l.Verification(); v != layer.Rejected {
-			t.Fatalf("%s: its chunks do not make its TOC digest, and the layer is %s, not rejected", forged[0].Name, v)
+			t.Fatalf("%s: its chunks do not make its TOC digest, and the layer is %s, not rejected", forged[0].Path(), v)
 		}
 	}
 	return budget
@@ -203,7 +203,7 @@ func readWhole(t *testing.T, l *layer.Layer, e *toc.Entry, buf []byte) (digest.D
 	for off < e.Size {
 		n, err := l.ReadAt(context.Background(), e, buf, off)
 		if n < 0 || n > len(buf) {
-			t.Fatalf("%s: ReadAt at %d returned %d bytes into %d", e.Name, off, n, len(buf))
+			t.Fatalf("%s: ReadAt at %d returned %d bytes into %d", e.Path(), off, n, len(buf))
 		}
 		d.Hash().Write(buf[:n])
 		off += int64(n)
@@ -211,7 +211,7 @@ func readWhole(t *testing.T, l *layer.Layer, e *toc.Entry, buf []byte) (digest.D
 			return "", false
 		}
 		if n == 0 {
-			t.Fatalf("%s: ReadAt at %d of %d returned nothing and no error", e.Name, off, e.Size)
+			t.Fatalf("%s: ReadAt at %d of %d returned nothing and no error", e.Path(), off, e.Size)
 		}
 	}
 	return d.Digest(), true

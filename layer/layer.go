@@ -318,10 +318,13 @@ func (l *Layer) spawn(what string, fn func(ctx context.Context)) bool {
 // the layer (and in *errp if not nil): bad data from one image must not
 // take down the process that serves every image.
 func (l *Layer) recoverAs(what string, errp *error) {
-	r := recover()
-	if r == nil {
-		return
+	if r := recover(); r != nil {
+		l.recovered(r, what, errp)
 	}
+}
+
+// recovered records the panic r, recovered in what.
+func (l *Layer) recovered(r any, what string, errp *error) {
 	err := fmt.Errorf("layer %s: internal error in %s: %v", l.desc.Digest, what, r)
 	log.L.WithError(err).WithField("stack", string(debug.Stack())).Error("recovered from a panic; the layer's reads fail with EIO")
 	l.record(err)

@@ -342,9 +342,9 @@ func TestCachedFile(t *testing.T) {
 	for _, i := range []int{2, 4} { // one chunk; several chunks
 		e, _ := l.TOC().Lookup(files[i].name)
 		if _, ok := l.CachedFile(e); ok {
-			t.Errorf("%s: a cached file before any read", e.Name)
+			t.Errorf("%s: a cached file before any read", e.Path())
 		}
-		readFile(t, l, e.Name)
+		readFile(t, l, e.Path())
 		// A file of several chunks is assembled in the background after
 		// the first ask.
 		cf, ok := l.CachedFile(e)
@@ -353,12 +353,12 @@ func TestCachedFile(t *testing.T) {
 			cf, ok = l.CachedFile(e)
 		}
 		if !ok {
-			t.Fatalf("%s: no cached file after reading it whole", e.Name)
+			t.Fatalf("%s: no cached file after reading it whole", e.Path())
 		}
 		data, _ := io.ReadAll(cf)
 		cf.Close()
 		if !bytes.Equal(data, files[i].data) {
-			t.Errorf("%s: cached file differs", e.Name)
+			t.Errorf("%s: cached file differs", e.Path())
 		}
 	}
 }
@@ -409,7 +409,7 @@ func fetchedFiles(l *Layer) map[string]bool {
 			}
 		}
 		if all {
-			out[e.Name] = true
+			out[e.Path()] = true
 		}
 	}
 	return out
@@ -511,7 +511,7 @@ func TestAssembledFileReplacesItsChunks(t *testing.T) {
 	}
 	defer l.Close()
 	e, _ := l.TOC().Lookup(files[4].name) // 300000 bytes: five chunks
-	if _, err := readFile(t, l, e.Name); err != nil {
+	if _, err := readFile(t, l, e.Path()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the assembled file", func() bool { return c.Has(e.Digest()) && !c.Has(e.Chunks[0].Digest()) })
@@ -520,7 +520,7 @@ func TestAssembledFileReplacesItsChunks(t *testing.T) {
 			t.Errorf("chunk at %d still cached on its own next to the assembled file", ch.FileOffset)
 		}
 	}
-	if got, err := readFile(t, l, e.Name); err != nil || !bytes.Equal(got, files[4].data) {
+	if got, err := readFile(t, l, e.Path()); err != nil || !bytes.Equal(got, files[4].data) {
 		t.Errorf("read from the assembled file: %v", err)
 	}
 
@@ -533,7 +533,7 @@ func TestAssembledFileReplacesItsChunks(t *testing.T) {
 	}
 	defer l2.Close()
 	opened := len(f2.ranges)
-	if got, err := readFile(t, l2, e.Name); err != nil || !bytes.Equal(got, files[4].data) {
+	if got, err := readFile(t, l2, e.Path()); err != nil || !bytes.Equal(got, files[4].data) {
 		t.Errorf("read after a restart: %v", err)
 	}
 	if len(f2.ranges) != opened {

@@ -19,7 +19,7 @@ import (
 // one of them meanwhile fetches it at once instead of queueing behind.
 func (l *Layer) fetchRest(e *toc.Entry, k int) {
 	if first, last, ok := l.memberSpan(e); ok && first != last {
-		l.fetchFile(e, k+1, "rest of "+e.Name)
+		l.fetchFile(e, k+1, "rest of "+e.Path())
 	}
 }
 
@@ -28,7 +28,7 @@ func (l *Layer) fetchRest(e *toc.Entry, k int) {
 // the caller expects the container to read soon.
 func (l *Layer) FetchFile(e *toc.Entry) {
 	if first, _, ok := l.memberSpan(e); ok {
-		l.fetchFile(e, first, "expected "+e.Name)
+		l.fetchFile(e, first, "expected "+e.Path())
 	}
 }
 
@@ -92,7 +92,7 @@ func (l *Layer) readAhead(e *toc.Entry, from int) {
 		l.gate.enter() // the reader will want these next
 		if !l.spawn("read-ahead", func(ctx context.Context) {
 			defer l.gate.leave()
-			l.fetchSpan(ctx, first, last+1, cl, "read-ahead of "+e.Name)
+			l.fetchSpan(ctx, first, last+1, cl, "read-ahead of "+e.Path())
 		}) {
 			l.gate.leave()
 			l.release(first, last+1, cl, errClosed)

@@ -19,9 +19,13 @@ var errClosed = errors.New("layer closed")
 // reader gets the next chunks fetched ahead of it. Holes read as zeros
 // without fetching or allocating anything.
 func (l *Layer) ReadAt(ctx context.Context, e *toc.Entry, p []byte, off int64) (n int, err error) {
-	defer l.recoverAs("a read of "+e.Name, &err)
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(r, "a read of "+e.Path(), &err) // named only then: Path allocates
+		}
+	}()
 	if off < 0 {
-		return 0, fmt.Errorf("%q: negative offset %d", e.Name, off)
+		return 0, fmt.Errorf("%q: negative offset %d", e.Path(), off)
 	}
 	if off >= e.Size {
 		return 0, io.EOF
@@ -108,7 +112,7 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 			l.fetchRest(e, k)
 			// Others may wait on this fetch: it runs on the layer's
 			// context, not on this reader's.
-			l.fetchSpan(l.ctx, start, hi, cl, e.Name)
+			l.fetchSpan(l.ctx, start, hi, cl, e.Path())
 			l.gate.leave()
 		} else {
 			select {
@@ -120,7 +124,7 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 		}
 		data, ok := l.take(cl, c.Digest())
 		if cl.err != nil {
-			return nil, fmt.Errorf("%q: %w", e.Name, cl.err)
+			return nil, fmt.Errorf("%q: %w", e.Path(), cl.err)
 		}
 		if ok {
 			return data, nil
@@ -129,7 +133,7 @@ func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) 
 	if err := l.failed(); err != nil {
 		return nil, err
 	}
-	return nil, l.record(fmt.Errorf("%q chunk %d: lost from the cache %d times right after it was fetched (is the cache too small?)", e.Name, i, maxAttempts))
+	return nil, l.record(fmt.Errorf("%q chunk %d: lost from the cache %d times right after it was fetched (is the cache too small?)", e.Path(), i, maxAttempts))
 }
 
 // take returns the data of chunk d that call cl kept for this reader, if

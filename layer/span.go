@@ -88,7 +88,7 @@ func (l *Layer) streamToCache(compressed []byte, r chunkRef) error {
 	e, c := l.resolve(r)
 	rc, err := l.blob.OpenChunk(compressed, *c)
 	if err != nil {
-		return fmt.Errorf("%q chunk %d: %w", e.Name, r.chunk, err)
+		return fmt.Errorf("%q chunk %d: %w", e.Path(), r.chunk, err)
 	}
 	defer rc.Close()
 	src := &readErr{r: rc}
@@ -96,7 +96,7 @@ func (l *Layer) streamToCache(compressed []byte, r chunkRef) error {
 	l.putChunk(c.Digest(), func() error {
 		err := l.cache.PutFile(c.Digest(), src)
 		if src.err != nil || errors.Is(err, cache.ErrDigestMismatch) {
-			bad = fmt.Errorf("%q chunk %d: %w", e.Name, r.chunk, errors.Join(src.err, err))
+			bad = fmt.Errorf("%q chunk %d: %w", e.Path(), r.chunk, errors.Join(src.err, err))
 			return nil
 		}
 		return err
@@ -209,7 +209,7 @@ func (l *Layer) decodeMember(compressed []byte, k int, cl *call) error {
 		}
 		data, err := l.blob.ReadChunk(nil, compressed, *c)
 		if err != nil {
-			return fmt.Errorf("%q chunk %d: %w", e.Name, r.chunk, err)
+			return fmt.Errorf("%q chunk %d: %w", e.Path(), r.chunk, err)
 		}
 		l.chunks.Add(1)
 		l.mu.Lock()

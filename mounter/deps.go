@@ -38,7 +38,7 @@ func (h *hints) onMiss(img imageKey, d digest.Digest) func(context.Context, *toc
 
 // first tells whether file e of layer l is looked at for the first time.
 func (h *hints) first(l *layer.Layer, e *toc.Entry) bool {
-	key := l.Descriptor().Digest.String() + "/" + e.Name
+	key := l.Descriptor().Digest.String() + "/" + e.Path()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.seen[key] || len(h.seen) >= maxHinted {
@@ -68,7 +68,7 @@ func (h *hints) look(ctx context.Context, img imageKey, l *layer.Layer, e *toc.E
 		if n, _ := f.l.ReadAt(ctx, f.e, head, 0); !elfdeps.IsELF(head[:n]) {
 			continue
 		}
-		deps, err := elfdeps.Read(entryReader{ctx, f.l, f.e}, f.e.Size, f.e.Name)
+		deps, err := elfdeps.Read(entryReader{ctx, f.l, f.e}, f.e.Size, f.e.Path())
 		if err != nil {
 			log.L.WithError(err).Debug("no dependencies read")
 			continue
@@ -82,7 +82,7 @@ func (h *hints) look(ctx context.Context, img imageKey, l *layer.Layer, e *toc.E
 			if e2 == nil || e2.Type != toc.TypeReg {
 				continue
 			}
-			log.L.WithFields(log.Fields{"file": e2.Name, "for": f.e.Name}).Debug("fetching what the loader will open")
+			log.L.WithFields(log.Fields{"file": e2.Path(), "for": f.e.Path()}).Debug("fetching what the loader will open")
 			l2.FetchFile(e2) // nothing to do if cached
 			todo = append(todo, file{l2, e2})
 		}

@@ -157,9 +157,9 @@ func FuzzOpen(f *testing.F) {
 			if e.Type != toc.TypeReg {
 				continue
 			}
-			file, err := r.OpenFile(e.Name)
+			file, err := r.OpenFile(e.Path())
 			if err != nil {
-				t.Fatalf("%s: listed but cannot be opened: %v", e.Name, err)
+				t.Fatalf("%s: listed but cannot be opened: %v", e.Path(), err)
 			}
 			buf := make([]byte, min(e.Size, 1<<20))
 			n, err := file.ReadAt(buf, 0)
@@ -173,7 +173,7 @@ func FuzzOpen(f *testing.F) {
 					break
 				}
 				if got := digest.FromBytes(buf[off : off+c.Size]); c.Digest() != "" && got != c.Digest() {
-					t.Fatalf("%s: served bytes %d..%d that do not match their digest", e.Name, off, off+c.Size)
+					t.Fatalf("%s: served bytes %d..%d that do not match their digest", e.Path(), off, off+c.Size)
 				}
 				off += c.Size
 			}

@@ -154,7 +154,7 @@ func checkLayer(t *testing.T, r *Reader, files []testFile) {
 			}
 			continue
 		}
-		if e.Mode != uint32(f.hdr.Mode&0o7777) || int(e.UID) != f.hdr.Uid || int(e.GID) != f.hdr.Gid {
+		if int64(e.Mode) != f.hdr.Mode&0o7777 || int(e.UID) != f.hdr.Uid || int(e.GID) != f.hdr.Gid {
 			t.Errorf("%s: mode %o owner %d:%d, want %o %d:%d", name, e.Mode, e.UID, e.GID, f.hdr.Mode, f.hdr.Uid, f.hdr.Gid)
 		}
 		if !e.ModTime().Equal(f.hdr.ModTime) {
@@ -178,8 +178,8 @@ func checkLayer(t *testing.T, r *Reader, files []testFile) {
 				t.Errorf("%s: target %q, want %q", name, e.LinkName(), f.hdr.Linkname)
 			}
 		case tar.TypeChar, tar.TypeBlock:
-			if int64(e.DevMajor) != f.hdr.Devmajor || int64(e.DevMinor) != f.hdr.Devminor {
-				t.Errorf("%s: device %d:%d", name, e.DevMajor, e.DevMinor)
+			if major, minor := e.Dev(); int64(major) != f.hdr.Devmajor || int64(minor) != f.hdr.Devminor {
+				t.Errorf("%s: device %d:%d", name, major, minor)
 			}
 		}
 	}
@@ -240,7 +240,7 @@ func TestPrioritizedOrder(t *testing.T) {
 	var order []string
 	for _, e := range r.TOC().Entries {
 		if !e.Implicit {
-			order = append(order, e.Name)
+			order = append(order, e.Path())
 		}
 	}
 	// The hard link needs its target first; the parents that exist come first.
@@ -281,7 +281,7 @@ func TestReconvertKeepsOneLandmarkAndTOC(t *testing.T) {
 	r := open(t, again)
 	var landmarks, tocs int
 	for _, e := range r.TOC().Entries {
-		switch e.Name {
+		switch e.Path() {
 		case NoPrefetchLandmark:
 			landmarks++
 		case TOCTarName:

@@ -164,7 +164,7 @@ func (f *File) Size() int64 { return f.e.Size }
 // hold them.
 func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("estargz: %q: negative offset %d", f.e.Name, off)
+		return 0, fmt.Errorf("estargz: %q: negative offset %d", f.e.Path(), off)
 	}
 	if off >= f.e.Size {
 		return 0, io.EOF
@@ -199,11 +199,11 @@ func (r *Reader) readChunk(e *toc.Entry, i int) ([]byte, error) {
 	c := e.Chunks[i]
 	compressed := make([]byte, c.EndOffset-c.Offset)
 	if _, err := r.ra.ReadAt(compressed, c.Offset); err != nil && !(errors.Is(err, io.EOF) && c.EndOffset == r.size) {
-		return nil, fmt.Errorf("estargz: %q chunk %d: read %d bytes at %d: %w", e.Name, i, len(compressed), c.Offset, err)
+		return nil, fmt.Errorf("estargz: %q chunk %d: read %d bytes at %d: %w", e.Path(), i, len(compressed), c.Offset, err)
 	}
 	data, err := ReadChunk(nil, compressed, c)
 	if err != nil {
-		return nil, fmt.Errorf("estargz: %q chunk %d: %w", e.Name, i, err)
+		return nil, fmt.Errorf("estargz: %q chunk %d: %w", e.Path(), i, err)
 	}
 	return data, nil
 }

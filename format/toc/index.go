@@ -37,7 +37,7 @@ func (t *TOC) Lookup(name string) (*Entry, bool) {
 // Child finds the entry called base in directory dir.
 func (t *TOC) Child(dir *Entry, base string) (*Entry, bool) {
 	if base == "" || base == "." || base == ".." || strings.IndexByte(base, '/') >= 0 {
-		name := path.Join(dir.Name, base)
+		name := path.Join(dir.Path(), base)
 		if name == "." {
 			name = ""
 		}
@@ -74,7 +74,7 @@ func (dir *Entry) addChild(c *Entry) {
 }
 
 // Base is the entry's last name component.
-func (e *Entry) Base() string { return e.Name[lastSlash(e.Name)+1:] }
+func (e *Entry) Base() string { return e.name[lastSlash(e.name)+1:] } // Parse may not be done
 
 // HardlinkTarget returns the entry a hard link names, or e itself.
 func (t *TOC) HardlinkTarget(e *Entry) *Entry {
@@ -97,7 +97,7 @@ func (e *Entry) ChunkAt(off int64) (int, bool) {
 func (e *Entry) setAttrs(from *Entry) {
 	e.Mode, e.UID, e.GID = from.Mode, from.UID, from.GID
 	e.mtime, e.mtimeNsec = from.mtime, from.mtimeNsec
-	e.setMore("", from.Xattrs())
+	e.setMore("", from.Xattrs(), 0, 0)
 	e.Implicit = false
 }
 

@@ -218,7 +218,7 @@ type builder struct {
 }
 
 func newBuilder(dataEnd int64, limits Limits) *builder {
-	t := &TOC{root: &Entry{Name: "", Type: TypeDir, Mode: 0o755, NumLink: 1, Implicit: true, ino: 1}}
+	t := &TOC{root: &Entry{name: "", Type: TypeDir, Mode: 0o755, NumLink: 1, Implicit: true, ino: 1}}
 	return &builder{t: t, dataEnd: dataEnd, limits: limits, chunks: make(map[*Entry][]rawChunk),
 		byName: map[string]*Entry{"": t.root}}
 }
@@ -251,7 +251,7 @@ func (b *builder) add(w *WireEntry) error {
 		if err != nil {
 			return err
 		}
-		if b.last == nil || b.last.Name != name {
+		if b.last == nil || b.last.name != name {
 			return errorf(w.Name, "chunk does not follow its regular file")
 		}
 		b.chunks[b.last] = append(b.chunks[b.last], chunkFromWire(w))
@@ -262,11 +262,11 @@ func (b *builder) add(w *WireEntry) error {
 		return err
 	}
 	b.last = nil
-	if e.Name == "" && e.Type != TypeDir {
+	if e.name == "" && e.Type != TypeDir {
 		return errorf(w.Name, "the root is a %s, not a directory", e.Type)
 	}
-	if prev, ok := b.byName[e.Name]; ok {
-		if e.Name == "" || (prev.Type == TypeDir && e.Type == TypeDir) {
+	if prev, ok := b.byName[e.name]; ok {
+		if e.name == "" || (prev.Type == TypeDir && e.Type == TypeDir) {
 			// A directory listed twice (or the root listed at all):
 			// the listing wins over an implicit one, else the first.
 			if prev.Implicit {
@@ -296,14 +296,14 @@ func (b *builder) add(w *WireEntry) error {
 			// A link to a link (tar allows it): the earlier link was
 			// resolved already, so one step reaches the file.
 			target = b.byName[target.LinkName()]
-			e.more.linkName = target.Name // a hard link's more is never nil
+			e.more.linkName = target.name // a hard link's more is never nil
 		}
 		if target.Type == TypeDir {
 			return errorf(w.Name, "hard link to %q, a %s", e.LinkName(), target.Type)
 		}
 		target.NumLink++
 	}
-	b.byName[e.Name] = e
+	b.byName[e.name] = e
 	b.append(e)
 	return nil
 }
@@ -323,12 +323,25 @@ func (b *builder) finish() (*TOC, error) {
 	for _, e := range b.byName {
 		if e.children != nil {
 			cs := slices.Clone(*e.children)
-			slices.SortFunc(cs, func(a, b *Entry) int { return strings.Compare(a.Name, b.Name) })
+			slices.SortFunc(cs, func(a, b *Entry) int { return strings.Compare(a.name, b.name) })
 			*e.children = cs
 		}
 	}
 	b.t.Entries = slices.Clone(b.t.Entries)
 	b.byName = nil
+	// From here on an entry's name is its last component, kept once per
+	// spelling (__init__.py, LICENSE, bin...): the decoded JSON's
+	// strings, whole names, are dropped with it.
+	bases := make(map[string]string)
+	for _, e := range b.t.Entries {
+		base := e.Base()
+		kept, ok := bases[base]
+		if !ok {
+			kept = strings.Clone(base)
+			bases[base] = kept
+		}
+		e.name = kept
+	}
 	return b.t, nil
 }
 
@@ -338,28 +351,30 @@ func (b *builder) finish() (*TOC, error) {
 func (b *builder) addParents(e *Entry) error {
 	child := e
 	for {
-		dir := path.Dir(child.Name)
+		dir := path.Dir(child.name)
 		if dir == "." {
 			dir = ""
 		}
 		parent, ok := b.byName[dir]
 		if ok {
 			if parent.Type != TypeDir {
-				return errorf(e.Name, "parent %q is a %s, not a directory", dir, parent.Type)
+				return errorf(e.name, "parent %q is a %s, not a directory", dir, parent.Type)
 			}
 			parent.addChild(child)
+			child.parent = parent
 			if child.Type == TypeDir {
 				parent.NumLink++
 			}
 			return nil
 		}
 		if err := b.count(dir); err != nil {
-			return errorf(e.Name, "implicit directory %q: %s", shorten(dir), err.(*Error).Rule)
+			return errorf(e.name, "implicit directory %q: %s", shorten(dir), err.(*Error).Rule)
 		}
-		parent = &Entry{Name: dir, Type: TypeDir, Mode: 0o755, NumLink: 2, Implicit: true}
+		parent = &Entry{name: dir, Type: TypeDir, Mode: 0o755, NumLink: 2, Implicit: true}
 		b.byName[dir] = parent
 		b.append(parent)
 		parent.addChild(child)
+		child.parent = parent
 		if child.Type == TypeDir {
 			parent.NumLink++
 		}
@@ -372,8 +387,9 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Entry{Name: name, Type: w.Type, NumLink: 1}
+	e := &Entry{name: name, Type: w.Type, NumLink: 1}
 	var link string
+	var major, minor uint32
 	switch w.Type {
 	case TypeDir:
 		e.NumLink = 2
@@ -408,7 +424,7 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 		if w.DevMajor < 0 || w.DevMajor > maxDeviceMajor || w.DevMinor < 0 || w.DevMinor > maxDeviceMinor {
 			return nil, errorf(w.Name, "device number %d:%d out of range", w.DevMajor, w.DevMinor)
 		}
-		e.DevMajor, e.DevMinor = uint16(w.DevMajor), uint32(w.DevMinor)
+		major, minor = uint32(w.DevMajor), uint32(w.DevMinor)
 	case TypeFifo:
 	default:
 		return nil, errorf(w.Name, "unknown type")
@@ -417,7 +433,7 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 		return nil, errorf(w.Name, "negative mode %d", w.Mode)
 	}
 	// Some writers keep the file-type bits (0100644) in the mode: drop them.
-	e.Mode = uint32(w.Mode & 0o7777)
+	e.Mode = uint16(w.Mode & 0o7777)
 	if w.UID < 0 || w.UID > maxID || w.GID < 0 || w.GID > maxID {
 		return nil, errorf(w.Name, "owner %d:%d out of range", w.UID, w.GID)
 	}
@@ -440,7 +456,7 @@ func entryFromWire(w *WireEntry, limits Limits) (*Entry, error) {
 			delete(w.Xattrs, k)
 		}
 	}
-	e.setMore(link, w.Xattrs)
+	e.setMore(link, w.Xattrs, major, minor)
 	return e, nil
 }
 
@@ -524,7 +540,7 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 		start := len(slab)
 		for i, r := range raws {
 			if r.fileOffset != covered {
-				return errorf(e.Name, "chunk %d starts at file offset %d, want %d (chunks must be in order and cover the file)", i, r.fileOffset, covered)
+				return errorf(e.name, "chunk %d starts at file offset %d, want %d (chunks must be in order and cover the file)", i, r.fileOffset, covered)
 			}
 			size := r.size
 			if size == 0 {
@@ -533,12 +549,12 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 					next = raws[i+1].fileOffset
 				}
 				if next <= covered || next > e.Size {
-					return errorf(e.Name, "chunk %d at offset %d ends at the next chunk's offset %d, outside the %d-byte file", i, covered, next, e.Size)
+					return errorf(e.name, "chunk %d at offset %d ends at the next chunk's offset %d, outside the %d-byte file", i, covered, next, e.Size)
 				}
 				size = next - covered
 			}
 			if size <= 0 || size > e.Size-covered {
-				return errorf(e.Name, "chunk %d has size %d at offset %d of a %d-byte file", i, size, covered, e.Size)
+				return errorf(e.name, "chunk %d has size %d at offset %d of a %d-byte file", i, size, covered, e.Size)
 			}
 			c := Chunk{FileOffset: covered, Size: size}
 			if r.zero {
@@ -549,23 +565,23 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 			} else {
 				c.Offset, c.EndOffset, c.InnerOffset = r.offset, r.endOffset, r.innerOffset
 				if r.digest == "" {
-					return errorf(e.Name, "chunk %d has no chunkDigest, so it cannot be verified", i)
+					return errorf(e.name, "chunk %d has no chunkDigest, so it cannot be verified", i)
 				}
 				if c.Offset < 0 || c.Offset >= dataEnd || c.EndOffset < 0 || c.EndOffset > dataEnd {
-					return errorf(e.Name, "chunk %d lies at %d..%d, outside the blob's data (0..%d)", i, c.Offset, c.EndOffset, dataEnd)
+					return errorf(e.name, "chunk %d lies at %d..%d, outside the blob's data (0..%d)", i, c.Offset, c.EndOffset, dataEnd)
 				}
 				if c.Size > limits.MaxChunkBytes || c.InnerOffset < 0 || c.InnerOffset > limits.MaxChunkBytes-c.Size {
-					return errorf(e.Name, "chunk %d needs %d+%d uncompressed bytes, over the limit of %d", i, c.InnerOffset, c.Size, limits.MaxChunkBytes)
+					return errorf(e.name, "chunk %d needs %d+%d uncompressed bytes, over the limit of %d", i, c.InnerOffset, c.Size, limits.MaxChunkBytes)
 				}
 				if c.Offset < lastData(slab[start:]) {
-					return errorf(e.Name, "chunk %d lies before chunk %d in the blob", i, i-1)
+					return errorf(e.name, "chunk %d lies before chunk %d in the blob", i, i-1)
 				}
 				all = append(all, placed{e, len(slab) - start})
 			}
 			if r.digest != "" {
 				s, err := makeSum(r.digest)
 				if err != nil {
-					return errorf(e.Name, "chunk %d digest: %v", i, err)
+					return errorf(e.name, "chunk %d digest: %v", i, err)
 				}
 				c.sum = s
 			}
@@ -574,7 +590,7 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 		}
 		e.Chunks = slab[start:len(slab):len(slab)]
 		if covered != e.Size {
-			return errorf(e.Name, "chunks cover %d of %d bytes", covered, e.Size)
+			return errorf(e.name, "chunks cover %d of %d bytes", covered, e.Size)
 		}
 		if c := &e.Chunks[0]; len(e.Chunks) == 1 && !c.Zero && e.digest != nil {
 			switch ed, cd := e.Digest(), c.Digest(); {
@@ -584,7 +600,7 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 				// One chunk is the whole file: readers serve it
 				// verified against the chunk's digest, so the file's
 				// must agree.
-				return errorf(e.Name, "its one chunk's digest %s is not the file's digest %s", cd, ed)
+				return errorf(e.name, "its one chunk's digest %s is not the file's digest %s", cd, ed)
 			}
 		}
 	}
@@ -616,19 +632,19 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 			end = nextStart
 		}
 		if end <= first.Offset || end > nextStart {
-			return errorf(all[i].e.Name, "its member at %d ends at %d, overlapping the next member at %d", first.Offset, end, nextStart)
+			return errorf(all[i].e.name, "its member at %d ends at %d, overlapping the next member at %d", first.Offset, end, nextStart)
 		}
 		if end-first.Offset > limits.MaxMemberBytes {
-			return errorf(all[i].e.Name, "its member at %d spans %d bytes (to %d), over the limit of %d", first.Offset, end-first.Offset, end, limits.MaxMemberBytes)
+			return errorf(all[i].e.name, "its member at %d spans %d bytes (to %d), over the limit of %d", first.Offset, end-first.Offset, end, limits.MaxMemberBytes)
 		}
 		var innerEnd int64
 		for k := i; k < j; k++ {
 			c := chunk(all[k])
 			if c.EndOffset != 0 && c.EndOffset != end {
-				return errorf(all[k].e.Name, "its member at %d ends at %d here and at %d elsewhere", c.Offset, c.EndOffset, end)
+				return errorf(all[k].e.name, "its member at %d ends at %d here and at %d elsewhere", c.Offset, c.EndOffset, end)
 			}
 			if c.InnerOffset < innerEnd {
-				return errorf(all[k].e.Name, "its chunk overlaps another inside the member at %d (bytes %d.. start before %d)", c.Offset, c.InnerOffset, innerEnd)
+				return errorf(all[k].e.name, "its chunk overlaps another inside the member at %d (bytes %d.. start before %d)", c.Offset, c.InnerOffset, innerEnd)
 			}
 			c.EndOffset = end
 			// Both are within MaxChunkBytes: the sum cannot wrap.

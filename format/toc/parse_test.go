@@ -103,6 +103,52 @@ func TestParseIndexes(t *testing.T) {
 	if e, _ := toc.Lookup("empty"); len(e.Chunks) != 0 {
 		t.Errorf("an empty file has chunks: %+v", e.Chunks)
 	}
+	if null, _ := toc.Lookup("dev/null"); null.Type != TypeChar {
+		t.Errorf("dev/null is a %s", null.Type)
+	} else if major, minor := null.Dev(); major != 1 || minor != 3 {
+		t.Errorf("dev/null is device %d:%d, want 1:3", major, minor)
+	}
+}
+
+// Entries keep their last name component under a parent pointer: Path
+// must give back every cleaned name, and one spelling is kept once.
+func TestParsePaths(t *testing.T) {
+	names := []string{"./usr/lib/py/__init__.py", "usr/lib/py/sub/__init__.py", "etc//passwd", "usr/lib/py/sub/"}
+	var wire []WireEntry
+	for _, n := range names {
+		typ := TypeReg
+		if strings.HasSuffix(n, "/") {
+			typ = TypeDir
+		}
+		wire = append(wire, WireEntry{Name: n, Type: typ})
+	}
+	toc, err := parseEntries(t, 1000, wire...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range toc.Entries {
+		got = append(got, e.Path())
+		if found, ok := toc.Lookup(e.Path()); !ok || found != e {
+			t.Errorf("Lookup(%q) does not find the entry", e.Path())
+		}
+	}
+	want := "usr/lib/py,usr/lib,usr,usr/lib/py/__init__.py,usr/lib/py/sub,usr/lib/py/sub/__init__.py,etc,etc/passwd"
+	if strings.Join(got, ",") != want {
+		t.Errorf("paths in TOC order:\n%s\nwant\n%s", strings.Join(got, ","), want)
+	}
+	a, _ := toc.Lookup("usr/lib/py/__init__.py")
+	b, _ := toc.Lookup("usr/lib/py/sub/__init__.py")
+	if unsafe.StringData(a.Base()) != unsafe.StringData(b.Base()) {
+		t.Error("two entries called __init__.py keep the name twice")
+	}
+	usr, _ := toc.Lookup("usr")
+	if !b.Within(usr) || b.Within(b) || usr.Within(b) || !usr.Within(toc.Root()) {
+		t.Error("Within does not follow the tree")
+	}
+	if toc.Root().Path() != "" || toc.Root().Parent() != nil {
+		t.Errorf("the root is %q under %v", toc.Root().Path(), toc.Root().Parent())
+	}
 }
 
 func TestParseSharedMember(t *testing.T) {
@@ -340,53 +386,53 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 		for _, e := range toc.Entries {
-			if strings.HasPrefix(e.Name, "/") || strings.Contains("/"+e.Name+"/", "/../") || e.Name == "" {
-				t.Fatalf("accepted name %q", e.Name)
+			if strings.HasPrefix(e.Path(), "/") || strings.Contains("/"+e.Path()+"/", "/../") || e.Path() == "" {
+				t.Fatalf("accepted name %q", e.Path())
 			}
 			for k := range e.Xattrs() {
 				if strings.HasPrefix(k, "trusted.") || strings.HasPrefix(k, "user.overlay.") {
-					t.Fatalf("%s keeps xattr %s", e.Name, k)
+					t.Fatalf("%s keeps xattr %s", e.Path(), k)
 				}
 			}
 			if e.Size < 0 || e.Size > DefaultLimits.MaxFileSize {
-				t.Fatalf("%s: size %d", e.Name, e.Size)
+				t.Fatalf("%s: size %d", e.Path(), e.Size)
 			}
 			// covered stays in 0..e.Size as long as every chunk checks.
 			var covered int64
 			lastOffset := int64(0)
 			for i, c := range e.Chunks {
 				if c.FileOffset != covered || c.Size <= 0 || c.Size > e.Size-covered {
-					t.Fatalf("%s: chunk %d %+v is not the next piece of the %d-byte file after %d", e.Name, i, c, e.Size, covered)
+					t.Fatalf("%s: chunk %d %+v is not the next piece of the %d-byte file after %d", e.Path(), i, c, e.Size, covered)
 				}
 				covered += c.Size
 				if c.Zero {
 					continue
 				}
 				if c.Offset < 0 || c.Offset >= c.EndOffset || c.EndOffset > dataEnd {
-					t.Fatalf("%s: chunk %d %+v outside 0..%d", e.Name, i, c, dataEnd)
+					t.Fatalf("%s: chunk %d %+v outside 0..%d", e.Path(), i, c, dataEnd)
 				}
 				if c.EndOffset-c.Offset > limits.MaxMemberBytes {
-					t.Fatalf("%s: chunk %d's member spans %d bytes, over %d", e.Name, i, c.EndOffset-c.Offset, limits.MaxMemberBytes)
+					t.Fatalf("%s: chunk %d's member spans %d bytes, over %d", e.Path(), i, c.EndOffset-c.Offset, limits.MaxMemberBytes)
 				}
 				if c.InnerOffset < 0 || c.Size > limits.MaxChunkBytes || c.InnerOffset > limits.MaxChunkBytes-c.Size {
-					t.Fatalf("%s: chunk %d needs %d+%d bytes of its member", e.Name, i, c.InnerOffset, c.Size)
+					t.Fatalf("%s: chunk %d needs %d+%d bytes of its member", e.Path(), i, c.InnerOffset, c.Size)
 				}
 				if c.Offset < lastOffset {
-					t.Fatalf("%s: chunk %d lies before the previous one in the blob", e.Name, i)
+					t.Fatalf("%s: chunk %d lies before the previous one in the blob", e.Path(), i)
 				}
 				if err := c.Digest().Validate(); err != nil {
-					t.Fatalf("%s: chunk %d digest: %v", e.Name, i, err)
+					t.Fatalf("%s: chunk %d digest: %v", e.Path(), i, err)
 				}
 				lastOffset = c.Offset
 			}
 			if len(e.Chunks) > 0 && covered != e.Size {
-				t.Fatalf("%s: chunks cover %d of %d", e.Name, covered, e.Size)
+				t.Fatalf("%s: chunks cover %d of %d", e.Path(), covered, e.Size)
 			}
 			if e.Type == TypeReg && e.Size > 0 && len(e.Chunks) == 0 {
-				t.Fatalf("%s: %d bytes and no chunks", e.Name, e.Size)
+				t.Fatalf("%s: %d bytes and no chunks", e.Path(), e.Size)
 			}
-			if parent, ok := toc.Lookup(parentName(e.Name)); !ok || parent.Type != TypeDir {
-				t.Fatalf("%s: no parent directory", e.Name)
+			if parent, ok := toc.Lookup(parentName(e.Path())); !ok || parent.Type != TypeDir {
+				t.Fatalf("%s: no parent directory", e.Path())
 			}
 		}
 	})

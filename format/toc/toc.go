@@ -81,12 +81,17 @@ const (
 //
 // A mounted layer holds one Entry per file for its whole life, so Entry
 // is packed: what the TOC gives and no mounted layer reads (user and
-// group names, access and change times) is not kept, and digests are
-// kept as their bytes.
+// group names, access and change times) is not kept, digests are kept as
+// their bytes, and names as their last component under a parent pointer
+// (a full name costs some 60 bytes an entry in a real image; base names
+// are short and repeat, so Parse keeps each spelling once).
 type Entry struct {
-	Name   string  // cleaned, relative, no "." or ".." components; "" is the root
+	// name is the last name component ("" for the root) once Parse is
+	// done; while it runs, the whole cleaned name. See Path.
+	name   string
+	parent *Entry  // nil for the root
 	Chunks []Chunk // regular files with content: in file order, covering Size exactly
-	// more holds what few entries have: see LinkName and Xattrs.
+	// more holds what few entries have: see LinkName, Xattrs and Dev.
 	more *extra
 	// children are a directory's entries, sorted by name: behind a
 	// pointer, as most entries are not directories.
@@ -99,22 +104,65 @@ type Entry struct {
 	// mtimeNsec is the nanoseconds of the modification time plus one: 0
 	// if the TOC has no time.
 	mtimeNsec int32
-	Mode      uint32 // permission, setuid, setgid and sticky bits (07777)
 	UID, GID  uint32
-	DevMinor  uint32
 	// NumLink counts the names of this inode (hard links included).
-	NumLink  uint32
-	ino      uint32 // see Ino
-	DevMajor uint16
-	Type     Type // one of the Type constants other than TypeChunk
+	NumLink uint32
+	ino     uint32 // see Ino
+	Mode    uint16 // permission, setuid, setgid and sticky bits (07777)
+	Type    Type   // one of the Type constants other than TypeChunk
 	// Implicit marks a directory the TOC did not list but a child needs.
 	Implicit bool
 	// 112 bytes in all: mind the size class when adding a field.
 }
 
 type extra struct {
-	linkName string
-	xattrs   map[string][]byte
+	linkName           string
+	xattrs             map[string][]byte
+	devMajor, devMinor uint32
+}
+
+// Path is the entry's cleaned name: relative, no "." or ".." components;
+// "" is the root. It is built from the names of the entry's directories,
+// so it allocates: cache it where it is used in a loop.
+func (e *Entry) Path() string {
+	if e.parent == nil || e.parent.parent == nil {
+		return e.name
+	}
+	n := len(e.name)
+	for d := e.parent; d.parent != nil; d = d.parent {
+		n += len(d.name) + 1
+	}
+	b := make([]byte, n)
+	for d := e; d.parent != nil; d = d.parent {
+		n -= len(d.name)
+		copy(b[n:], d.name)
+		if n > 0 {
+			n--
+			b[n] = '/'
+		}
+	}
+	return string(b)
+}
+
+// Parent is the directory that holds the entry; nil for the root.
+func (e *Entry) Parent() *Entry { return e.parent }
+
+// Within tells whether the entry lies below directory dir, at any depth.
+func (e *Entry) Within(dir *Entry) bool {
+	for p := e.parent; p != nil; p = p.parent {
+		if p == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// Dev is a character or block device's major and minor numbers.
+func (e *Entry) Dev() (major, minor uint32) {
+	if e.more == nil {
+		return 0, 0
+	}
+	return e.more.devMajor, e.more.devMinor
 }
 
 // LinkName is a symlink's target as written, a hard link's the cleaned
@@ -135,11 +183,12 @@ func (e *Entry) Xattrs() map[string][]byte {
 	return e.more.xattrs
 }
 
-// setMore keeps a link target and xattrs, if there are any.
-func (e *Entry) setMore(linkName string, xattrs map[string][]byte) {
+// setMore keeps a link target, xattrs and device numbers, if there are
+// any.
+func (e *Entry) setMore(linkName string, xattrs map[string][]byte, major, minor uint32) {
 	e.more = nil
-	if linkName != "" || len(xattrs) > 0 {
-		e.more = &extra{linkName: linkName, xattrs: xattrs}
+	if linkName != "" || len(xattrs) > 0 || major != 0 || minor != 0 {
+		e.more = &extra{linkName: linkName, xattrs: xattrs, devMajor: major, devMinor: minor}
 	}
 }
 
@@ -238,13 +287,13 @@ func (s *sum) digest() digest.Digest {
 
 // IsWhiteout tells whether the entry deletes a lower layer's file.
 func (e *Entry) IsWhiteout() bool {
-	base := e.Name[lastSlash(e.Name)+1:]
+	base := e.Base()
 	return len(base) > len(WhiteoutPrefix) && base[:len(WhiteoutPrefix)] == WhiteoutPrefix && base != OpaqueWhiteout
 }
 
 // IsOpaqueMarker tells whether the entry makes its directory opaque.
 func (e *Entry) IsOpaqueMarker() bool {
-	return e.Name[lastSlash(e.Name)+1:] == OpaqueWhiteout
+	return e.Base() == OpaqueWhiteout
 }
 
 func lastSlash(s string) int {

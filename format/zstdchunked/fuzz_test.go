@@ -55,7 +55,7 @@ func FuzzOpen(f *testing.F) {
 			if e.Type != toc.TypeReg && e.Type != toc.TypeHardlink {
 				continue
 			}
-			f, err := r.OpenFile(e.Name)
+			f, err := r.OpenFile(e.Path())
 			if err != nil {
 				continue
 			}

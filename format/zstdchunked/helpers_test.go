@@ -235,8 +235,8 @@ func checkFiles(t *testing.T, r *Reader, tarball []byte, strict bool) {
 		checkWindows(t, name, f, w.content)
 	}
 	for _, e := range r.TOC().Entries {
-		if _, ok := want[e.Name]; strict && !ok && !e.Implicit {
-			t.Errorf("%q: in the TOC but not in the tar", e.Name)
+		if _, ok := want[e.Path()]; strict && !ok && !e.Implicit {
+			t.Errorf("%q: in the TOC but not in the tar", e.Path())
 		}
 	}
 }
@@ -278,30 +278,30 @@ func checkAttrs(t *testing.T, e *toc.Entry, h *tar.Header, strict bool) {
 		return // a link to a file replaced later: it keeps the old content
 	}
 	if e.Type != want.Type {
-		t.Errorf("%q: type %s, want %s", e.Name, e.Type, want.Type)
+		t.Errorf("%q: type %s, want %s", e.Path(), e.Type, want.Type)
 		return
 	}
 	// User and group names are in the TOC's JSON; a mounted layer does
 	// not keep them.
-	if e.Mode != uint32(want.Mode) || int(e.UID) != want.UID || int(e.GID) != want.GID {
-		t.Errorf("%q: owner/mode %o %d:%d, want %o %d:%d", e.Name, e.Mode, e.UID, e.GID, want.Mode, want.UID, want.GID)
+	if uint32(e.Mode) != uint32(want.Mode) || int(e.UID) != want.UID || int(e.GID) != want.GID {
+		t.Errorf("%q: owner/mode %o %d:%d, want %o %d:%d", e.Path(), e.Mode, e.UID, e.GID, want.Mode, want.UID, want.GID)
 	}
 	if d := e.ModTime().Sub(h.ModTime); !h.ModTime.IsZero() && (d != 0 && strict || d < -time.Second || d > time.Second) {
-		t.Errorf("%q: modtime %v, want %v", e.Name, e.ModTime(), h.ModTime)
+		t.Errorf("%q: modtime %v, want %v", e.Path(), e.ModTime(), h.ModTime)
 	}
 	switch e.Type {
 	case toc.TypeSymlink:
 		if e.LinkName() != h.Linkname {
-			t.Errorf("%q: symlink to %q, want %q", e.Name, e.LinkName(), h.Linkname)
+			t.Errorf("%q: symlink to %q, want %q", e.Path(), e.LinkName(), h.Linkname)
 		}
 	case toc.TypeChar, toc.TypeBlock:
-		if int64(e.DevMajor) != h.Devmajor || int64(e.DevMinor) != h.Devminor {
-			t.Errorf("%q: device %d:%d, want %d:%d", e.Name, e.DevMajor, e.DevMinor, h.Devmajor, h.Devminor)
+		if major, minor := e.Dev(); int64(major) != h.Devmajor || int64(minor) != h.Devminor {
+			t.Errorf("%q: device %d:%d, want %d:%d", e.Path(), major, minor, h.Devmajor, h.Devminor)
 		}
 	}
 	maps.DeleteFunc(want.Xattrs, func(k string, _ []byte) bool { return toc.OverlayXattr(k) }) // toc.Parse drops them
 	if !maps.EqualFunc(e.Xattrs(), want.Xattrs, bytes.Equal) {
-		t.Errorf("%q: xattrs %q, want %q", e.Name, e.Xattrs(), want.Xattrs)
+		t.Errorf("%q: xattrs %q, want %q", e.Path(), e.Xattrs(), want.Xattrs)
 	}
 }
 

@@ -195,8 +195,8 @@ func TestOpenFile(t *testing.T) {
 		}
 	}
 	f, _ := r.OpenFile("etc/hard-to-hard")
-	if f.Entry().Name != "etc/several-chunks" {
-		t.Errorf("a hard link to a hard link opens %q", f.Entry().Name)
+	if f.Entry().Path() != "etc/several-chunks" {
+		t.Errorf("a hard link to a hard link opens %q", f.Entry().Path())
 	}
 	if _, err := f.ReadAt(make([]byte, 1), -1); err == nil {
 		t.Error("ReadAt at a negative offset: no error")

@@ -467,10 +467,10 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	m.close(t) // waits for the assemblies
 	for _, e := range []*toc.Entry{multi, gone, assembled} {
 		if _, err := os.Stat(cachePath(cacheDir, e.Digest())); err != nil {
-			t.Fatalf("%s was not assembled into one cache entry: %v", e.Name, err)
+			t.Fatalf("%s was not assembled into one cache entry: %v", e.Path(), err)
 		}
 		if _, err := os.Stat(cachePath(cacheDir, e.Chunks[0].Digest())); err == nil {
-			t.Errorf("%s: a chunk entry is still there beside the assembled file", e.Name)
+			t.Errorf("%s: a chunk entry is still there beside the assembled file", e.Path())
 		}
 	}
 	// What layer.Open reads: the TOC and footer where the annotations
