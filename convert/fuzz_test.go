@@ -158,7 +158,7 @@ func checkDiffID(t *testing.T, blob []byte, diffID digest.Digest) {
 // readFile reads a file of an opened blob chunk by chunk.
 func readFile(b format.Blob, blob []byte, e *toc.Entry) ([]byte, error) {
 	var content []byte
-	for _, c := range e.Chunks {
+	for _, c := range e.Chunks() {
 		if c.Zero {
 			content = append(content, make([]byte, c.Size)...)
 			continue

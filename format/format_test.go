@@ -64,7 +64,7 @@ func TestOpenBothFormats(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s: no hello", tc.kind)
 		}
-		c := e.Chunks[0]
+		c := e.Chunks()[0]
 		data, err := blob.ReadChunk(nil, tc.blob[c.Offset:c.EndOffset], c)
 		if err != nil || string(data) != "hello" {
 			t.Errorf("%s: ReadChunk = %q, %v", tc.kind, data, err)
@@ -222,7 +222,7 @@ func TestOpenChunkStreamsWhatReadChunkReturns(t *testing.T) {
 		}
 		chunks, inner := 0, 0
 		for _, e := range blob.TOC().Entries {
-			for _, c := range e.Chunks {
+			for _, c := range e.Chunks() {
 				compressed := tc.blob[c.Offset:c.EndOffset]
 				want, err := blob.ReadChunk(nil, compressed, c)
 				if err != nil {

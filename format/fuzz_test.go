@@ -55,10 +55,10 @@ func FuzzAnnotations(f *testing.F) {
 			return
 		}
 		e, ok := blob.TOC().Lookup("hello")
-		if !ok || len(e.Chunks) != 1 {
+		if !ok || len(e.Chunks()) != 1 {
 			t.Fatalf("the layer opens without its file hello")
 		}
-		c := e.Chunks[0]
+		c := e.Chunks()[0]
 		if c.Offset < 0 || c.EndOffset > int64(len(b.blob)) || c.Offset > c.EndOffset {
 			t.Fatalf("chunk %+v outside the blob", c)
 		}

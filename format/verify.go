@@ -176,7 +176,7 @@ func sameContent(r io.Reader, e *toc.Entry, buf []byte) error {
 	if e.Digest() != "" {
 		whole = e.Digest().Algorithm().Hash()
 	}
-	for i, c := range e.Chunks {
+	for i, c := range e.Chunks() {
 		var h hash.Hash
 		if !c.Zero {
 			h = c.Digest().Algorithm().Hash()

@@ -37,7 +37,7 @@ func (f *filesystem) fillAttr(e *toc.Entry, out *fuse.Attr) {
 	e = f.toc.HardlinkTarget(e)
 	out.Ino = e.Ino()
 	out.Mode = typeBits(e) | uint32(e.Mode)
-	out.Nlink = max(e.NumLink, 1)
+	out.Nlink = max(e.NumLink(), 1)
 	out.Uid, out.Gid = e.UID, e.GID
 	switch e.Type {
 	case toc.TypeReg:

@@ -166,7 +166,7 @@ func describeLayer(ctx context.Context, loc transport.Location, desc ocispec.Des
 		if e.Type == toc.TypeReg {
 			layer.Files++
 			layer.FileBytes += e.Size
-			layer.Chunks += len(e.Chunks)
+			layer.Chunks += len(e.Chunks())
 		}
 	}
 	if end, ok := blob.PrefetchEnd(); ok {
@@ -232,7 +232,7 @@ func footerSize(ra io.ReaderAt, size int64) int {
 // verifyChunks reads every chunk of every file and checks its digest.
 func verifyChunks(ra io.ReaderAt, blob format.Blob) error {
 	for _, e := range blob.TOC().Entries {
-		for i, c := range e.Chunks {
+		for i, c := range e.Chunks() {
 			if c.Zero {
 				continue
 			}

@@ -24,7 +24,7 @@ const maxAssembled = 64 << 20
 // assembles tells whether e is a file of several chunks small enough to
 // be assembled into one cache entry (see maxAssembled).
 func assembles(e *toc.Entry) bool {
-	return len(e.Chunks) > 1 && e.Digest() != "" && e.Size <= maxAssembled
+	return len(e.Chunks()) > 1 && e.Digest() != "" && e.Size <= maxAssembled
 }
 
 // CachedFile returns a local file holding e's whole content, if every
@@ -36,9 +36,9 @@ func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 	if l.failed() != nil {
 		return nil, false
 	}
-	if len(e.Chunks) == 1 && !e.Chunks[0].Zero {
+	if len(e.Chunks()) == 1 && !e.Chunks()[0].Zero {
 		// One chunk is the whole file: its cache entry serves as it is.
-		return l.cache.Open(e.Chunks[0].Digest())
+		return l.cache.Open(e.Chunks()[0].Digest())
 	}
 	if !assembles(e) {
 		return nil, false
@@ -46,7 +46,7 @@ func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
 	if l.cache.Has(e.Digest()) {
 		return l.cache.Open(e.Digest())
 	}
-	for _, c := range e.Chunks {
+	for _, c := range e.Chunks() {
 		if !c.Zero && !l.cache.Has(c.Digest()) {
 			return nil, false
 		}
@@ -102,7 +102,7 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 		return
 	}
 	// The assembled file holds the chunks now: keep them once on disk.
-	for _, c := range e.Chunks {
+	for _, c := range e.Chunks() {
 		if !c.Zero {
 			l.cache.Remove(c.Digest())
 		}
@@ -113,7 +113,7 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 // written a piece at a time, never allocated whole.
 func (l *Layer) writeContent(ctx context.Context, e *toc.Entry, w io.Writer) error {
 	var zeros []byte
-	for i, c := range e.Chunks {
+	for i, c := range e.Chunks() {
 		if c.Zero {
 			if zeros == nil {
 				zeros = make([]byte, 64<<10)

@@ -98,15 +98,15 @@ func (l *Layer) memberOf(c toc.Chunk) int {
 // memberSpan returns the first and last members that hold e's data. It
 // runs on every read of a large file: two searches, not one per chunk.
 func (l *Layer) memberSpan(e *toc.Entry) (first, last int, ok bool) {
-	i, j := 0, len(e.Chunks)-1
-	for i <= j && e.Chunks[i].Zero {
+	i, j := 0, len(e.Chunks())-1
+	for i <= j && e.Chunks()[i].Zero {
 		i++
 	}
-	for j >= i && e.Chunks[j].Zero {
+	for j >= i && e.Chunks()[j].Zero {
 		j--
 	}
 	if i > j {
 		return -1, -1, false
 	}
-	return l.memberOf(e.Chunks[i]), l.memberOf(e.Chunks[j]), true
+	return l.memberOf(e.Chunks()[i]), l.memberOf(e.Chunks()[j]), true
 }

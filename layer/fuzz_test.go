@@ -139,7 +139,7 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 		if e.Type != toc.TypeReg {
 			continue
 		}
-		for _, c := range e.Chunks {
+		for _, c := range e.Chunks() {
 			if !c.Zero {
 				budget += 16 * uint64(c.InnerOffset+c.Size)
 			}
@@ -158,7 +158,7 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 			// whole file; the layer must find it out when it assembles
 			// the file (below), or its verification against the image
 			// does, for files too large to assemble.
-			if len(e.Chunks) > 1 && e.Size <= maxAssembled {
+			if len(e.Chunks()) > 1 && e.Size <= maxAssembled {
 				forged = append(forged, e)
 			}
 			continue

@@ -226,7 +226,7 @@ func (l *Layer) chunksOf(k int) []chunkRef {
 // resolve resolves a reference to its entry and chunk.
 func (l *Layer) resolve(r chunkRef) (*toc.Entry, *toc.Chunk) {
 	e := l.blob.TOC().Entries[r.entry]
-	return e, &e.Chunks[r.chunk]
+	return e, &e.Chunks()[r.chunk]
 }
 
 // call is one fetch of a run of members. Readers waiting on it register
@@ -395,7 +395,7 @@ func (l *Layer) index() {
 	entries := l.blob.TOC().Entries
 	var n int
 	for _, e := range entries {
-		for _, c := range e.Chunks {
+		for _, c := range e.Chunks() {
 			if !c.Zero {
 				n++
 			}
@@ -405,7 +405,7 @@ func (l *Layer) index() {
 	// every chunk takes some of them.
 	all := make([]placed, 0, n)
 	for i, e := range entries {
-		for j, c := range e.Chunks {
+		for j, c := range e.Chunks() {
 			if !c.Zero {
 				all = append(all, placed{c.Offset, c.EndOffset, chunkRef{uint32(i), uint32(j)}})
 			}

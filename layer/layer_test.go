@@ -222,7 +222,7 @@ func TestReadsFetchOnlyWhatTheyNeed(t *testing.T) {
 		t.Fatalf("read %s: %v", files[3].name, err)
 	}
 	e, _ := l.TOC().Lookup(files[3].name)
-	need := e.Chunks[len(e.Chunks)-1].EndOffset - e.Chunks[0].Offset
+	need := e.Chunks()[len(e.Chunks())-1].EndOffset - e.Chunks()[0].Offset
 	// Its members exactly: its neighbours in the blob are files of other
 	// directories, and it is under WholeFile (no read-ahead past it).
 	if fetched := f.fetchedBytes() - opened; fetched != need {
@@ -317,13 +317,13 @@ func TestCorruptChunkNeverServed(t *testing.T) {
 	blob, desc := buildBlob(t, files)
 	l, f := openLayer(t, blob, desc)
 	e, _ := l.TOC().Lookup(files[4].name)
-	f.corrupt = e.Chunks[1].Offset + 20 // inside the compressed member
+	f.corrupt = e.Chunks()[1].Offset + 20 // inside the compressed member
 	got, err := readFile(t, l, files[4].name)
 	if err == nil {
 		t.Fatalf("a corrupted chunk was served (%d bytes)", len(got))
 	}
-	if int64(len(got)) > e.Chunks[1].FileOffset {
-		t.Errorf("%d bytes returned, past the start of the bad chunk at %d", len(got), e.Chunks[1].FileOffset)
+	if int64(len(got)) > e.Chunks()[1].FileOffset {
+		t.Errorf("%d bytes returned, past the start of the bad chunk at %d", len(got), e.Chunks()[1].FileOffset)
 	}
 	if s := l.Stats(); s.Errors == 0 || s.LastError == "" {
 		t.Errorf("stats do not record the error: %+v", s)
@@ -403,7 +403,7 @@ func fetchedFiles(l *Layer) map[string]bool {
 			continue
 		}
 		all := true
-		for i, c := range e.Chunks {
+		for i, c := range e.Chunks() {
 			if !c.Zero && !l.hasChunk(chunkRef{uint32(n), uint32(i)}) {
 				all = false
 			}
@@ -462,7 +462,7 @@ func TestFirstReadFetchesTheWholeFileAlongside(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Its first chunk, and the next ReadAhead bytes (four chunks).
-	want := big.Chunks[4].EndOffset - big.Chunks[0].Offset
+	want := big.Chunks()[4].EndOffset - big.Chunks()[0].Offset
 	waitFor(t, "the read-ahead", func() bool { return f.fetchedBytes()-before >= want })
 	l.Close() // waits for every fetch it started: nothing comes later
 	if got := f.fetchedBytes() - before; got != want {
@@ -514,8 +514,8 @@ func TestAssembledFileReplacesItsChunks(t *testing.T) {
 	if _, err := readFile(t, l, e.Path()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the assembled file", func() bool { return c.Has(e.Digest()) && !c.Has(e.Chunks[0].Digest()) })
-	for _, ch := range e.Chunks {
+	waitFor(t, "the assembled file", func() bool { return c.Has(e.Digest()) && !c.Has(e.Chunks()[0].Digest()) })
+	for _, ch := range e.Chunks() {
 		if c.Has(ch.Digest()) {
 			t.Errorf("chunk at %d still cached on its own next to the assembled file", ch.FileOffset)
 		}

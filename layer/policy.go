@@ -61,7 +61,7 @@ func (l *Layer) fetchFile(e *toc.Entry, k int, why string) {
 // sequential read, up to ReadAhead bytes, for files too large for
 // fetchRest.
 func (l *Layer) readAhead(e *toc.Entry, from int) {
-	if from >= len(e.Chunks) {
+	if from >= len(e.Chunks()) {
 		return
 	}
 	if first, last, ok := l.memberSpan(e); ok && l.members[last].end()-l.members[first].off <= l.opts.WholeFile {
@@ -69,8 +69,8 @@ func (l *Layer) readAhead(e *toc.Entry, from int) {
 	}
 	var size int64
 	first, last := -1, -1
-	for i := from; i < len(e.Chunks) && size < l.opts.ReadAhead; i++ {
-		c := e.Chunks[i]
+	for i := from; i < len(e.Chunks()) && size < l.opts.ReadAhead; i++ {
+		c := e.Chunks()[i]
 		if c.Zero {
 			size += min(c.Size, l.opts.ReadAhead) // a hole is read ahead too
 			continue

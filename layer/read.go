@@ -35,8 +35,8 @@ func (l *Layer) ReadAt(ctx context.Context, e *toc.Entry, p []byte, off int64) (
 	}
 	end := off + min(int64(len(p)), e.Size-off)
 	first, _ := e.ChunkAt(off)
-	for i := first; i < len(e.Chunks) && e.Chunks[i].FileOffset < end; i++ {
-		c := e.Chunks[i]
+	for i := first; i < len(e.Chunks()) && e.Chunks()[i].FileOffset < end; i++ {
+		c := e.Chunks()[i]
 		from := max(off, c.FileOffset) - c.FileOffset
 		to := min(end, c.FileOffset+c.Size) - c.FileOffset
 		if c.Zero {
@@ -86,7 +86,7 @@ const maxAttempts = 4
 // chunk returns chunk i of e (not a hole), verified: from the cache, from
 // a fetch in flight, or fetched now.
 func (l *Layer) chunk(ctx context.Context, e *toc.Entry, i int) ([]byte, error) {
-	c := e.Chunks[i]
+	c := e.Chunks()[i]
 	k := l.memberOf(c)
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if data, ok := l.cachedChunk(e, i); ok {
@@ -151,7 +151,7 @@ func (l *Layer) take(cl *call, d digest.Digest) ([]byte, bool) {
 
 // cachedChunk returns chunk i of e from the cache.
 func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
-	data := make([]byte, e.Chunks[i].Size)
+	data := make([]byte, e.Chunks()[i].Size)
 	return data, l.readCached(e, i, data, 0)
 }
 
@@ -159,7 +159,7 @@ func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
 // straight into p: from the chunk's own entry, or from the file's assembled
 // entry (which replaces the chunks of a file assembled for passthrough).
 func (l *Layer) readCached(e *toc.Entry, i int, p []byte, from int64) bool {
-	c := e.Chunks[i]
+	c := e.Chunks()[i]
 	if l.cache.ReadAt(c.Digest(), c.Size, p, from) {
 		return true
 	}

@@ -156,7 +156,11 @@ func TestHoleReadsWithoutAllocating(t *testing.T) {
 	blob, desc := buildBlob(t, testFiles()[:2])
 	l, _ := openLayer(t, blob, desc)
 	// A file that is one hole of 1 TiB, as a TOC may describe it.
-	e := &toc.Entry{Type: toc.TypeReg, Size: 1 << 40, Chunks: []toc.Chunk{{FileOffset: 0, Size: 1 << 40, Zero: true}}}
+	holes, err := toc.Parse([]byte(`{"version":1,"entries":[{"name":"hole","type":"reg","size":1099511627776,"chunkType":"zeros"}]}`), 0, toc.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := holes.Lookup("hole")
 	buf := bytes.Repeat([]byte{1}, 4096)
 	allocs := testing.AllocsPerRun(10, func() {
 		n, err := l.ReadAt(context.Background(), e, buf, 1<<39)

@@ -19,7 +19,7 @@ func TestMinChunkSizeSharesMembers(t *testing.T) {
 	r := open(t, blob)
 	shared := 0
 	for _, e := range r.TOC().Entries {
-		for _, c := range e.Chunks {
+		for _, c := range e.Chunks() {
 			if c.InnerOffset > 0 {
 				shared++
 			}
@@ -35,7 +35,7 @@ func TestCorruptChunkIsRefused(t *testing.T) {
 	blob, res := build(t, makeTar(t, files), WithChunkSize(1<<16), WithCompressionLevel(0))
 	r := open(t, blob, WithTOCDigest(res.TOCDigest))
 	e, _ := r.TOC().Lookup("bin/many-chunks")
-	c := e.Chunks[1]
+	c := e.Chunks()[1]
 	// Level 0 stores data verbatim: flip a byte of the chunk itself, which
 	// gzip's own CRC would also catch; then forge the CRC too.
 	bad := bytes.Clone(blob)
@@ -168,7 +168,7 @@ func FuzzOpen(f *testing.F) {
 			}
 			// What was served must match the chunks' digests.
 			var off int64
-			for _, c := range e.Chunks {
+			for _, c := range e.Chunks() {
 				if off+c.Size > int64(n) {
 					break
 				}
@@ -242,8 +242,8 @@ func TestHolesAreServedFromNothing(t *testing.T) {
 		t.Errorf("read at the end of the file: %d, %v; want 100, EOF", n, err)
 	}
 	e, _ := parsed.Lookup("sparse")
-	if _, err := ReadChunk(nil, nil, e.Chunks[0]); err == nil {
-		t.Errorf("ReadChunk handed out a hole of %d bytes", e.Chunks[0].Size)
+	if _, err := ReadChunk(nil, nil, e.Chunks()[0]); err == nil {
+		t.Errorf("ReadChunk handed out a hole of %d bytes", e.Chunks()[0].Size)
 	}
 	if data, err := ReadChunk(nil, nil, toc.Chunk{Size: 10, Zero: true}); err != nil || !bytes.Equal(data, make([]byte, 10)) {
 		t.Errorf("ReadChunk of a small hole: %v, %v", data, err)

@@ -250,7 +250,7 @@ func TestPrioritizedOrder(t *testing.T) {
 	}
 	end, ok := r.PrefetchEnd()
 	parents, _ := r.TOC().Lookup("usr/lib/deep/missing/parents.txt")
-	if !ok || end <= parents.Chunks[0].Offset {
+	if !ok || end <= parents.Chunks()[0].Offset {
 		t.Errorf("prefetch end %d (%v) does not follow the prioritized files", end, ok)
 	}
 	if _, ok := open(t, build2(t, files)).PrefetchEnd(); ok {

@@ -130,10 +130,10 @@ func (r *Reader) DataEnd() int64 { return r.tocOffset }
 // landmark's member), or false if the blob names no such files.
 func (r *Reader) PrefetchEnd() (int64, bool) {
 	e, ok := r.toc.Lookup(PrefetchLandmark)
-	if !ok || len(e.Chunks) == 0 {
+	if !ok || len(e.Chunks()) == 0 {
 		return 0, false
 	}
-	return e.Chunks[0].Offset, true
+	return e.Chunks()[0].Offset, true
 }
 
 // File reads one regular file of the blob, verifying every chunk it reads.
@@ -171,8 +171,8 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	}
 	n := 0
 	i, _ := f.e.ChunkAt(off)
-	for ; n < len(p) && i < len(f.e.Chunks); i++ {
-		c := f.e.Chunks[i]
+	for ; n < len(p) && i < len(f.e.Chunks()); i++ {
+		c := f.e.Chunks()[i]
 		from := off + int64(n) - c.FileOffset
 		if c.Zero {
 			// A hole may be as large as the file: it is served from
@@ -196,7 +196,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 
 // readChunk fetches and verifies chunk i of e.
 func (r *Reader) readChunk(e *toc.Entry, i int) ([]byte, error) {
-	c := e.Chunks[i]
+	c := e.Chunks()[i]
 	compressed := make([]byte, c.EndOffset-c.Offset)
 	if _, err := r.ra.ReadAt(compressed, c.Offset); err != nil && !(errors.Is(err, io.EOF) && c.EndOffset == r.size) {
 		return nil, fmt.Errorf("estargz: %q chunk %d: read %d bytes at %d: %w", e.Path(), i, len(compressed), c.Offset, err)

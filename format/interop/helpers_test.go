@@ -259,7 +259,7 @@ func lazypullReads(l layer, files map[string][]byte, opts format.Options) (forma
 		}
 		e = blob.TOC().HardlinkTarget(e)
 		var got []byte
-		for _, c := range e.Chunks {
+		for _, c := range e.Chunks() {
 			if c.Zero {
 				got = append(got, make([]byte, c.Size)...)
 				continue

@@ -184,7 +184,7 @@ func checkHoles(t *testing.T, l layer) {
 		t.Fatal(err)
 	}
 	e, _ := blob.TOC().Lookup("etc/holes")
-	if !slices.ContainsFunc(e.Chunks, func(c toc.Chunk) bool { return c.Zero }) {
+	if !slices.ContainsFunc(e.Chunks(), func(c toc.Chunk) bool { return c.Zero }) {
 		t.Error("etc/holes has no hole: the test does not test them")
 	}
 }

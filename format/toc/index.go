@@ -59,18 +59,21 @@ func child(dir *Entry, base string) (*Entry, bool) {
 
 // Children lists a directory's entries, sorted by name.
 func (e *Entry) Children() []*Entry {
-	if e.children == nil {
+	if e.dir == nil {
 		return nil
 	}
-	return *e.children
+	return e.dir.children
 }
 
 // addChild lists c among dir's children (sorted once the TOC is built).
 func (dir *Entry) addChild(c *Entry) {
-	if dir.children == nil {
-		dir.children = new([]*Entry)
+	if dir.dir == nil {
+		dir.dir = new(dirInfo)
 	}
-	*dir.children = append(*dir.children, c)
+	dir.dir.children = append(dir.dir.children, c)
+	if c.Type == TypeDir {
+		dir.dir.subdirs++
+	}
 }
 
 // Base is the entry's last name component.
@@ -89,8 +92,9 @@ func (t *TOC) HardlinkTarget(e *Entry) *Entry {
 
 // ChunkAt returns the index of the chunk that holds file offset off.
 func (e *Entry) ChunkAt(off int64) (int, bool) {
-	i := sort.Search(len(e.Chunks), func(i int) bool { return e.Chunks[i].FileOffset+e.Chunks[i].Size > off })
-	return i, i < len(e.Chunks) && off >= 0
+	cs := e.Chunks()
+	i := sort.Search(len(cs), func(i int) bool { return cs[i].FileOffset+cs[i].Size > off })
+	return i, i < len(cs) && off >= 0
 }
 
 // setAttrs gives an implicit directory the attributes a listing brings.

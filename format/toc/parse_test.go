@@ -67,8 +67,8 @@ func TestParseIndexes(t *testing.T) {
 		t.Errorf("usr/bin = %+v, %v; want an implicit directory", bin, ok)
 	}
 	tool, _ := toc.Lookup("usr/bin/tool")
-	if tool.Mode != 0o755 || tool.NumLink != 3 {
-		t.Errorf("tool mode %o nlink %d, want 0755 and 3", tool.Mode, tool.NumLink)
+	if tool.Mode != 0o755 || tool.NumLink() != 3 {
+		t.Errorf("tool mode %o nlink %d, want 0755 and 3", tool.Mode, tool.NumLink())
 	}
 	if alias2, _ := toc.Lookup("usr/bin/alias2"); toc.HardlinkTarget(alias2) != tool {
 		t.Errorf("a hard link to a hard link does not resolve to the file")
@@ -77,8 +77,8 @@ func TestParseIndexes(t *testing.T) {
 		withDigest(t, Chunk{Offset: 100, EndOffset: 200, FileOffset: 0, Size: 6}, d1),
 		withDigest(t, Chunk{Offset: 200, EndOffset: 1000, FileOffset: 6, Size: 4}, d2),
 	}
-	if len(tool.Chunks) != 2 || tool.Chunks[0] != want[0] || tool.Chunks[1] != want[1] {
-		t.Errorf("chunks = %+v, want %+v", tool.Chunks, want)
+	if len(tool.Chunks()) != 2 || tool.Chunks()[0] != want[0] || tool.Chunks()[1] != want[1] {
+		t.Errorf("chunks = %+v, want %+v", tool.Chunks(), want)
 	}
 	if i, ok := tool.ChunkAt(7); !ok || i != 1 {
 		t.Errorf("ChunkAt(7) = %d, %v", i, ok)
@@ -97,11 +97,17 @@ func TestParseIndexes(t *testing.T) {
 	if strings.Join(names, ",") != "bin,lib" {
 		t.Errorf("usr children = %v", names)
 	}
-	if usr.NumLink != 4 {
-		t.Errorf("usr nlink = %d, want 4 (2 + two subdirectories)", usr.NumLink)
+	if usr.NumLink() != 4 {
+		t.Errorf("usr nlink = %d, want 4 (2 + two subdirectories)", usr.NumLink())
 	}
-	if e, _ := toc.Lookup("empty"); len(e.Chunks) != 0 {
-		t.Errorf("an empty file has chunks: %+v", e.Chunks)
+	if n := toc.Root().NumLink(); n != 4 {
+		t.Errorf("root nlink = %d, want 4 (2 + usr and dev)", n)
+	}
+	if link, _ := toc.Lookup("link"); link.NumLink() != 1 {
+		t.Errorf("a symlink's nlink = %d, want 1", link.NumLink())
+	}
+	if e, _ := toc.Lookup("empty"); len(e.Chunks()) != 0 {
+		t.Errorf("an empty file has chunks: %+v", e.Chunks())
 	}
 	if null, _ := toc.Lookup("dev/null"); null.Type != TypeChar {
 		t.Errorf("dev/null is a %s", null.Type)
@@ -160,7 +166,7 @@ func TestParseSharedMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := toc.Lookup("b")
-	if c := b.Chunks[0]; c.Offset != 10 || c.EndOffset != 500 || c.InnerOffset != 515 {
+	if c := b.Chunks()[0]; c.Offset != 10 || c.EndOffset != 500 || c.InnerOffset != 515 {
 		t.Errorf("b's chunk = %+v", c)
 	}
 }
@@ -285,7 +291,7 @@ func TestParseKeepsDigests(t *testing.T) {
 			t.Errorf("%s: digest %q, want %q", tc.name, got, tc.file)
 		}
 		var got []string
-		for _, c := range e.Chunks {
+		for _, c := range e.Chunks() {
 			got = append(got, string(c.Digest()))
 		}
 		if !slices.Equal(got, tc.chunks) {
@@ -400,7 +406,7 @@ func FuzzParse(f *testing.F) {
 			// covered stays in 0..e.Size as long as every chunk checks.
 			var covered int64
 			lastOffset := int64(0)
-			for i, c := range e.Chunks {
+			for i, c := range e.Chunks() {
 				if c.FileOffset != covered || c.Size <= 0 || c.Size > e.Size-covered {
 					t.Fatalf("%s: chunk %d %+v is not the next piece of the %d-byte file after %d", e.Path(), i, c, e.Size, covered)
 				}
@@ -425,10 +431,10 @@ func FuzzParse(f *testing.F) {
 				}
 				lastOffset = c.Offset
 			}
-			if len(e.Chunks) > 0 && covered != e.Size {
+			if len(e.Chunks()) > 0 && covered != e.Size {
 				t.Fatalf("%s: chunks cover %d of %d", e.Path(), covered, e.Size)
 			}
-			if e.Type == TypeReg && e.Size > 0 && len(e.Chunks) == 0 {
+			if e.Type == TypeReg && e.Size > 0 && len(e.Chunks()) == 0 {
 				t.Fatalf("%s: %d bytes and no chunks", e.Path(), e.Size)
 			}
 			if parent, ok := toc.Lookup(parentName(e.Path())); !ok || parent.Type != TypeDir {
@@ -458,13 +464,13 @@ func TestParseHoles(t *testing.T) {
 		t.Fatal(err)
 	}
 	sparse, _ := toc.Lookup("sparse")
-	if want := (Chunk{Size: max, Zero: true}); len(sparse.Chunks) != 1 || sparse.Chunks[0] != want {
-		t.Errorf("sparse chunks = %+v, want one hole %+v", sparse.Chunks, want)
+	if want := (Chunk{Size: max, Zero: true}); len(sparse.Chunks()) != 1 || sparse.Chunks()[0] != want {
+		t.Errorf("sparse chunks = %+v, want one hole %+v", sparse.Chunks(), want)
 	}
 	mixed, _ := toc.Lookup("mixed")
 	want := []Chunk{{Size: 4, Zero: true}, withDigest(t, Chunk{Offset: 50, EndOffset: 100, FileOffset: 4, Size: 6}, d1)}
-	if len(mixed.Chunks) != 2 || mixed.Chunks[0] != want[0] || mixed.Chunks[1] != want[1] {
-		t.Errorf("mixed chunks = %+v, want %+v", mixed.Chunks, want)
+	if len(mixed.Chunks()) != 2 || mixed.Chunks()[0] != want[0] || mixed.Chunks()[1] != want[1] {
+		t.Errorf("mixed chunks = %+v, want %+v", mixed.Chunks(), want)
 	}
 
 	for _, tc := range []struct {
@@ -656,7 +662,7 @@ func TestParseAllocatesWhatItDecodes(t *testing.T) {
 // TestEntrySize: a mounted layer holds an Entry per file, so its size is
 // a size class of the allocator's; a field more must find its room.
 func TestEntrySize(t *testing.T) {
-	if got := unsafe.Sizeof(Entry{}); got != 112 {
-		t.Errorf("an Entry takes %d bytes, want 112", got)
+	if got := unsafe.Sizeof(Entry{}); got != 96 {
+		t.Errorf("an Entry takes %d bytes, want 96", got)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -89,15 +90,18 @@ type Entry struct {
 	// name is the last name component ("" for the root) once Parse is
 	// done; while it runs, the whole cleaned name. See Path.
 	name   string
-	parent *Entry  // nil for the root
-	Chunks []Chunk // regular files with content: in file order, covering Size exactly
-	// more holds what few entries have: see LinkName, Xattrs and Dev.
+	parent *Entry // nil for the root
+	// chunks and nchunks are Chunks: a pointer into the TOC's one array
+	// of chunks and a count take 12 bytes where a slice takes 24.
+	chunks *Chunk
+	// more holds what few entries have: see LinkName, Xattrs, Dev and
+	// NumLink.
 	more *extra
-	// children are a directory's entries, sorted by name: behind a
-	// pointer, as most entries are not directories.
-	children *[]*Entry
-	Size     int64 // regular files: uncompressed size
-	mtime    int64 // Unix seconds
+	// dir holds a directory's entries: behind a pointer, as most
+	// entries are not directories.
+	dir   *dirInfo
+	Size  int64 // regular files: uncompressed size
+	mtime int64 // Unix seconds
 	// digest is the file's: nil if the TOC has none; a one-chunk file
 	// shares its chunk's.
 	digest *sum
@@ -105,20 +109,50 @@ type Entry struct {
 	// if the TOC has no time.
 	mtimeNsec int32
 	UID, GID  uint32
-	// NumLink counts the names of this inode (hard links included).
-	NumLink uint32
-	ino     uint32 // see Ino
-	Mode    uint16 // permission, setuid, setgid and sticky bits (07777)
-	Type    Type   // one of the Type constants other than TypeChunk
+	ino       uint32 // see Ino
+	nchunks   uint32
+	Mode      uint16 // permission, setuid, setgid and sticky bits (07777)
+	Type      Type   // one of the Type constants other than TypeChunk
 	// Implicit marks a directory the TOC did not list but a child needs.
 	Implicit bool
-	// 112 bytes in all: mind the size class when adding a field.
+	// 96 bytes in all: mind the size class when adding a field.
 }
 
 type extra struct {
 	linkName           string
 	xattrs             map[string][]byte
 	devMajor, devMinor uint32
+	links              uint32 // hard links to this entry
+}
+
+type dirInfo struct {
+	children []*Entry // sorted by name
+	subdirs  uint32
+}
+
+// Chunks are a regular file's pieces, in file order, covering Size
+// exactly; none for other entries and empty files.
+func (e *Entry) Chunks() []Chunk {
+	if e.chunks == nil {
+		return nil
+	}
+	return unsafe.Slice(e.chunks, e.nchunks)
+}
+
+// NumLink counts the names of the entry's inode: a directory's own, its
+// ".." and its subdirectories' ".." entries; a file's and its hard
+// links'.
+func (e *Entry) NumLink() uint32 {
+	if e.Type == TypeDir {
+		if e.dir == nil {
+			return 2
+		}
+		return 2 + e.dir.subdirs
+	}
+	if e.more == nil {
+		return 1
+	}
+	return 1 + e.more.links
 }
 
 // Path is the entry's cleaned name: relative, no "." or ".." components;
@@ -186,10 +220,22 @@ func (e *Entry) Xattrs() map[string][]byte {
 // setMore keeps a link target, xattrs and device numbers, if there are
 // any.
 func (e *Entry) setMore(linkName string, xattrs map[string][]byte, major, minor uint32) {
-	e.more = nil
-	if linkName != "" || len(xattrs) > 0 || major != 0 || minor != 0 {
-		e.more = &extra{linkName: linkName, xattrs: xattrs, devMajor: major, devMinor: minor}
+	var links uint32
+	if e.more != nil {
+		links = e.more.links
 	}
+	e.more = nil
+	if linkName != "" || len(xattrs) > 0 || major != 0 || minor != 0 || links != 0 {
+		e.more = &extra{linkName: linkName, xattrs: xattrs, devMajor: major, devMinor: minor, links: links}
+	}
+}
+
+// addLink counts one more hard link to e.
+func (e *Entry) addLink() {
+	if e.more == nil {
+		e.more = &extra{}
+	}
+	e.more.links++
 }
 
 // Chunk is one independently compressed piece of a regular file.

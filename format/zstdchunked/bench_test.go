@@ -73,7 +73,7 @@ func BenchmarkReadChunk(b *testing.B) {
 	blob, _ := writeBlob(b, buildTar(b, []member{reg("f", content(1, DefaultChunkSize, true))}))
 	r := openBlob(b, blob)
 	e, _ := r.TOC().Lookup("f")
-	c := e.Chunks[0]
+	c := e.Chunks()[0]
 	compressed := blob[c.Offset:c.EndOffset]
 	b.SetBytes(c.Size)
 	b.ReportAllocs()

@@ -33,7 +33,7 @@ func TestCorruptChunk(t *testing.T) {
 	blob, res := writeBlob(t, tarball, WithChunkSize(4096))
 	r := openBlob(t, blob)
 	e, _ := r.TOC().Lookup("etc/several-chunks")
-	c := e.Chunks[1]
+	c := e.Chunks()[1]
 	for _, at := range []int64{c.Offset, c.Offset + 5, (c.Offset + c.EndOffset) / 2, c.EndOffset - 1} {
 		bad := append([]byte(nil), blob...)
 		bad[at] ^= 0x40
@@ -143,7 +143,7 @@ func TestTruncatedBlob(t *testing.T) {
 	r := openBlob(t, blob)
 	cut := r.TOC()
 	e, _ := cut.Lookup("etc/several-chunks")
-	ra := errIn{blob, e.Chunks[2].Offset + 3, e.Chunks[2].Offset + 4}
+	ra := errIn{blob, e.Chunks()[2].Offset + 3, e.Chunks()[2].Offset + 4}
 	r, err = Open(ra, int64(len(blob)), WithAnnotations(res.Annotations))
 	if err != nil {
 		t.Fatal(err)

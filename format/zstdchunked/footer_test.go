@@ -103,7 +103,7 @@ func TestContainersStorageManifestQuirks(t *testing.T) {
 	r := openBlob(t, b, WithAnnotations(annotations))
 	checkLayer(t, r, tarball)
 	e, _ := r.TOC().Lookup("three")
-	for i, c := range e.Chunks {
+	for i, c := range e.Chunks() {
 		if c.EndOffset-c.Offset > 4096+100 {
 			t.Errorf("chunk %d of three spans %d..%d: more than its frame", i, c.Offset, c.EndOffset)
 		}

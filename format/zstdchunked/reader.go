@@ -316,10 +316,10 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	}
 	n := 0
 	for pos := off; pos < end; i++ {
-		if i >= len(f.e.Chunks) {
+		if i >= len(f.e.Chunks()) {
 			return n, fmt.Errorf("zstdchunked: file %q: no chunk holds offset %d", f.name, pos)
 		}
-		c := f.e.Chunks[i]
+		c := f.e.Chunks()[i]
 		from, to := pos-c.FileOffset, min(end-c.FileOffset, c.Size)
 		if c.Zero {
 			clear(p[n : n+int(to-from)])
@@ -338,7 +338,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 // copyChunk fetches, decompresses and verifies chunk i, and copies its
 // bytes from the chunk offset from into dst.
 func (f *File) copyChunk(dst []byte, i int, from int64) error {
-	c := f.e.Chunks[i]
+	c := f.e.Chunks()[i]
 	data, release, err := f.r.readChunk(c)
 	if err != nil {
 		return fmt.Errorf("zstdchunked: file %q chunk %d at offset %d: %w", f.name, i, c.Offset, err)

@@ -43,8 +43,8 @@ func TestRoundTrip(t *testing.T) {
 			}
 
 			e, _ := r.TOC().Lookup("etc/several-chunks")
-			if len(e.Chunks) != 4 {
-				t.Errorf("etc/several-chunks has %d chunks", len(e.Chunks))
+			if len(e.Chunks()) != 4 {
+				t.Errorf("etc/several-chunks has %d chunks", len(e.Chunks()))
 			}
 			if e.Digest() != digest.FromBytes(content(4, 3*chunkSize+17, false)) {
 				t.Errorf("etc/several-chunks: file digest %s is not that of its content", e.Digest())
@@ -323,7 +323,7 @@ func TestSparseFile(t *testing.T) {
 	checkLayer(t, r, tarball)
 	e, _ := r.TOC().Lookup("sparse")
 	var zero, data int64
-	for _, c := range e.Chunks {
+	for _, c := range e.Chunks() {
 		if c.Zero {
 			zero += c.Size
 		} else {
@@ -335,8 +335,8 @@ func TestSparseFile(t *testing.T) {
 	}
 	// Fragments stay whole, cut only at the chunk size: 1+2+5+1 data
 	// chunks and the 3 holes between them.
-	if len(e.Chunks) != 12 {
-		t.Errorf("sparse file stored in %d chunks, want 12", len(e.Chunks))
+	if len(e.Chunks()) != 12 {
+		t.Errorf("sparse file stored in %d chunks, want 12", len(e.Chunks()))
 	}
 	if e.Digest() != digest.FromBytes(logical) {
 		t.Errorf("sparse file digest %s is not that of its content", e.Digest())
@@ -349,7 +349,7 @@ func TestReadChunk(t *testing.T) {
 	r := openBlob(t, blob)
 	e, _ := r.TOC().Lookup("etc/several-chunks")
 	want := content(4, 3*4096+17, false)
-	for i, c := range e.Chunks {
+	for i, c := range e.Chunks() {
 		got, err := ReadChunk(nil, blob[c.Offset:c.EndOffset], c)
 		if err != nil {
 			t.Fatalf("chunk %d: %v", i, err)
@@ -358,7 +358,7 @@ func TestReadChunk(t *testing.T) {
 			t.Fatalf("chunk %d: wrong bytes", i)
 		}
 	}
-	c := e.Chunks[0]
+	c := e.Chunks()[0]
 	if _, err := ReadChunk(nil, blob[c.Offset:c.EndOffset-1], c); err == nil {
 		t.Error("ReadChunk of a short range: no error")
 	}

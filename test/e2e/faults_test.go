@@ -469,7 +469,7 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 		if _, err := os.Stat(cachePath(cacheDir, e.Digest())); err != nil {
 			t.Fatalf("%s was not assembled into one cache entry: %v", e.Path(), err)
 		}
-		if _, err := os.Stat(cachePath(cacheDir, e.Chunks[0].Digest())); err == nil {
+		if _, err := os.Stat(cachePath(cacheDir, e.Chunks()[0].Digest())); err == nil {
 			t.Errorf("%s: a chunk entry is still there beside the assembled file", e.Path())
 		}
 	}
@@ -481,11 +481,11 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	}
 	member := func(c toc.Chunk) [2]int64 { return [2]int64{c.Offset, c.EndOffset - 1} }
 	span := func(e *toc.Entry) [2]int64 {
-		return [2]int64{e.Chunks[0].Offset, e.Chunks[len(e.Chunks)-1].EndOffset - 1}
+		return [2]int64{e.Chunks()[0].Offset, e.Chunks()[len(e.Chunks())-1].EndOffset - 1}
 	}
 	members := func(es ...*toc.Entry) (out [][2]int64) {
 		for _, e := range es {
-			for _, c := range e.Chunks {
+			for _, c := range e.Chunks() {
 				out = append(out, member(c))
 			}
 		}
@@ -514,7 +514,7 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	//  - lib/libbig.so: its whole-file entry is gone;
 	//  - bin/tool: intact, and read from its whole-file entry.
 	// Only the bad or missing files' data may be fetched.
-	corrupt := []digest.Digest{small.Chunks[0].Digest(), multi.Digest()}
+	corrupt := []digest.Digest{small.Chunks()[0].Digest(), multi.Digest()}
 	corruptCacheEntries(t, cacheDir, corrupt...)
 	if err := os.Remove(cachePath(cacheDir, gone.Digest())); err != nil {
 		t.Fatal(err)
@@ -527,8 +527,8 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	if n := m2.cache.Stats().Corruptions; n != int64(len(corrupt)) {
 		t.Errorf("the cache found %d corrupt entries, want %d", n, len(corrupt))
 	}
-	checkRefetch(p2.Ranges(fl.desc.Digest), [][2]int64{member(small.Chunks[0]), span(multi), span(gone)},
-		append(members(multi, gone), member(small.Chunks[0])))
+	checkRefetch(p2.Ranges(fl.desc.Digest), [][2]int64{member(small.Chunks()[0]), span(multi), span(gone)},
+		append(members(multi, gone), member(small.Chunks()[0])))
 	m2.close(t)
 
 	// With passthrough: a corrupt whole-file entry, the backing file of a
