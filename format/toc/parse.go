@@ -276,6 +276,7 @@ func (b *builder) add(w *WireEntry) error {
 			} else if !prev.sameAttrs(e) {
 				return errorf(w.Name, "directory listed twice with different attributes")
 			}
+			b.dropLast(e)
 			return nil
 		}
 		return errorf(w.Name, "listed twice (as %s and as %s)", prev.Type, e.Type)
@@ -322,6 +323,14 @@ func (b *builder) newEntry() *Entry {
 	}
 	b.block = b.block[:len(b.block)+1]
 	return &b.block[len(b.block)-1]
+}
+
+// dropLast gives back e's room, if e is the last entry newEntry made.
+func (b *builder) dropLast(e *Entry) {
+	if n := len(b.block); n > 0 && e == &b.block[n-1] {
+		b.block[n-1] = Entry{}
+		b.block = b.block[:n-1]
+	}
 }
 
 // entryBlock is how many entries a block holds at most (24 KiB); blocks
