@@ -121,7 +121,7 @@ func checkTar(r io.Reader, t *toc.TOC) error {
 		}
 	}
 	for _, e := range t.Entries {
-		if !seen[e] && !e.Implicit {
+		if !seen[e] && !e.Implicit() {
 			return mismatch(e.Path(), "in the TOC but not in the tar")
 		}
 	}

@@ -239,7 +239,7 @@ func TestPrioritizedOrder(t *testing.T) {
 	r := open(t, blob)
 	var order []string
 	for _, e := range r.TOC().Entries {
-		if !e.Implicit {
+		if !e.Implicit() {
 			order = append(order, e.Path())
 		}
 	}

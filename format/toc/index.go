@@ -102,7 +102,7 @@ func (e *Entry) setAttrs(from *Entry) {
 	e.Mode, e.UID, e.GID = from.Mode, from.UID, from.GID
 	e.mtime, e.mtimeNsec = from.mtime, from.mtimeNsec
 	e.setMore("", from.Xattrs(), 0, 0)
-	e.Implicit = false
+	e.flags &^= implicit
 }
 
 func (e *Entry) sameAttrs(o *Entry) bool {

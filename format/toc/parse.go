@@ -220,7 +220,7 @@ type builder struct {
 }
 
 func newBuilder(dataEnd int64, limits Limits) *builder {
-	t := &TOC{root: &Entry{name: "", Type: TypeDir, Mode: 0o755, Implicit: true, ino: 1}}
+	t := &TOC{root: &Entry{name: "", Type: TypeDir, Mode: 0o755, flags: implicit, ino: 1}}
 	return &builder{t: t, dataEnd: dataEnd, limits: limits, chunks: make(map[*Entry][]rawChunk),
 		byName: map[string]*Entry{"": t.root}}
 }
@@ -271,7 +271,7 @@ func (b *builder) add(w *WireEntry) error {
 		if e.name == "" || (prev.Type == TypeDir && e.Type == TypeDir) {
 			// A directory listed twice (or the root listed at all):
 			// the listing wins over an implicit one, else the first.
-			if prev.Implicit {
+			if prev.Implicit() {
 				prev.setAttrs(e)
 			} else if !prev.sameAttrs(e) {
 				return errorf(w.Name, "directory listed twice with different attributes")
@@ -409,7 +409,7 @@ func (b *builder) addParents(e *Entry) error {
 			return errorf(e.name, "implicit directory %q: %s", shorten(dir), err.(*Error).Rule)
 		}
 		parent = b.newEntry()
-		*parent = Entry{name: dir, Type: TypeDir, Mode: 0o755, Implicit: true}
+		*parent = Entry{name: dir, Type: TypeDir, Mode: 0o755, flags: implicit}
 		b.byName[dir] = parent
 		b.append(parent)
 		parent.addChild(child)
@@ -439,11 +439,7 @@ func entryFromWire(w *WireEntry, limits Limits, e *Entry) (*Entry, error) {
 			if err != nil {
 				return nil, errorf(w.Name, "digest: %v", err)
 			}
-			if s == emptySum {
-				e.digest = &emptySum // empty files are many
-			} else {
-				e.digest = &s
-			}
+			e.setDigest(s)
 		}
 	case TypeSymlink:
 		if w.LinkName == "" || len(w.LinkName) > maxNameBytes || strings.IndexByte(w.LinkName, 0) >= 0 {
@@ -632,11 +628,15 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 		if covered != e.Size {
 			return errorf(e.name, "chunks cover %d of %d bytes", covered, e.Size)
 		}
-		if cs := e.Chunks(); len(cs) == 1 && !cs[0].Zero && e.digest != nil {
+		if cs := e.Chunks(); len(cs) == 1 && !cs[0].Zero && e.flags&digestInMore != 0 {
 			c := &cs[0]
 			switch ed, cd := e.Digest(), c.Digest(); {
-			case *e.digest == c.sum:
-				e.digest = &c.sum // the same digest: keep it once
+			case e.more.digest == c.sum: // keep it once
+				e.more.digest = sum{}
+				if e.more.empty() {
+					e.more = nil
+				}
+				e.flags = e.flags&^digestInMore | digestOfChunk
 			case ed.Algorithm() == cd.Algorithm():
 				// One chunk is the whole file: readers serve it
 				// verified against the chunk's digest, so the file's

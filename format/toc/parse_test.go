@@ -56,14 +56,14 @@ func TestParseIndexes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if toc.Root().Mode != 0o700 || toc.Root().Implicit {
+	if toc.Root().Mode != 0o700 || toc.Root().Implicit() {
 		t.Errorf("root = %+v, want the listed ./ with mode 0700", toc.Root())
 	}
 	usr, _ := toc.Lookup("usr")
-	if usr.Implicit || usr.Mode != 0o711 || usr.UID != 7 {
+	if usr.Implicit() || usr.Mode != 0o711 || usr.UID != 7 {
 		t.Errorf("usr = %+v: a later listing should replace the implicit directory", usr)
 	}
-	if bin, ok := toc.Lookup("usr/bin"); !ok || !bin.Implicit || bin.Type != TypeDir {
+	if bin, ok := toc.Lookup("usr/bin"); !ok || !bin.Implicit() || bin.Type != TypeDir {
 		t.Errorf("usr/bin = %+v, %v; want an implicit directory", bin, ok)
 	}
 	tool, _ := toc.Lookup("usr/bin/tool")
@@ -272,6 +272,8 @@ func TestParseKeepsDigests(t *testing.T) {
 		WireEntry{Name: "two", Type: TypeChunk, Offset: 200, ChunkOffset: 6, ChunkDigest: d2},
 		WireEntry{Name: "empty", Type: TypeReg, Digest: empty},
 		WireEntry{Name: "none", Type: TypeReg},
+		WireEntry{Name: "mixed", Type: TypeReg, Size: 3, Offset: 300, ChunkDigest: d1, Digest: d512},
+		WireEntry{Name: "empty512", Type: TypeReg, Digest: digest.SHA512.FromBytes(nil).String()},
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -285,6 +287,8 @@ func TestParseKeepsDigests(t *testing.T) {
 		{"two", whole, []string{d512, d2}},
 		{"empty", empty, nil},
 		{"none", "", nil},
+		{"mixed", d512, []string{d1}},
+		{"empty512", digest.SHA512.FromBytes(nil).String(), nil},
 	} {
 		e, _ := toc.Lookup(tc.name)
 		if got := e.Digest(); string(got) != tc.file {
@@ -298,8 +302,19 @@ func TestParseKeepsDigests(t *testing.T) {
 			t.Errorf("%s: chunk digests %q, want %q", tc.name, got, tc.chunks)
 		}
 	}
+	if e, _ := toc.Lookup("one"); e.more != nil {
+		t.Errorf("one: a digest equal to its chunk's is kept twice")
+	}
 	if _, err := parseEntries(t, 1000, WireEntry{Name: "z", Type: TypeReg, Size: 1, ChunkDigest: "sha256:" + strings.Repeat("0", 64)}); err == nil {
 		t.Errorf("an all-zero sha256 chunk digest was accepted")
+	}
+	// The whole file is its one chunk, so their digests must agree: the
+	// empty file's is no exception.
+	for _, file := range []string{d2, empty} {
+		_, err := parseEntries(t, 1000, WireEntry{Name: "f", Type: TypeReg, Size: 3, ChunkDigest: d1, Digest: file})
+		if err == nil || !strings.Contains(err.Error(), "is not the file's digest") {
+			t.Errorf("a one-chunk file of digest %s over a chunk of %s: %v, want a mismatch", file, d1, err)
+		}
 	}
 }
 
@@ -662,7 +677,7 @@ func TestParseAllocatesWhatItDecodes(t *testing.T) {
 // TestEntrySize: a mounted layer holds an Entry per file, so its size is
 // a size class of the allocator's; a field more must find its room.
 func TestEntrySize(t *testing.T) {
-	if got := unsafe.Sizeof(Entry{}); got != 96 {
-		t.Errorf("an Entry takes %d bytes, want 96", got)
+	if got := unsafe.Sizeof(Entry{}); got != 88 {
+		t.Errorf("an Entry takes %d bytes, want 88", got)
 	}
 }

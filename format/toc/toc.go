@@ -102,9 +102,6 @@ type Entry struct {
 	dir   *dirInfo
 	Size  int64 // regular files: uncompressed size
 	mtime int64 // Unix seconds
-	// digest is the file's: nil if the TOC has none; a one-chunk file
-	// shares its chunk's.
-	digest *sum
 	// mtimeNsec is the nanoseconds of the modification time plus one: 0
 	// if the TOC has no time.
 	mtimeNsec int32
@@ -113,16 +110,31 @@ type Entry struct {
 	nchunks   uint32
 	Mode      uint16 // permission, setuid, setgid and sticky bits (07777)
 	Type      Type   // one of the Type constants other than TypeChunk
-	// Implicit marks a directory the TOC did not list but a child needs.
-	Implicit bool
-	// 96 bytes in all: mind the size class when adding a field.
+	flags     entryFlags
+	// 88 bytes in all: mind the alignment when adding a field.
 }
+
+// entryFlags are an entry's bits: whether it is implicit, and where its
+// digest is, so that an entry spends no pointer on a digest it shares.
+type entryFlags uint8
+
+const (
+	implicit      entryFlags = 1 << iota
+	digestEmpty              // the sha256 of nothing
+	digestOfChunk            // its one chunk's
+	digestInMore             // more.digest: one unlike its chunk's, or a file of several
+)
+
+// Implicit tells whether the entry is a directory the TOC did not list but
+// a child needs (or the root, when the TOC does not list it).
+func (e *Entry) Implicit() bool { return e.flags&implicit != 0 }
 
 type extra struct {
 	linkName           string
 	xattrs             map[string][]byte
 	devMajor, devMinor uint32
 	links              uint32 // hard links to this entry
+	digest             sum    // see digestInMore
 }
 
 type dirInfo struct {
@@ -220,14 +232,19 @@ func (e *Entry) Xattrs() map[string][]byte {
 // setMore keeps a link target, xattrs and device numbers, if there are
 // any.
 func (e *Entry) setMore(linkName string, xattrs map[string][]byte, major, minor uint32) {
-	var links uint32
+	m := extra{linkName: linkName, xattrs: xattrs, devMajor: major, devMinor: minor}
 	if e.more != nil {
-		links = e.more.links
+		m.links, m.digest = e.more.links, e.more.digest
 	}
 	e.more = nil
-	if linkName != "" || len(xattrs) > 0 || major != 0 || minor != 0 || links != 0 {
-		e.more = &extra{linkName: linkName, xattrs: xattrs, devMajor: major, devMinor: minor, links: links}
+	if !m.empty() {
+		e.more = &m
 	}
+}
+
+func (m *extra) empty() bool {
+	return m.linkName == "" && len(m.xattrs) == 0 && m.devMajor == 0 && m.devMinor == 0 &&
+		m.links == 0 && m.digest == sum{}
 }
 
 // addLink counts one more hard link to e.
@@ -269,10 +286,33 @@ func (c *Chunk) SetDigest(d digest.Digest) error {
 // Digest is the digest of the whole content of a regular file, if the TOC
 // has it.
 func (e *Entry) Digest() digest.Digest {
-	if e.digest == nil {
-		return ""
+	switch {
+	case e.flags&digestEmpty != 0:
+		return emptySum.digest()
+	case e.flags&digestOfChunk != 0:
+		return e.chunks.sum.digest()
+	case e.flags&digestInMore != 0:
+		return e.more.digest.digest()
 	}
-	return e.digest.digest()
+	return ""
+}
+
+// setDigest keeps a regular file's digest where it costs least: s is
+// none, the empty file's, or one to compare with the file's chunks once
+// they are placed (see placeChunks).
+func (e *Entry) setDigest(s sum) {
+	e.flags &^= digestEmpty | digestOfChunk | digestInMore
+	switch {
+	case s == sum{}:
+	case s == emptySum && e.Size == 0: // empty files are many
+		e.flags |= digestEmpty
+	default:
+		if e.more == nil {
+			e.more = &extra{}
+		}
+		e.more.digest = s
+		e.flags |= digestInMore
+	}
 }
 
 // ModTime is the entry's modification time; the zero time if the TOC has
