@@ -141,7 +141,7 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 		}
 		for _, c := range e.Chunks() {
 			if !c.Zero {
-				budget += 16 * uint64(c.InnerOffset+c.Size)
+				budget += 16 * uint64(int64(c.InnerOffset)+c.Size)
 			}
 		}
 		if read > maxFuzzRead-e.Size {

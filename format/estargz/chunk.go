@@ -33,7 +33,7 @@ var maxHole = toc.DefaultLimits.MaxChunkBytes
 // hole by its file alone, up to a TiB, and readers serve larger ones
 // from nothing (File does).
 func ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
-	if c.Size < 0 || c.InnerOffset < 0 {
+	if c.Size < 0 {
 		return nil, fmt.Errorf("chunk at %d: bad geometry (inner offset %d, size %d)", c.Offset, c.InnerOffset, c.Size)
 	}
 	if c.Zero {
@@ -73,7 +73,7 @@ func grow(dst []byte, n int64) []byte {
 // of them in memory. Close it to recycle the decompressor. Holes have no
 // member to open.
 func OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error) {
-	if c.Size < 0 || c.InnerOffset < 0 || c.Zero {
+	if c.Size < 0 || c.Zero {
 		return nil, fmt.Errorf("chunk at %d: no member to read (inner offset %d, size %d, hole %v)", c.Offset, c.InnerOffset, c.Size, c.Zero)
 	}
 	zr, err := openMember(compressed, c)
@@ -104,7 +104,7 @@ func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 // chunk, refusing a chunk its member's bytes cannot inflate to. The caller
 // puts the reader back in gzipReaders.
 func openMember(compressed []byte, c toc.Chunk) (*gzip.Reader, error) {
-	if max := maxInflate * int64(len(compressed)); c.InnerOffset > max || c.Size > max-c.InnerOffset {
+	if max := maxInflate * int64(len(compressed)); int64(c.InnerOffset) > max || c.Size > max-int64(c.InnerOffset) {
 		return nil, fmt.Errorf("gzip member at %d: %d bytes cannot inflate to the %d+%d the chunk needs", c.Offset, len(compressed), c.InnerOffset, c.Size)
 	}
 	var zr *gzip.Reader
@@ -120,7 +120,7 @@ func openMember(compressed []byte, c toc.Chunk) (*gzip.Reader, error) {
 		}
 	}
 	zr.Multistream(false)
-	if _, err := io.CopyN(io.Discard, zr, c.InnerOffset); err != nil {
+	if _, err := io.CopyN(io.Discard, zr, int64(c.InnerOffset)); err != nil {
 		gzipReaders.Put(zr)
 		return nil, fmt.Errorf("gzip member at %d: skip %d bytes to the chunk: %w", c.Offset, c.InnerOffset, err)
 	}

@@ -595,16 +595,17 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 				// place in the blob.
 				c.Zero = true
 			} else {
-				c.Offset, c.EndOffset, c.InnerOffset = r.offset, r.endOffset, r.innerOffset
+				c.Offset, c.EndOffset = r.offset, r.endOffset
 				if r.digest == "" {
 					return errorf(e.name, "chunk %d has no chunkDigest, so it cannot be verified", i)
 				}
 				if c.Offset < 0 || c.Offset >= dataEnd || c.EndOffset < 0 || c.EndOffset > dataEnd {
 					return errorf(e.name, "chunk %d lies at %d..%d, outside the blob's data (0..%d)", i, c.Offset, c.EndOffset, dataEnd)
 				}
-				if c.Size > limits.MaxChunkBytes || c.InnerOffset < 0 || c.InnerOffset > limits.MaxChunkBytes-c.Size {
-					return errorf(e.name, "chunk %d needs %d+%d uncompressed bytes, over the limit of %d", i, c.InnerOffset, c.Size, limits.MaxChunkBytes)
+				if c.Size > limits.MaxChunkBytes || r.innerOffset < 0 || r.innerOffset > limits.MaxChunkBytes-c.Size {
+					return errorf(e.name, "chunk %d needs %d+%d uncompressed bytes, over the limit of %d", i, r.innerOffset, c.Size, limits.MaxChunkBytes)
 				}
+				c.InnerOffset = uint32(r.innerOffset) // MaxChunkBytes is below 4 GiB
 				if c.Offset < lastData(slab[start:]) {
 					return errorf(e.name, "chunk %d lies before chunk %d in the blob", i, i-1)
 				}
@@ -684,12 +685,12 @@ func placeChunks(files map[*Entry][]rawChunk, dataEnd int64, limits Limits) erro
 			if c.EndOffset != 0 && c.EndOffset != end {
 				return errorf(all[k].e.name, "its member at %d ends at %d here and at %d elsewhere", c.Offset, c.EndOffset, end)
 			}
-			if c.InnerOffset < innerEnd {
+			if int64(c.InnerOffset) < innerEnd {
 				return errorf(all[k].e.name, "its chunk overlaps another inside the member at %d (bytes %d.. start before %d)", c.Offset, c.InnerOffset, innerEnd)
 			}
 			c.EndOffset = end
 			// Both are within MaxChunkBytes: the sum cannot wrap.
-			innerEnd = c.InnerOffset + c.Size
+			innerEnd = int64(c.InnerOffset) + c.Size
 		}
 		i = j
 	}

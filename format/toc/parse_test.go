@@ -435,7 +435,7 @@ func FuzzParse(f *testing.F) {
 				if c.EndOffset-c.Offset > limits.MaxMemberBytes {
 					t.Fatalf("%s: chunk %d's member spans %d bytes, over %d", e.Path(), i, c.EndOffset-c.Offset, limits.MaxMemberBytes)
 				}
-				if c.InnerOffset < 0 || c.Size > limits.MaxChunkBytes || c.InnerOffset > limits.MaxChunkBytes-c.Size {
+				if c.Size > limits.MaxChunkBytes || int64(c.InnerOffset) > limits.MaxChunkBytes-c.Size {
 					t.Fatalf("%s: chunk %d needs %d+%d bytes of its member", e.Path(), i, c.InnerOffset, c.Size)
 				}
 				if c.Offset < lastOffset {
@@ -674,10 +674,13 @@ func TestParseAllocatesWhatItDecodes(t *testing.T) {
 	}
 }
 
-// TestEntrySize: a mounted layer holds an Entry per file, so its size is
-// a size class of the allocator's; a field more must find its room.
+// TestEntrySize: a mounted layer holds an Entry per file and a Chunk per
+// chunk, in arrays: a field more must find its room in their padding.
 func TestEntrySize(t *testing.T) {
 	if got := unsafe.Sizeof(Entry{}); got != 88 {
 		t.Errorf("an Entry takes %d bytes, want 88", got)
+	}
+	if got := unsafe.Sizeof(Chunk{}); got != 80 {
+		t.Errorf("a Chunk takes %d bytes, want 80", got)
 	}
 }

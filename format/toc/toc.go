@@ -260,14 +260,16 @@ type Chunk struct {
 	// Offset and EndOffset bound the compressed member (gzip) or frame
 	// (zstd) in the blob that holds this chunk.
 	Offset, EndOffset int64
-	// InnerOffset is where the chunk starts in the member's uncompressed
-	// data: several small files can share a member.
-	InnerOffset int64
 	// FileOffset and Size place the chunk in the file.
 	FileOffset, Size int64
 	sum              sum // see Digest
+	// InnerOffset is where the chunk starts in the member's uncompressed
+	// data: several small files can share a member. Limits.MaxChunkBytes
+	// bounds it, so 32 bits hold it.
+	InnerOffset uint32
 	// Zero marks a hole: Size zero bytes with nothing stored in the blob.
 	Zero bool
+	// 80 bytes in all: a mounted layer holds one per chunk.
 }
 
 // Digest is the digest of the chunk's uncompressed bytes ("" for a hole).

@@ -153,12 +153,12 @@ func OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zstd decoder: %w", err)
 	}
-	window := uint64(max(c.InnerOffset+c.Size, minWindowCap))
+	window := uint64(max(int64(c.InnerOffset)+c.Size, minWindowCap))
 	if err := d.ResetWithOptions(bytes.NewReader(compressed), zstd.WithDecoderMaxWindow(window)); err != nil {
 		putDecoder(d)
 		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: %w", c.Offset, err)
 	}
-	if _, err := io.CopyN(io.Discard, d, c.InnerOffset); err != nil {
+	if _, err := io.CopyN(io.Discard, d, int64(c.InnerOffset)); err != nil {
 		putDecoder(d)
 		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: skip %d bytes to the chunk: %w", c.Offset, c.InnerOffset, err)
 	}
@@ -195,7 +195,7 @@ const maxChunkAlloc = 1 << 30
 // checkChunk refuses chunks no reader could serve: they come from a TOC,
 // but ReadChunk may be handed anything.
 func checkChunk(c toc.Chunk) error {
-	if c.Size < 0 || c.InnerOffset < 0 || c.Size > maxChunkAlloc || c.InnerOffset > maxChunkAlloc {
+	if c.Size < 0 || c.Size > maxChunkAlloc || int64(c.InnerOffset) > maxChunkAlloc {
 		return fmt.Errorf("bad geometry (inner offset %d, size %d)", c.InnerOffset, c.Size)
 	}
 	if c.Zero {
@@ -216,7 +216,7 @@ func checkChunk(c toc.Chunk) error {
 // decodeChunk decompresses a checked data chunk from src, which starts at
 // the chunk's frame, and verifies it.
 func decodeChunk(buf []byte, src io.Reader, c toc.Chunk, hint int64) ([]byte, error) {
-	data, err := decodePrefix(buf, src, c.InnerOffset+c.Size, false, hint)
+	data, err := decodePrefix(buf, src, int64(c.InnerOffset)+c.Size, false, hint)
 	if err != nil {
 		return nil, err
 	}

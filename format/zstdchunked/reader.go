@@ -357,7 +357,7 @@ func (r *Reader) readChunk(c toc.Chunk) ([]byte, func(), error) {
 	if err := checkChunk(c); err != nil {
 		return nil, nil, err
 	}
-	need := c.InnerOffset + c.Size
+	need := int64(c.InnerOffset) + c.Size
 	span := c.EndOffset - c.Offset
 	var src io.Reader
 	var cbuf *[]byte
