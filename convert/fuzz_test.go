@@ -88,7 +88,7 @@ func FuzzConvertLayer(f *testing.F) {
 		if err != nil {
 			t.Fatalf("the converted layer does not open by its own annotations: %v", err)
 		}
-		for _, e := range opened.TOC().Entries {
+		for _, e := range opened.TOC().Entries() {
 			if e.Type != toc.TypeReg {
 				continue
 			}

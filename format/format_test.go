@@ -221,7 +221,7 @@ func TestOpenChunkStreamsWhatReadChunkReturns(t *testing.T) {
 			t.Fatalf("%s: %v", tc.kind, err)
 		}
 		chunks, inner := 0, 0
-		for _, e := range blob.TOC().Entries {
+		for _, e := range blob.TOC().Entries() {
 			for _, c := range e.Chunks() {
 				compressed := tc.blob[c.Offset:c.EndOffset]
 				want, err := blob.ReadChunk(nil, compressed, c)

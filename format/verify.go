@@ -86,7 +86,7 @@ func Verify(blob io.Reader, k Kind, t *toc.TOC, diffID digest.Digest) error {
 // checkTar compares a tar stream with the TOC, entry by entry.
 func checkTar(r io.Reader, t *toc.TOC) error {
 	tr := tar.NewReader(r)
-	seen := make(map[*toc.Entry]bool, len(t.Entries))
+	seen := make(map[*toc.Entry]bool, t.Len())
 	buf := make([]byte, 64<<10)
 	for {
 		h, err := tr.Next()
@@ -120,7 +120,7 @@ func checkTar(r io.Reader, t *toc.TOC) error {
 			}
 		}
 	}
-	for _, e := range t.Entries {
+	for _, e := range t.Entries() {
 		if !seen[e] && !e.Implicit() {
 			return mismatch(e.Path(), "in the TOC but not in the tar")
 		}

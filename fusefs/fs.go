@@ -90,7 +90,7 @@ type filesystem struct {
 // hasXattrs tells whether any entry of t has an xattr or is an opaque
 // directory's marker.
 func hasXattrs(t *toc.TOC) bool {
-	for _, e := range t.Entries {
+	for _, e := range t.Entries() {
 		if len(e.Xattrs()) > 0 || e.Base() == toc.OpaqueWhiteout {
 			return true
 		}
@@ -108,7 +108,7 @@ func Mount(mountpoint string, l Layer, opts Options) (*MountedLayer, error) {
 	fsys.noXattrs = !hasXattrs(fsys.toc)
 	// Stable inode numbers: the TOC's (a hard link shares its target's),
 	// then the state directory's and its file's.
-	fsys.stateIno = uint64(len(fsys.toc.Entries)) + 2
+	fsys.stateIno = uint64(fsys.toc.Len()) + 2
 
 	forever := 24 * time.Hour // the tree never changes
 	server, err := fs.Mount(mountpoint, &dirNode{node{fsys: fsys, e: fsys.toc.Root()}}, &fs.Options{

@@ -243,7 +243,7 @@ func (d *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 	out.Bsize = 4096
 	out.Frsize = 4096
 	out.Blocks = uint64(s.Size+4095) / 4096
-	out.Files = uint64(len(d.fsys.toc.Entries) + 1)
+	out.Files = uint64(d.fsys.toc.Len() + 1)
 	out.NameLen = 255
 	return 0
 }

@@ -161,8 +161,8 @@ func describeLayer(ctx context.Context, loc transport.Location, desc ocispec.Des
 	}
 	t := blob.TOC()
 	layer.TOCDigest = blob.TOCDigest()
-	layer.Entries = len(t.Entries)
-	for _, e := range t.Entries {
+	layer.Entries = t.Len()
+	for _, e := range t.Entries() {
 		if e.Type == toc.TypeReg {
 			layer.Files++
 			layer.FileBytes += e.Size
@@ -231,7 +231,7 @@ func footerSize(ra io.ReaderAt, size int64) int {
 
 // verifyChunks reads every chunk of every file and checks its digest.
 func verifyChunks(ra io.ReaderAt, blob format.Blob) error {
-	for _, e := range blob.TOC().Entries {
+	for _, e := range blob.TOC().Entries() {
 		for i, c := range e.Chunks() {
 			if c.Zero {
 				continue

@@ -135,7 +135,7 @@ func readLayer(t *testing.T, blob []byte, mediaType string) (budget uint64) {
 	var read int64
 	var forged []*toc.Entry // files whose chunks do not make their digest
 	buf := make([]byte, 64<<10)
-	for _, e := range l.TOC().Entries {
+	for _, e := range l.TOC().Entries() {
 		if e.Type != toc.TypeReg {
 			continue
 		}

@@ -225,7 +225,7 @@ func (l *Layer) chunksOf(k int) []chunkRef {
 
 // resolve resolves a reference to its entry and chunk.
 func (l *Layer) resolve(r chunkRef) (*toc.Entry, *toc.Chunk) {
-	e := l.blob.TOC().Entries[r.entry]
+	e := l.blob.TOC().Entry(int(r.entry))
 	return e, &e.Chunks()[r.chunk]
 }
 
@@ -276,7 +276,7 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 	if err != nil {
 		return nil, err
 	}
-	held := int64(len(blob.TOC().Entries)) + 1
+	held := int64(blob.TOC().Len()) + 1
 	if err := opts.Budget.reserve(held); err != nil {
 		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
@@ -392,7 +392,7 @@ func (l *Layer) index() {
 		off, end int64
 		ref      chunkRef
 	}
-	entries := l.blob.TOC().Entries
+	entries := l.blob.TOC().Entries()
 	var n int
 	for _, e := range entries {
 		for _, c := range e.Chunks() {

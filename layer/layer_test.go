@@ -398,7 +398,7 @@ func TestOpenReadsOnlyTheTOCWhenTheManifestPlacesIt(t *testing.T) {
 // fetchedFiles lists the files whose every chunk the layer has cached.
 func fetchedFiles(l *Layer) map[string]bool {
 	out := map[string]bool{}
-	for n, e := range l.TOC().Entries {
+	for n, e := range l.TOC().Entries() {
 		if e.Type != toc.TypeReg || e.Size == 0 {
 			continue
 		}

@@ -187,7 +187,7 @@ func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Des
 	return l, nil
 }
 
-func entriesOf(l *layer.Layer) int64 { return int64(len(l.TOC().Entries)) }
+func entriesOf(l *layer.Layer) int64 { return int64(l.TOC().Len()) }
 
 // lockMountpoint waits until no other Mount or Unmount works on
 // mountpoint, and holds it until the returned func is called.

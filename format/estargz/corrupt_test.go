@@ -18,7 +18,7 @@ func TestMinChunkSizeSharesMembers(t *testing.T) {
 	blob, _ := build(t, makeTar(t, sampleLayer()), WithMinChunkSize(1<<14))
 	r := open(t, blob)
 	shared := 0
-	for _, e := range r.TOC().Entries {
+	for _, e := range r.TOC().Entries() {
 		for _, c := range e.Chunks() {
 			if c.InnerOffset > 0 {
 				shared++
@@ -153,7 +153,7 @@ func FuzzOpen(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, e := range r.TOC().Entries {
+		for _, e := range r.TOC().Entries() {
 			if e.Type != toc.TypeReg {
 				continue
 			}

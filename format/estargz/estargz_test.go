@@ -238,7 +238,7 @@ func TestPrioritizedOrder(t *testing.T) {
 	blob, _ := build(t, makeTar(t, files), WithPrioritizedFiles([]string{"bin/hard", "usr/lib/deep/missing/parents.txt"}))
 	r := open(t, blob)
 	var order []string
-	for _, e := range r.TOC().Entries {
+	for _, e := range r.TOC().Entries() {
 		if !e.Implicit() {
 			order = append(order, e.Path())
 		}
@@ -280,7 +280,7 @@ func TestReconvertKeepsOneLandmarkAndTOC(t *testing.T) {
 	again, _ := build(t, raw)
 	r := open(t, again)
 	var landmarks, tocs int
-	for _, e := range r.TOC().Entries {
+	for _, e := range r.TOC().Entries() {
 		switch e.Path() {
 		case NoPrefetchLandmark:
 			landmarks++

@@ -1,7 +1,9 @@
 package toc
 
 import (
+	"iter"
 	"maps"
+	"math/bits"
 	"path"
 	"sort"
 	"strings"
@@ -9,10 +11,46 @@ import (
 
 // TOC is a checked, indexed table of contents.
 type TOC struct {
-	// Entries lists every entry once, in TOC order; implicit directories
-	// come just before their first child. The root is not among them.
-	Entries []*Entry
-	root    *Entry
+	// blocks hold the entries in TOC order, as Parse allocated them (see
+	// builder.newEntry): their own array, not a list of pointers, which
+	// would cost a mounted layer 8 bytes an entry.
+	blocks [][]Entry
+	n      int
+	root   *Entry
+}
+
+// Len is the number of entries, the root not counted.
+func (t *TOC) Len() int { return t.n }
+
+// Entries lists every entry once with its index (see Entry), in TOC order;
+// implicit directories come just before the first entry below them, outer
+// ones first. The root is not among them.
+func (t *TOC) Entries() iter.Seq2[int, *Entry] {
+	return func(yield func(int, *Entry) bool) {
+		i := 0
+		for _, blk := range t.blocks {
+			for j := range blk {
+				if !yield(i, &blk[j]) {
+					return
+				}
+				i++
+			}
+		}
+	}
+}
+
+// Entry is the entry of index i, 0 <= i < Len: blocks are 16, 32, 64
+// and 128 entries long, then entryBlock.
+func (t *TOC) Entry(i int) *Entry {
+	const small = firstBlock * (1<<smallBlocks - 1)
+	var k, off int
+	if i < small {
+		k = bits.Len(uint(i/firstBlock+1)) - 1
+		off = i - firstBlock*(1<<k-1)
+	} else {
+		k, off = smallBlocks+(i-small)/entryBlock, (i-small)%entryBlock
+	}
+	return &t.blocks[k][off]
 }
 
 // Root is the layer's root directory.

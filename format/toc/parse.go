@@ -39,8 +39,8 @@ type Limits struct {
 // anyway. A TOC is held whole in memory, decoded, so every MiB allowed
 // here is several MiB of a node's memory per layer.
 //
-// MaxEntries is half a million: each entry costs 160 bytes (a directory)
-// to 260 (a one-chunk file with its name) once indexed, and 64 MiB of
+// MaxEntries is half a million: each entry costs some 120 bytes (a
+// directory) to 210 (a one-chunk file with its name) once indexed, and 64 MiB of
 // JSON holds no more than that many real entries, at 100 bytes for the smallest (a directory or a
 // symlink with its times and owner), while the smallest possible ones
 // (`{"name":"d","type":"dir"}`) would be 2.5 million.
@@ -210,8 +210,8 @@ type builder struct {
 	// up through its tree once built.
 	byName map[string]*Entry
 	last   *Entry // the last regular file: "chunk" entries continue it
-	// block is where the next entries go (see newEntry).
-	block []Entry
+	// blocks are where entries go (see newEntry).
+	blocks [][]Entry
 	// nodes counts wire entries and implicit directories (MaxEntries);
 	// nameBytes the names of all entries, implicit directories included.
 	nodes     int
@@ -259,7 +259,10 @@ func (b *builder) add(w *WireEntry) error {
 		b.chunks[b.last] = append(b.chunks[b.last], chunkFromWire(w))
 		return nil
 	}
-	e, err := entryFromWire(w, b.limits, b.newEntry())
+	// Decoded aside, so that the implicit directories it needs take
+	// their places before it in TOC order.
+	var listed Entry
+	e, err := entryFromWire(w, b.limits, &listed)
 	if err != nil {
 		return err
 	}
@@ -276,14 +279,18 @@ func (b *builder) add(w *WireEntry) error {
 			} else if !prev.sameAttrs(e) {
 				return errorf(w.Name, "directory listed twice with different attributes")
 			}
-			b.dropLast(e)
 			return nil
 		}
 		return errorf(w.Name, "listed twice (as %s and as %s)", prev.Type, e.Type)
 	}
-	if err := b.addParents(e); err != nil {
+	parent, err := b.parentOf(e.name)
+	if err != nil {
 		return err
 	}
+	e = b.newEntry()
+	*e = listed
+	parent.addChild(e)
+	e.parent = parent
 	switch e.Type {
 	case TypeReg:
 		b.last = e
@@ -307,41 +314,37 @@ func (b *builder) add(w *WireEntry) error {
 		target.addLink()
 	}
 	b.byName[e.name] = e
-	b.append(e)
 	return nil
 }
 
-// newEntry returns room for one entry. Entries are allocated in blocks:
-// one at a time, they would lie among the decoder's garbage of their
-// size, and a mounted layer would keep its half-empty spans (1.8 MiB of
-// a 50,000-file layer's 14). A block never grows, so pointers into it
-// stay valid; an entry Parse drops (a directory listed twice) leaves its
-// slot unused.
+// newEntry returns room for one entry, the next in TOC order. Entries
+// are allocated in blocks: one at a time, they would lie among the
+// decoder's garbage of their size, and a mounted layer would keep its
+// half-empty spans (1.8 MiB of a 50,000-file layer's 14). A block never
+// grows, so pointers into it stay valid. The blocks are the TOC's list of
+// entries too (TOC.Entries), in the order newEntry is called.
 func (b *builder) newEntry() *Entry {
-	if len(b.block) == cap(b.block) {
-		b.block = make([]Entry, 0, min(max(2*cap(b.block), 16), entryBlock))
+	n := len(b.blocks)
+	if n == 0 || len(b.blocks[n-1]) == cap(b.blocks[n-1]) {
+		size := entryBlock
+		if n < smallBlocks {
+			size = firstBlock << n
+		}
+		b.blocks = append(b.blocks, make([]Entry, 0, size))
+		n++
 	}
-	b.block = b.block[:len(b.block)+1]
-	return &b.block[len(b.block)-1]
+	blk := &b.blocks[n-1]
+	*blk = (*blk)[:len(*blk)+1]
+	return &(*blk)[len(*blk)-1]
 }
 
-// dropLast gives back e's room, if e is the last entry newEntry made.
-func (b *builder) dropLast(e *Entry) {
-	if n := len(b.block); n > 0 && e == &b.block[n-1] {
-		b.block[n-1] = Entry{}
-		b.block = b.block[:n-1]
-	}
-}
-
-// entryBlock is how many entries a block holds at most (24 KiB); blocks
-// start at 16 and double, so that a small layer stays small.
-const entryBlock = 256
-
-// append lists e in the TOC and numbers its inode.
-func (b *builder) append(e *Entry) {
-	e.ino = uint32(len(b.t.Entries)) + 2 // MaxEntries is far below 2^32
-	b.t.Entries = append(b.t.Entries, e)
-}
+// Blocks start at 16 entries and double up to 256 (22 KiB), so that a
+// small layer stays small; TOC.Entry counts on these sizes.
+const (
+	firstBlock  = 16
+	smallBlocks = 4 // 16, 32, 64, 128
+	entryBlock  = firstBlock << smallBlocks
+)
 
 // finish places the chunks once every entry is in.
 func (b *builder) finish() (*TOC, error) {
@@ -356,8 +359,13 @@ func (b *builder) finish() (*TOC, error) {
 			e.dir.children = cs
 		}
 	}
-	b.t.Entries = slices.Clone(b.t.Entries)
 	b.byName = nil
+	// The entries' order is final: number them (the root is 1).
+	b.t.blocks = b.blocks
+	for i, e := range b.t.Entries() {
+		e.ino = uint32(i) + 2 // MaxEntries is far below 2^32
+		b.t.n = i + 1
+	}
 	// From here on an entry's name is its last component, kept once per
 	// spelling (__init__.py, LICENSE, bin...), all of them in one string
 	// for the reason entries are kept in blocks; the decoded JSON's
@@ -365,7 +373,7 @@ func (b *builder) finish() (*TOC, error) {
 	// which spellings first appear.
 	at := make(map[string]int)
 	var size int
-	for _, e := range b.t.Entries {
+	for _, e := range b.t.Entries() {
 		if _, ok := at[e.Base()]; !ok {
 			at[e.Base()] = size
 			size += len(e.Base())
@@ -373,49 +381,50 @@ func (b *builder) finish() (*TOC, error) {
 	}
 	var names strings.Builder
 	names.Grow(size)
-	for _, e := range b.t.Entries {
+	for _, e := range b.t.Entries() {
 		if at[e.Base()] == names.Len() {
 			names.WriteString(e.Base())
 		}
 	}
 	all := names.String()
-	for _, e := range b.t.Entries {
+	for _, e := range b.t.Entries() {
 		base := e.Base()
 		e.name = all[at[base] : at[base]+len(base)]
 	}
 	return b.t, nil
 }
 
-// addParents links e into its parent directory, creating implicit
-// directories for parents the TOC does not list (umoci's diff layers omit
-// them); each counts against the limits.
-func (b *builder) addParents(e *Entry) error {
-	child := e
+// parentOf returns the directory that holds name, creating implicit
+// directories for those the TOC has not listed (umoci's diff layers omit
+// them): outermost first, so that each comes before what it holds in TOC
+// order. Each counts against the limits.
+func (b *builder) parentOf(name string) (*Entry, error) {
+	var missing []string // innermost first
+	dir := name
 	for {
-		dir := path.Dir(child.name)
-		if dir == "." {
+		if dir = path.Dir(dir); dir == "." {
 			dir = ""
 		}
-		parent, ok := b.byName[dir]
-		if ok {
-			if parent.Type != TypeDir {
-				return errorf(e.name, "parent %q is a %s, not a directory", dir, parent.Type)
-			}
-			parent.addChild(child)
-			child.parent = parent
-			return nil
+		if _, ok := b.byName[dir]; ok {
+			break
 		}
-		if err := b.count(dir); err != nil {
-			return errorf(e.name, "implicit directory %q: %s", shorten(dir), err.(*Error).Rule)
-		}
-		parent = b.newEntry()
-		*parent = Entry{name: dir, Type: TypeDir, Mode: 0o755, flags: implicit}
-		b.byName[dir] = parent
-		b.append(parent)
-		parent.addChild(child)
-		child.parent = parent
-		child = parent
+		missing = append(missing, dir)
 	}
+	parent := b.byName[dir]
+	if parent.Type != TypeDir {
+		return nil, errorf(name, "parent %q is a %s, not a directory", dir, parent.Type)
+	}
+	for _, dir := range slices.Backward(missing) {
+		if err := b.count(dir); err != nil {
+			return nil, errorf(name, "implicit directory %q: %s", shorten(dir), err.(*Error).Rule)
+		}
+		d := b.newEntry()
+		*d = Entry{name: dir, Type: TypeDir, Mode: 0o755, flags: implicit, parent: parent}
+		b.byName[dir] = d
+		parent.addChild(d)
+		parent = d
+	}
+	return parent, nil
 }
 
 // entryFromWire checks a wire entry and fills e from it.

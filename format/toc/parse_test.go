@@ -133,13 +133,13 @@ func TestParsePaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for _, e := range toc.Entries {
+	for _, e := range toc.Entries() {
 		got = append(got, e.Path())
 		if found, ok := toc.Lookup(e.Path()); !ok || found != e {
 			t.Errorf("Lookup(%q) does not find the entry", e.Path())
 		}
 	}
-	want := "usr/lib/py,usr/lib,usr,usr/lib/py/__init__.py,usr/lib/py/sub,usr/lib/py/sub/__init__.py,etc,etc/passwd"
+	want := "usr,usr/lib,usr/lib/py,usr/lib/py/__init__.py,usr/lib/py/sub,usr/lib/py/sub/__init__.py,etc,etc/passwd"
 	if strings.Join(got, ",") != want {
 		t.Errorf("paths in TOC order:\n%s\nwant\n%s", strings.Join(got, ","), want)
 	}
@@ -398,15 +398,15 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if len(toc.Entries) > limits.MaxEntries {
-			t.Fatalf("%d entries (implicit directories included), over the limit of %d", len(toc.Entries), limits.MaxEntries)
+		if toc.Len() > limits.MaxEntries {
+			t.Fatalf("%d entries (implicit directories included), over the limit of %d", toc.Len(), limits.MaxEntries)
 		}
 		for k := range toc.Root().Xattrs() {
 			if strings.HasPrefix(k, "trusted.") || strings.HasPrefix(k, "user.overlay.") {
 				t.Fatalf("the root keeps xattr %s", k)
 			}
 		}
-		for _, e := range toc.Entries {
+		for _, e := range toc.Entries() {
 			if strings.HasPrefix(e.Path(), "/") || strings.Contains("/"+e.Path()+"/", "/../") || e.Path() == "" {
 				t.Fatalf("accepted name %q", e.Path())
 			}
@@ -671,6 +671,38 @@ func TestParseAllocatesWhatItDecodes(t *testing.T) {
 	}
 	if n > 1<<20 {
 		t.Errorf("Parse allocated %d bytes for 100 entries, want it to stop at the limit", n)
+	}
+}
+
+// TestParseEntryIndex: Entry(i) is the i-th entry Entries lists, of inode
+// i+2, across the blocks entries are kept in; a directory listed twice
+// takes one place.
+func TestParseEntryIndex(t *testing.T) {
+	for _, n := range []int{0, 1, 15, 16, 17, 239, 240, 241, 495, 496, 1000, 3000} {
+		var wire []WireEntry
+		for i := range n {
+			wire = append(wire, WireEntry{Name: fmt.Sprintf("d%d/", i), Type: TypeDir})
+			if i%100 == 7 {
+				wire = append(wire, WireEntry{Name: fmt.Sprintf("d%d/", i), Type: TypeDir})
+			}
+		}
+		toc, err := parseEntries(t, 1000, wire...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if toc.Len() != n {
+			t.Errorf("%d directories: Len %d", n, toc.Len())
+		}
+		count := 0
+		for i, e := range toc.Entries() {
+			if toc.Entry(i) != e || e.Ino() != uint64(i)+2 || e.Path() != fmt.Sprintf("d%d", i) {
+				t.Fatalf("%d directories: entry %d is %q of inode %d; Entry(%d) is %q", n, i, e.Path(), e.Ino(), i, toc.Entry(i).Path())
+			}
+			count++
+		}
+		if count != n {
+			t.Errorf("%d directories: Entries lists %d", n, count)
+		}
 	}
 }
 

@@ -327,7 +327,7 @@ func (e *Entry) ModTime() time.Time {
 }
 
 // Ino is the entry's inode number, stable for the TOC: the root is 1,
-// Entries[i] is i+2.
+// Entry(i) is i+2.
 func (e *Entry) Ino() uint64 { return uint64(e.ino) }
 
 // sum is a digest in 40 bytes: sha256, nearly every digest, as its 32

@@ -52,7 +52,7 @@ func FuzzOpen(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, e := range r.TOC().Entries {
+		for _, e := range r.TOC().Entries() {
 			if e.Type != toc.TypeReg && e.Type != toc.TypeHardlink {
 				continue
 			}

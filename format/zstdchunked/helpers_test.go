@@ -234,7 +234,7 @@ func checkFiles(t *testing.T, r *Reader, tarball []byte, strict bool) {
 		}
 		checkWindows(t, name, f, w.content)
 	}
-	for _, e := range r.TOC().Entries {
+	for _, e := range r.TOC().Entries() {
 		if _, ok := want[e.Path()]; strict && !ok && !e.Implicit() {
 			t.Errorf("%q: in the TOC but not in the tar", e.Path())
 		}

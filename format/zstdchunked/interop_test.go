@@ -81,7 +81,7 @@ func TestInteropStargzWritesWeRead(t *testing.T) {
 }
 
 func hasInnerOffsets(t *toc.TOC) bool {
-	for _, e := range t.Entries {
+	for _, e := range t.Entries() {
 		for _, c := range e.Chunks() {
 			if c.InnerOffset > 0 {
 				return true

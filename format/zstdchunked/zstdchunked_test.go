@@ -38,7 +38,7 @@ func TestRoundTrip(t *testing.T) {
 
 			// The annotations alone place the manifest and check it.
 			byAnnotations := openBlob(t, blob, WithAnnotations(res.Annotations))
-			if byAnnotations.DataEnd() != r.DataEnd() || len(byAnnotations.TOC().Entries) != len(r.TOC().Entries) {
+			if byAnnotations.DataEnd() != r.DataEnd() || byAnnotations.TOC().Len() != r.TOC().Len() {
 				t.Errorf("opening by annotations gives another layer")
 			}
 
@@ -77,7 +77,7 @@ func TestEmptyLayers(t *testing.T) {
 			t.Fatalf("an empty layer decompresses to %d bytes", len(got))
 		}
 		r := openBlob(t, blob, WithAnnotations(res.Annotations))
-		if n := len(r.TOC().Entries); n != 0 {
+		if n := r.TOC().Len(); n != 0 {
 			t.Errorf("an empty layer has %d entries", n)
 		}
 	}
