@@ -24,7 +24,8 @@ func (r *bench) coldState(ctx context.Context, sc Scenario) error {
 		return err
 	}
 	// Snapshots left in a lazy snapshotter would keep layers mounted and
-	// their chunks cached: a run after them would not be cold.
+	// their chunks cached, and in any other its layers unpacked: a run
+	// after them would not be cold.
 	for _, sn := range r.snapshotters() {
 		if out, err := r.env.Containerd.Ctr(ctx, "snapshots", "--snapshotter", sn, "ls"); err == nil {
 			if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) > 1 {
@@ -61,12 +62,13 @@ func (r *bench) coldState(ctx context.Context, sc Scenario) error {
 	return dropPageCache()
 }
 
-// snapshotters lists the lazy snapshotters the scenarios use.
+// snapshotters lists the snapshotters other than overlayfs the scenarios
+// use.
 func (r *bench) snapshotters() []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, sc := range r.cfg.Scenarios {
-		if sc.Lazy() && !seen[sc.Snapshotter] {
+		if sc.Snapshotter != "" && !seen[sc.Snapshotter] {
 			seen[sc.Snapshotter] = true
 			out = append(out, sc.Snapshotter)
 		}

@@ -29,7 +29,9 @@ type Scenario struct {
 	// or a lazy format `lazypull convert` writes: estargz, zstdchunked.
 	Format string `toml:"format"`
 	// Snapshotter is the containerd snapshotter `ctr run` uses: "" for
-	// overlayfs, "lazypull" for ours, else the scenario's own daemon's.
+	// overlayfs, "lazypull" for ours, else the scenario's own daemon's
+	// or, with no Daemon, one of containerd's own (erofs, containerd
+	// 2.1 and later).
 	Snapshotter string `toml:"snapshotter"`
 	// Pull is the pull command, with {ref}, {containerd} (its socket),
 	// {namespace}, {snapshotter} and {bin} (lazypull's binaries) replaced. Empty: `ctr images pull`, or
@@ -48,11 +50,14 @@ type Scenario struct {
 	Config string `toml:"config"`
 }
 
-// Lazy tells whether the scenario pulls through a lazy snapshotter.
-func (s Scenario) Lazy() bool { return s.Snapshotter != "" }
-
 // external tells whether the runner starts the scenario's daemon.
 func (s Scenario) external() bool { return len(s.Daemon) > 0 }
+
+// builtin tells whether the scenario uses one of containerd's own
+// snapshotters other than overlayfs.
+func (s Scenario) builtin() bool {
+	return !s.external() && s.Snapshotter != "" && s.Snapshotter != "lazypull" && s.Snapshotter != "overlayfs"
+}
 
 // The built-in scenarios, in report order; the first is the baseline the
 // ratios are taken against.

@@ -31,8 +31,14 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 		opts = append(opts, testenv.WithDaemonConfig(cfg.DaemonConfig))
 	}
 	for _, sc := range cfg.Scenarios {
-		if sc.external() {
+		switch {
+		case sc.external():
 			opts = append(opts, testenv.WithProxySnapshotter(sc.Snapshotter))
+		case sc.builtin():
+			if cfg.Containerd.Name != "" && cfg.Containerd.Major < 2 {
+				return rep, fmt.Errorf("scenario %s: containerd %s has no %s snapshotter of its own: run it with containerd 2.x", sc.Name, cfg.Containerd.Name, sc.Snapshotter)
+			}
+			opts = append(opts, testenv.WithBuiltinSnapshotter(sc.Snapshotter))
 		}
 	}
 	env, err := testenv.Start("", opts...)

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,13 +44,11 @@ type Footprint struct {
 	Files          int   `json:"files"` // regular files under the roots
 }
 
-// footprintScenario tells whether Footprint measures sc: overlayfs and
-// lazypull's scenarios (the lazy ones once their background fetch has
-// ended, their disk the chunk cache), not other snapshotters', whose
-// roots it does not know.
-func footprintScenario(sc Scenario) bool {
-	return !sc.external() && (sc.Snapshotter == "" || sc.Snapshotter == "lazypull")
-}
+// footprintScenario tells whether Footprint measures sc: containerd's own
+// snapshotters' and lazypull's scenarios (the lazy ones once their
+// background fetch has ended, their disk the chunk cache), not other
+// daemons', whose roots it does not know.
+func footprintScenario(sc Scenario) bool { return !sc.external() }
 
 // footprint pulls every image in sc from a cold state, measures the disk
 // its snapshotter uses, runs each image's workload once from a dropped page
@@ -110,13 +109,15 @@ func (r *bench) footprint(ctx context.Context, imgs []Image, sc Scenario) (Footp
 }
 
 // snapshotterRoots are the directories where sc's snapshotter keeps its
-// layers: containerd's overlay snapshotter's own root, or lazypull's
-// snapshot directories, object store and chunk cache, under base.
+// layers: a containerd snapshotter's own root (overlayfs, erofs), or
+// lazypull's snapshot directories, object store and chunk cache, under
+// base.
 func (r *bench) snapshotterRoots(sc Scenario) (base string, roots []string) {
-	if sc.Snapshotter == "" {
+	if sc.Snapshotter == "" || sc.builtin() {
+		name := cmp.Or(sc.Snapshotter, "overlayfs")
 		// testenv starts containerd in <Env.Dir>/containerd with its
 		// root in root/ there; the plugin's directory is containerd's.
-		base = filepath.Join(r.env.Dir, "containerd", "root", "io.containerd.snapshotter.v1.overlayfs")
+		base = filepath.Join(r.env.Dir, "containerd", "root", "io.containerd.snapshotter.v1."+name)
 		return base, []string{filepath.Join(base, "snapshots")}
 	}
 	base = r.env.DaemonRoot

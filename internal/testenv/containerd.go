@@ -129,6 +129,9 @@ disabled_plugins = [%s]
 		}
 	}
 	for _, name := range names {
+		if snapshotters[name] == "" {
+			continue // containerd's own
+		}
 		config += fmt.Sprintf("\n[proxy_plugins.%q]\n  type = \"snapshot\"\n  address = %q\n", name, snapshotters[name])
 		if r.Major >= 2 {
 			// The transfer service then gives the snapshotter the CRI
@@ -175,7 +178,9 @@ type Containerd struct {
 
 // StartContainerd starts containerd release r under dir with a proxy
 // snapshot plugin named lazypull at snapshotterSocket, and one for each of
-// others (name → socket): other snapshotters a benchmark compares.
+// others (name → socket): other snapshotters a benchmark compares. An
+// empty socket names one of containerd's own snapshotters (erofs), which
+// 2.x is then told to unpack into.
 func StartContainerd(r ContainerdRelease, dir, snapshotterSocket string, others map[string]string) (*Containerd, error) {
 	if err := r.Installed(); err != nil {
 		return nil, err

@@ -35,8 +35,9 @@ type Env struct {
 	DaemonRoot   string
 	DaemonSocket string
 
-	// Proxy snapshotters besides ours that containerd is told of, by
-	// name: their sockets (WithProxySnapshotter).
+	// Snapshotters besides ours and overlayfs that containerd is told of,
+	// by name: their sockets (WithProxySnapshotter), "" for containerd's
+	// own (WithBuiltinSnapshotter).
 	Snapshotters map[string]string
 }
 
@@ -116,16 +117,23 @@ func Start(parent string, opts ...Option) (_ *Env, err error) {
 // Option sets the Env up before it starts.
 type Option func(*Env) error
 
+// WithBuiltinSnapshotter has containerd (2.x) unpack into one of its own
+// snapshotters other than overlayfs, such as erofs, when a pull names it.
+func WithBuiltinSnapshotter(name string) Option {
+	return func(e *Env) error { e.addSnapshotter(name, ""); return nil }
+}
+
+func (e *Env) addSnapshotter(name, socket string) {
+	if e.Snapshotters == nil {
+		e.Snapshotters = make(map[string]string)
+	}
+	e.Snapshotters[name] = socket
+}
+
 // WithProxySnapshotter tells containerd of another snapshotter, name,
 // served on the socket Env.Dir/name.sock by a daemon the caller starts.
 func WithProxySnapshotter(name string) Option {
-	return func(e *Env) error {
-		if e.Snapshotters == nil {
-			e.Snapshotters = make(map[string]string)
-		}
-		e.Snapshotters[name] = filepath.Join(e.Dir, name+".sock")
-		return nil
-	}
+	return func(e *Env) error { e.addSnapshotter(name, filepath.Join(e.Dir, name+".sock")); return nil }
 }
 
 // WithDaemonConfig gives our daemon (and its FUSE manager) this TOML
