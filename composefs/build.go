@@ -13,10 +13,12 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/composefs/erofs"
 	"github.com/lazypull/lazypull/composefs/objects"
+	"github.com/lazypull/lazypull/composefs/verity"
 )
 
 // InlineMax is the largest regular file whose content BuildDir keeps in
@@ -134,7 +136,7 @@ func BuildDir(ctx context.Context, dir string, store *objects.Store, owner, imag
 	}
 	// No object at all: nothing to check, a stack can require verity.
 	b.stats.Verity = b.verity || b.stats.Objects == 0
-	size, err := writeImage(b.w, image)
+	size, err := WriteImage(b.w, image)
 	if err != nil {
 		return BuildStats{}, fmt.Errorf("composefs: build %s: %w", dir, err)
 	}
@@ -350,19 +352,43 @@ func (b *builder) object(path string, size int64, e *erofs.Entry) error {
 	if obj.Size != size {
 		return fmt.Errorf("composefs: build %s: %d bytes stored of %d", path, obj.Size, size)
 	}
-	name, err := objects.Name(obj.Digest)
-	if err != nil {
-		return fmt.Errorf("composefs: build %s: %w", path, err)
-	}
 	if err := b.count(obj); err != nil {
 		return fmt.Errorf("composefs: build %s: %w", path, err)
+	}
+	sum := obj.Verity
+	if err := PointAt(e, obj.Digest, &sum); err != nil {
+		return fmt.Errorf("composefs: build %s: %w", path, err)
+	}
+	return nil
+}
+
+// PointAt makes e, a regular file of the image, metadata only: overlayfs
+// serves its data from the object named d (a redirect to it) and, with
+// verity, checks that object's fs-verity digest (the metacopy xattr names
+// it; without, the metacopy xattr is empty and nothing is checked).
+func PointAt(e *erofs.Entry, d digest.Digest, sum *verity.Sum) error {
+	name, err := objects.Name(d)
+	if err != nil {
+		return err
 	}
 	if e.Xattrs == nil {
 		e.Xattrs = make(map[string][]byte, 2)
 	}
-	e.Xattrs[xattrMetacopy] = metacopy(obj.Verity)
+	e.Xattrs[xattrMetacopy] = []byte{}
+	if sum != nil {
+		e.Xattrs[xattrMetacopy] = metacopy(*sum)
+	}
 	e.Xattrs[xattrRedirect] = []byte("/" + name)
 	return nil
+}
+
+// MarkOpaque makes directory e opaque: overlayfs shows nothing of the
+// lower layers under it.
+func MarkOpaque(e *erofs.Entry) {
+	if e.Xattrs == nil {
+		e.Xattrs = make(map[string][]byte, 1)
+	}
+	e.Xattrs[xattrOpaque] = []byte("y")
 }
 
 // count records an object the image names, once, and whether the kernel
@@ -429,11 +455,11 @@ func metacopy(sum [32]byte) []byte {
 	return append(v, sum[:]...)
 }
 
-// keepXattr says whether an xattr of the unpacked layer goes into the
+// KeepXattr says whether an xattr of the unpacked layer goes into the
 // image: what the layer's files mean to a container, and nothing that
 // steers overlayfs but a directory's opacity as containerd's differ marks
 // it (a forged redirect or metacopy would serve another file's bytes).
-func keepXattr(name string, value []byte, dir bool) bool {
+func KeepXattr(name string, value []byte, dir bool) bool {
 	switch {
 	case name == xattrOpaque:
 		return dir && string(value) == "y"
@@ -459,7 +485,7 @@ func (b *builder) xattrs(path string, dir bool) (map[string][]byte, error) {
 		if name == xattrMetacopy || name == xattrRedirect {
 			return nil, fmt.Errorf("composefs: build %s: has %s: %w", path, name, ErrOverlayUpper)
 		}
-		if name != xattrOpaque && !keepXattr(name, nil, dir) {
+		if name != xattrOpaque && !KeepXattr(name, nil, dir) {
 			continue // not even read
 		}
 		value, err := b.getXattr(path, name)
@@ -469,7 +495,7 @@ func (b *builder) xattrs(path string, dir bool) (map[string][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !keepXattr(name, value, dir) {
+		if !KeepXattr(name, value, dir) {
 			continue
 		}
 		if out == nil {
@@ -519,10 +545,10 @@ func (b *builder) getXattr(path, name string) ([]byte, error) {
 	}
 }
 
-// writeImage writes the image to a temp file beside path, syncs it and
+// WriteImage writes the image to a temp file beside path, syncs it and
 // renames it into place, then syncs the directory: a crash leaves the
 // old image or the new one whole.
-func writeImage(w *erofs.Writer, path string) (int64, error) {
+func WriteImage(w *erofs.Writer, path string) (int64, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
 	if err != nil {
 		return 0, err

@@ -46,9 +46,6 @@ const (
 // path) whose <layer-digest>.json tells the layer's fetch progress.
 const StateDirName = ".lazypull"
 
-// Landmark files an eStargz writer adds: not part of the image's tree.
-var hidden = map[string]bool{".prefetch.landmark": true, ".no.prefetch.landmark": true}
-
 // Options configure a mount.
 type Options struct {
 	// OpaqueXattrs are the xattrs an opaque directory shows (default

@@ -174,7 +174,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		if name == StateDirName {
 			return d.newChild(ctx, &stateDir{fsys: f}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: f.stateIno}, out, func(a *fuse.Attr) { f.fillStateDir(a) }), 0
 		}
-		if hidden[name] {
+		if toc.IsLandmark(name) {
 			return nil, syscall.ENOENT
 		}
 	}
@@ -222,7 +222,7 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	list := make([]fuse.DirEntry, 0, len(children))
 	for _, c := range children {
 		base := c.Base()
-		if d.e == f.toc.Root() && hidden[base] {
+		if c.IsLandmark() {
 			continue
 		}
 		if name, ok := whiteoutTarget(base); ok {

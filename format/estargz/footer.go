@@ -15,6 +15,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
+
+	"github.com/lazypull/lazypull/format/toc"
 )
 
 // Names and annotations of the format.
@@ -23,8 +25,8 @@ const (
 	TOCTarName = "stargz.index.json"
 	// PrefetchLandmark ends the files a container is expected to read
 	// first; NoPrefetchLandmark says there are none.
-	PrefetchLandmark   = ".prefetch.landmark"
-	NoPrefetchLandmark = ".no.prefetch.landmark"
+	PrefetchLandmark   = toc.PrefetchLandmark
+	NoPrefetchLandmark = toc.NoPrefetchLandmark
 	landmarkContents   = 0xf
 
 	// TOCDigestAnnotation on a layer descriptor holds the digest of the

@@ -78,6 +78,22 @@ const (
 	OpaqueWhiteout = ".wh..wh..opq"
 )
 
+// Landmarks: empty files an eStargz writer puts at the layer's root to
+// say where the files to prefetch end (or that there are none). They are
+// not files of the image: a mounted layer does not show them.
+const (
+	PrefetchLandmark   = ".prefetch.landmark"
+	NoPrefetchLandmark = ".no.prefetch.landmark"
+)
+
+// IsLandmark tells whether the entry is one of the landmarks.
+func (e *Entry) IsLandmark() bool {
+	return e.parent != nil && e.parent.parent == nil && IsLandmark(e.name)
+}
+
+// IsLandmark tells whether name, at a layer's root, is a landmark.
+func IsLandmark(name string) bool { return name == PrefetchLandmark || name == NoPrefetchLandmark }
+
 // Entry is one file of the layer, with all of its chunks.
 //
 // A mounted layer holds one Entry per file for its whole life, so Entry
