@@ -43,8 +43,8 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		s.fallbackMu.Unlock()
 		return mounts, nil
 	}
-	// The layer is the Remote's now: a deep stack mounted for the unpack
-	// that will not happen (deepMounts) would only linger.
+	// The layer is the Remote's now: a stack mounted for the unpack that
+	// will not happen (boundMounts) would only linger.
 	if err := s.unmountMerged(ctx, key); err != nil {
 		log.G(ctx).WithError(err).WithField("key", key).Warn("failed to unmount the unused overlay of a remote snapshot; Remove will")
 	}

@@ -40,7 +40,7 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 // mounts builds the mount list: a bind mount when there is nothing to stack
 // (no parent, or a view of a single parent), overlayfs otherwise, and a bind
 // mount of an overlay mounted here for a composefs stack too deep for one
-// mount(2) (deepMounts).
+// mount(2) or unpacked into (boundMounts).
 func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) ([]mount.Mount, error) {
 	var options []string
 	if s.remapIDs {
@@ -94,8 +94,17 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) ([]moun
 	}
 	options = append(options, lowerdir)
 	options = append(options, s.mountOptions...)
-	if composefs && s.composefs != nil && optionsTooLong(options) {
-		return s.deepMounts(snap, idmapped)
+	if composefs && s.composefs != nil {
+		switch {
+		case optionsTooLong(options) && idmapped:
+			return nil, fmt.Errorf("snapshot %s: a composefs stack of %d layers is too long for one mount(2) and cannot be idmapped", snap.ID, len(snap.ParentIDs))
+		case optionsTooLong(options):
+			return s.boundMounts(snap)
+		case snap.Kind == snapshots.KindActive && !idmapped && isUnpack(info):
+			// containerd's applier would take implied directories'
+			// attributes from the host's root (see bound.go).
+			return s.boundMounts(snap)
+		}
 	}
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
 }
