@@ -72,20 +72,7 @@ func (s *Snapshotter) boundMounts(snap storage.Snapshot) ([]mount.Mount, error) 
 	if err := os.Mkdir(merged, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
-	o := composefs.Overlay{
-		Layers:  make([]string, len(snap.ParentIDs)),
-		Objects: s.composefs.Objects(),
-		// As the overlay containerd mounts for other stacks, which name
-		// no verity mode (the kernel's default is off).
-		Verity: composefs.VerityOff,
-	}
-	for i, id := range snap.ParentIDs {
-		o.Layers[i] = s.upperPath(id)
-	}
-	if snap.Kind == snapshots.KindActive {
-		o.Upper, o.Work = s.upperPath(snap.ID), s.workPath(snap.ID)
-	}
-	if err := o.MountAt(merged); err != nil {
+	if err := s.stack(snap).MountAt(merged); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
 	return bind, nil
