@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -175,4 +177,66 @@ func testComposefsUnpackImpliedDirs(t *testing.T, key string) {
 			}
 		}
 	})
+}
+
+// TestComposefsUnpackWithRemote: with a Remote, as the daemon always has
+// one, a layer the Remote cannot mount is unpacked through the stack (the
+// implied directories right), and one it mounts costs no overlay.
+func TestComposefsUnpackWithRemote(t *testing.T) {
+	root := t.TempDir()
+	testenv.NeedRoot(t)
+	ctx := context.Background()
+	layers, err := composefs.OpenLayers(ctx, filepath.Join(root, "composefs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := &bindRemote{source: t.TempDir(), fail: errors.New("not a lazy layer")}
+	s, ctx := newTestSnapshotterAt(t, root, WithComposefs(layers), WithRemote(remote))
+	t.Cleanup(func() {
+		if err := testenv.UnmountAll(testenv.MountsUnder(root)); err != nil {
+			t.Error(err)
+		}
+		layers.Close()
+	})
+
+	for i, entries := range [][]testenv.Entry{
+		{{Path: "a", Type: tar.TypeDir, Mode: 0o750}},
+		{testenv.File("a/b/file", "implied\n"), testenv.File("tmp/file", "implied\n")},
+	} {
+		key, name, parent := fmt.Sprintf("unpack-%d", i+1), fmt.Sprintf("layer-%d", i+1), fmt.Sprintf("layer-%d", i)
+		if i == 0 {
+			parent = ""
+		}
+		ms, err := s.Prepare(ctx, key, parent, unpackOf(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		applyLayer(t, ctx, ms, entries)
+		if err := s.Commit(ctx, name, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.View(ctx, "view", "layer-2"); err != nil {
+		t.Fatal(err)
+	}
+	writeThrough(t, s, ctx, "view", func(dir string) {
+		for p, want := range map[string]os.FileMode{"a": os.ModeDir | 0o750, "a/b": os.ModeDir | 0o755, "tmp": os.ModeDir | 0o755} {
+			if fi, err := os.Lstat(filepath.Join(dir, p)); err != nil || fi.Mode() != want {
+				t.Errorf("%s: %v, %v; want mode %v", p, fi.Mode(), err, want)
+			}
+		}
+	})
+
+	// A lazy layer on top: mounted by the Remote, no overlay made for it.
+	remote.fail = nil
+	if _, err := s.Prepare(ctx, "unpack-3", "layer-2", unpackOf("layer-3")); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("Prepare of a layer the Remote mounts: %v, want ErrAlreadyExists", err)
+	}
+	id3, _, _, err := s.idOf(ctx, "layer-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(s.mergedPath(id3)); !os.IsNotExist(err) {
+		t.Errorf("a remote layer's snapshot has a merged directory (%v): an overlay was mounted for nothing", err)
+	}
 }
