@@ -61,11 +61,12 @@ type Overlay struct {
 	Upper, Work string
 }
 
-// Mount is the mount a snapshotter returns (Prepare, View, Mounts) for the
-// stack: overlay with
+// Options are the stack's overlay options as mount(2) takes them, what
+// Mount returns and a snapshotter hands containerd:
 //
 //   - lowerdir=metaN:…:meta1::objects: the objects a data-only lower layer
 //     (kernel ≥ 6.5), reached only through redirects, never listed;
+//   - upperdir=, workdir=, for a writable stack;
 //   - metacopy=on, redirect_dir=on: follow the images' metacopy and
 //     redirect xattrs (a data-only layer implies both; saying so makes the
 //     mount refuse where they are turned off or unsupported);
@@ -77,9 +78,10 @@ type Overlay struct {
 //
 // verity comes last: mount(2) keeps 4095 bytes of options and drops the
 // rest silently, and a cut verity value fails the mount (EINVAL, "Bad value
-// for 'verity'") where a cut path could name another directory.
+// for 'verity'") where a cut path could name another directory. A caller
+// adding options of its own puts them before these.
 //
-// It never has userxattr: overlayfs refuses it with redirect_dir=on and
+// They never have userxattr: overlayfs refuses it with redirect_dir=on and
 // metacopy=on (EINVAL, "conflicting options"), so the composefs mode needs
 // real root (rootless uses the FUSE mode). Nor may a caller add
 // uidmap=/gidmap= for containerd 2.x to idmap the layers: its idmapped
@@ -91,15 +93,54 @@ type Overlay struct {
 // Options longer than MaxOptionsLength are ErrOptionsTooLong: give the
 // layers shorter paths, or mount the stack with MountAt and hand
 // containerd a bind mount of it.
+func (o Overlay) Options() ([]string, error) {
+	params, err := o.params()
+	if err != nil {
+		return nil, err
+	}
+	// The parameters in mount(2)'s form: the layers and the objects in
+	// one lowerdir, first.
+	var layers []string
+	options := []string{""}
+	for _, p := range params {
+		switch p[0] {
+		case "lowerdir+":
+			layers = append(layers, p[1])
+		case "datadir+":
+			options[0] = "::" + p[1]
+		default:
+			options = append(options, p[0]+"="+p[1])
+		}
+	}
+	options[0] = "lowerdir=" + strings.Join(layers, ":") + options[0]
+	if n := len(strings.Join(options, ",")); n > MaxOptionsLength {
+		return nil, fmt.Errorf("composefs overlay of %d layers: %d bytes of options, at most %d: %w", len(o.Layers), n, MaxOptionsLength, ErrOptionsTooLong)
+	}
+	return options, nil
+}
+
+// Mount is the overlay mount of the stack, with its Options.
 func (o Overlay) Mount() (mount.Mount, error) {
+	options, err := o.Options()
+	if err != nil {
+		return mount.Mount{}, err
+	}
+	return mount.Mount{Type: "overlay", Source: "overlay", Options: options}, nil
+}
+
+// params are the stack's overlay parameters (see Options) as the new mount
+// API takes them, one fsconfig call each: a lowerdir+ a layer, top first,
+// and datadir+ for the objects; Options folds these into mount(2)'s
+// lowerdir. It checks everything but the length.
+func (o Overlay) params() ([][2]string, error) {
 	if len(o.Layers) == 0 {
-		return mount.Mount{}, errors.New("composefs overlay: no metadata layers")
+		return nil, errors.New("composefs overlay: no metadata layers")
 	}
 	if o.Verity != VerityOff && o.Verity != VerityRequire {
-		return mount.Mount{}, fmt.Errorf("composefs overlay: verity mode %q is neither %q nor %q", o.Verity, VerityOff, VerityRequire)
+		return nil, fmt.Errorf("composefs overlay: verity mode %q is neither %q nor %q", o.Verity, VerityOff, VerityRequire)
 	}
 	if (o.Upper == "") != (o.Work == "") {
-		return mount.Mount{}, fmt.Errorf("composefs overlay: upper %q and work %q: both or neither", o.Upper, o.Work)
+		return nil, fmt.Errorf("composefs overlay: upper %q and work %q: both or neither", o.Upper, o.Work)
 	}
 	paths := append(append([]string{}, o.Layers...), o.Objects)
 	if o.Upper != "" {
@@ -107,19 +148,21 @@ func (o Overlay) Mount() (mount.Mount, error) {
 	}
 	for _, p := range paths {
 		if err := checkOverlayPath(p); err != nil {
-			return mount.Mount{}, fmt.Errorf("composefs overlay: %w", err)
+			return nil, fmt.Errorf("composefs overlay: %w", err)
 		}
 	}
 
-	options := []string{"lowerdir=" + strings.Join(o.Layers, ":") + "::" + o.Objects}
+	var params [][2]string
+	for _, l := range o.Layers {
+		params = append(params, [2]string{"lowerdir+", l})
+	}
+	params = append(params, [2]string{"datadir+", o.Objects})
 	if o.Upper != "" {
-		options = append(options, "upperdir="+o.Upper, "workdir="+o.Work)
+		params = append(params, [2]string{"upperdir", o.Upper}, [2]string{"workdir", o.Work})
 	}
-	options = append(options, "metacopy=on", "redirect_dir=on", "index=off", "verity="+string(o.Verity))
-	if n := len(strings.Join(options, ",")); n > MaxOptionsLength {
-		return mount.Mount{}, fmt.Errorf("composefs overlay of %d layers: %d bytes of options, at most %d: %w", len(o.Layers), n, MaxOptionsLength, ErrOptionsTooLong)
-	}
-	return mount.Mount{Type: "overlay", Source: "overlay", Options: options}, nil
+	return append(params,
+		[2]string{"metacopy", "on"}, [2]string{"redirect_dir", "on"},
+		[2]string{"index", "off"}, [2]string{"verity", string(o.Verity)}), nil
 }
 
 // checkOverlayPath refuses what overlayfs's option syntax cannot carry as

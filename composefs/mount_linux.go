@@ -196,8 +196,8 @@ func Unmount(mountpoint string) error {
 // mounts them and hands containerd a bind mount of target, which every
 // containerd release mounts as it is.
 func (o Overlay) MountAt(target string) error {
-	// Mount's checks, all but the length.
-	if _, err := o.Mount(); err != nil && !errors.Is(err, ErrOptionsTooLong) {
+	params, err := o.params()
+	if err != nil {
 		return err
 	}
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
@@ -213,17 +213,6 @@ func (o Overlay) MountAt(target string) error {
 		}
 		return err
 	}
-	var params [][2]string
-	for _, l := range o.Layers {
-		params = append(params, [2]string{"lowerdir+", l})
-	}
-	params = append(params, [2]string{"datadir+", o.Objects})
-	if o.Upper != "" {
-		params = append(params, [2]string{"upperdir", o.Upper}, [2]string{"workdir", o.Work})
-	}
-	params = append(params,
-		[2]string{"metacopy", "on"}, [2]string{"redirect_dir", "on"},
-		[2]string{"index", "off"}, [2]string{"verity", string(o.Verity)})
 	for _, p := range params {
 		if err := unix.FsconfigSetString(fsfd, p[0], p[1]); err != nil {
 			return fail(p[0]+"="+p[1], err)

@@ -74,9 +74,7 @@ func (s *Snapshotter) convertOnCommit(ctx context.Context, key string) (int64, m
 	if err != nil {
 		return 0, nil, err
 	}
-	_, labelled := info.Labels[snapshots.LabelSnapshotRef]                                 // containerd 2.x, CRI
-	unpack := labelled || strings.HasPrefix(clientKey(key), snapshots.UnpackKeyPrefix+"-") // 1.6's ctr pull
-	if !unpack {
+	if !isUnpack(info) {
 		// Not an image layer that containerd unpacked into the
 		// directory, but one written through the overlay (a container,
 		// a build step): with metacopy on, such a directory holds
@@ -86,6 +84,16 @@ func (s *Snapshotter) convertOnCommit(ctx context.Context, key string) (int64, m
 	}
 	labels, size, err := s.convert(ctx, key, id)
 	return size, labels, err
+}
+
+// isUnpack tells whether the active snapshot info is one containerd unpacks
+// an image layer into: labelled with the layer's chain ID (containerd 2.x,
+// CRI), or named as containerd 1.6's unpacker names its keys (ctr pull).
+func isUnpack(info snapshots.Info) bool {
+	if _, ok := info.Labels[snapshots.LabelSnapshotRef]; ok {
+		return true
+	}
+	return strings.HasPrefix(clientKey(info.Name), snapshots.UnpackKeyPrefix+"-")
 }
 
 // clientKey is the key a client gave, out of the one containerd hands a

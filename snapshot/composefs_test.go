@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -239,4 +240,56 @@ func TestComposefsRestore(t *testing.T) {
 			t.Errorf("after Restore: %q, %v", got, err)
 		}
 	})
+}
+
+// TestComposefsMountOptions: a container's stack on composefs layers is
+// the overlay composefs.Overlay builds (index=off once, verity last), and
+// an unpack onto them a bind mount of the stack mounted by the snapshotter.
+func TestComposefsMountOptions(t *testing.T) {
+	root := t.TempDir()
+	s, layers, ctx := newComposefsSnapshotter(t, root)
+	if _, err := s.Prepare(ctx, "unpack-1", "", unpackOf("layer-1")); err != nil {
+		t.Fatal(err)
+	}
+	writeThrough(t, s, ctx, "unpack-1", func(dir string) { mustWrite(t, filepath.Join(dir, "f"), "f\n") })
+	if err := s.Commit(ctx, "layer-1", "unpack-1"); err != nil {
+		t.Fatal(err)
+	}
+	id1, _, _, _ := s.idOf(ctx, "layer-1")
+
+	ms, err := s.Prepare(ctx, "container", "layer-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, _, _ := s.idOf(ctx, "container")
+	want, err := composefs.Overlay{
+		Layers: []string{s.upperPath(id1)}, Objects: layers.Objects(), Verity: composefs.VerityOff,
+		Upper: s.upperPath(id), Work: s.workPath(id),
+	}.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 1 || ms[0].Type != "overlay" || len(ms[0].Options) < len(want) ||
+		!slices.Equal(ms[0].Options[len(ms[0].Options)-len(want):], want) {
+		t.Errorf("container's mounts: %+v; want an overlay ending with %v", ms, want)
+	}
+	if n := slices.IndexFunc(ms[0].Options, func(o string) bool { return strings.HasPrefix(o, "index=") }); n < 0 ||
+		slices.ContainsFunc(ms[0].Options[n+1:], func(o string) bool { return strings.HasPrefix(o, "index=") }) {
+		t.Errorf("container's mount options %v: want index= once", ms[0].Options)
+	}
+
+	ms, err = s.Prepare(ctx, "unpack-2", "layer-1", unpackOf("layer-2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, _, _, _ := s.idOf(ctx, "unpack-2")
+	if len(ms) != 1 || ms[0].Type != "bind" || ms[0].Source != s.mergedPath(id2) || !hasOption(ms[0].Options, "rw") {
+		t.Errorf("unpack's mounts: %+v; want a rw bind mount of %s", ms, s.mergedPath(id2))
+	}
+	if err := s.Remove(ctx, "unpack-2"); err != nil {
+		t.Fatal(err)
+	}
+	if m := testenv.MountsUnder(filepath.Join(root, "snapshots", id2)); len(m) != 0 {
+		t.Errorf("mounts left after removing the unpack: %v", m)
+	}
 }

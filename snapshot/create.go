@@ -28,25 +28,22 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	}
 	target, unpack := requested.Labels[snapshots.LabelSnapshotRef]
 	if s.remote == nil || !unpack || target == "" {
-		mounts, _, err := s.create(ctx, snapshots.KindActive, key, parent, opts)
-		return mounts, err
+		return s.create(ctx, snapshots.KindActive, key, parent, opts)
 	}
 
-	mounts, id, err := s.create(ctx, snapshots.KindActive, key, parent, opts)
+	// The mounts only if the layer is to be unpacked after all: for an
+	// unpack onto composefs layers they are an overlay mounted here
+	// (boundMounts), which a remote layer would not use.
+	snap, info, err := s.record(ctx, snapshots.KindActive, key, parent, opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.remote.Mount(ctx, s.upperPath(id), requested.Labels); err != nil {
+	if err := s.remote.Mount(ctx, s.upperPath(snap.ID), requested.Labels); err != nil {
 		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not mounted remotely; it will be unpacked")
 		s.fallbackMu.Lock()
 		s.fallback[key] = err.Error()
 		s.fallbackMu.Unlock()
-		return mounts, nil
-	}
-	// The layer is the Remote's now: a deep stack mounted for the unpack
-	// that will not happen (deepMounts) would only linger.
-	if err := s.unmountMerged(ctx, key); err != nil {
-		log.G(ctx).WithError(err).WithField("key", key).Warn("failed to unmount the unused overlay of a remote snapshot; Remove will")
+		return s.mountsOfNew(ctx, key, snap, info)
 	}
 	if err := s.commitRemote(ctx, target, key, opts); err != nil {
 		if rerr := s.Remove(ctx, key); rerr != nil {
@@ -64,8 +61,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 
 // View creates a read-only snapshot of parent.
 func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
-	mounts, _, err := s.create(ctx, snapshots.KindView, key, parent, opts)
-	return mounts, err
+	return s.create(ctx, snapshots.KindView, key, parent, opts)
 }
 
 // Commit turns the active snapshot key into the committed snapshot name.
@@ -118,21 +114,40 @@ func (s *Snapshotter) commitRemote(ctx context.Context, name, key string, opts [
 	})
 }
 
-// create makes the snapshot's directories under a temporary name, records
+// create records a snapshot (record) and returns its mounts.
+func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) ([]mount.Mount, error) {
+	snap, info, err := s.record(ctx, kind, key, parent, opts)
+	if err != nil {
+		return nil, err
+	}
+	return s.mountsOfNew(ctx, key, snap, info)
+}
+
+// mountsOfNew returns the mounts of a snapshot just recorded, or removes it
+// if they cannot be made: not left half made, the key stays free for
+// another try.
+func (s *Snapshotter) mountsOfNew(ctx context.Context, key string, snap storage.Snapshot, info snapshots.Info) ([]mount.Mount, error) {
+	mounts, err := s.mounts(snap, info)
+	if err != nil {
+		if rerr := s.Remove(ctx, key); rerr != nil {
+			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to remove snapshot that could not be mounted")
+		}
+		return nil, fmt.Errorf("create snapshot %s: %w", key, err)
+	}
+	return mounts, nil
+}
+
+// record makes the snapshot's directories under a temporary name, records
 // the snapshot and renames the directories into place, all in one
 // transaction so that Cleanup never sees a half-made snapshot.
-func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, id string, err error) {
-	var (
-		snap storage.Snapshot
-		info snapshots.Info
-	)
+func (s *Snapshotter) record(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (snap storage.Snapshot, info snapshots.Info, err error) {
 	if s.remote != nil {
 		ids, err := s.parentIDs(ctx, parent)
 		if err != nil {
-			return nil, "", fmt.Errorf("create snapshot %s: parent %s: %w", key, parent, err)
+			return snap, info, fmt.Errorf("create snapshot %s: parent %s: %w", key, parent, err)
 		}
 		if err := s.checkRemote(ctx, ids); err != nil {
-			return nil, "", fmt.Errorf("create snapshot %s: %w", key, err)
+			return snap, info, fmt.Errorf("create snapshot %s: %w", key, err)
 		}
 	}
 	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
@@ -165,18 +180,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, "", err
-	}
-	mounts, err := s.mounts(snap, info)
-	if err != nil {
-		// Not left half made: the key stays free for another try.
-		if rerr := s.Remove(ctx, key); rerr != nil {
-			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to remove snapshot that could not be mounted")
-		}
-		return nil, "", fmt.Errorf("create snapshot %s: %w", key, err)
-	}
-	return mounts, snap.ID, nil
+	return snap, info, err
 }
 
 // makeDirs creates snapshots/new-*/fs (and work, for an active snapshot).

@@ -2,12 +2,15 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+
+	"github.com/lazypull/lazypull/composefs"
 )
 
 // Mounts returns the mounts of an active snapshot or a view.
@@ -40,7 +43,7 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 // mounts builds the mount list: a bind mount when there is nothing to stack
 // (no parent, or a view of a single parent), overlayfs otherwise, and a bind
 // mount of an overlay mounted here for a composefs stack too deep for one
-// mount(2) (deepMounts).
+// mount(2) or unpacked into (boundMounts).
 func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) ([]mount.Mount, error) {
 	var options []string
 	if s.remapIDs {
@@ -68,8 +71,9 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) ([]moun
 	if snap.Kind == snapshots.KindView && len(snap.ParentIDs) == 1 && !composefs {
 		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ParentIDs[0]), Options: append(options, "ro", "rbind")}}, nil
 	}
-	idmapped := len(options) > 0
-
+	if composefs && s.composefs != nil { // else Restore marked them broken
+		return s.composefsMounts(snap, info, options)
+	}
 	if snap.Kind == snapshots.KindActive {
 		options = append(options,
 			"workdir="+s.workPath(snap.ID),
@@ -79,23 +83,72 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) ([]moun
 	for i, id := range snap.ParentIDs {
 		lowers[i] = s.upperPath(id)
 	}
-	lowerdir := "lowerdir=" + strings.Join(lowers, ":")
-	if composefs && s.composefs != nil { // else Restore marked them broken
-		// The object store, as a data-only lower layer: overlayfs looks
-		// a file's data up there, by its redirect xattr, when the file
-		// is opened. Following a metacopy file above another layer
-		// takes metacopy=on (else EPERM, "refusing to follow metacopy
-		// origin"), which takes redirect_dir=on: an upper written
-		// through this mount may hold metadata-only copies and
-		// redirects of its own, so only unpacked layers are converted
-		// (see convertOnCommit).
-		lowerdir += "::" + s.composefs.Objects()
-		options = append(options, "metacopy=on", "redirect_dir=on")
-	}
-	options = append(options, lowerdir)
+	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	options = append(options, s.mountOptions...)
-	if composefs && s.composefs != nil && optionsTooLong(options) {
-		return s.deepMounts(snap, idmapped)
+	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
+}
+
+// composefsMounts is the overlay of a stack with composefs layers
+// (composefs.Overlay: the object store a data-only lower layer, metacopy
+// and redirects followed), after idmap, the options the idmapping labels
+// ask for, or else a bind mount of the stack mounted here (boundMounts)
+// when the options are too long for mount(2) or the snapshot is an unpack.
+//
+// Following a metacopy file above another layer takes metacopy=on (else
+// EPERM, "refusing to follow metacopy origin"), which takes
+// redirect_dir=on: an upper written through this mount may hold
+// metadata-only copies and redirects of its own, so only unpacked layers
+// are converted (see convertOnCommit).
+func (s *Snapshotter) composefsMounts(snap storage.Snapshot, info snapshots.Info, idmap []string) ([]mount.Mount, error) {
+	stack, err := s.stack(snap).Options()
+	tooLong := errors.Is(err, composefs.ErrOptionsTooLong)
+	if err != nil && !tooLong {
+		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
+	}
+	// The snapshotter's own options first: the stack's verity= goes last.
+	options := append(idmap, withoutOption(s.mountOptions, "index")...)
+	options = append(options, stack...)
+	tooLong = tooLong || optionsTooLong(options)
+	idmapped := len(idmap) > 0
+	switch {
+	case tooLong && idmapped:
+		return nil, fmt.Errorf("snapshot %s: a composefs stack of %d layers is too long for one mount(2) and cannot be idmapped", snap.ID, len(snap.ParentIDs))
+	case tooLong:
+		return s.boundMounts(snap)
+	case snap.Kind == snapshots.KindActive && !idmapped && isUnpack(info):
+		// containerd's applier would take implied directories'
+		// attributes from the host's root (see bound.go).
+		return s.boundMounts(snap)
 	}
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
+}
+
+// stack is snap's composefs stack: its parents' directories over the
+// object store, and its own upper and work directories if it is active.
+// It names verity=off, as the kernel's default: stacks that reach objects
+// without fs-verity would fail every open with require.
+func (s *Snapshotter) stack(snap storage.Snapshot) composefs.Overlay {
+	o := composefs.Overlay{
+		Layers:  make([]string, len(snap.ParentIDs)),
+		Objects: s.composefs.Objects(),
+		Verity:  composefs.VerityOff,
+	}
+	for i, id := range snap.ParentIDs {
+		o.Layers[i] = s.upperPath(id)
+	}
+	if snap.Kind == snapshots.KindActive {
+		o.Upper, o.Work = s.upperPath(snap.ID), s.workPath(snap.ID)
+	}
+	return o
+}
+
+// withoutOption is options without those named key (key or key=…).
+func withoutOption(options []string, key string) []string {
+	var kept []string
+	for _, o := range options {
+		if k, _, _ := strings.Cut(o, "="); k != key {
+			kept = append(kept, o)
+		}
+	}
+	return kept
 }

@@ -78,8 +78,7 @@ func (s *Snapshotter) orphanDirs(ctx context.Context) ([]string, error) {
 func (s *Snapshotter) removeDirs(ctx context.Context, dirs []string) {
 	var released []string // composefs layers: their objects may go too
 	for _, dir := range dirs {
-		// A deep composefs stack's overlay (deepMounts) first: it
-		// stacks on fs.
+		// The overlay boundMounts mounted first: it stacks on fs.
 		if err := unmountAll(filepath.Join(dir, "merged")); err != nil {
 			log.G(ctx).WithError(err).WithField("path", dir).Warn("failed to unmount snapshot; leaving it for the next cleanup")
 			continue

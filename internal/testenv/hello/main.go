@@ -15,6 +15,9 @@
 // With --read PATH OFFSET:LENGTH... it reads those ranges of one file and
 // says of each whether it was all zeros, or its digest.
 //
+// With --modes PATH... it prints each path's permission bits in octal and
+// the path, as `stat -c '%a %n'` does (the image has no stat).
+//
 // With --out FILE first, whatever it says goes to FILE, written by hello
 // itself, instead of standard output: what a container prints reaches the
 // test through the runtime's copying, which ctr 1.6 can cut short.
@@ -54,6 +57,10 @@ func main() {
 		readRanges(os.Args[2], os.Args[3:])
 		return
 	}
+	if len(os.Args) > 2 && os.Args[1] == "--modes" {
+		printModes(os.Args[2:])
+		return
+	}
 	if len(os.Args) > 2 && os.Args[1] == "--for" {
 		d, err := time.ParseDuration(os.Args[2])
 		if err != nil {
@@ -89,6 +96,18 @@ func main() {
 		if err != nil {
 			fail(err)
 		}
+	}
+}
+
+// printModes prints the permission bits (setuid, setgid and sticky
+// included) of each path, not following a symlink.
+func printModes(paths []string) {
+	for _, p := range paths {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			fail(fmt.Errorf("%s: %w", p, err))
+		}
+		fmt.Printf("%o %s\n", st.Mode&0o7777, p)
 	}
 }
 

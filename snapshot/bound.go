@@ -17,19 +17,29 @@ import (
 	"github.com/lazypull/lazypull/composefs"
 )
 
-// Deep composefs stacks. containerd passes an overlay's options to one
-// mount(2) call, which takes a page of them; its way around long lowerdirs
-// (chdir to their common prefix) cannot apply to a lowerdir with a
-// data-only layer ("::"). A composefs stack whose options do not fit is
-// mounted here instead, with the new mount API (no such limit), at
-// snapshots/<id>/merged, and containerd gets a bind mount of that.
+// Composefs stacks the snapshotter mounts itself (at snapshots/<id>/merged)
+// and hands containerd as a bind mount of that, in two cases:
+//
+//   - a deep stack: containerd passes an overlay's options to one mount(2)
+//     call, which takes a page of them; its way around long lowerdirs
+//     (chdir to their common prefix) cannot apply to a lowerdir with a
+//     data-only layer ("::"). The new mount API has no such limit.
+//   - an unpack: given an overlay, containerd's applier writes the layer's
+//     tar straight into the upperdir and makes the directories the tar
+//     leaves out (implied parents) with the attributes of the same
+//     directory in the first element of lowerdir that has it, split on
+//     ":". The empty element of "::" is the host's root there (an implied
+//     /tmp would be 1777, /root 0700, as on the host), and the object
+//     store's fan-out directories would lend their 0700 too. Given a bind
+//     mount, the applier mounts it and applies through the whole stack,
+//     where an implied directory is the one the layers below have, or new.
 
 // mergedMu keeps two callers (Mounts of the same key, say) from both
 // finding merged/ empty and mounting it twice. Such mounts are rare: one
 // lock for the process is enough.
 var mergedMu sync.Mutex
 
-// mergedPath is where a deep stack of snapshot id is mounted.
+// mergedPath is where snapshot id's stack is mounted by boundMounts.
 func (s *Snapshotter) mergedPath(id string) string {
 	return filepath.Join(s.root, "snapshots", id, "merged")
 }
@@ -40,16 +50,13 @@ func optionsTooLong(options []string) bool {
 	return len(strings.Join(options, ",")) > composefs.MaxOptionsLength
 }
 
-// deepMounts mounts snap's composefs stack at its merged directory, once
+// boundMounts mounts snap's composefs stack at its merged directory, once
 // (a mount that is there already, from an earlier call or from before a
 // restart, is kept; after a reboot it is made again), and returns a bind
 // mount of it: read-write for an active snapshot, read-only for a view.
-func (s *Snapshotter) deepMounts(snap storage.Snapshot, idmapped bool) ([]mount.Mount, error) {
-	if idmapped {
-		// The bind of an overlay cannot be idmapped (see DESIGN.md), and
-		// MountAt takes no uidmap=/gidmap=.
-		return nil, fmt.Errorf("snapshot %s: a composefs stack of %d layers is too long for one mount(2) and cannot be idmapped", snap.ID, len(snap.ParentIDs))
-	}
+// The caller has made sure the snapshot is not idmapped: the bind of an
+// overlay cannot be (see DESIGN.md), and MountAt takes no uidmap=/gidmap=.
+func (s *Snapshotter) boundMounts(snap storage.Snapshot) ([]mount.Mount, error) {
 	merged := s.mergedPath(snap.ID)
 	access := "rw"
 	if snap.Kind == snapshots.KindView {
@@ -65,28 +72,16 @@ func (s *Snapshotter) deepMounts(snap storage.Snapshot, idmapped bool) ([]mount.
 	if err := os.Mkdir(merged, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
-	o := composefs.Overlay{
-		Layers:  make([]string, len(snap.ParentIDs)),
-		Objects: s.composefs.Objects(),
-		// As the overlay containerd mounts for a shorter stack, which
-		// names no verity mode (the kernel's default is off).
-		Verity: composefs.VerityOff,
-	}
-	for i, id := range snap.ParentIDs {
-		o.Layers[i] = s.upperPath(id)
-	}
-	if snap.Kind == snapshots.KindActive {
-		o.Upper, o.Work = s.upperPath(snap.ID), s.workPath(snap.ID)
-	}
-	if err := o.MountAt(merged); err != nil {
+	if err := s.stack(snap).MountAt(merged); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
 	return bind, nil
 }
 
-// unmountMerged unmounts the deep stack of active snapshot key, if it has
-// one, before Commit turns its upper directory into a layer: the overlay
-// would otherwise stay over a directory that is no longer the snapshot's.
+// unmountMerged unmounts the stack boundMounts mounted for active snapshot
+// key, if it has one, before Commit turns its upper directory into a layer:
+// the overlay would otherwise stay over a directory that is no longer the
+// snapshot's (and, for an unpack, keep it busy while it is converted).
 func (s *Snapshotter) unmountMerged(ctx context.Context, key string) error {
 	id, _, _, err := s.idOf(ctx, key)
 	if err != nil {
