@@ -125,3 +125,46 @@ func TestDeclaredSizeNeedsNoWindow(t *testing.T) {
 		t.Errorf("decoding 4 MiB into a buffer allocated %d bytes", a)
 	}
 }
+
+// TestWriterFramesDeclareSmallWindows: every frame of a file's chunk
+// declares at most a 1 MiB window, chunks larger than that too, and its
+// content size, which is the chunk's; only frames of under 256 bytes may
+// leave it out (zstd writes no size for those that are not a single
+// segment).
+func TestWriterFramesDeclareSmallWindows(t *testing.T) {
+	layer := buildTar(t, []member{
+		reg("tiny", []byte("tiny")),
+		reg("small", content(1, 600, true)),
+		reg("half", content(2, 512<<10, true)),
+		reg("mib", content(3, 1<<20, false)),
+		reg("large", content(4, 3<<20+5, true)),
+		reg("chunks", content(5, 2*DefaultChunkSize+7, false)),
+	})
+	blob, _ := writeBlob(t, layer)
+	r := openBlob(t, blob)
+	large := 0
+	for _, e := range r.TOC().Entries() {
+		for _, c := range e.Chunks() {
+			var h zstd.Header
+			if err := h.Decode(blob[c.Offset:c.EndOffset]); err != nil {
+				t.Fatalf("%s at %d: %v", e.Path(), c.FileOffset, err)
+			}
+			window := h.WindowSize
+			if h.SingleSegment {
+				window = h.FrameContentSize
+			}
+			if window > maxFrameWindow {
+				t.Errorf("%s at %d (%d bytes): a window of %d", e.Path(), c.FileOffset, c.Size, window)
+			}
+			if c.Size >= 256 && (!h.HasFCS || h.FrameContentSize != uint64(c.Size)) {
+				t.Errorf("%s at %d (%d bytes): declares %d bytes (%v)", e.Path(), c.FileOffset, c.Size, h.FrameContentSize, h.HasFCS)
+			}
+			if c.Size > maxFrameWindow {
+				large++
+			}
+		}
+	}
+	if large < 3 {
+		t.Errorf("only %d chunks larger than the window: the test layer should have several", large)
+	}
+}
