@@ -27,46 +27,87 @@ var ErrDigestMismatch = errors.New("digest mismatch")
 // 19 and klauspost's streaming encoder use.
 const minWindowCap = 8 << 20
 
-// decoders are streaming decoders that decode synchronously (concurrency 1:
-// no goroutines, nothing read ahead), reused across reads.
-var decoders sync.Pool
-
-func getDecoder() (*zstd.Decoder, error) {
-	if d, ok := decoders.Get().(*zstd.Decoder); ok {
-		return d, nil
-	}
-	return zstd.NewReader(nil,
-		zstd.WithDecoderConcurrency(1),
-		zstd.WithDecoderLowmem(true),
-		// Never decode a whole in-memory input at once: only a stream
-		// stops at the bytes asked for.
-		zstd.WithDecodeBuffersBelow(0),
-	)
+// decoderPool recycles streaming decoders that decode synchronously
+// (concurrency 1: no goroutines, nothing read ahead). A streaming decoder
+// holds its frame's whole window (and two blocks) from the first block on,
+// and keeps the largest it has held; so frames that declare a small
+// window, as this package's writer's do, take decoders from a pool of
+// their own, which never grow past maxFrameWindow.
+type decoderPool struct {
+	pool sync.Pool
+	// maxWindow is the largest window its decoders take; 0: a read's
+	// own bytes, at least minWindowCap.
+	maxWindow uint64
 }
 
-func putDecoder(d *zstd.Decoder) {
+var (
+	smallWindowDecoders = &decoderPool{maxWindow: maxFrameWindow}
+	anyWindowDecoders   = &decoderPool{}
+)
+
+// decodersFor picks the pool for the frame that head starts with.
+func decodersFor(head []byte) *decoderPool {
+	var h zstd.Header
+	if err := h.Decode(head); err != nil || h.Skippable {
+		return anyWindowDecoders
+	}
+	window := h.WindowSize
+	if h.SingleSegment {
+		window = h.FrameContentSize
+	}
+	if window <= maxFrameWindow {
+		return smallWindowDecoders
+	}
+	return anyWindowDecoders
+}
+
+// get returns a decoder reading src, for a read of n bytes; put it back.
+func (p *decoderPool) get(src io.Reader, n int64) (*zstd.Decoder, error) {
+	d, ok := p.pool.Get().(*zstd.Decoder)
+	if !ok {
+		var err error
+		d, err = zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderLowmem(true),
+			// Never decode a whole in-memory input at once: only a
+			// stream stops at the bytes asked for.
+			zstd.WithDecodeBuffersBelow(0),
+		)
+		if err != nil {
+			return nil, fmt.Errorf("zstd decoder: %w", err)
+		}
+	}
+	window := p.maxWindow
+	if window == 0 {
+		window = uint64(max(n, minWindowCap))
+	}
+	if err := d.ResetWithOptions(src, zstd.WithDecoderMaxWindow(window)); err != nil {
+		p.put(d)
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	return d, nil
+}
+
+func (p *decoderPool) put(d *zstd.Decoder) {
 	_ = d.Reset(nil) // drop the reference to the input
-	decoders.Put(d)
+	p.pool.Put(d)
 }
 
 // decodePrefix decompresses the first n bytes of the zstd frames in src
-// into dst (reusing its capacity). It never produces more than n bytes, and
-// refuses frames whose window exceeds max(n, 8 MiB). With exact, src must
-// hold exactly n bytes. hint, if not 0, is how much the first frame says
-// it holds: what to allocate first, at most n.
-func decodePrefix(dst []byte, src io.Reader, n int64, exact bool, hint int64) ([]byte, error) {
+// into dst (reusing its capacity), with a decoder of p. It never produces
+// more than n bytes, and refuses frames whose window exceeds p's bound
+// (max(n, 8 MiB) if it has none). With exact, src must hold exactly n
+// bytes. hint, if not 0, is how much the first frame says it holds: what
+// to allocate first, at most n.
+func decodePrefix(p *decoderPool, dst []byte, src io.Reader, n int64, exact bool, hint int64) ([]byte, error) {
 	if n < 0 || n > math.MaxInt-1 {
 		return nil, fmt.Errorf("cannot decode %d bytes", n)
 	}
-	d, err := getDecoder()
+	d, err := p.get(src, n)
 	if err != nil {
-		return nil, fmt.Errorf("zstd decoder: %w", err)
+		return nil, err
 	}
-	defer putDecoder(d)
-	window := uint64(max(n, minWindowCap))
-	if err := d.ResetWithOptions(src, zstd.WithDecoderMaxWindow(window)); err != nil {
-		return nil, fmt.Errorf("zstd: %w", err)
-	}
+	defer p.put(d)
 	// Grow the buffer with what the frames really hold, so that a chunk
 	// claiming more than its frame has costs no more than the frame.
 	out := dst[:0]
@@ -140,8 +181,9 @@ func readChunk(buf, compressed []byte, c toc.Chunk) ([]byte, error) {
 // OpenChunk is ReadChunk as a stream, for a caller that verifies what it
 // stores as it stores it (the cache's PutFile): it yields the chunk's
 // c.Size bytes (fewer if the frames are short), unverified, holding none
-// of them in memory beyond the decoder's window. Close it to recycle the
-// decoder. Holes have no frame to open.
+// of them in memory beyond the decoder's window (at most 1 MiB for the
+// frames of this package's writer). Close it to recycle the decoder.
+// Holes have no frame to open.
 func OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error) {
 	if err := checkChunk(c); err != nil {
 		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: %w", c.Offset, err)
@@ -152,30 +194,27 @@ func OpenChunk(compressed []byte, c toc.Chunk) (io.ReadCloser, error) {
 	if want := c.EndOffset - c.Offset; int64(len(compressed)) != want {
 		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: got %d compressed bytes, the chunk spans %d", c.Offset, len(compressed), want)
 	}
-	d, err := getDecoder()
+	p := decodersFor(compressed)
+	d, err := p.get(bytes.NewReader(compressed), int64(c.InnerOffset)+c.Size)
 	if err != nil {
-		return nil, fmt.Errorf("zstd decoder: %w", err)
-	}
-	window := uint64(max(int64(c.InnerOffset)+c.Size, minWindowCap))
-	if err := d.ResetWithOptions(bytes.NewReader(compressed), zstd.WithDecoderMaxWindow(window)); err != nil {
-		putDecoder(d)
 		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: %w", c.Offset, err)
 	}
 	if _, err := io.CopyN(io.Discard, d, int64(c.InnerOffset)); err != nil {
-		putDecoder(d)
+		p.put(d)
 		return nil, fmt.Errorf("zstdchunked: chunk at offset %d: skip %d bytes to the chunk: %w", c.Offset, c.InnerOffset, err)
 	}
-	return &chunkReader{Reader: io.LimitReader(d, c.Size), d: d}, nil
+	return &chunkReader{Reader: io.LimitReader(d, c.Size), d: d, p: p}, nil
 }
 
 type chunkReader struct {
 	io.Reader
 	d *zstd.Decoder
+	p *decoderPool
 }
 
 func (r *chunkReader) Close() error {
 	if r.d != nil {
-		putDecoder(r.d)
+		r.p.put(r.d)
 		r.d, r.Reader = nil, bytes.NewReader(nil)
 	}
 	return nil
@@ -217,7 +256,8 @@ func checkChunk(c toc.Chunk) error {
 }
 
 // decodeChunk decompresses a checked data chunk and verifies it. Its
-// span is compressed when the caller holds it whole, else src streams it.
+// span is compressed when the caller holds it whole (src nil); else src
+// streams it and compressed is its first bytes, which tell the window.
 func decodeChunk(buf, compressed []byte, src io.Reader, c toc.Chunk) ([]byte, error) {
 	need := int64(c.InnerOffset) + c.Size
 	var data []byte
@@ -228,7 +268,7 @@ func decodeChunk(buf, compressed []byte, src io.Reader, c toc.Chunk) ([]byte, er
 		src = bytes.NewReader(compressed)
 	}
 	if !sized && err == nil {
-		data, err = decodePrefix(buf, src, need, false, contentSizeHint(compressed))
+		data, err = decodePrefix(decodersFor(compressed), buf, src, need, false, contentSizeHint(compressed))
 	}
 	if err != nil {
 		return nil, err

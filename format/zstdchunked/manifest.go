@@ -15,7 +15,7 @@ import (
 func decompressManifest(compressed []byte, uncompressedLength int64) ([]byte, error) {
 	data, sized, err := decodeSized(nil, compressed, uncompressedLength, true)
 	if err == nil && !sized {
-		data, err = decodePrefix(nil, bytes.NewReader(compressed), uncompressedLength, true, contentSizeHint(compressed))
+		data, err = decodePrefix(anyWindowDecoders, nil, bytes.NewReader(compressed), uncompressedLength, true, contentSizeHint(compressed))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/format/toc"
@@ -369,7 +370,9 @@ func (r *Reader) readChunk(c toc.Chunk) ([]byte, func(), error) {
 			return nil, nil, fmt.Errorf("reading the blob: %w", err)
 		}
 	} else {
-		src = bufio.NewReaderSize(io.NewSectionReader(r.ra, c.Offset, span), streamAbove)
+		br := bufio.NewReaderSize(io.NewSectionReader(r.ra, c.Offset, span), streamAbove)
+		compressed, _ = br.Peek(zstd.HeaderMaxSize) // the frame's header: its window
+		src = br
 	}
 	dbuf := getBuffer(need)
 	data, err := decodeChunk(*dbuf, compressed, src, c)

@@ -2,7 +2,10 @@ package zstdchunked
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"io"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -166,5 +169,54 @@ func TestWriterFramesDeclareSmallWindows(t *testing.T) {
 	}
 	if large < 3 {
 		t.Errorf("only %d chunks larger than the window: the test layer should have several", large)
+	}
+}
+
+// TestOpenChunkSmallWindow: OpenChunk streams a chunk of a frame that
+// declares at most a 1 MiB window, as the writer's do, with a decoder
+// that holds about that much, whatever the chunk's size; frames with
+// larger windows still stream, with decoders of their own.
+func TestOpenChunkSmallWindow(t *testing.T) {
+	data := content(6, 3<<20+5, false)
+	blob, _ := writeBlob(t, buildTar(t, []member{reg("large", data)}))
+	r := openBlob(t, blob)
+	e, _ := r.TOC().Lookup("large")
+	c := e.Chunks()[0]
+	ours := blob[c.Offset:c.EndOffset]
+	enc, _ := zstd.NewWriter(nil)
+	theirs := enc.EncodeAll(data, nil) // a single segment: a 3 MiB window
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		pool  *decoderPool
+		most  uint64
+	}{
+		{"our frame", ours, smallWindowDecoders, 2 << 20},
+		{"a 3 MiB window", theirs, anyWindowDecoders, 5 << 20},
+	} {
+		if p := decodersFor(tc.frame); p != tc.pool {
+			t.Errorf("%s: the wrong decoders", tc.name)
+		}
+		c := withDigest(toc.Chunk{EndOffset: int64(len(tc.frame)), Size: int64(len(data))}, digest.FromBytes(data))
+		runtime.GC()
+		runtime.GC() // empty the pools
+		before := allocated()
+		rc, err := OpenChunk(tc.frame, c)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, rc); err != nil || digest.NewDigest(digest.SHA256, h) != c.Digest() {
+			t.Errorf("%s: streamed other bytes (%v)", tc.name, err)
+		}
+		rc.Close()
+		a := allocated() - before
+		if a > tc.most {
+			t.Errorf("%s: streaming %d bytes allocated %d", tc.name, len(data), a)
+		}
+		t.Logf("%s: streaming %d bytes allocated %d", tc.name, len(data), a)
+	}
+	if decodersFor(rawFrame(31<<3, 5, "hello")) != anyWindowDecoders {
+		t.Error("a 2 TiB window: the small-window decoders")
 	}
 }
