@@ -13,15 +13,19 @@ import (
 // reads a blob we write as the tar it was made from.
 func TestZstdCommandDecompresses(t *testing.T) {
 	zstdCmd := testenv.NeedBinary(t, "zstd")
-	tarball := zstdchunked.RichLayer(t, 4096)
-	blob, _ := zstdchunked.WriteBlob(t, tarball, zstdchunked.WithChunkSize(4096))
-	cmd := exec.Command(zstdCmd, "-d", "-c")
-	cmd.Stdin = bytes.NewReader(blob)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("zstd -d: %v", err)
-	}
-	if !bytes.Equal(out, tarball) {
-		t.Fatalf("zstd -d gives %d bytes that are not the %d-byte input tar", len(out), len(tarball))
+	// Small chunks, and chunks larger than the 1 MiB window the
+	// writer's frames declare.
+	for _, chunkSize := range []int{4096, 2 << 20} {
+		tarball := zstdchunked.RichLayer(t, chunkSize)
+		blob, _ := zstdchunked.WriteBlob(t, tarball, zstdchunked.WithChunkSize(chunkSize))
+		cmd := exec.Command(zstdCmd, "-d", "-c")
+		cmd.Stdin = bytes.NewReader(blob)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("chunks of %d: zstd -d: %v", chunkSize, err)
+		}
+		if !bytes.Equal(out, tarball) {
+			t.Fatalf("chunks of %d: zstd -d gives %d bytes that are not the %d-byte input tar", chunkSize, len(out), len(tarball))
+		}
 	}
 }

@@ -47,10 +47,19 @@ type frameJob struct {
 	done       chan struct{}
 }
 
+// maxFrameWindow is the largest window a frame of this package's writer
+// declares. A frame of a chunk at most this large declares the chunk's
+// size as its window (a single segment), a larger one this: a streaming
+// reader of any chunk then needs at most 1 MiB of history, not the 8 MiB
+// (or the chunk's 4 MiB) zstd's levels would declare. Matches beyond it
+// are lost: the bench images' layers grew by 0.00-0.38% (0.19% in all).
+const maxFrameWindow = 1 << 20
+
 func newFramer(out io.Writer, level, workers, chunkSize int) (*framer, error) {
 	enc, err := zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
 		zstd.WithEncoderConcurrency(workers),
+		zstd.WithWindowSize(maxFrameWindow),
 	)
 	if err != nil {
 		return nil, err

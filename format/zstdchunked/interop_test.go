@@ -107,6 +107,12 @@ func TestInteropWeWriteStargzReads(t *testing.T) {
 			stargzReads(t, blob, res.StargzAnnotations, tarball)
 		})
 	}
+	// Chunks larger than the 1 MiB window the writer's frames declare.
+	t.Run("large chunks", func(t *testing.T) {
+		tarball := buildTar(t, []member{reg("large", content(9, 3<<20+5, true)), reg("chunks", content(10, 2*DefaultChunkSize+7, false))})
+		blob, res := writeBlob(t, tarball)
+		stargzReads(t, blob, res.StargzAnnotations, tarball)
+	})
 }
 
 // stargzReads checks that stargz-snapshotter's reader, as it is, opens a

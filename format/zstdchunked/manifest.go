@@ -13,7 +13,10 @@ import (
 // decompressManifest decompresses the manifest, which must be exactly
 // uncompressedLength bytes.
 func decompressManifest(compressed []byte, uncompressedLength int64) ([]byte, error) {
-	data, err := decodePrefix(nil, bytes.NewReader(compressed), uncompressedLength, true, contentSizeHint(compressed))
+	data, sized, err := decodeSized(nil, compressed, uncompressedLength, true)
+	if err == nil && !sized {
+		data, err = decodePrefix(anyWindowDecoders, nil, bytes.NewReader(compressed), uncompressedLength, true, contentSizeHint(compressed))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}

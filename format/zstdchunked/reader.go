@@ -2,12 +2,12 @@ package zstdchunked
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"io/fs"
 	"path"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/format/toc"
@@ -361,21 +361,21 @@ func (r *Reader) readChunk(c toc.Chunk) ([]byte, func(), error) {
 	span := c.EndOffset - c.Offset
 	var src io.Reader
 	var cbuf *[]byte
-	var hint int64
+	var compressed []byte
 	if span <= need+need/8+streamAbove {
 		cbuf = getBuffer(span)
-		compressed := (*cbuf)[:span]
+		compressed = (*cbuf)[:span]
 		if err := readFull(r.ra, compressed, c.Offset); err != nil {
 			putBuffer(cbuf)
 			return nil, nil, fmt.Errorf("reading the blob: %w", err)
 		}
-		src = bytes.NewReader(compressed)
-		hint = contentSizeHint(compressed)
 	} else {
-		src = bufio.NewReaderSize(io.NewSectionReader(r.ra, c.Offset, span), streamAbove)
+		br := bufio.NewReaderSize(io.NewSectionReader(r.ra, c.Offset, span), streamAbove)
+		compressed, _ = br.Peek(zstd.HeaderMaxSize) // the frame's header: its window
+		src = br
 	}
 	dbuf := getBuffer(need)
-	data, err := decodeChunk(*dbuf, src, c, hint)
+	data, err := decodeChunk(*dbuf, compressed, src, c)
 	if cbuf != nil {
 		putBuffer(cbuf)
 	}
