@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -52,6 +53,13 @@ var testFiles = []testFile{
 
 // blob writes testFiles as a layer of kind, in 64 KiB chunks.
 func blob(t *testing.T, kind format.Kind) ([]byte, format.Blob) {
+	raw, b, _ := blobDesc(t, kind)
+	return raw, b
+}
+
+// blobDesc is blob, with the layer's descriptor and its DiffID in
+// desc.Annotations["diffid"].
+func blobDesc(t *testing.T, kind format.Kind) ([]byte, format.Blob, ocispec.Descriptor) {
 	t.Helper()
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
@@ -73,6 +81,7 @@ func blob(t *testing.T, kind format.Kind) ([]byte, format.Blob) {
 			t.Fatal(err)
 		}
 		desc = ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Annotations: res.Annotations}
+		desc.Annotations["diffid"] = res.DiffID.String()
 	case format.ZstdChunked:
 		w := zstdchunked.NewWriter(&out, zstdchunked.WithChunkSize(64<<10))
 		if err := w.AppendTar(&tarBuf); err != nil {
@@ -83,13 +92,14 @@ func blob(t *testing.T, kind format.Kind) ([]byte, format.Blob) {
 			t.Fatal(err)
 		}
 		desc = ocispec.Descriptor{MediaType: zstdchunked.MediaType, Annotations: res.Annotations}
+		desc.Annotations["diffid"] = res.DiffID.String()
 	}
 	desc.Digest, desc.Size = digest.FromBytes(out.Bytes()), int64(out.Len())
 	b, _, err := format.Open(bytes.NewReader(out.Bytes()), desc, format.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out.Bytes(), b
+	return out.Bytes(), b, desc
 }
 
 // countingReader counts the reads Fill makes of a blob.
@@ -219,5 +229,45 @@ func TestFillRefusesWrongBytes(t *testing.T) {
 				t.Error("the corrupt file's content is in the store")
 			}
 		})
+	}
+}
+
+// TestVerifyTar: a zstd:chunked layer filled from its chunks rebuilds, with
+// its tar-split data, to the tar of its DiffID; another DiffID, or
+// tar-split data that names a file twice or one the TOC lacks, fails.
+func TestVerifyTar(t *testing.T) {
+	raw, b, desc := blobDesc(t, format.ZstdChunked)
+	store := openStore(t)
+	if _, err := fill(t, store, "layer", bytes.NewReader(raw), b, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	pos, ok, err := zstdchunked.TarSplitPosition(desc.Annotations)
+	if err != nil || !ok {
+		t.Fatalf("no tar-split position: %v", err)
+	}
+	split := raw[pos.Offset : pos.Offset+pos.Length]
+	diffID := digest.Digest(desc.Annotations["diffid"])
+	ctx := context.Background()
+	if err := VerifyTar(ctx, store, b.TOC(), bytes.NewReader(split), diffID); err != nil {
+		t.Fatalf("VerifyTar: %v", err)
+	}
+	if err := VerifyTar(ctx, store, b.TOC(), bytes.NewReader(split), digest.FromString("another layer")); err == nil || !strings.Contains(err.Error(), "not the") {
+		t.Errorf("VerifyTar against another DiffID: %v", err)
+	}
+	for name, lines := range map[string]string{
+		"twice":   `{"type":1,"name":"lib/small","size":6}` + "\n" + `{"type":1,"name":"./lib/small","size":6}` + "\n",
+		"unknown": `{"type":1,"name":"lib/other","size":6}` + "\n",
+		"size":    `{"type":1,"name":"lib/small","size":7}` + "\n",
+		"type":    `{"type":3}` + "\n",
+	} {
+		var buf bytes.Buffer
+		w, _ := zstd.NewWriter(&buf)
+		w.Write([]byte(lines))
+		w.Close()
+		if err := VerifyTar(ctx, store, b.TOC(), &buf, diffID); err == nil {
+			t.Errorf("tar-split %s: VerifyTar worked", name)
+		} else {
+			t.Logf("tar-split %s: %v", name, err)
+		}
 	}
 }
