@@ -61,6 +61,10 @@ func (l *Layers) Collect(ctx context.Context) error {
 	return nil
 }
 
+// Store is the object store, for what fills it other than Convert (a
+// partial pull of a lazily pullable layer).
+func (l *Layers) Store() *objects.Store { return l.store }
+
 // Objects is the object store's directory.
 func (l *Layers) Objects() string { return l.store.ObjectsDir() }
 

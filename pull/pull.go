@@ -37,7 +37,8 @@ type Layer struct {
 	Digest digest.Digest
 	Size   int64
 	Lazy   bool   // mounted from the registry
-	Reason string // why not, when it was downloaded and unpacked
+	Filled bool   // pulled into the composefs store, only the files it lacked
+	Reason string // why neither, when it was downloaded and unpacked
 }
 
 // Result is a pulled image.
@@ -134,7 +135,8 @@ func describeLayers(ctx context.Context, client *containerd.Client, img containe
 		}
 		layer := Layer{Digest: l.Digest, Size: l.Size}
 		_, layer.Lazy = info.Labels[snapshot.LabelRemote]
-		if !layer.Lazy {
+		_, layer.Filled = info.Labels[snapshot.LabelFilled]
+		if !layer.Lazy && !layer.Filled {
 			layer.Reason = info.Labels[snapshot.LabelUnpacked]
 		}
 		out = append(out, layer)

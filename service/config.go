@@ -144,6 +144,12 @@ type ComposefsConfig struct {
 	// It needs real root (not a user namespace) and a kernel with
 	// overlayfs data-only lower layers (6.5 or later).
 	Enable bool `toml:"enable"`
+	// PartialPull pulls zstd:chunked layers that carry tar-split data
+	// straight into the object store, fetching only the files it lacks
+	// and checking the layer against its image's diff_id (default true;
+	// only with enable). Other lazily pullable layers (eStargz) are
+	// mounted lazily as in the FUSE mode.
+	PartialPull *bool `toml:"partial_pull"`
 }
 
 // Duration is a TOML string such as "10s".

@@ -164,6 +164,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		}
 		defer layers.Close()
 		opts = append(opts, snapshot.WithComposefs(layers))
+		if enabled(cfg.Composefs.PartialPull) {
+			opts = append(opts, snapshot.WithComposefsFill(composefsFiller{mounter.NewFiller(layers.Store(), cfg.mounterOptions())}))
+		}
 	}
 	sn, err := snapshot.New(cfg.Root, opts...)
 	if err != nil {
@@ -264,4 +267,17 @@ func tuneGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
+}
+
+// composefsFiller is the mounter's Filler as the snapshotter calls it.
+type composefsFiller struct{ f *mounter.Filler }
+
+func (c composefsFiller) Fill(ctx context.Context, id, image string, labels map[string]string) (int64, error) {
+	st, err := c.f.Fill(ctx, id, image, labels)
+	if err != nil {
+		return 0, err
+	}
+	log.G(ctx).WithField("snapshot id", id).WithField("fetched", st.Fetched).WithField("present", st.Present).
+		WithField("bytes read", st.Read).Info("layer pulled into the composefs store")
+	return st.Bytes, nil
 }

@@ -16,9 +16,10 @@ import (
 	"github.com/containerd/log"
 )
 
-// Prepare creates an active snapshot on top of parent. When a Remote is set
-// and the labels ask for an unpack, the layer may instead be mounted from
-// elsewhere: then it is committed at once and ErrAlreadyExists returned.
+// Prepare creates an active snapshot on top of parent. When the labels ask
+// for an unpack, the layer may instead be pulled into the composefs store
+// (a Filler) or mounted from elsewhere (a Remote): then it is committed at
+// once and ErrAlreadyExists returned.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
 	var requested snapshots.Info
 	for _, opt := range opts {
@@ -27,7 +28,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		}
 	}
 	target, unpack := requested.Labels[snapshots.LabelSnapshotRef]
-	if s.remote == nil || !unpack || target == "" {
+	if (s.remote == nil && s.filler == nil) || !unpack || target == "" {
 		return s.create(ctx, snapshots.KindActive, key, parent, opts)
 	}
 
@@ -38,25 +39,52 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if err != nil {
 		return nil, err
 	}
+	if s.filler != nil {
+		lbls, size, err := s.fill(ctx, snap, requested.Labels)
+		if err == nil {
+			return nil, s.commitNew(ctx, target, key, "pulled into the composefs store", func() error {
+				return s.commitFilled(ctx, target, key, lbls, size, opts)
+			})
+		}
+		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not pulled into the composefs store")
+		if s.remote == nil {
+			return s.unpackInstead(ctx, key, snap, info, err)
+		}
+	}
 	if err := s.remote.Mount(ctx, s.upperPath(snap.ID), requested.Labels); err != nil {
 		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not mounted remotely; it will be unpacked")
-		s.fallbackMu.Lock()
-		s.fallback[key] = err.Error()
-		s.fallbackMu.Unlock()
-		return s.mountsOfNew(ctx, key, snap, info)
+		return s.unpackInstead(ctx, key, snap, info, err)
 	}
-	if err := s.commitRemote(ctx, target, key, opts); err != nil {
+	return nil, s.commitNew(ctx, target, key, "mounted remotely", func() error { return s.commitRemote(ctx, target, key, opts) })
+}
+
+// unpackInstead returns the mounts of the new active snapshot key for
+// containerd to unpack its layer into, and keeps why it was not mounted
+// or pulled another way for its commit's labels.
+func (s *Snapshotter) unpackInstead(ctx context.Context, key string, snap storage.Snapshot, info snapshots.Info, why error) ([]mount.Mount, error) {
+	s.fallbackMu.Lock()
+	s.fallback[key] = why.Error()
+	s.fallbackMu.Unlock()
+	return s.mountsOfNew(ctx, key, snap, info)
+}
+
+// commitNew commits the snapshot key, whose layer is in place (how says
+// how it got there), as target, and returns the ErrAlreadyExists that
+// tells containerd to skip the unpack; a snapshot that cannot be committed
+// is removed.
+func (s *Snapshotter) commitNew(ctx context.Context, target, key, how string, commit func() error) error {
+	if err := commit(); err != nil {
 		if rerr := s.Remove(ctx, key); rerr != nil {
-			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to remove remote snapshot that could not be committed")
+			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to remove a snapshot that could not be committed")
 		}
 		if errdefs.IsAlreadyExists(err) {
 			// Another Prepare of the same layer won the race; its snapshot serves.
-			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+			return fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
-		return nil, err
+		return err
 	}
-	log.G(ctx).WithField("snapshot", target).Debug("layer mounted remotely")
-	return nil, fmt.Errorf("target snapshot %q mounted remotely: %w", target, errdefs.ErrAlreadyExists)
+	log.G(ctx).WithField("snapshot", target).Debug("layer " + how)
+	return fmt.Errorf("target snapshot %q %s: %w", target, how, errdefs.ErrAlreadyExists)
 }
 
 // View creates a read-only snapshot of parent.

@@ -38,6 +38,7 @@ type Snapshotter struct {
 	mountOptions  []string  // appended to every overlay mount
 	remote        Remote    // nil: every layer is unpacked
 	composefs     Composefs // nil: committed layers stay plain directories
+	filler        Filler    // nil: no partial pulls into the composefs store
 
 	brokenMu sync.Mutex
 	broken   map[string]error // remote snapshots Restore could not mount, by id

@@ -56,7 +56,10 @@ Examples:
 		}
 		for _, l := range res.Layers {
 			how := "mounted lazily"
-			if !l.Lazy {
+			switch {
+			case l.Filled:
+				how = "pulled into the composefs store (the files it lacked)"
+			case !l.Lazy:
 				how = "downloaded"
 				if l.Reason != "" {
 					how += ": " + l.Reason
