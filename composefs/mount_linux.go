@@ -188,12 +188,15 @@ func Unmount(mountpoint string) error {
 	}
 }
 
-// MountAt mounts the stack at target itself, with the new mount API: each
-// layer its own fsconfig lowerdir+ (and the objects datadir+), so there is
-// no one-page limit on the options, only overlayfs's own (500 layers, each
-// path shorter than PATH_MAX). Kernel ≥ 6.8. It is for stacks whose
-// Mount() is too long for mount(2) (ErrOptionsTooLong): the snapshotter
-// mounts them and hands containerd a bind mount of target, which every
+// MountAt mounts the stack at target itself, with the new mount API. A
+// stack whose Options are too long for mount(2) (ErrOptionsTooLong) gives
+// each layer its own fsconfig lowerdir+ (and the objects datadir+), so
+// there is no one-page limit on the options, only overlayfs's own (500
+// layers, each path shorter than PATH_MAX): kernel ≥ 6.8. Where the kernel
+// has no lowerdir+, a stack whose Options fit is mounted with mount(2), as
+// containerd would mount it (≥ 6.6). The
+// snapshotter mounts stacks too deep for Mount, and those containerd
+// unpacks into, and hands containerd a bind mount of target, which every
 // containerd release mounts as it is.
 func (o Overlay) MountAt(target string) error {
 	params, err := o.params()
@@ -213,8 +216,15 @@ func (o Overlay) MountAt(target string) error {
 		}
 		return err
 	}
-	for _, p := range params {
-		if err := unix.FsconfigSetString(fsfd, p[0], p[1]); err != nil {
+	for i, p := range params {
+		err := unix.FsconfigSetString(fsfd, p[0], p[1])
+		if i == 0 && errors.Is(err, unix.EINVAL) {
+			// No lowerdir+ before 6.8: mount(2), if the options fit.
+			if options, oerr := o.Options(); oerr == nil {
+				return o.mountOptions(target, options, fail(p[0]+"="+p[1], err))
+			}
+		}
+		if err != nil {
 			return fail(p[0]+"="+p[1], err)
 		}
 	}
@@ -232,6 +242,19 @@ func (o Overlay) MountAt(target string) error {
 	defer unix.Close(mfd)
 	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fail("move_mount", err)
+	}
+	return nil
+}
+
+// mountOptions mounts the stack at target with mount(2) and options, as
+// containerd would: where the kernel has no lowerdir+ (why).
+func (o Overlay) mountOptions(target string, options []string, why error) error {
+	var flags uintptr
+	if o.Upper == "" {
+		flags = unix.MS_RDONLY
+	}
+	if err := unix.Mount("overlay", target, "overlay", flags, strings.Join(options, ",")); err != nil {
+		return fmt.Errorf("mount composefs overlay of %d layers at %s with mount(2): %w (the kernel log says why; the new mount API: %v)", len(o.Layers), target, err, why)
 	}
 	return nil
 }

@@ -784,3 +784,34 @@ func TestMountAtErrors(t *testing.T) {
 		t.Errorf("failed MountAt left %v", left)
 	}
 }
+
+// TestMountAtWithoutLowerdirPlus: where the kernel has no lowerdir+ (before
+// 6.8), MountAt mounts a stack whose options fit with mount(2); this kernel
+// has lowerdir+, so the fallback is called as MountAt calls it.
+func TestMountAtWithoutLowerdirPlus(t *testing.T) {
+	root := needMounts(t)
+	tr := newTree(t)
+	tr.file("a", objectA)
+	objects := filepath.Join(root, "objects")
+	writeObjects(t, objects, objectA)
+	o := Overlay{Layers: []string{mountImage(t, root, tr.image())}, Objects: objects, Verity: VerityOff}
+	options, err := o.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	if err := o.mountOptions(target, options, unix.EINVAL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Unmount(target); err != nil {
+			t.Error(err)
+		}
+	})
+	if got, err := os.ReadFile(filepath.Join(target, "a")); err != nil || !bytes.Equal(got, objectA) {
+		t.Errorf("a read %q, %v; want its object's bytes", got, err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "b"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+		t.Errorf("write to a stack without an upper: %v, want EROFS", err)
+	}
+}

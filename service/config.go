@@ -141,8 +141,10 @@ type ComposefsConfig struct {
 	// Enable stores every layer the snapshotter unpacks as an EROFS
 	// metadata image over one object store (<root>/composefs) that holds
 	// each distinct file once for every image on the node (default false).
-	// It needs real root (not a user namespace) and a kernel with
-	// overlayfs data-only lower layers (6.5 or later).
+	// It needs real root (not a user namespace) and Linux 6.6 or later
+	// (overlayfs data-only lower layers came in 6.5, the verity= option
+	// the stacks name in 6.6); stacks too deep for one mount(2) need 6.8
+	// (lowerdir+, datadir+).
 	Enable bool `toml:"enable"`
 	// PartialPull pulls zstd:chunked layers that carry tar-split data
 	// straight into the object store, fetching only the files it lacks

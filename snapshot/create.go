@@ -35,12 +35,12 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	// The mounts only if the layer is to be unpacked after all: for an
 	// unpack onto composefs layers they are an overlay mounted here
 	// (boundMounts), which a remote layer would not use.
-	snap, info, err := s.record(ctx, snapshots.KindActive, key, parent, opts)
+	st, err := s.record(ctx, snapshots.KindActive, key, parent, opts)
 	if err != nil {
 		return nil, err
 	}
 	if s.filler != nil {
-		lbls, size, err := s.fill(ctx, snap, requested.Labels)
+		lbls, size, err := s.fill(ctx, st.snap, requested.Labels)
 		if err == nil {
 			return nil, s.commitNew(ctx, target, key, "pulled into the composefs store", func() error {
 				return s.commitFilled(ctx, target, key, lbls, size, opts)
@@ -48,12 +48,12 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		}
 		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not pulled into the composefs store")
 		if s.remote == nil {
-			return s.unpackInstead(ctx, key, snap, info, err)
+			return s.unpackInstead(ctx, key, st, err)
 		}
 	}
-	if err := s.remote.Mount(ctx, s.upperPath(snap.ID), requested.Labels); err != nil {
+	if err := s.remote.Mount(ctx, s.upperPath(st.snap.ID), requested.Labels); err != nil {
 		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not mounted remotely; it will be unpacked")
-		return s.unpackInstead(ctx, key, snap, info, err)
+		return s.unpackInstead(ctx, key, st, err)
 	}
 	return nil, s.commitNew(ctx, target, key, "mounted remotely", func() error { return s.commitRemote(ctx, target, key, opts) })
 }
@@ -61,11 +61,11 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 // unpackInstead returns the mounts of the new active snapshot key for
 // containerd to unpack its layer into, and keeps why it was not mounted
 // or pulled another way for its commit's labels.
-func (s *Snapshotter) unpackInstead(ctx context.Context, key string, snap storage.Snapshot, info snapshots.Info, why error) ([]mount.Mount, error) {
+func (s *Snapshotter) unpackInstead(ctx context.Context, key string, st stack, why error) ([]mount.Mount, error) {
 	s.fallbackMu.Lock()
 	s.fallback[key] = why.Error()
 	s.fallbackMu.Unlock()
-	return s.mountsOfNew(ctx, key, snap, info)
+	return s.mountsOfNew(ctx, key, st)
 }
 
 // commitNew commits the snapshot key, whose layer is in place (how says
@@ -144,18 +144,18 @@ func (s *Snapshotter) commitRemote(ctx context.Context, name, key string, opts [
 
 // create records a snapshot (record) and returns its mounts.
 func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) ([]mount.Mount, error) {
-	snap, info, err := s.record(ctx, kind, key, parent, opts)
+	st, err := s.record(ctx, kind, key, parent, opts)
 	if err != nil {
 		return nil, err
 	}
-	return s.mountsOfNew(ctx, key, snap, info)
+	return s.mountsOfNew(ctx, key, st)
 }
 
 // mountsOfNew returns the mounts of a snapshot just recorded, or removes it
 // if they cannot be made: not left half made, the key stays free for
 // another try.
-func (s *Snapshotter) mountsOfNew(ctx context.Context, key string, snap storage.Snapshot, info snapshots.Info) ([]mount.Mount, error) {
-	mounts, err := s.mounts(snap, info)
+func (s *Snapshotter) mountsOfNew(ctx context.Context, key string, st stack) ([]mount.Mount, error) {
+	mounts, err := s.mounts(st)
 	if err != nil {
 		if rerr := s.Remove(ctx, key); rerr != nil {
 			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to remove snapshot that could not be mounted")
@@ -168,14 +168,14 @@ func (s *Snapshotter) mountsOfNew(ctx context.Context, key string, snap storage.
 // record makes the snapshot's directories under a temporary name, records
 // the snapshot and renames the directories into place, all in one
 // transaction so that Cleanup never sees a half-made snapshot.
-func (s *Snapshotter) record(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (snap storage.Snapshot, info snapshots.Info, err error) {
+func (s *Snapshotter) record(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (st stack, err error) {
 	if s.remote != nil {
 		ids, err := s.parentIDs(ctx, parent)
 		if err != nil {
-			return snap, info, fmt.Errorf("create snapshot %s: parent %s: %w", key, parent, err)
+			return st, fmt.Errorf("create snapshot %s: parent %s: %w", key, parent, err)
 		}
 		if err := s.checkRemote(ctx, ids); err != nil {
-			return snap, info, fmt.Errorf("create snapshot %s: %w", key, err)
+			return st, fmt.Errorf("create snapshot %s: %w", key, err)
 		}
 	}
 	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) (err error) {
@@ -191,12 +191,13 @@ func (s *Snapshotter) record(ctx context.Context, kind snapshots.Kind, key, pare
 			}
 		}()
 
-		if snap, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...); err != nil {
+		if _, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...); err != nil {
 			return fmt.Errorf("create snapshot %s: %w", key, err)
 		}
-		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
+		if st, err = readStack(ctx, key); err != nil {
 			return fmt.Errorf("create snapshot %s: %w", key, err)
 		}
+		snap, info := st.snap, st.info
 		if err := s.checkParents(snap.ParentIDs); err != nil {
 			return fmt.Errorf("create snapshot %s: %w", key, err)
 		}
@@ -208,7 +209,7 @@ func (s *Snapshotter) record(ctx context.Context, kind snapshots.Kind, key, pare
 		}
 		return nil
 	})
-	return snap, info, err
+	return st, err
 }
 
 // makeDirs creates snapshots/new-*/fs (and work, for an active snapshot).

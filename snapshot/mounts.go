@@ -15,36 +15,59 @@ import (
 
 // Mounts returns the mounts of an active snapshot or a view.
 func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
-	var (
-		snap storage.Snapshot
-		info snapshots.Info
-	)
+	var st stack
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) (err error) {
-		if snap, err = storage.GetSnapshot(ctx, key); err != nil {
-			return fmt.Errorf("mounts of snapshot %s: %w", key, err)
-		}
-		if _, info, _, err = storage.GetInfo(ctx, key); err != nil {
-			return fmt.Errorf("mounts of snapshot %s: %w", key, err)
-		}
-		return nil
+		st, err = readStack(ctx, key)
+		return err
 	})
 	if err != nil {
-		return nil, err
-	}
-	if err := s.checkParents(snap.ParentIDs); err != nil {
 		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
 	}
-	if err := s.checkRemote(ctx, snap.ParentIDs); err != nil {
+	if err := s.checkParents(st.snap.ParentIDs); err != nil {
 		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
 	}
-	return s.mounts(snap, info)
+	if err := s.checkRemote(ctx, st.snap.ParentIDs); err != nil {
+		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
+	}
+	return s.mounts(st)
+}
+
+// stack is what mounts needs to know of a snapshot, read in one metadata
+// transaction (readStack).
+type stack struct {
+	snap storage.Snapshot
+	info snapshots.Info
+	// composefs: some layer under the snapshot is in the composefs form.
+	composefs bool
+}
+
+// readStack reads snapshot key's stack, in a metadata transaction. Whether
+// a parent is in the composefs form is its commit label's to say
+// (LabelComposefs), not its directory's: no file is looked up.
+func readStack(ctx context.Context, key string) (st stack, err error) {
+	if st.snap, err = storage.GetSnapshot(ctx, key); err != nil {
+		return st, err
+	}
+	if _, st.info, _, err = storage.GetInfo(ctx, key); err != nil {
+		return st, err
+	}
+	for name := st.info.Parent; name != "" && !st.composefs; {
+		_, parent, _, err := storage.GetInfo(ctx, name)
+		if err != nil {
+			return st, fmt.Errorf("parent %s: %w", name, err)
+		}
+		_, st.composefs = parent.Labels[LabelComposefs]
+		name = parent.Parent
+	}
+	return st, nil
 }
 
 // mounts builds the mount list: a bind mount when there is nothing to stack
 // (no parent, or a view of a single parent), overlayfs otherwise, and a bind
 // mount of an overlay mounted here for a composefs stack too deep for one
 // mount(2) or unpacked into (boundMounts).
-func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) ([]mount.Mount, error) {
+func (s *Snapshotter) mounts(st stack) ([]mount.Mount, error) {
+	snap, info := st.snap, st.info
 	var options []string
 	if s.remapIDs {
 		if v, ok := info.Labels[snapshots.LabelSnapshotUIDMapping]; ok {
@@ -62,16 +85,12 @@ func (s *Snapshotter) mounts(snap storage.Snapshot, info snapshots.Info) ([]moun
 		}
 		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ID), Options: append(options, access, "rbind")}}, nil
 	}
-	composefs := false
-	for _, id := range snap.ParentIDs {
-		composefs = composefs || s.isComposefs(id)
-	}
 	// A composefs layer's directory holds its metadata only: it needs the
 	// overlay, even alone.
-	if snap.Kind == snapshots.KindView && len(snap.ParentIDs) == 1 && !composefs {
+	if snap.Kind == snapshots.KindView && len(snap.ParentIDs) == 1 && !st.composefs {
 		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ParentIDs[0]), Options: append(options, "ro", "rbind")}}, nil
 	}
-	if composefs && s.composefs != nil { // else Restore marked them broken
+	if st.composefs && s.composefs != nil { // else Restore marked them broken
 		return s.composefsMounts(snap, info, options)
 	}
 	if snap.Kind == snapshots.KindActive {
