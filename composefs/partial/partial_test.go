@@ -115,7 +115,7 @@ func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-func openStore(t *testing.T) *objects.Store {
+func openStore(t testing.TB) *objects.Store {
 	t.Helper()
 	s, err := objects.Open(context.Background(), filepath.Join(t.TempDir(), "store"))
 	if err != nil {
@@ -125,7 +125,7 @@ func openStore(t *testing.T) *objects.Store {
 	return s
 }
 
-func fill(t *testing.T, store *objects.Store, owner string, blob io.ReaderAt, b format.Blob, opts Options) (Stats, error) {
+func fill(t testing.TB, store *objects.Store, owner string, blob io.ReaderAt, b format.Blob, opts Options) (Stats, error) {
 	t.Helper()
 	batch, err := store.Batch(context.Background(), owner)
 	if err != nil {
