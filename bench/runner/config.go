@@ -71,11 +71,16 @@ var (
 	// over the object store, its warm start what the mode costs a
 	// container against overlayfs's plain directories.
 	LazypullComposefs = Scenario{Name: "lazypull-composefs", Snapshotter: "lazypull", Config: "[composefs]\nenable = true\n"}
+	// LazypullComposefsZstd pulls the zstd:chunked image into the
+	// composefs mode: each layer's files that the object store lacks
+	// fetched by ranged reads, checked against the image's diff_ids, and
+	// a metadata image written from its TOC (partial pull).
+	LazypullComposefsZstd = Scenario{Name: "lazypull-composefs-zstd", Format: "zstdchunked", Snapshotter: "lazypull", Config: "[composefs]\nenable = true\n"}
 )
 
 // Scenarios lists the built-in scenarios.
 func Scenarios() []Scenario {
-	return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd, LazypullComposefs}
+	return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd, LazypullComposefs, LazypullComposefsZstd}
 }
 
 // ScenariosByName picks built-in scenarios by name, and reads scenario

@@ -77,7 +77,7 @@ func checkReport(t *testing.T, rep *Report, again Scenario, footprint bool) {
 			t.Errorf("%s: settled after %d bytes; the image has %d", r.Scenario, r.SettledBytes, r.ImageBytes)
 		}
 		switch r.Scenario {
-		case LazypullEStargz.Name, LazypullZstd.Name, LazypullComposefs.Name:
+		case LazypullEStargz.Name, LazypullZstd.Name, LazypullComposefs.Name, LazypullComposefsZstd.Name:
 			if r.DaemonPeak == 0 || r.ManagerPeak == 0 {
 				t.Errorf("%s: no peak memory: %+v", r.Scenario, r)
 			}
@@ -103,10 +103,11 @@ func checkReport(t *testing.T, rep *Report, again Scenario, footprint bool) {
 		}
 		// The FUSE mode's pages of what it served are its mount's, not
 		// its cache files', unless passed through.
-		if full := fp.Scenario == Overlayfs.Name || fp.Scenario == LazypullComposefs.Name; full && fp.PageCacheBytes == 0 {
+		composefs := fp.Scenario == LazypullComposefs.Name || fp.Scenario == LazypullComposefsZstd.Name
+		if full := fp.Scenario == Overlayfs.Name || composefs; full && fp.PageCacheBytes == 0 {
 			t.Errorf("%s footprint: no page cache after the workload ran: %+v", fp.Scenario, fp)
 		}
-		if objects := fp.ObjectBytes > 0; objects != (fp.Scenario == LazypullComposefs.Name) {
+		if objects := fp.ObjectBytes > 0; objects != composefs {
 			t.Errorf("%s footprint: %d bytes in the object store", fp.Scenario, fp.ObjectBytes)
 		}
 	}
