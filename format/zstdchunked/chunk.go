@@ -148,8 +148,9 @@ func decodePrefix(p *decoderPool, dst []byte, src io.Reader, n int64, exact bool
 // that declares its content size, checked against the chunk's, is decoded
 // whole into a buffer of that size (no window needed); one that does not,
 // or whose content goes on well past the chunk, is streamed and no more
-// than c.InnerOffset+c.Size bytes of it decompressed. A zero chunk needs no bytes and reads as zeros (up to 1 GiB: a
-// caller serves larger holes itself).
+// than c.InnerOffset+c.Size bytes of it decompressed. A zero chunk needs
+// no bytes and reads as zeros (up to 1 GiB: a caller serves larger holes
+// itself).
 func ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
 	data, err := readChunk(dst, compressed, c)
 	if err != nil {
