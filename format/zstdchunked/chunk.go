@@ -148,8 +148,9 @@ func decodePrefix(p *decoderPool, dst []byte, src io.Reader, n int64, exact bool
 // that declares its content size, checked against the chunk's, is decoded
 // whole into a buffer of that size (no window needed); one that does not,
 // or whose content goes on well past the chunk, is streamed and no more
-// than c.InnerOffset+c.Size bytes of it decompressed. A zero chunk needs no bytes and reads as zeros (up to 1 GiB: a
-// caller serves larger holes itself).
+// than c.InnerOffset+c.Size bytes of it decompressed. A zero chunk needs
+// no bytes and reads as zeros (up to 1 GiB: a caller serves larger holes
+// itself).
 func ReadChunk(dst, compressed []byte, c toc.Chunk) ([]byte, error) {
 	data, err := readChunk(dst, compressed, c)
 	if err != nil {
@@ -303,10 +304,10 @@ const maxExpansion = (128 << 10) / 4
 
 // decodeSized decodes the first n bytes of the frame at the start of
 // compressed, into buf's storage if it can hold the frame, when the frame
-// declares its content size; with exact, that size must be n and the
-// frame all of compressed. sized is
-// false, with no error, when the frame declares none (a streamed frame)
-// or holds far more than n bytes: the caller streams it then.
+// declares its content size; with exact, that size must be n. sized is
+// false, with no error, when the frame declares none (a streamed frame),
+// holds far more than n bytes, or (with exact) is not all of compressed:
+// the caller streams it then.
 //
 // The declared size is a claim of untrusted input, checked before
 // anything is allocated: less than n is an error, and so is more than a
@@ -317,6 +318,9 @@ func decodeSized(buf, compressed []byte, n int64, exact bool) (data []byte, size
 		return nil, false, nil // the stream says what is wrong with it
 	}
 	size, length := h.FrameContentSize, frameLength(compressed, &h)
+	if exact && length != len(compressed) {
+		return nil, false, nil // more frames: the stream reads them all
+	}
 	switch {
 	case size < uint64(n) || (exact && size != uint64(n)):
 		return nil, true, fmt.Errorf("the frame declares %d bytes, want %d", size, n)
@@ -328,8 +332,6 @@ func decodeSized(buf, compressed []byte, n int64, exact bool) (data []byte, size
 		// The frame goes on well past the chunk (eStargz-style frames
 		// hold the next tar headers too): take only the chunk.
 		return nil, false, nil
-	case exact && length != len(compressed):
-		return nil, false, nil // more frames: the stream checks they hold nothing
 	}
 	d, err := sizedDecoder()
 	if err != nil {

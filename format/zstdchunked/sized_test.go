@@ -220,3 +220,15 @@ func TestOpenChunkSmallWindow(t *testing.T) {
 		t.Error("a 2 TiB window: the small-window decoders")
 	}
 }
+
+// TestManifestOfSeveralFrames: a manifest may be several frames; only
+// all of them together must be the footer's length.
+func TestManifestOfSeveralFrames(t *testing.T) {
+	two := append(rawFrame(window1MiB, 5, "hello"), rawFrame(window1MiB, 6, " world")...)
+	if got, err := decompressManifest(two, 11); err != nil || string(got) != "hello world" {
+		t.Errorf("two frames: %q, %v", got, err)
+	}
+	if _, err := decompressManifest(two, 10); err == nil {
+		t.Error("two frames, one byte more than the footer says: no error")
+	}
+}
