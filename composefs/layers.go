@@ -16,9 +16,12 @@ type Layers struct {
 	store *objects.Store
 }
 
-// OpenLayers opens (or creates) the object store in dir.
+// OpenLayers opens (or creates) the object store in dir. Objects are
+// synced once a layer's batch commits (syncfs), not one by one: a layer
+// is thousands of files, and an fsync each made a cold pull 1.4-1.6x
+// overlayfs's instead of 1.0-1.25x (python, one run each).
 func OpenLayers(ctx context.Context, dir string) (*Layers, error) {
-	store, err := objects.Open(ctx, dir)
+	store, err := objects.Open(ctx, dir, objects.WithBatchSync())
 	if err != nil {
 		return nil, fmt.Errorf("composefs: open the object store in %s: %w", dir, err)
 	}
