@@ -107,7 +107,7 @@ type imageTree struct {
 }
 
 func (m *Mounter) imageTree(ctx context.Context, key imageKey) imageTree {
-	img, err := m.image(ctx, key)
+	img, err := m.images.get(ctx, key)
 	if err != nil {
 		return imageTree{}
 	}

@@ -5,7 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"time"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 
@@ -26,14 +26,28 @@ import (
 // tar-split data, and zstd:chunked ones without it. The snapshotter then
 // mounts them lazily or unpacks them.
 type Filler struct {
-	store *objects.Store
-	opts  Options
+	store  *objects.Store
+	opts   Options
+	images *imageCache // the manifests and configs of the images it filled from
+
+	stop context.CancelFunc
+	bg   sync.WaitGroup // image fetches
 }
 
 // NewFiller fills store, reaching registries as opts say (Registry, Blob
-// and Layer.Limits are used).
+// and Layer.Limits are used). Close it to end its fetches.
 func NewFiller(store *objects.Store, opts Options) *Filler {
-	return &Filler{store: store, opts: opts}
+	f := &Filler{store: store, opts: opts}
+	var ctx context.Context
+	ctx, f.stop = context.WithCancel(context.Background())
+	f.images = newImageCache(ctx, &f.bg, opts)
+	return f
+}
+
+// Close ends the fetches of images' manifests in flight.
+func (f *Filler) Close() {
+	f.stop()
+	f.bg.Wait()
 }
 
 // FillStats say what a fill did.
@@ -53,14 +67,7 @@ func (f *Filler) Fill(ctx context.Context, owner, imagePath string, lbls map[str
 	if err != nil {
 		return st, err
 	}
-	timeout := f.opts.Blob.RequestTimeout
-	if timeout <= 0 {
-		timeout = time.Minute
-	}
-	ictx, cancel := context.WithTimeout(ctx, timeout)
-	img := &image{}
-	img.layers, img.diffIDs, err = fetchImage(ictx, imageKey{ref: t.ref, manifest: t.manifest}, f.opts.Registry)
-	cancel()
+	img, err := f.images.get(ctx, imageKey{ref: t.ref, manifest: t.manifest})
 	if err != nil {
 		return st, err
 	}

@@ -57,6 +57,7 @@ func TestFillPullsOnlyWhatTheStoreLacks(t *testing.T) {
 	}
 	defer store.Close()
 	f := NewFiller(store, Options{})
+	defer f.Close()
 	fill := func(owner, ref string, layers []ocispec.Descriptor, i int, chain string) (FillStats, error) {
 		lbls := labels.ForLayer(ref, "", layers[i], layers)
 		lbls[snapshots.LabelSnapshotRef] = chain

@@ -69,10 +69,10 @@ type Mounter struct {
 	mounts       map[string]*mounted      // by mountpoint
 	busy         map[string]chan struct{} // mountpoints being mounted or unmounted
 	opening      map[digest.Digest]*open  // layers opened ahead of their Prepare, by digest
-	images       map[imageKey]*image      // manifests and configs, by reference and digest
+	images       *imageCache              // manifests and configs, by reference and digest
 	imageEntries map[imageKey]int64       // TOC entries of each image's mounted layers
 	gates        map[string]*layer.Gate   // by registry host
-	bg           sync.WaitGroup           // preopens in flight
+	bg           sync.WaitGroup           // preopens and image fetches in flight
 	stop         context.CancelFunc       // ends preopens
 	ctx          context.Context
 }
@@ -117,9 +117,10 @@ func New(c layer.Cache, opts Options) *Mounter {
 		opts.Layer.Budget = layer.NewBudget(layer.BudgetLimits{})
 	}
 	m := &Mounter{cache: c, opts: opts, mounts: make(map[string]*mounted), busy: make(map[string]chan struct{}),
-		opening: make(map[digest.Digest]*open), images: make(map[imageKey]*image), gates: make(map[string]*layer.Gate),
+		opening: make(map[digest.Digest]*open), gates: make(map[string]*layer.Gate),
 		imageEntries: make(map[imageKey]int64)}
 	m.ctx, m.stop = context.WithCancel(context.Background())
+	m.images = newImageCache(m.ctx, &m.bg, opts)
 	m.hints = &hints{m: m, seen: make(map[string]bool)}
 	return m
 }
@@ -244,7 +245,7 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 		return err
 	}
 	key := imageKey{ref: t.ref, manifest: t.manifest}
-	img, err := m.image(ctx, key)
+	img, err := m.images.get(ctx, key)
 	if err != nil {
 		return err
 	}
@@ -378,14 +379,6 @@ type imageKey struct {
 	manifest digest.Digest
 }
 
-// image is an image's manifest layers and config diff_ids, fetched once.
-type image struct {
-	done    chan struct{}
-	layers  []ocispec.Descriptor
-	diffIDs []digest.Digest
-	err     error
-}
-
 // layer finds the descriptor of the layer t names in the image, and what
 // its content must be: its diff_id from the image's config, checked to
 // make the chain ID containerd will commit it as (chainID, when the
@@ -411,42 +404,6 @@ func (img *image) layer(t target, chainID string) (ocispec.Descriptor, layer.Exp
 		}
 	}
 	return desc, layer.Expect{DiffID: img.diffIDs[i]}, nil
-}
-
-// image fetches (once per key, while it succeeds) the manifest and config
-// of an image for this machine's platform, bounded by the request timeout
-// whoever waits for it.
-func (m *Mounter) image(ctx context.Context, key imageKey) (*image, error) {
-	m.mu.Lock()
-	img, ok := m.images[key]
-	if !ok {
-		img = &image{done: make(chan struct{})}
-		m.images[key] = img
-		m.bg.Add(1)
-		go func() {
-			defer m.bg.Done()
-			timeout := m.opts.Blob.RequestTimeout
-			if timeout <= 0 {
-				timeout = time.Minute
-			}
-			fctx, cancel := context.WithTimeout(m.ctx, timeout)
-			defer cancel()
-			img.layers, img.diffIDs, img.err = fetchImage(fctx, key, m.opts.Registry)
-			if img.err != nil {
-				m.mu.Lock()
-				delete(m.images, key) // try again next time
-				m.mu.Unlock()
-			}
-			close(img.done)
-		}()
-	}
-	m.mu.Unlock()
-	select {
-	case <-img.done:
-		return img, img.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("manifest of %s: %w", key.ref, ctx.Err())
-	}
 }
 
 // fetchImage fetches an image's manifest (by digest when the key has one)

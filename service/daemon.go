@@ -165,7 +165,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		defer layers.Close()
 		opts = append(opts, snapshot.WithComposefs(layers))
 		if enabled(cfg.Composefs.PartialPull) {
-			opts = append(opts, snapshot.WithComposefsFill(composefsFiller{mounter.NewFiller(layers.Store(), cfg.mounterOptions())}))
+			filler := mounter.NewFiller(layers.Store(), cfg.mounterOptions())
+			defer filler.Close()
+			opts = append(opts, snapshot.WithComposefsFill(composefsFiller{filler}))
 		}
 	}
 	sn, err := snapshot.New(cfg.Root, opts...)
