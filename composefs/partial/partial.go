@@ -17,10 +17,10 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lazypull/lazypull/composefs/objects"
 	"github.com/lazypull/lazypull/format"
@@ -77,42 +77,16 @@ func Fill(ctx context.Context, store *objects.Store, batch *objects.Batch, blob 
 	}
 	reads := group(missing, opts)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	f := &filler{batch: batch, blob: blob, b: b, opts: opts}
-	work := make(chan []file)
-	var (
-		wg       sync.WaitGroup
-		once     sync.Once
-		firstErr error
-	)
-	for range min(opts.Reads, len(reads)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for files := range work {
-				if err := f.read(ctx, files); err != nil {
-					once.Do(func() { firstErr = err; cancel() })
-				}
-			}
-		}()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opts.Reads)
+	for _, files := range reads {
+		g.Go(func() error { return f.read(gctx, files) })
 	}
-feed:
-	for _, r := range reads {
-		select {
-		case work <- r:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
+	err = g.Wait()
 	st.Fetched, st.Bytes = int(f.fetched.Load()), f.written.Load()
 	st.Reads, st.Read = f.reads.Load(), f.readBytes.Load()
-	if firstErr == nil {
-		firstErr = ctx.Err()
-	}
-	return st, firstErr
+	return st, err
 }
 
 // file is one content to fetch: the first regular file that has it.
