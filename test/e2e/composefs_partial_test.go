@@ -2,13 +2,9 @@ package e2e
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/internal/testenv"
 )
@@ -55,19 +51,7 @@ func testComposefsPartialPull(t *testing.T, containerd testenv.Option) {
 		t.Errorf("lazypull pull put %d of 2 zstd:chunked layers into the store:\n%s", n, out)
 	}
 	run(zstd, "zstd-1")
-	images := 0
-	for _, id := range snapshotDirs(t, env) {
-		dir := filepath.Join(env.DaemonRoot, "snapshots", id)
-		if _, err := os.Stat(filepath.Join(dir, "layer.erofs")); err != nil {
-			continue
-		}
-		images++
-		var st unix.Statfs_t
-		if err := unix.Statfs(filepath.Join(dir, "fs"), &st); err != nil || st.Type != unix.EROFS_SUPER_MAGIC_V1 {
-			t.Errorf("snapshot %s: fs is not its EROFS image mounted (%#x, %v)", id, st.Type, err)
-		}
-	}
-	if images != 2 {
+	if images, _ := metadataImages(t, env); images != 2 {
 		t.Errorf("%d of the image's 2 layers are metadata images", images)
 	}
 	objects := countObjects(t, env)

@@ -47,20 +47,7 @@ func testComposefsRun(t *testing.T, containerd testenv.Option) {
 	run("hello-1")
 
 	// Both layers are metadata images, mounted on their directories.
-	dirs := snapshotDirs(t, env)
-	images := 0
-	for _, id := range dirs {
-		dir := filepath.Join(env.DaemonRoot, "snapshots", id)
-		if _, err := os.Stat(filepath.Join(dir, "layer.erofs")); err != nil {
-			continue
-		}
-		images++
-		var st unix.Statfs_t
-		if err := unix.Statfs(filepath.Join(dir, "fs"), &st); err != nil || st.Type != unix.EROFS_SUPER_MAGIC_V1 {
-			t.Errorf("snapshot %s: fs is not its EROFS image mounted (%#x, %v)", id, st.Type, err)
-		}
-	}
-	if images != 2 {
+	if images, dirs := metadataImages(t, env); images != 2 {
 		t.Errorf("%d of the image's 2 layers are metadata images (snapshot directories %v)", images, dirs)
 	}
 	if n := countObjects(t, env); n == 0 {
@@ -85,6 +72,26 @@ func testComposefsRun(t *testing.T, containerd testenv.Option) {
 	if m := testenv.MountsUnder(env.Dir); len(m) > 0 {
 		t.Errorf("mounts left after the image was removed: %v", m)
 	}
+}
+
+// metadataImages counts the snapshots that are metadata images, checking
+// each is mounted on its fs directory, and lists the snapshot directories.
+func metadataImages(t *testing.T, env *testenv.Env) (int, []string) {
+	t.Helper()
+	dirs := snapshotDirs(t, env)
+	images := 0
+	for _, id := range dirs {
+		dir := filepath.Join(env.DaemonRoot, "snapshots", id)
+		if _, err := os.Stat(filepath.Join(dir, "layer.erofs")); err != nil {
+			continue
+		}
+		images++
+		var st unix.Statfs_t
+		if err := unix.Statfs(filepath.Join(dir, "fs"), &st); err != nil || st.Type != unix.EROFS_SUPER_MAGIC_V1 {
+			t.Errorf("snapshot %s: fs is not its EROFS image mounted (%#x, %v)", id, st.Type, err)
+		}
+	}
+	return images, dirs
 }
 
 // countObjects counts the files in the composefs object store.
