@@ -72,7 +72,7 @@ func (s *Snapshotter) boundMounts(snap storage.Snapshot) ([]mount.Mount, error) 
 	if err := os.Mkdir(merged, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
-	if err := s.stack(snap).MountAt(merged); err != nil {
+	if err := s.overlay(snap).MountAt(merged); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
 	return bind, nil

@@ -119,14 +119,14 @@ func (s *Snapshotter) mounts(st stack) ([]mount.Mount, error) {
 // metadata-only copies and redirects of its own, so only unpacked layers
 // are converted (see convertOnCommit).
 func (s *Snapshotter) composefsMounts(snap storage.Snapshot, info snapshots.Info, idmap []string) ([]mount.Mount, error) {
-	stack, err := s.stack(snap).Options()
+	stackOptions, err := s.overlay(snap).Options()
 	tooLong := errors.Is(err, composefs.ErrOptionsTooLong)
 	if err != nil && !tooLong {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
 	// The snapshotter's own options first: the stack's verity= goes last.
 	options := append(idmap, withoutOption(s.mountOptions, "index")...)
-	options = append(options, stack...)
+	options = append(options, stackOptions...)
 	tooLong = tooLong || optionsTooLong(options)
 	idmapped := len(idmap) > 0
 	switch {
@@ -142,11 +142,11 @@ func (s *Snapshotter) composefsMounts(snap storage.Snapshot, info snapshots.Info
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
 }
 
-// stack is snap's composefs stack: its parents' directories over the
+// overlay is snap's composefs stack: its parents' directories over the
 // object store, and its own upper and work directories if it is active.
 // It names verity=off, as the kernel's default: stacks that reach objects
 // without fs-verity would fail every open with require.
-func (s *Snapshotter) stack(snap storage.Snapshot) composefs.Overlay {
+func (s *Snapshotter) overlay(snap storage.Snapshot) composefs.Overlay {
 	o := composefs.Overlay{
 		Layers:  make([]string, len(snap.ParentIDs)),
 		Objects: s.composefs.Objects(),
