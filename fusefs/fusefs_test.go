@@ -112,7 +112,24 @@ func mountLayer(t *testing.T, entries []entry, opts Options) (string, *MountedLa
 func mountLayerOver(t *testing.T, entries []entry, opts Options, c *cache.Cache) (string, *MountedLayer, *layer.Layer) {
 	t.Helper()
 	testenv.NeedFUSE(t)
+	l := openLayer(t, entries, c)
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	os.Mkdir(mnt, 0o755)
+	m, err := Mount(mnt, l, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	return mnt, m, l
+}
 
+// openLayer opens an eStargz layer of entries (1 MiB chunks), caching in c.
+func openLayer(t *testing.T, entries []entry, c *cache.Cache) *layer.Layer {
+	t.Helper()
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
 	for _, e := range entries {
@@ -143,18 +160,7 @@ func mountLayerOver(t *testing.T, entries []entry, opts Options, c *cache.Cache)
 		t.Fatal(err)
 	}
 	t.Cleanup(l.Close)
-	mnt := filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
-	m, err := Mount(mnt, l, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
-	return mnt, m, l
+	return l
 }
 
 func TestTreeMatchesTheTar(t *testing.T) {
@@ -366,13 +372,19 @@ test ! -e %[1]s/m/etc/removed && echo removed-hidden
 // and a passthrough handle that fell back counts in PassthroughFallbacks.
 func daemonReads(t *testing.T, m *MountedLayer) uint64 {
 	t.Helper()
+	return fuseReads(t) + uint64(m.PassthroughFallbacks())
+}
+
+// fuseReads counts the FUSE READs served so far, by every mount.
+func fuseReads(t *testing.T) uint64 {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics.FUSEOperations)
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := uint64(m.PassthroughFallbacks())
+	var n uint64
 	for _, f := range families {
 		for _, s := range f.GetMetric() {
 			for _, l := range s.GetLabel() {

@@ -1,0 +1,421 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/containerd/log"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/metrics"
+)
+
+// ObjectStore is the node's object store (composefs/objects) as the object
+// filesystem reads it.
+type ObjectStore interface {
+	// Open opens the object named d; an error wrapping fs.ErrNotExist
+	// when the store does not hold it.
+	Open(d digest.Digest) (*os.File, error)
+}
+
+// MountedObjects is the object filesystem: the composefs object store's
+// layout (/ab/cdef…, by the SHA-256 of each file's content) served over
+// FUSE, so that lazily pulled layers' metadata images can be stacked over
+// it as overlayfs's data-only lower layer before their files are fetched.
+// An object is served from the store when the store holds it, else from a
+// lazily fetched layer whose TOC names a file of that content (fetched on
+// demand and verified, as the FUSE mode reads it); both through FUSE
+// passthrough once the bytes are local. overlayfs looks an object up only
+// when a file is opened: stat and readdir never come here.
+type MountedObjects struct {
+	server     *fuse.Server
+	mountpoint string
+	fsys       *objectFS
+}
+
+type objectFS struct {
+	store       ObjectStore
+	passthrough bool
+	fallbacks   atomic.Int64
+	warnOnce    sync.Once
+	readErrors  atomic.Int64
+	opens       atomic.Int64 // every open, counted for tests and status
+
+	mu     sync.RWMutex
+	layers map[string]*objectLayer // by the key Add was given
+}
+
+// objectLayer is a layer whose files the object filesystem serves.
+type objectLayer struct {
+	l        Layer
+	byDigest map[digest.Digest]*toc.Entry // its regular files with content
+}
+
+// MountObjects mounts the object filesystem at mountpoint, serving the
+// objects store holds; layers are added with Add.
+func MountObjects(mountpoint string, store ObjectStore, opts Options) (*MountedObjects, error) {
+	fsys := &objectFS{store: store, passthrough: opts.Passthrough, layers: make(map[string]*objectLayer)}
+	forever := 24 * time.Hour
+	var never time.Duration // objects appear as layers are added: no negative entries
+	server, err := gofs.Mount(mountpoint, &objectRoot{fsys: fsys}, &gofs.Options{
+		EntryTimeout:    &forever,
+		AttrTimeout:     &forever,
+		NegativeTimeout: &never,
+		MountOptions: fuse.MountOptions{
+			AllowOther:    true,
+			DirectMount:   true,
+			FsName:        "lazypull-objects",
+			Name:          "lazypull",
+			Options:       []string{"ro", "default_permissions"},
+			MaxWrite:      256 << 10, // as Mount's: see there
+			MaxReadAhead:  1 << 20,
+			DisableSplice: true,
+			Debug:         opts.Debug,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount the object filesystem at %s: %w", mountpoint, err)
+	}
+	raiseReadAhead(mountpoint)
+	return &MountedObjects{server: server, mountpoint: mountpoint, fsys: fsys}, nil
+}
+
+// Add serves the files of l as objects, under key (for Remove). A layer's
+// files are found by the digest its TOC gives them; what they read is
+// verified against it chunk by chunk, as in the FUSE mode.
+func (m *MountedObjects) Add(key string, l Layer) {
+	ol := &objectLayer{l: l, byDigest: make(map[digest.Digest]*toc.Entry)}
+	for _, e := range l.TOC().Entries() {
+		if e.Type == toc.TypeReg && e.Size > 0 && e.Digest() != "" {
+			ol.byDigest[e.Digest()] = e
+		}
+	}
+	m.fsys.mu.Lock()
+	m.fsys.layers[key] = ol
+	m.fsys.mu.Unlock()
+}
+
+// Remove stops serving the layer added under key. Objects opened through
+// it keep reading from it until they are closed.
+func (m *MountedObjects) Remove(key string) {
+	m.fsys.mu.Lock()
+	delete(m.fsys.layers, key)
+	m.fsys.mu.Unlock()
+}
+
+// Layers is how many layers are served.
+func (m *MountedObjects) Layers() int {
+	m.fsys.mu.RLock()
+	defer m.fsys.mu.RUnlock()
+	return len(m.fsys.layers)
+}
+
+// Mountpoint is where the object filesystem is mounted.
+func (m *MountedObjects) Mountpoint() string { return m.mountpoint }
+
+// Opens counts the objects opened, and of those the ones the kernel was
+// asked to read through the daemon because passthrough did not take.
+func (m *MountedObjects) Opens() (opens, fallbacks int64) {
+	return m.fsys.opens.Load(), m.fsys.fallbacks.Load()
+}
+
+// Unmount unmounts the object filesystem and waits for its server.
+func (m *MountedObjects) Unmount() error {
+	if err := m.server.Unmount(); err != nil {
+		// A busy mount (a container has an object open): detach it,
+		// as the layers' mounts are.
+		if derr := unix.Unmount(m.mountpoint, unix.MNT_DETACH); derr != nil {
+			return fmt.Errorf("unmount the object filesystem at %s: %w", m.mountpoint, err)
+		}
+	}
+	m.server.Wait()
+	return nil
+}
+
+// find returns a layer file whose content is the object d, from a layer
+// that has not been refused.
+func (f *objectFS) find(d digest.Digest) (Layer, *toc.Entry, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, ol := range f.layers {
+		if e, ok := ol.byDigest[d]; ok && !ol.l.Rejected() {
+			return ol.l, e, true
+		}
+	}
+	return nil, nil, false
+}
+
+// objectRoot is the filesystem's root: the 256 fan-out directories "00" to
+// "ff", found by lookup, never listed (overlayfs lists no data-only layer).
+type objectRoot struct {
+	gofs.Inode
+	fsys *objectFS
+}
+
+var (
+	_ gofs.NodeLookuper  = (*objectRoot)(nil)
+	_ gofs.NodeGetattrer = (*objectRoot)(nil)
+)
+
+func (r *objectRoot) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	return 0
+}
+
+func (r *objectRoot) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	defer metrics.ObserveFUSE("lookup", time.Now())
+	if len(name) != 2 || !isLowerHex(name) {
+		return nil, syscall.ENOENT
+	}
+	v, _ := strconv.ParseUint(name, 16, 8)
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	// Inodes 2 to 257 are the fan-out directories; objects get theirs
+	// from go-fuse, above.
+	return r.NewInode(ctx, &objectDir{fsys: r.fsys, prefix: name}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: 2 + v}), 0
+}
+
+// objectDir is a fan-out directory: the objects whose digests start with
+// its name.
+type objectDir struct {
+	gofs.Inode
+	fsys   *objectFS
+	prefix string
+}
+
+var (
+	_ gofs.NodeLookuper  = (*objectDir)(nil)
+	_ gofs.NodeGetattrer = (*objectDir)(nil)
+)
+
+func (d *objectDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	return 0
+}
+
+func (d *objectDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	defer metrics.ObserveFUSE("lookup", time.Now())
+	if len(name) != 62 || !isLowerHex(name) {
+		return nil, syscall.ENOENT
+	}
+	dg := digest.NewDigestFromEncoded(digest.SHA256, d.prefix+name)
+	size, ok := d.fsys.size(dg)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	o := &objectFile{fsys: d.fsys, digest: dg, size: size}
+	o.fill(&out.Attr)
+	return d.NewInode(ctx, o, gofs.StableAttr{Mode: syscall.S_IFREG}), 0
+}
+
+// size is the object d's size, if the store or a layer has it.
+func (f *objectFS) size(d digest.Digest) (int64, bool) {
+	if file, err := f.store.Open(d); err == nil {
+		defer file.Close()
+		if fi, err := file.Stat(); err == nil {
+			return fi.Size(), true
+		}
+	}
+	if _, e, ok := f.find(d); ok {
+		return e.Size, true
+	}
+	return 0, false
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// objectFile is one object. Which copy serves it is decided at each open:
+// the store's once it has it, else the cache's or the registry's through a
+// layer that names it.
+type objectFile struct {
+	gofs.Inode
+	fsys   *objectFS
+	digest digest.Digest
+	size   int64
+
+	// The kernel refuses (EIO) a passthrough open of an inode that
+	// another open reads through the page cache, and the other way
+	// round: an open follows the ones in progress.
+	mu        sync.Mutex
+	pageOpens int
+	passOpens int
+}
+
+var (
+	_ gofs.NodeOpener    = (*objectFile)(nil)
+	_ gofs.NodeGetattrer = (*objectFile)(nil)
+)
+
+func (o *objectFile) fill(a *fuse.Attr) {
+	a.Mode = syscall.S_IFREG | 0o444
+	a.Nlink = 1
+	a.Size = uint64(o.size)
+	a.Blocks = (uint64(o.size) + 511) / 512
+	a.Blksize = 4096
+}
+
+func (o *objectFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	o.fill(&out.Attr)
+	return 0
+}
+
+func (o *objectFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	defer metrics.ObserveFUSE("open", time.Now())
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	f := o.fsys
+	f.opens.Add(1)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	local, l, e := o.resolve()
+	if local == nil && l == nil {
+		return nil, 0, syscall.ENOENT // its layer is gone, and the store never got it
+	}
+	if local != nil && f.passthrough && o.pageOpens == 0 {
+		// The loopback file closes its descriptor at release: give it
+		// one of its own.
+		fd, err := unix.Dup(int(local.Fd()))
+		local.Close()
+		if err != nil {
+			log.L.WithError(err).WithField("object", o.digest).Error("open failed; the reader gets EIO")
+			return nil, 0, syscall.EIO
+		}
+		o.passOpens++
+		return &objectPassthrough{FileHandle: gofs.NewLoopbackFile(fd), obj: o}, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	if o.passOpens > 0 {
+		if local != nil {
+			local.Close()
+		}
+		return nil, 0, syscall.EIO // the kernel would refuse it
+	}
+	o.pageOpens++
+	if local != nil {
+		return &localObject{f: local, obj: o}, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	return &layerObject{l: l, e: e, obj: o}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// resolve finds the object's bytes: a local file holding them all (the
+// store's copy, or a layer's cached file), else a layer to read them
+// through; neither when no one has them.
+func (o *objectFile) resolve() (*os.File, Layer, *toc.Entry) {
+	local, err := o.fsys.store.Open(o.digest)
+	if err == nil {
+		return local, nil, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		log.L.WithError(err).WithField("object", o.digest).Warn("cannot open a stored object; reading it from its layer")
+	}
+	l, e, ok := o.fsys.find(o.digest)
+	if !ok {
+		return nil, nil, nil
+	}
+	local, _ = l.CachedFile(e)
+	return local, l, e
+}
+
+func (o *objectFile) released(passthrough bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if passthrough {
+		o.passOpens--
+	} else {
+		o.pageOpens--
+	}
+}
+
+// localObject reads a local copy of an object (the store's or the cache's)
+// through the daemon, where passthrough is off or may not be used.
+type localObject struct {
+	f   *os.File
+	obj *objectFile
+}
+
+func (h *localObject) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer metrics.ObserveFUSE("read", time.Now())
+	n, err := h.f.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		h.obj.fsys.readErrors.Add(1)
+		log.L.WithError(err).WithField("object", h.obj.digest).Error("read failed; the reader gets EIO")
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *localObject) Release(ctx context.Context) syscall.Errno {
+	h.f.Close()
+	h.obj.released(false)
+	return 0
+}
+
+// layerObject reads an object through the layer that names it: fetched on
+// demand, verified.
+type layerObject struct {
+	l   Layer
+	e   *toc.Entry
+	obj *objectFile
+}
+
+func (h *layerObject) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer metrics.ObserveFUSE("read", time.Now())
+	n, err := h.l.ReadAt(ctx, h.e, dest, off)
+	if err != nil && err != io.EOF {
+		h.obj.fsys.readErrors.Add(1)
+		log.L.WithError(err).WithField("object", h.obj.digest).WithField("file", h.e.Path()).Error("read failed; the reader gets EIO")
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *layerObject) Release(ctx context.Context) syscall.Errno {
+	h.obj.released(false)
+	return 0
+}
+
+// objectPassthrough is a local object handed to the kernel; its Read runs
+// only if passthrough did not take.
+type objectPassthrough struct {
+	gofs.FileHandle
+	obj *objectFile
+}
+
+func (p *objectPassthrough) PassthroughFd() (int, bool) {
+	return p.FileHandle.(gofs.FilePassthroughFder).PassthroughFd()
+}
+
+func (p *objectPassthrough) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	p.obj.fsys.fallbacks.Add(1)
+	p.obj.fsys.warnOnce.Do(func() {
+		log.L.Warn("FUSE passthrough is not in effect on the object filesystem: stored objects are read through the daemon")
+	})
+	return p.FileHandle.(gofs.FileReader).Read(ctx, dest, off)
+}
+
+func (p *objectPassthrough) Release(ctx context.Context) syscall.Errno {
+	p.obj.released(true)
+	return p.FileHandle.(gofs.FileReleaser).Release(ctx)
+}
