@@ -159,23 +159,27 @@ const detachWait = 5 * time.Second
 // Unmount unmounts the layer and waits for the server to stop. A layer
 // still in use is detached: it is served until its last user lets go,
 // and Unmount returns after detachWait at most.
-func (m *MountedLayer) Unmount() error {
-	if err := m.server.Unmount(); err != nil {
+func (m *MountedLayer) Unmount() error { return unmount(m.server, m.mountpoint) }
+
+// unmount unmounts server's mount at mountpoint, or detaches it if it is
+// in use (see MountedLayer.Unmount).
+func unmount(server *fuse.Server, mountpoint string) error {
+	if err := server.Unmount(); err != nil {
 		// A busy mount (a container still uses it): detach it. EINVAL:
 		// detached already, by an earlier Unmount.
-		if derr := unix.Unmount(m.mountpoint, unix.MNT_DETACH); derr != nil && derr != unix.EINVAL {
-			return fmt.Errorf("unmount %s: %w (and detach: %v)", m.mountpoint, err, derr)
+		if derr := unix.Unmount(mountpoint, unix.MNT_DETACH); derr != nil && derr != unix.EINVAL {
+			return fmt.Errorf("unmount %s: %w (and detach: %v)", mountpoint, err, derr)
 		}
 		stopped := make(chan struct{})
-		go func() { m.server.Wait(); close(stopped) }()
+		go func() { server.Wait(); close(stopped) }()
 		select {
 		case <-stopped:
 		case <-time.After(detachWait):
-			log.L.WithField("mountpoint", m.mountpoint).Warn("layer detached while in use: it is served until its last user lets go")
+			log.L.WithField("mountpoint", mountpoint).Warn("FUSE mount detached while in use: it is served until its last user lets go")
 		}
 		return nil
 	}
-	m.server.Wait()
+	server.Wait()
 	return nil
 }
 

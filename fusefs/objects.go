@@ -132,18 +132,9 @@ func (m *MountedObjects) Opens() (opens, fallbacks int64) {
 	return m.fsys.opens.Load(), m.fsys.fallbacks.Load()
 }
 
-// Unmount unmounts the object filesystem and waits for its server.
-func (m *MountedObjects) Unmount() error {
-	if err := m.server.Unmount(); err != nil {
-		// A busy mount (a container has an object open): detach it,
-		// as the layers' mounts are.
-		if derr := unix.Unmount(m.mountpoint, unix.MNT_DETACH); derr != nil {
-			return fmt.Errorf("unmount the object filesystem at %s: %w", m.mountpoint, err)
-		}
-	}
-	m.server.Wait()
-	return nil
-}
+// Unmount unmounts the object filesystem (or detaches it while a
+// container still reads an object, as MountedLayer.Unmount does).
+func (m *MountedObjects) Unmount() error { return unmount(m.server, m.mountpoint) }
 
 // find returns a layer file whose content is the object d, from a layer
 // that has not been refused.

@@ -218,6 +218,17 @@ func (c *Client) Mount(ctx context.Context, mountpoint string, labels map[string
 	return c.call(ctx, "Manager.Mount", MountArgs{Mountpoint: mountpoint, Labels: labels, Timeout: remaining(ctx)}, &Empty{})
 }
 
+// MountComposefs asks the manager to serve a layer in the lazy composefs
+// form (Mounter.MountComposefs).
+func (c *Client) MountComposefs(ctx context.Context, mountpoint, image, owner string, labels map[string]string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.mountTimeout)
+	defer cancel()
+	return c.call(ctx, "Manager.Mount", MountArgs{Mountpoint: mountpoint, Labels: labels, Image: image, Owner: owner, Timeout: remaining(ctx)}, &Empty{})
+}
+
+// ObjectsDir is where the manager mounts the object filesystem.
+func (c *Client) ObjectsDir() string { return ObjectsPath(c.root) }
+
 // Unmount asks the manager to release a mountpoint.
 func (c *Client) Unmount(ctx context.Context, mountpoint string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.callTimeout)

@@ -6,6 +6,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -68,6 +70,11 @@ func (f *fakeMounter) Mount(ctx context.Context, mp string, _ map[string]string)
 	defer f.mu.Unlock()
 	f.mounted[mp] = true
 	return nil
+}
+
+func (f *fakeMounter) MountComposefs(ctx context.Context, mp, image, owner string, _ map[string]string) error {
+	f.record("composefs " + mp + " " + image + " " + owner)
+	return f.Mount(ctx, mp, nil)
 }
 
 func (f *fakeMounter) Unmount(_ context.Context, mp string) error {
@@ -381,5 +388,34 @@ func TestSuperviseRestartsManagerDeadBeforeWatch(t *testing.T) {
 	}
 	if c.PID() == pid {
 		t.Errorf("the client still names the dead manager %d", pid)
+	}
+}
+
+// A lazy composefs layer reaches the manager's MountComposefs with its
+// image and owner; an ordinary one its Mount.
+func TestMountComposefsReachesTheManager(t *testing.T) {
+	root := t.TempDir()
+	f := newFake()
+	serve(t, root, f)
+	c, err := Connect(context.Background(), root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.MountComposefs(context.Background(), "/s/1/fs", "/s/1/layer.erofs", "1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mount(context.Background(), "/s/2/fs", nil); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if want := []string{"composefs /s/1/fs /s/1/layer.erofs 1"}; !slices.Equal(f.events, want) {
+		t.Errorf("events %q, want %q", f.events, want)
+	}
+	if !f.mounted["/s/1/fs"] || !f.mounted["/s/2/fs"] {
+		t.Errorf("mounted %v", f.mounted)
+	}
+	if got, want := c.ObjectsDir(), filepath.Join(root, "objfs"); got != want {
+		t.Errorf("ObjectsDir %s, want %s", got, want)
 	}
 }

@@ -23,9 +23,10 @@ import (
 
 // Files in the daemon's root.
 const (
-	socketName = "fusemanager.sock"
-	lockName   = "fusemanager.lock" // held by the running manager; holds its pid
-	logName    = "fusemanager.log"
+	socketName  = "fusemanager.sock"
+	lockName    = "fusemanager.lock" // held by the running manager; holds its pid
+	logName     = "fusemanager.log"
+	objectsName = "objfs" // the lazy composefs mode's object filesystem
 )
 
 // Subcommand is the argument that makes the daemon's binary a manager.
@@ -37,10 +38,19 @@ func SocketPath(root string) string { return filepath.Join(root, socketName) }
 // PIDPath holds the running manager's pid.
 func PIDPath(root string) string { return filepath.Join(root, lockName) }
 
+// ObjectsPath is where the manager for root mounts the object filesystem
+// of the lazy composefs mode.
+func ObjectsPath(root string) string { return filepath.Join(root, objectsName) }
+
 // MountArgs asks for a layer to be mounted.
 type MountArgs struct {
 	Mountpoint string
 	Labels     map[string]string
+	// Image, if set, asks for the layer in the lazy composefs form: its
+	// metadata image written there, its objects claimed by Owner and
+	// served by the object filesystem (Mounter.MountComposefs).
+	Image string
+	Owner string
 	// Timeout bounds the work in the manager: the caller has given up
 	// by then (net/rpc carries no deadline of its own).
 	Timeout time.Duration

@@ -25,6 +25,7 @@ import (
 // Mounter mounts lazy layers (mounter.Mounter does).
 type Mounter interface {
 	Mount(ctx context.Context, mountpoint string, labels map[string]string) error
+	MountComposefs(ctx context.Context, mountpoint, image, owner string, labels map[string]string) error
 	Unmount(ctx context.Context, mountpoint string) error
 	Layers() map[string]layer.Stats
 	Check(ctx context.Context, mountpoints []string) error
@@ -156,6 +157,9 @@ func (s *service) bound(d time.Duration) (context.Context, context.CancelFunc) {
 func (s *service) Mount(args MountArgs, _ *Empty) error {
 	ctx, cancel := s.bound(args.Timeout)
 	defer cancel()
+	if args.Image != "" {
+		return s.m.MountComposefs(ctx, args.Mountpoint, args.Image, args.Owner, args.Labels)
+	}
 	return s.m.Mount(ctx, args.Mountpoint, args.Labels)
 }
 

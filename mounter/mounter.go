@@ -42,6 +42,8 @@ type Options struct {
 	Blob     remote.BlobOptions
 	Layer    layer.Options
 	FUSE     fusefs.Options
+	// Composefs sets up the lazy composefs mode (MountComposefs).
+	Composefs ComposefsOptions
 	// PrefetchTimeout bounds how long a mount waits for the files the
 	// image marks to fetch first (default 10 s).
 	PrefetchTimeout time.Duration
@@ -72,14 +74,18 @@ type Mounter struct {
 	images       *imageCache              // manifests and configs, by reference and digest
 	imageEntries map[imageKey]int64       // TOC entries of each image's mounted layers
 	gates        map[string]*layer.Gate   // by registry host
-	bg           sync.WaitGroup           // preopens and image fetches in flight
-	stop         context.CancelFunc       // ends preopens
-	ctx          context.Context
+	// The object filesystem, mounted while lazy composefs layers are
+	// served; objfsMu orders its mount and unmount.
+	objfsMu sync.Mutex
+	objfs   *fusefs.MountedObjects
+	bg      sync.WaitGroup     // preopens and image fetches in flight
+	stop    context.CancelFunc // ends preopens
+	ctx     context.Context
 }
 
 type mounted struct {
 	layer   *layer.Layer
-	fuse    *fusefs.MountedLayer
+	fuse    *fusefs.MountedLayer // nil for a layer in the lazy composefs form
 	image   imageKey
 	entries int64 // counted against the image's MaxImageEntries
 }
@@ -224,6 +230,12 @@ func (m *Mounter) lockMountpoint(ctx context.Context, mountpoint string) (func()
 // snapshotter unpacks the layer) when the labels name no image, the layer
 // is in no lazy format, or its TOC cannot be fetched and verified.
 func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
+	return m.mount(ctx, mountpoint, labels, nil)
+}
+
+// mount mounts the layer the labels name at mountpoint over FUSE, or, with
+// cfs, serves it in the lazy composefs form (see MountComposefs).
+func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[string]string, cfs *composefsLayer) error {
 	t, err := targetFromLabels(labels)
 	if err != nil {
 		return err
@@ -240,9 +252,12 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 		return nil // restoring what this mounter serves already
 	}
 	// A mount left there by a server that is gone answers nothing but
-	// ENOTCONN: take it away before mounting anew.
-	if err := detachStale(mountpoint); err != nil {
-		return err
+	// ENOTCONN: take it away before mounting anew. (A composefs layer's
+	// mountpoint holds its image, the snapshotter's mount.)
+	if cfs == nil {
+		if err := detachStale(mountpoint); err != nil {
+			return err
+		}
 	}
 	key := imageKey{ref: t.ref, manifest: t.manifest}
 	img, err := m.images.get(ctx, key)
@@ -264,11 +279,24 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 		return err
 	}
 	entries := entriesOf(l)
-	fm, err := fusefs.Mount(mountpoint, l, m.opts.FUSE)
+	var fm *fusefs.MountedLayer
+	if cfs == nil {
+		fm, err = fusefs.Mount(mountpoint, l, m.opts.FUSE)
+	} else {
+		err = m.serveObjects(ctx, mountpoint, l, *cfs)
+	}
 	if err != nil {
 		m.holdEntries(held, -entries)
 		l.Close()
 		return err
+	}
+	// unserve undoes the mount (before the layer closes).
+	unserve := func() {
+		if fm != nil {
+			fm.Unmount()
+		} else {
+			m.stopServing(mountpoint)
+		}
 	}
 	if !m.opts.NoPrefetch {
 		if err := l.Prefetch(ctx, m.opts.PrefetchTimeout); err != nil {
@@ -280,7 +308,7 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 		l.StartBackground()
 		if m.opts.VerifyBeforeUse {
 			if err := l.WaitVerified(ctx); err != nil {
-				fm.Unmount()
+				unserve()
 				m.holdEntries(held, -entries)
 				l.Close()
 				return fmt.Errorf("layer %s: verify before use: %w", desc.Digest, err)
@@ -291,7 +319,11 @@ func (m *Mounter) Mount(ctx context.Context, mountpoint string, labels map[strin
 	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm, image: held, entries: entries}
 	m.mu.Unlock()
 	metrics.MountedLayers.Inc()
-	log.G(ctx).WithField("layer", desc.Digest).WithField("mountpoint", mountpoint).Info("layer mounted lazily")
+	how := "layer mounted lazily"
+	if cfs != nil {
+		how = "layer mounted lazily in the composefs form"
+	}
+	log.G(ctx).WithField("layer", desc.Digest).WithField("mountpoint", mountpoint).Info(how)
 	return nil
 }
 
@@ -488,7 +520,12 @@ func (m *Mounter) unmount(mountpoint string) error {
 		return nil
 	}
 	metrics.MountedLayers.Dec()
-	err := mt.fuse.Unmount()
+	var err error
+	if mt.fuse != nil {
+		err = mt.fuse.Unmount()
+	} else {
+		err = m.stopServing(mountpoint)
+	}
 	mt.layer.Close()
 	m.holdEntries(mt.image, -mt.entries)
 	return err

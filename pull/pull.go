@@ -36,9 +36,12 @@ type Options struct {
 type Layer struct {
 	Digest digest.Digest
 	Size   int64
-	Lazy   bool   // mounted from the registry
-	Filled bool   // pulled into the composefs store, only the files it lacked
-	Reason string // why neither, when it was downloaded and unpacked
+	Lazy   bool // mounted from the registry
+	// LazyComposefs: mounted from the registry in the lazy composefs
+	// form (Lazy is set too).
+	LazyComposefs bool
+	Filled        bool   // pulled into the composefs store, only the files it lacked
+	Reason        string // why neither, when it was downloaded and unpacked
 }
 
 // Result is a pulled image.
@@ -135,6 +138,9 @@ func describeLayers(ctx context.Context, client *containerd.Client, img containe
 		}
 		layer := Layer{Digest: l.Digest, Size: l.Size}
 		_, layer.Lazy = info.Labels[snapshot.LabelRemote]
+		if _, ok := info.Labels[snapshot.LabelLazy]; ok {
+			layer.Lazy, layer.LazyComposefs = true, true
+		}
 		_, layer.Filled = info.Labels[snapshot.LabelFilled]
 		if !layer.Lazy && !layer.Filled {
 			layer.Reason = info.Labels[snapshot.LabelUnpacked]

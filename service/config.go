@@ -152,6 +152,15 @@ type ComposefsConfig struct {
 	// only with enable). Other lazily pullable layers (eStargz) are
 	// mounted lazily as in the FUSE mode.
 	PartialPull *bool `toml:"partial_pull"`
+	// Lazy mounts lazily pullable layers (eStargz, zstd:chunked) in the
+	// lazy composefs form (default false; only with enable): each one's
+	// metadata image is written from its TOC with no file data fetched,
+	// and the data comes from the registry on demand through one FUSE
+	// object filesystem (<root>/objfs) stacked as the overlay's data-only
+	// lower layer; stat and readdir never leave the kernel. Layers it
+	// cannot serve so are pulled partially (partial_pull), mounted over
+	// FUSE or unpacked.
+	Lazy bool `toml:"lazy"`
 }
 
 // Duration is a TOML string such as "10s".
@@ -266,6 +275,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cache.Dir != "" && !filepath.IsAbs(c.Cache.Dir) {
 		return fmt.Errorf("cache.dir %q: must be an absolute path", c.Cache.Dir)
+	}
+	if c.Composefs.Lazy && !c.Composefs.Enable {
+		return errors.New("composefs.lazy needs composefs.enable = true: the lazy composefs form is a composefs mode")
 	}
 	for _, o := range c.Snapshotter.MountOptions {
 		if k, _, _ := strings.Cut(o, "="); k == "lowerdir" || k == "upperdir" || k == "workdir" {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/composefs"
+	"github.com/lazypull/lazypull/composefs/objects"
 	"github.com/lazypull/lazypull/fusemanager"
 	"github.com/lazypull/lazypull/internal/unixsocket"
 	"github.com/lazypull/lazypull/mounter"
@@ -87,10 +88,25 @@ func newMounter(cfg Config) (*mounter.Mounter, *cache.Cache, func(), error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("open cache: %w", err)
 	}
-	mnt := mounter.New(c, cfg.mounterOptions())
+	opts := cfg.mounterOptions()
+	var store *objects.Store
+	if cfg.Composefs.Enable && cfg.Composefs.Lazy {
+		// The lazy composefs mode's objects are claimed and served by
+		// the process that serves the layers: the store is safe to
+		// share with the daemon's.
+		if store, err = objects.Open(context.Background(), composefsDir(cfg.Root), objects.WithBatchSync()); err != nil {
+			c.Close()
+			return nil, nil, nil, fmt.Errorf("composefs: open the object store: %w", err)
+		}
+		opts.Composefs = mounter.ComposefsOptions{Store: store, Mountpoint: fusemanager.ObjectsPath(cfg.Root)}
+	}
+	mnt := mounter.New(c, opts)
 	return mnt, c, func() {
 		if err := mnt.Close(); err != nil {
 			log.L.WithError(err).Error("failed to unmount layers")
+		}
+		if store != nil {
+			store.Close()
 		}
 		c.Close()
 	}, nil
@@ -164,6 +180,13 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		}
 		defer layers.Close()
 		opts = append(opts, snapshot.WithComposefs(layers))
+		if cfg.Composefs.Lazy {
+			lazy, ok := remote.(snapshot.LazyComposefs)
+			if !ok {
+				return fmt.Errorf("[composefs] lazy: the layers' mounter cannot serve the lazy composefs form")
+			}
+			opts = append(opts, snapshot.WithLazyComposefs(lazy))
+		}
 		if enabled(cfg.Composefs.PartialPull) {
 			filler := mounter.NewFiller(layers.Store(), cfg.mounterOptions())
 			defer filler.Close()

@@ -11,7 +11,6 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/composefs"
@@ -56,7 +55,8 @@ func optionsTooLong(options []string) bool {
 // mount of it: read-write for an active snapshot, read-only for a view.
 // The caller has made sure the snapshot is not idmapped: the bind of an
 // overlay cannot be (see DESIGN.md), and MountAt takes no uidmap=/gidmap=.
-func (s *Snapshotter) boundMounts(snap storage.Snapshot) ([]mount.Mount, error) {
+func (s *Snapshotter) boundMounts(st stack) ([]mount.Mount, error) {
+	snap := st.snap
 	merged := s.mergedPath(snap.ID)
 	access := "rw"
 	if snap.Kind == snapshots.KindView {
@@ -72,7 +72,7 @@ func (s *Snapshotter) boundMounts(snap storage.Snapshot) ([]mount.Mount, error) 
 	if err := os.Mkdir(merged, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
-	if err := s.overlay(snap).MountAt(merged); err != nil {
+	if err := s.overlay(st).MountAt(merged); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
 	}
 	return bind, nil

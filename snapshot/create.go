@@ -17,9 +17,10 @@ import (
 )
 
 // Prepare creates an active snapshot on top of parent. When the labels ask
-// for an unpack, the layer may instead be pulled into the composefs store
-// (a Filler) or mounted from elsewhere (a Remote): then it is committed at
-// once and ErrAlreadyExists returned.
+// for an unpack, the layer may instead be mounted in the lazy composefs
+// form (a LazyComposefs), pulled into the composefs store (a Filler) or
+// mounted from elsewhere (a Remote), tried in that order: then it is
+// committed at once and ErrAlreadyExists returned.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
 	var requested snapshots.Info
 	for _, opt := range opts {
@@ -39,11 +40,20 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if err != nil {
 		return nil, err
 	}
+	if s.lazy != nil {
+		lbls, size, err := s.mountLazy(ctx, st.snap, requested.Labels)
+		if err == nil {
+			return nil, s.commitNew(ctx, target, key, "mounted lazily in the composefs form", func() error {
+				return s.commitComposefs(ctx, target, key, lbls, size, opts)
+			})
+		}
+		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not mounted lazily in the composefs form")
+	}
 	if s.filler != nil {
 		lbls, size, err := s.fill(ctx, st.snap, requested.Labels)
 		if err == nil {
 			return nil, s.commitNew(ctx, target, key, "pulled into the composefs store", func() error {
-				return s.commitFilled(ctx, target, key, lbls, size, opts)
+				return s.commitComposefs(ctx, target, key, lbls, size, opts)
 			})
 		}
 		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not pulled into the composefs store")

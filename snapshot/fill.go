@@ -58,12 +58,12 @@ func (s *Snapshotter) fill(ctx context.Context, snap storage.Snapshot, labels ma
 	return map[string]string{LabelComposefs: verityLabel(false), LabelFilled: "true"}, size, nil
 }
 
-// commitFilled commits an active snapshot that fill made.
-func (s *Snapshotter) commitFilled(ctx context.Context, name, key string, labels map[string]string, size int64, opts []snapshots.Opt) error {
+// commitComposefs commits an active snapshot that fill or mountLazy made.
+func (s *Snapshotter) commitComposefs(ctx context.Context, name, key string, labels map[string]string, size int64, opts []snapshots.Opt) error {
 	opts = append(opts[:len(opts):len(opts)], snapshots.WithLabels(labels))
 	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		if _, err := storage.CommitActive(ctx, key, name, snapshots.Usage{Size: size, Inodes: 1}, opts...); err != nil {
-			return fmt.Errorf("commit filled snapshot %s as %s: %w", key, name, err)
+			return fmt.Errorf("commit composefs snapshot %s as %s: %w", key, name, err)
 		}
 		return nil
 	})

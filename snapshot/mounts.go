@@ -39,6 +39,9 @@ type stack struct {
 	info snapshots.Info
 	// composefs: some layer under the snapshot is in the composefs form.
 	composefs bool
+	// lazy: some of those is in the lazy composefs form (LabelLazy): its
+	// objects come through the object filesystem.
+	lazy bool
 }
 
 // readStack reads snapshot key's stack, in a metadata transaction. Whether
@@ -51,12 +54,15 @@ func readStack(ctx context.Context, key string) (st stack, err error) {
 	if _, st.info, _, err = storage.GetInfo(ctx, key); err != nil {
 		return st, err
 	}
-	for name := st.info.Parent; name != "" && !st.composefs; {
+	for name := st.info.Parent; name != "" && !st.lazy; {
 		_, parent, _, err := storage.GetInfo(ctx, name)
 		if err != nil {
 			return st, fmt.Errorf("parent %s: %w", name, err)
 		}
-		_, st.composefs = parent.Labels[LabelComposefs]
+		if _, ok := parent.Labels[LabelComposefs]; ok {
+			st.composefs = true
+		}
+		_, st.lazy = parent.Labels[LabelLazy]
 		name = parent.Parent
 	}
 	return st, nil
@@ -91,7 +97,7 @@ func (s *Snapshotter) mounts(st stack) ([]mount.Mount, error) {
 		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ParentIDs[0]), Options: append(options, "ro", "rbind")}}, nil
 	}
 	if st.composefs && s.composefs != nil { // else Restore marked them broken
-		return s.composefsMounts(snap, info, options)
+		return s.composefsMounts(st, options)
 	}
 	if snap.Kind == snapshots.KindActive {
 		options = append(options,
@@ -118,8 +124,9 @@ func (s *Snapshotter) mounts(st stack) ([]mount.Mount, error) {
 // redirect_dir=on: an upper written through this mount may hold
 // metadata-only copies and redirects of its own, so only unpacked layers
 // are converted (see convertOnCommit).
-func (s *Snapshotter) composefsMounts(snap storage.Snapshot, info snapshots.Info, idmap []string) ([]mount.Mount, error) {
-	stackOptions, err := s.overlay(snap).Options()
+func (s *Snapshotter) composefsMounts(st stack, idmap []string) ([]mount.Mount, error) {
+	snap, info := st.snap, st.info
+	stackOptions, err := s.overlay(st).Options()
 	tooLong := errors.Is(err, composefs.ErrOptionsTooLong)
 	if err != nil && !tooLong {
 		return nil, fmt.Errorf("snapshot %s: %w", snap.ID, err)
@@ -133,24 +140,30 @@ func (s *Snapshotter) composefsMounts(snap storage.Snapshot, info snapshots.Info
 	case tooLong && idmapped:
 		return nil, fmt.Errorf("snapshot %s: a composefs stack of %d layers is too long for one mount(2) and cannot be idmapped", snap.ID, len(snap.ParentIDs))
 	case tooLong:
-		return s.boundMounts(snap)
+		return s.boundMounts(st)
 	case snap.Kind == snapshots.KindActive && !idmapped && isUnpack(info):
 		// containerd's applier would take implied directories'
 		// attributes from the host's root (see bound.go).
-		return s.boundMounts(snap)
+		return s.boundMounts(st)
 	}
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
 }
 
-// overlay is snap's composefs stack: its parents' directories over the
-// object store, and its own upper and work directories if it is active.
-// It names verity=off, as the kernel's default: stacks that reach objects
-// without fs-verity would fail every open with require.
-func (s *Snapshotter) overlay(snap storage.Snapshot) composefs.Overlay {
+// overlay is st's composefs stack: its parents' directories over the
+// object store (or, when a layer in the lazy composefs form is among
+// them, the object filesystem, which serves the store's objects and those
+// yet to be fetched), and its own upper and work directories if it is
+// active. It names verity=off, as the kernel's default: stacks that reach
+// objects without fs-verity would fail every open with require.
+func (s *Snapshotter) overlay(st stack) composefs.Overlay {
+	snap := st.snap
 	o := composefs.Overlay{
 		Layers:  make([]string, len(snap.ParentIDs)),
 		Objects: s.composefs.Objects(),
 		Verity:  composefs.VerityOff,
+	}
+	if st.lazy && s.lazy != nil {
+		o.Objects = s.lazy.ObjectsDir()
 	}
 	for i, id := range snap.ParentIDs {
 		o.Layers[i] = s.upperPath(id)

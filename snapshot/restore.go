@@ -20,13 +20,10 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 	if s.remote == nil && s.composefs == nil {
 		return nil
 	}
-	type remoteSnap struct {
-		id   string
-		info snapshots.Info
-	}
 	var (
 		found     []remoteSnap
-		composefs []string // ids
+		composefs []string     // ids
+		lazy      []remoteSnap // composefs ones in the lazy form
 	)
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
@@ -41,6 +38,9 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 			}
 			if cfs {
 				composefs = append(composefs, id)
+				if _, ok := info.Labels[LabelLazy]; ok {
+					lazy = append(lazy, remoteSnap{id, info})
+				}
 			} else {
 				found = append(found, remoteSnap{id, info})
 			}
@@ -67,6 +67,7 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, s.restoreLazy(ctx, lazy)...)
 	if s.remote == nil {
 		return errors.Join(errs...)
 	}
@@ -83,6 +84,12 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 		log.G(ctx).WithField("snapshot", r.info.Name).Debug("remote snapshot restored")
 	}
 	return errors.Join(errs...)
+}
+
+// remoteSnap is a snapshot Restore serves again.
+type remoteSnap struct {
+	id   string
+	info snapshots.Info
 }
 
 // markBroken records why remote snapshot id cannot be used; nil clears it.
@@ -147,4 +154,26 @@ func (s *Snapshotter) parentIDs(ctx context.Context, parent string) ([]string, e
 		return nil
 	})
 	return ids, err
+}
+
+// restoreLazy has the lazy composefs layers served again (their images are
+// mounted by restoreComposefs): the LazyComposefs keeps what it serves
+// still, and serves again what a restart of its process lost.
+func (s *Snapshotter) restoreLazy(ctx context.Context, snaps []remoteSnap) []error {
+	var errs []error
+	for _, r := range snaps {
+		var err error
+		if s.lazy == nil || s.composefs == nil {
+			err = fmt.Errorf("snapshot %s is in the lazy composefs form but the lazy composefs mode is off: turn it on again ([composefs] lazy = true) to use it, or remove its image", r.info.Name)
+		} else if err = s.lazy.MountComposefs(ctx, s.upperPath(r.id), s.imagePath(r.id), r.id, r.info.Labels); err != nil {
+			err = fmt.Errorf("snapshot %s: %w", r.info.Name, err)
+		}
+		if err != nil {
+			s.markBroken(r.id, err)
+			errs = append(errs, err)
+			continue
+		}
+		log.G(ctx).WithField("snapshot", r.info.Name).Debug("lazy composefs snapshot restored")
+	}
+	return errs
 }

@@ -35,10 +35,11 @@ type Snapshotter struct {
 	asyncRemove   bool
 	upperdirLabel bool
 	remapIDs      bool
-	mountOptions  []string  // appended to every overlay mount
-	remote        Remote    // nil: every layer is unpacked
-	composefs     Composefs // nil: committed layers stay plain directories
-	filler        Filler    // nil: no partial pulls into the composefs store
+	mountOptions  []string      // appended to every overlay mount
+	remote        Remote        // nil: every layer is unpacked
+	composefs     Composefs     // nil: committed layers stay plain directories
+	filler        Filler        // nil: no partial pulls into the composefs store
+	lazy          LazyComposefs // nil: no layers in the lazy composefs form
 
 	brokenMu sync.Mutex
 	broken   map[string]error // remote snapshots Restore could not mount, by id
@@ -109,6 +110,9 @@ func New(root string, opts ...Opt) (*Snapshotter, error) {
 		if need {
 			s.mountOptions = append(s.mountOptions, "userxattr")
 		}
+	}
+	if s.lazy != nil && s.composefs == nil {
+		return nil, fmt.Errorf("the lazy composefs mode needs the composefs mode ([composefs] enable = true)")
 	}
 	if s.composefs != nil && hasOption(s.mountOptions, "userxattr") {
 		return nil, fmt.Errorf("the composefs mode needs real root: overlayfs refuses metacopy with \"userxattr\", which %s (in a user namespace) needs; turn composefs off", root)

@@ -57,6 +57,8 @@ Examples:
 		for _, l := range res.Layers {
 			how := "mounted lazily"
 			switch {
+			case l.LazyComposefs:
+				how = "mounted lazily in the composefs form"
 			case l.Filled:
 				how = "pulled into the composefs store (the files it lacked)"
 			case !l.Lazy:

@@ -21,27 +21,9 @@ func testComposefsPartialPull(t *testing.T, containerd testenv.Option) {
 	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[composefs]\nenable = true\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	ref, err := env.PushHello(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	zstd, esgz := env.Registry.Host+"/hello:zstdchunked", env.Registry.Host+"/hello:estargz"
-	for format, lazy := range map[string]string{"zstdchunked": zstd, "estargz": esgz} {
-		if _, err := lazypull(t, env.BinDir, "convert", "-q", "--format", format, "docker://"+ref, "docker://"+lazy); err != nil {
-			t.Fatal(err)
-		}
-	}
+	zstd, esgz := pushLazyFormats(t, ctx, env)
 	ctr := env.Containerd.Ctr
-	run := func(ref, name string) {
-		t.Helper()
-		out, err := ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, name)
-		if err != nil {
-			t.Fatalf("run %s: %v\noutput:\n%s", ref, err, out)
-		}
-		if out != testenv.HelloOutput {
-			t.Errorf("%s printed:\n%s\nwant:\n%s", ref, out, testenv.HelloOutput)
-		}
-	}
+	run := func(ref, name string) { t.Helper(); checkHello(t, ctx, env, ref, name) }
 
 	out, err := pullLazy(t, env, zstd)
 	if err != nil {
@@ -87,5 +69,35 @@ func testComposefsPartialPull(t *testing.T, containerd testenv.Option) {
 	}
 	if m := testenv.MountsUnder(env.Dir); len(m) > 0 {
 		t.Errorf("mounts left after the images were removed: %v", m)
+	}
+}
+
+// pushLazyFormats pushes the hello image converted to zstd:chunked and to
+// eStargz, and returns their references.
+func pushLazyFormats(t *testing.T, ctx context.Context, env *testenv.Env) (zstd, esgz string) {
+	t.Helper()
+	ref, err := env.PushHello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zstd, esgz = env.Registry.Host+"/hello:zstdchunked", env.Registry.Host+"/hello:estargz"
+	for format, lazy := range map[string]string{"zstdchunked": zstd, "estargz": esgz} {
+		if _, err := lazypull(t, env.BinDir, "convert", "-q", "--format", format, "docker://"+ref, "docker://"+lazy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return zstd, esgz
+}
+
+// checkHello runs the hello image ref as container name and checks what it
+// says.
+func checkHello(t *testing.T, ctx context.Context, env *testenv.Env, ref, name string) {
+	t.Helper()
+	out, err := runHello(t, ctx, env, ref, name)
+	if err != nil {
+		t.Fatalf("run %s: %v\noutput:\n%s", ref, err, out)
+	}
+	if out != testenv.HelloOutput {
+		t.Errorf("%s said:\n%s\nwant:\n%s", ref, out, testenv.HelloOutput)
 	}
 }

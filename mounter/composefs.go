@@ -1,0 +1,128 @@
+package mounter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/lazypull/lazypull/composefs/objects"
+	"github.com/lazypull/lazypull/composefs/tocimage"
+	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/fusefs"
+	"github.com/lazypull/lazypull/layer"
+)
+
+// ComposefsOptions set up the lazy composefs mode (MountComposefs).
+type ComposefsOptions struct {
+	// Store is the node's object store: a layer's objects are claimed in
+	// it, and served from it once it holds them.
+	Store *objects.Store
+	// Mountpoint is where the object filesystem is mounted: the
+	// data-only lower layer of the stacks of lazy composefs layers.
+	Mountpoint string
+}
+
+// composefsLayer says where a layer in the lazy composefs form has its
+// metadata image, and who claims the objects it names.
+type composefsLayer struct {
+	image string
+	owner string
+}
+
+// MountComposefs serves the layer the labels name (as Mount finds it) in
+// the lazy composefs form: it writes the layer's metadata image to image
+// from its TOC, no file data fetched (unless an image is there already,
+// as when it is called again after a restart: the image is the same);
+// claims the objects the image names for owner in the store; and serves
+// their data through the object filesystem, fetched on demand and in the
+// background as the FUSE mode fetches it, until the store holds them.
+// The caller mounts the image; mountpoint (where it does) names the layer
+// for Unmount, Check and Usage, as Mount's does.
+func (m *Mounter) MountComposefs(ctx context.Context, mountpoint, image, owner string, labels map[string]string) error {
+	if m.opts.Composefs.Store == nil || m.opts.Composefs.Mountpoint == "" {
+		return fmt.Errorf("%w: the lazy composefs mode is not set up here ([composefs] enable and lazy)", errNotLazy)
+	}
+	return m.mount(ctx, mountpoint, labels, &composefsLayer{image: image, owner: owner})
+}
+
+// ObjectsDir is the object filesystem's mountpoint ("" if the lazy
+// composefs mode is not set up).
+func (m *Mounter) ObjectsDir() string { return m.opts.Composefs.Mountpoint }
+
+// serveObjects writes l's image, claims its objects and serves them.
+func (m *Mounter) serveObjects(ctx context.Context, mountpoint string, l *layer.Layer, cfs composefsLayer) error {
+	d := l.Descriptor().Digest
+	if _, err := os.Lstat(cfs.image); errors.Is(err, fs.ErrNotExist) {
+		if _, err := tocimage.Write(ctx, l.TOC(), cfs.image, tocimage.Options{}); err != nil {
+			return fmt.Errorf("layer %s: metadata image: %w", d, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("layer %s: metadata image: %w", d, err)
+	}
+	if err := claim(ctx, m.opts.Composefs.Store, cfs.owner, l.TOC()); err != nil {
+		return fmt.Errorf("layer %s: %w", d, err)
+	}
+	return m.addObjects(mountpoint, l)
+}
+
+// claim records that owner names every object of t, whether the store has
+// it yet or not: what is there stays, what comes is kept.
+func claim(ctx context.Context, store *objects.Store, owner string, t *toc.TOC) error {
+	batch, err := store.Batch(ctx, owner)
+	if err != nil {
+		return err
+	}
+	for _, e := range t.Entries() {
+		if e.Type == toc.TypeReg && e.Size > 0 {
+			if err := batch.Add(e.Digest()); err != nil {
+				batch.Abort()
+				return fmt.Errorf("file %q: %w", e.Path(), err)
+			}
+		}
+	}
+	return batch.Commit()
+}
+
+// addObjects serves l's objects, under mountpoint, mounting the object
+// filesystem first if no layer is served yet.
+func (m *Mounter) addObjects(mountpoint string, l *layer.Layer) error {
+	m.objfsMu.Lock()
+	defer m.objfsMu.Unlock()
+	if m.objfs == nil {
+		mp := m.opts.Composefs.Mountpoint
+		if err := os.MkdirAll(mp, 0o700); err != nil {
+			return err
+		}
+		// One a manager that died left behind answers ENOTCONN.
+		if err := detachStale(mp); err != nil {
+			return err
+		}
+		objfs, err := fusefs.MountObjects(mp, m.opts.Composefs.Store, m.opts.FUSE)
+		if err != nil {
+			return err
+		}
+		m.objfs = objfs
+	}
+	m.objfs.Add(mountpoint, l)
+	return nil
+}
+
+// stopServing stops serving the objects of the layer at mountpoint, and
+// unmounts the object filesystem when it was the last: a node with no
+// lazy composefs layer has no mount of ours.
+func (m *Mounter) stopServing(mountpoint string) error {
+	m.objfsMu.Lock()
+	defer m.objfsMu.Unlock()
+	if m.objfs == nil {
+		return nil
+	}
+	m.objfs.Remove(mountpoint)
+	if m.objfs.Layers() > 0 {
+		return nil
+	}
+	err := m.objfs.Unmount()
+	m.objfs = nil
+	return err
+}

@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/internal/testenv"
+)
+
+// fuseSuperMagic is statfs's f_type of a FUSE mount.
+const fuseSuperMagic = 0x65735546
+
+// TestLazyComposefs pulls an eStargz and a zstd:chunked image with the lazy
+// composefs mode on: every layer's metadata image is written from its TOC
+// and mounted on its snapshot's directory, its data served through the
+// object filesystem, and the containers read what the images hold; after
+// the FUSE manager is killed (a new one serves the layers again) and after
+// a daemon restart, new containers do too; removing the images leaves no
+// snapshot directory, refs, object or mount, the object filesystem's
+// included.
+func TestLazyComposefs(t *testing.T) { testenv.ForEachContainerd(t, testLazyComposefs) }
+
+func testLazyComposefs(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[composefs]\nenable = true\nlazy = true\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	zstd, esgz := pushLazyFormats(t, ctx, env)
+	ctr := env.Containerd.Ctr
+	run := func(ref, name string) { t.Helper(); checkHello(t, ctx, env, ref, name) }
+
+	for i, ref := range []string{esgz, zstd} {
+		out, err := pullLazy(t, env, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(out, "mounted lazily in the composefs form"); n != 2 {
+			t.Errorf("lazypull pull mounted %d of %s's 2 layers in the lazy composefs form:\n%s", n, ref, out)
+		}
+		run(ref, fmt.Sprintf("first-%d", i))
+	}
+	if images, dirs := metadataImages(t, env); images != 4 {
+		t.Errorf("%d of the 2 images' 4 layers are metadata images (snapshot directories %v)", images, dirs)
+	}
+	objfs := filepath.Join(env.DaemonRoot, "objfs")
+	var st unix.Statfs_t
+	if err := unix.Statfs(objfs, &st); err != nil || st.Type != fuseSuperMagic {
+		t.Errorf("%s is not the object filesystem's FUSE mount (%#x, %v)", objfs, st.Type, err)
+	}
+	before := managerStatus(t, env)
+	if len(before.Layers) != 4 {
+		t.Fatalf("the manager serves %d layers, want 4", len(before.Layers))
+	}
+
+	// A new manager serves every layer again, the object filesystem too.
+	if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the fuse manager (pid %d): %v", before.PID, err)
+	}
+	waitUntil(t, ctx, "a new fuse manager serves the images' layers", func() error {
+		st, err := statusOf(t, env)
+		if err != nil {
+			return err
+		}
+		if st.PID == before.PID || len(st.Layers) != 4 {
+			return fmt.Errorf("manager pid %d serves %d layers", st.PID, len(st.Layers))
+		}
+		return nil
+	})
+	run(esgz, "after-manager")
+
+	if err := env.RestartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	run(zstd, "after-daemon")
+
+	for _, ref := range []string{esgz, zstd} {
+		if _, err := ctr(ctx, "images", "rm", "--sync", ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if dirs := snapshotDirs(t, env); len(dirs) != 0 {
+		t.Errorf("snapshot directories left after the images were removed: %v", dirs)
+	}
+	if n := countObjects(t, env); n != 0 {
+		t.Errorf("%d objects left after the images were removed", n)
+	}
+	if refs, _ := filepath.Glob(filepath.Join(env.DaemonRoot, "composefs", "refs", "*")); len(refs) != 0 {
+		t.Errorf("refs left after the images were removed: %v", refs)
+	}
+	waitUntil(t, ctx, "no mount is left", func() error {
+		if m := testenv.MountsUnder(env.Dir); len(m) > 0 {
+			return fmt.Errorf("mounts left after the images were removed: %v", m)
+		}
+		return nil
+	})
+}
