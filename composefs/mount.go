@@ -178,3 +178,9 @@ func checkOverlayPath(p string) error {
 	}
 	return nil
 }
+
+// SettledMarker is the file beside a lazily mounted layer's metadata image
+// that says every object the image names is in the object store: stacks
+// of such layers may then take the store's directory as their data-only
+// lower layer, rather than the object filesystem that fetches on demand.
+func SettledMarker(image string) string { return image + ".settled" }

@@ -109,6 +109,15 @@ func (l *Layer) assembleNow(ctx context.Context, e *toc.Entry) {
 	}
 }
 
+// WriteFile writes the whole content of e, a regular file of the layer, to
+// w: each chunk from the cache or fetched, verified against its digest.
+func (l *Layer) WriteFile(ctx context.Context, e *toc.Entry, w io.Writer) error {
+	if err := l.failed(); err != nil {
+		return err
+	}
+	return l.writeContent(ctx, e, w)
+}
+
 // writeContent writes e's content to w, chunk by chunk; holes as zeros
 // written a piece at a time, never allocated whole.
 func (l *Layer) writeContent(ctx context.Context, e *toc.Entry, w io.Writer) error {
@@ -136,4 +145,24 @@ func (l *Layer) writeContent(ctx context.Context, e *toc.Entry, w io.Writer) err
 		}
 	}
 	return nil
+}
+
+// ForgetCached removes the layer's file contents from the cache, for a
+// caller that keeps them elsewhere (a settled lazy composefs layer, whose
+// objects are in the composefs store): one copy on disk, not two. Reads
+// through the layer after it fetch again.
+func (l *Layer) ForgetCached() {
+	for _, e := range l.TOC().Entries() {
+		if e.Type != toc.TypeReg {
+			continue
+		}
+		if assembles(e) {
+			l.cache.Remove(e.Digest())
+		}
+		for _, c := range e.Chunks() {
+			if !c.Zero {
+				l.cache.Remove(c.Digest())
+			}
+		}
+	}
 }

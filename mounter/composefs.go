@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"time"
 
+	"github.com/containerd/log"
+	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/composefs/objects"
 	"github.com/lazypull/lazypull/composefs/tocimage"
 	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/fusefs"
 	"github.com/lazypull/lazypull/layer"
+	"github.com/opencontainers/go-digest"
 )
 
 // ComposefsOptions set up the lazy composefs mode (MountComposefs).
@@ -125,4 +129,91 @@ func (m *Mounter) stopServing(mountpoint string) error {
 	err := m.objfs.Unmount()
 	m.objfs = nil
 	return err
+}
+
+// settle waits for l's background fetch and its check against the image,
+// then writes every object of l the store lacks into the store, from the
+// cache, and leaves the layer's settled marker beside its image
+// (composefs.SettledMarker): containers started from then on read the
+// store with no FUSE in their path. The layer's cached copies go. A layer that is not verified (its
+// check failed, or it has none) never settles: its TOC's digests would be
+// the layer's word alone.
+func (m *Mounter) settle(l *layer.Layer, cfs composefsLayer) {
+	defer m.bg.Done()
+	done := l.BackgroundDone()
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-m.ctx.Done():
+		return
+	}
+	d := l.Descriptor().Digest
+	if v, _ := l.Verification(); v != layer.Verified {
+		log.L.WithField("layer", d).WithField("verification", v).Info("composefs: a lazy layer that is not verified stays on the object filesystem")
+		return
+	}
+	start := time.Now()
+	n, size, err := storeObjects(m.ctx, m.opts.Composefs.Store, l)
+	if err != nil {
+		if m.ctx.Err() == nil {
+			log.L.WithError(err).WithField("layer", d).Warn("composefs: cannot put a lazy layer's objects in the store; it stays on the object filesystem")
+		}
+		return
+	}
+	if err := os.WriteFile(composefs.SettledMarker(cfs.image), nil, 0o600); err != nil {
+		log.L.WithError(err).WithField("layer", d).Warn("composefs: cannot mark a lazy layer settled; it stays on the object filesystem")
+		return
+	}
+	// The store serves every object now, to the object filesystem too:
+	// the cache's copies would only double the layer on disk.
+	l.ForgetCached()
+	log.L.WithField("layer", d).WithField("objects", n).WithField("bytes", size).WithField("took", time.Since(start)).
+		Info("composefs: lazy layer settled: new containers read its files from the object store")
+}
+
+// settled tells whether the layer settled already (before a restart).
+func settled(cfs composefsLayer) bool {
+	_, err := os.Stat(composefs.SettledMarker(cfs.image))
+	return err == nil
+}
+
+// storeObjects writes every object of l that store lacks, and tells how
+// many it wrote and their bytes. Its owner's refs keep them from the start.
+func storeObjects(ctx context.Context, store *objects.Store, l *layer.Layer) (int, int64, error) {
+	batch, err := store.Lease(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer batch.Abort()
+	seen := make(map[digest.Digest]bool)
+	var n int
+	var size int64
+	for _, e := range l.TOC().Entries() {
+		d := e.Digest()
+		if e.Type != toc.TypeReg || e.Size == 0 || seen[d] {
+			continue
+		}
+		seen[d] = true
+		if has, err := store.Has(d); err != nil || has {
+			if err != nil {
+				return n, size, fmt.Errorf("file %q: %w", e.Path(), err)
+			}
+			continue
+		}
+		w, err := batch.Create()
+		if err != nil {
+			return n, size, err
+		}
+		if err := l.WriteFile(ctx, e, w); err != nil {
+			w.Close()
+			return n, size, fmt.Errorf("file %q: %w", e.Path(), err)
+		}
+		if _, err := w.Commit(d); err != nil {
+			return n, size, fmt.Errorf("file %q: %w", e.Path(), err)
+		}
+		n, size = n+1, size+e.Size
+	}
+	return n, size, batch.Commit()
 }

@@ -317,6 +317,10 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 	}
 	m.mu.Lock()
 	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm, image: held, entries: entries}
+	if cfs != nil && !m.closed && !settled(*cfs) {
+		m.bg.Add(1)
+		go m.settle(l, *cfs)
+	}
 	m.mu.Unlock()
 	metrics.MountedLayers.Inc()
 	how := "layer mounted lazily"

@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/log"
+	"github.com/lazypull/lazypull/composefs"
 )
 
 // LabelLazy marks a committed snapshot in the lazy composefs form: its
@@ -27,7 +28,10 @@ type LazyComposefs interface {
 	// names for snapshot id, and serves their data through ObjectsDir.
 	// mountpoint is the snapshot's directory, where the snapshotter
 	// mounts the image: the Remote's Unmount and Check know the layer by
-	// it. An error means "not this way" and says why.
+	// it. Once every object is in the store (after the layer's
+	// background fetch and its check against the image), it leaves
+	// composefs.SettledMarker(image). An error means "not this way" and
+	// says why.
 	MountComposefs(ctx context.Context, mountpoint, image, id string, labels map[string]string) error
 	// ObjectsDir is the object filesystem: the data-only lower layer of
 	// every stack with a layer in this form.
@@ -75,4 +79,19 @@ func (s *Snapshotter) mountLazy(ctx context.Context, snap storage.Snapshot, labe
 	// Lazy layers' metacopy xattrs name no fs-verity digest: overlayfs
 	// cannot read one from FUSE.
 	return map[string]string{LabelComposefs: verityLabel(false), LabelLazy: "true"}, size, nil
+}
+
+// settled tells whether every lazy composefs layer of ids has settled: the
+// object store holds every object its image names (the LazyComposefs
+// leaves composefs.SettledMarker beside the image). A stack of settled
+// layers takes the store's directory as its data-only lower layer: no FUSE
+// in its path. Stacks mounted before keep the object filesystem, which
+// serves the stored objects through passthrough.
+func (s *Snapshotter) settled(ids []string) bool {
+	for _, id := range ids {
+		if _, err := os.Stat(composefs.SettledMarker(s.imagePath(id))); err != nil {
+			return false
+		}
+	}
+	return true
 }

@@ -39,9 +39,9 @@ type stack struct {
 	info snapshots.Info
 	// composefs: some layer under the snapshot is in the composefs form.
 	composefs bool
-	// lazy: some of those is in the lazy composefs form (LabelLazy): its
-	// objects come through the object filesystem.
-	lazy bool
+	// lazy: the ids of those in the lazy composefs form (LabelLazy):
+	// their objects come through the object filesystem until they settle.
+	lazy []string
 }
 
 // readStack reads snapshot key's stack, in a metadata transaction. Whether
@@ -54,15 +54,17 @@ func readStack(ctx context.Context, key string) (st stack, err error) {
 	if _, st.info, _, err = storage.GetInfo(ctx, key); err != nil {
 		return st, err
 	}
-	for name := st.info.Parent; name != "" && !st.lazy; {
-		_, parent, _, err := storage.GetInfo(ctx, name)
+	for name := st.info.Parent; name != ""; {
+		id, parent, _, err := storage.GetInfo(ctx, name)
 		if err != nil {
 			return st, fmt.Errorf("parent %s: %w", name, err)
 		}
 		if _, ok := parent.Labels[LabelComposefs]; ok {
 			st.composefs = true
 		}
-		_, st.lazy = parent.Labels[LabelLazy]
+		if _, ok := parent.Labels[LabelLazy]; ok {
+			st.lazy = append(st.lazy, id)
+		}
 		name = parent.Parent
 	}
 	return st, nil
@@ -150,10 +152,10 @@ func (s *Snapshotter) composefsMounts(st stack, idmap []string) ([]mount.Mount, 
 }
 
 // overlay is st's composefs stack: its parents' directories over the
-// object store (or, when a layer in the lazy composefs form is among
-// them, the object filesystem, which serves the store's objects and those
-// yet to be fetched), and its own upper and work directories if it is
-// active. It names verity=off, as the kernel's default: stacks that reach
+// object store (or, while a layer in the lazy composefs form among them
+// has not settled, the object filesystem, which serves the store's
+// objects and those yet to be fetched), and its own upper and work
+// directories if it is active. It names verity=off, as the kernel's default: stacks that reach
 // objects without fs-verity would fail every open with require.
 func (s *Snapshotter) overlay(st stack) composefs.Overlay {
 	snap := st.snap
@@ -162,7 +164,7 @@ func (s *Snapshotter) overlay(st stack) composefs.Overlay {
 		Objects: s.composefs.Objects(),
 		Verity:  composefs.VerityOff,
 	}
-	if st.lazy && s.lazy != nil {
+	if s.lazy != nil && !s.settled(st.lazy) {
 		o.Objects = s.lazy.ObjectsDir()
 	}
 	for i, id := range snap.ParentIDs {

@@ -76,11 +76,15 @@ var (
 	// fetched by ranged reads, checked against the image's diff_ids, and
 	// a metadata image written from its TOC (partial pull).
 	LazypullComposefsZstd = Scenario{Name: "lazypull-composefs-zstd", Format: "zstdchunked", Snapshotter: "lazypull", Config: "[composefs]\nenable = true\n"}
+	// LazypullLazyComposefs mounts the eStargz image in the lazy
+	// composefs mode: each layer's metadata image written from its TOC,
+	// its data fetched on demand through the object filesystem.
+	LazypullLazyComposefs = Scenario{Name: "lazypull-lazy-composefs", Format: "estargz", Snapshotter: "lazypull", Config: "[composefs]\nenable = true\nlazy = true\n"}
 )
 
 // Scenarios lists the built-in scenarios.
 func Scenarios() []Scenario {
-	return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd, LazypullComposefs, LazypullComposefsZstd}
+	return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd, LazypullComposefs, LazypullComposefsZstd, LazypullLazyComposefs}
 }
 
 // ScenariosByName picks built-in scenarios by name, and reads scenario

@@ -53,6 +53,25 @@ func testLazyComposefs(t *testing.T, containerd testenv.Option) {
 	if err := unix.Statfs(objfs, &st); err != nil || st.Type != fuseSuperMagic {
 		t.Errorf("%s is not the object filesystem's FUSE mount (%#x, %v)", objfs, st.Type, err)
 	}
+	// Once their background fetch and check end, the layers' objects
+	// are in the store, and the stacks of new containers take the
+	// store's directory: no FUSE in their path.
+	waitUntil(t, ctx, "the 4 layers settle", func() error {
+		settled, _ := filepath.Glob(filepath.Join(env.DaemonRoot, "snapshots", "*", "layer.erofs.settled"))
+		if len(settled) != 4 {
+			return fmt.Errorf("%d settled: %v", len(settled), settled)
+		}
+		return nil
+	})
+	if n := countObjects(t, env); n == 0 {
+		t.Error("no objects in the store after the layers settled")
+	}
+	store := filepath.Join(env.DaemonRoot, "composefs", "objects")
+	if lower := lowerdirOf(t, ctx, env, esgz, "settled"); !strings.HasSuffix(lower, "::"+store) {
+		t.Errorf("a container's stack after its layers settled: lowerdir=%s, want the data-only lower %s", lower, store)
+	}
+	run(esgz, "settled-run")
+
 	before := managerStatus(t, env)
 	if len(before.Layers) != 4 {
 		t.Fatalf("the manager serves %d layers, want 4", len(before.Layers))
@@ -99,4 +118,29 @@ func testLazyComposefs(t *testing.T, containerd testenv.Option) {
 		}
 		return nil
 	})
+}
+
+// lowerdirOf creates container name of ref (not started) and returns the
+// lowerdir= its snapshot's overlay mount names.
+func lowerdirOf(t *testing.T, ctx context.Context, env *testenv.Env, ref, name string) string {
+	t.Helper()
+	ctr := env.Containerd.Ctr
+	if out, err := ctr(ctx, "containers", "create", "--snapshotter", "lazypull", ref, name); err != nil {
+		t.Fatalf("create container %s: %v\n%s", name, err, out)
+	}
+	defer func() {
+		if out, err := ctr(ctx, "containers", "rm", name); err != nil {
+			t.Errorf("remove container %s: %v\n%s", name, err, out)
+		}
+	}()
+	out, err := ctr(ctx, "snapshots", "--snapshotter", "lazypull", "mounts", "/mnt", name)
+	if err != nil {
+		t.Fatalf("mounts of container %s: %v\n%s", name, err, out)
+	}
+	_, opts, ok := strings.Cut(out, "lowerdir=")
+	if !ok {
+		t.Fatalf("container %s's mounts name no lowerdir:\n%s", name, out)
+	}
+	lower, _, _ := strings.Cut(strings.TrimSpace(opts), ",")
+	return lower
 }
