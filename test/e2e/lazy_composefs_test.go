@@ -144,3 +144,47 @@ func lowerdirOf(t *testing.T, ctx context.Context, env *testenv.Env, ref, name s
 	lower, _, _ := strings.Cut(strings.TrimSpace(opts), ",")
 	return lower
 }
+
+// TestLazyComposefsTree walks the hello image as the overlay snapshotter
+// unpacks it and as the lazy composefs mode shows its eStargz and
+// zstd:chunked conversions (metadata images over the object filesystem):
+// every entry's type, mode, owner, times, content, link target, device,
+// xattrs and hard links must be the same.
+func TestLazyComposefsTree(t *testing.T) { testenv.ForEachContainerd(t, testLazyComposefsTree) }
+
+func testLazyComposefsTree(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[composefs]\nenable = true\nlazy = true\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	zstd, esgz := pushLazyFormats(t, ctx, env)
+	ref, err := env.PushHello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The images go after the views (cleanups run last first), and with
+	// them the layers' mounts, which outlive the daemon.
+	t.Cleanup(func() {
+		for _, r := range []string{ref, esgz, zstd} {
+			if out, err := env.Containerd.Ctr(context.Background(), "images", "rm", "--sync", r); err != nil {
+				t.Errorf("remove %s: %v\n%s", r, err, out)
+			}
+		}
+	})
+	if out, err := env.Containerd.Ctr(ctx, "images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
+		t.Fatalf("pull %s with overlayfs: %v\n%s", ref, err, out)
+	}
+	want := treeOf(t, mountedImage(t, ctx, env, "overlayfs", ref))
+	if len(want) < 5 {
+		t.Fatalf("the image as overlayfs unpacks it has %d entries", len(want))
+	}
+	for _, lazy := range []string{esgz, zstd} {
+		out, err := pullLazy(t, env, lazy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(out, "mounted lazily in the composefs form"); n != 2 {
+			t.Fatalf("lazypull pull mounted %d of %s's 2 layers in the lazy composefs form:\n%s", n, lazy, out)
+		}
+		compareTrees(t, want, treeOf(t, mountedImage(t, ctx, env, "lazypull", lazy)), "overlayfs", lazy)
+	}
+}
