@@ -181,6 +181,8 @@ func settled(cfs composefsLayer) bool {
 
 // storeObjects writes every object of l that store lacks, and tells how
 // many it wrote and their bytes. Its owner's refs keep them from the start.
+// A file the cache holds whole becomes the object itself (linked, not
+// copied); the rest is written from its chunks.
 func storeObjects(ctx context.Context, store *objects.Store, l *layer.Layer) (int, int64, error) {
 	batch, err := store.Lease(ctx)
 	if err != nil {
@@ -202,6 +204,10 @@ func storeObjects(ctx context.Context, store *objects.Store, l *layer.Layer) (in
 			}
 			continue
 		}
+		if adopted(batch, l, e) {
+			n, size = n+1, size+e.Size
+			continue
+		}
 		w, err := batch.Create()
 		if err != nil {
 			return n, size, err
@@ -216,4 +222,17 @@ func storeObjects(ctx context.Context, store *objects.Store, l *layer.Layer) (in
 		n, size = n+1, size+e.Size
 	}
 	return n, size, batch.Commit()
+}
+
+// adopted tells whether e's whole content, cached in one file, became the
+// object (the cache file linked into the store; its digest checked).
+func adopted(batch *objects.Batch, l *layer.Layer, e *toc.Entry) bool {
+	f, ok := l.CachedFile(e)
+	if !ok {
+		return false
+	}
+	path := f.Name()
+	f.Close()
+	obj, err := batch.Adopt(path)
+	return err == nil && obj.Digest == e.Digest()
 }

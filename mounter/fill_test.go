@@ -32,20 +32,7 @@ func TestFillPullsOnlyWhatTheStoreLacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	push := func(ref string, f convert.Format) ([]ocispec.Descriptor, []string) {
-		src, _ := transport.Open(ctx, transport.Ref{Transport: transport.OCI, Name: layout, Tag: "v1"}, remote.Options{})
-		dst, _ := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: ref}, remote.Options{})
-		if _, err := convert.Image(ctx, src, dst, convert.Options{Format: f}); err != nil {
-			t.Fatal(err)
-		}
-		layers, diffIDs, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		chains := make([]string, len(diffIDs))
-		for i := range diffIDs {
-			chains[i] = identity.ChainID(diffIDs[:i+1]).String()
-		}
-		return layers, chains
+		return pushConverted(t, layout, ref, f)
 	}
 	zref, eref := reg.Host+"/hello:zstd", reg.Host+"/hello:esgz"
 	zlayers, zchains := push(zref, convert.ZstdChunked)
@@ -86,4 +73,25 @@ func TestFillPullsOnlyWhatTheStoreLacks(t *testing.T) {
 	if refs, err := store.Refs("wrong-chain"); !errors.Is(err, fs.ErrNotExist) || len(refs) != 0 {
 		t.Errorf("a refused fill claimed %v, %v", refs, err)
 	}
+}
+
+// pushConverted converts the OCI layout's image v1 to format f, pushes it
+// as ref, and returns its layers and their chain IDs.
+func pushConverted(t *testing.T, layout, ref string, f convert.Format) ([]ocispec.Descriptor, []string) {
+	t.Helper()
+	ctx := context.Background()
+	src, _ := transport.Open(ctx, transport.Ref{Transport: transport.OCI, Name: layout, Tag: "v1"}, remote.Options{})
+	dst, _ := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: ref}, remote.Options{})
+	if _, err := convert.Image(ctx, src, dst, convert.Options{Format: f}); err != nil {
+		t.Fatal(err)
+	}
+	layers, diffIDs, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains := make([]string, len(diffIDs))
+	for i := range diffIDs {
+		chains[i] = identity.ChainID(diffIDs[:i+1]).String()
+	}
+	return layers, chains
 }

@@ -148,7 +148,10 @@ func (b *Batch) Commit() error {
 	}
 	// Objects first, then the refs that name them: a crash in between
 	// leaves garbage, never a refs file naming a lost object.
-	if b.s.opts.batchSync {
+	// A batch that placed no object (one that only names objects, as a
+	// lazy layer's claim does) has nothing to sync but its refs: syncfs
+	// would wait for every dirty page of the filesystem, the cache's too.
+	if b.s.opts.batchSync && len(b.dirs) > 0 {
 		if err := unix.Syncfs(int(b.s.rootDir.Fd())); err != nil {
 			return fmt.Errorf("objects: syncfs %s: %w", b.s.root, err)
 		}

@@ -1,0 +1,113 @@
+package mounter
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"golang.org/x/sys/unix"
+
+	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/composefs"
+	"github.com/lazypull/lazypull/composefs/objects"
+	"github.com/lazypull/lazypull/convert"
+	"github.com/lazypull/lazypull/fusefs"
+	"github.com/lazypull/lazypull/internal/testenv"
+	"github.com/lazypull/lazypull/labels"
+)
+
+// TestMountComposefsSettles serves an eStargz image's layers in the lazy
+// composefs form: each gets its metadata image and its claim on its
+// objects at once; once fetched and verified, every object it names is in
+// the store, the layer is marked settled and its chunks leave the cache;
+// the object filesystem goes with the last layer.
+func TestMountComposefsSettles(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedFUSE(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	reg := testenv.NewRegistry(t)
+	layout, err := testenv.HelloLayout(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/hello:esgz"
+	layers, chains := pushConverted(t, layout, ref, convert.EStargz)
+
+	c, err := cache.New(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	store, err := objects.Open(ctx, filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	objfs := filepath.Join(dir, "objfs")
+	m := New(c, Options{Composefs: ComposefsOptions{Store: store, Mountpoint: objfs}, FUSE: fusefs.Options{Passthrough: true}})
+	defer m.Close()
+
+	var mountpoints, images, owners []string
+	for i := range layers {
+		owner := fmt.Sprint("layer-", i)
+		mp, image := filepath.Join(dir, owner), filepath.Join(dir, owner+".erofs")
+		lbls := labels.ForLayer(ref, "", layers[i], layers)
+		lbls[snapshots.LabelSnapshotRef] = chains[i]
+		if err := m.MountComposefs(ctx, mp, image, owner, lbls); err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		if fi, err := os.Stat(image); err != nil || fi.Size() == 0 {
+			t.Errorf("layer %d: no metadata image: %v", i, err)
+		}
+		if refs, err := store.Refs(owner); err != nil || len(refs) == 0 {
+			t.Errorf("layer %d: claims %v, %v", i, refs, err)
+		}
+		mountpoints, images, owners = append(mountpoints, mp), append(images, image), append(owners, owner)
+	}
+	if !isFUSE(objfs) {
+		t.Fatalf("no object filesystem at %s", objfs)
+	}
+
+	deadline := time.Now().Add(time.Minute)
+	for _, image := range images {
+		for {
+			if _, err := os.Stat(composefs.SettledMarker(image)); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not settle in a minute", image)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, owner := range owners {
+		refs, _ := store.Refs(owner)
+		for _, d := range refs {
+			if has, err := store.Has(d); !has || err != nil {
+				t.Errorf("%s's object %s is not in the store after it settled (%v)", owner, d, err)
+			}
+			if c.Has(d) {
+				t.Errorf("%s's object %s is still in the cache after it settled", owner, d)
+			}
+		}
+	}
+
+	for _, mp := range mountpoints {
+		if err := m.Unmount(ctx, mp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if isFUSE(objfs) {
+		t.Errorf("the object filesystem is still mounted after its last layer went")
+	}
+}
+
+func isFUSE(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == 0x65735546
+}
