@@ -38,7 +38,8 @@ type composefsLayer struct {
 // MountComposefs serves the layer the labels name (as Mount finds it) in
 // the lazy composefs form: it writes the layer's metadata image to image
 // from its TOC, no file data fetched (unless an image is there already,
-// as when it is called again after a restart: the image is the same);
+// as when it is called again after a restart: the image is the same; a
+// layer that settled since needs nothing more);
 // claims the objects the image names for owner in the store; and serves
 // their data through the object filesystem, fetched on demand and in the
 // background as the FUSE mode fetches it, until the store holds them.
@@ -48,7 +49,13 @@ func (m *Mounter) MountComposefs(ctx context.Context, mountpoint, image, owner s
 	if m.opts.Composefs.Store == nil || m.opts.Composefs.Mountpoint == "" {
 		return fmt.Errorf("%w: the lazy composefs mode is not set up here ([composefs] enable and lazy)", errNotLazy)
 	}
-	return m.mount(ctx, mountpoint, labels, &composefsLayer{image: image, owner: owner})
+	cfs := composefsLayer{image: image, owner: owner}
+	if settled(cfs) {
+		// Restored after it settled: the store has it all, no registry
+		// or FUSE needed.
+		return nil
+	}
+	return m.mount(ctx, mountpoint, labels, &cfs)
 }
 
 // ObjectsDir is the object filesystem's mountpoint ("" if the lazy
@@ -135,10 +142,12 @@ func (m *Mounter) stopServing(mountpoint string) error {
 // then writes every object of l the store lacks into the store, from the
 // cache, and leaves the layer's settled marker beside its image
 // (composefs.SettledMarker): containers started from then on read the
-// store with no FUSE in their path. The layer's cached copies go. A layer that is not verified (its
+// store with no FUSE in their path. The layer's cached copies go, and the
+// layer is released: the object filesystem serves its objects from the
+// store to the containers that started before. A layer that is not verified (its
 // check failed, or it has none) never settles: its TOC's digests would be
 // the layer's word alone.
-func (m *Mounter) settle(l *layer.Layer, cfs composefsLayer) {
+func (m *Mounter) settle(mountpoint string, l *layer.Layer, cfs composefsLayer) {
 	defer m.bg.Done()
 	done := l.BackgroundDone()
 	if done == nil {
@@ -167,8 +176,12 @@ func (m *Mounter) settle(l *layer.Layer, cfs composefsLayer) {
 		return
 	}
 	// The store serves every object now, to the object filesystem too:
-	// the cache's copies would only double the layer on disk.
+	// the cache's copies would only double the layer on disk, and the
+	// layer itself (its TOC, its fetches) is needed no more.
 	l.ForgetCached()
+	if err := m.Unmount(m.ctx, mountpoint); err != nil && m.ctx.Err() == nil {
+		log.L.WithError(err).WithField("layer", d).Warn("composefs: cannot release a settled lazy layer")
+	}
 	log.L.WithField("layer", d).WithField("objects", n).WithField("bytes", size).WithField("took", time.Since(start)).
 		Info("composefs: lazy layer settled: new containers read its files from the object store")
 }

@@ -319,7 +319,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm, image: held, entries: entries}
 	if cfs != nil && !m.closed && !settled(*cfs) {
 		m.bg.Add(1)
-		go m.settle(l, *cfs)
+		go m.settle(mountpoint, l, *cfs)
 	}
 	m.mu.Unlock()
 	metrics.MountedLayers.Inc()

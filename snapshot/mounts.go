@@ -164,7 +164,7 @@ func (s *Snapshotter) overlay(st stack) composefs.Overlay {
 		Objects: s.composefs.Objects(),
 		Verity:  composefs.VerityOff,
 	}
-	if s.lazy != nil && !s.settled(st.lazy) {
+	if !s.settled(st.lazy) && s.lazy != nil { // else Restore marked them broken
 		o.Objects = s.lazy.ObjectsDir()
 	}
 	for i, id := range snap.ParentIDs {

@@ -162,6 +162,9 @@ func (s *Snapshotter) parentIDs(ctx context.Context, parent string) ([]string, e
 func (s *Snapshotter) restoreLazy(ctx context.Context, snaps []remoteSnap) []error {
 	var errs []error
 	for _, r := range snaps {
+		if s.settled([]string{r.id}) {
+			continue // all in the store: a composefs layer like any other
+		}
 		var err error
 		if s.lazy == nil || s.composefs == nil {
 			err = fmt.Errorf("snapshot %s is in the lazy composefs form but the lazy composefs mode is off: turn it on again ([composefs] lazy = true) to use it, or remove its image", r.info.Name)

@@ -19,12 +19,13 @@ const fuseSuperMagic = 0x65735546
 
 // TestLazyComposefs pulls an eStargz and a zstd:chunked image with the lazy
 // composefs mode on: every layer's metadata image is written from its TOC
-// and mounted on its snapshot's directory, its data served through the
-// object filesystem, and the containers read what the images hold; after
-// the FUSE manager is killed (a new one serves the layers again) and after
-// a daemon restart, new containers do too; removing the images leaves no
-// snapshot directory, refs, object or mount, the object filesystem's
-// included.
+// and mounted on its snapshot's directory, and the containers read what
+// the images hold. Once fetched and verified, the layers settle: their
+// objects are in the store, new containers stack over the store's
+// directory, the FUSE manager serves them no more, and neither the
+// registry nor the manager is needed: with the registry gone, after the
+// manager is killed and after a daemon restart, new containers run.
+// Removing the images leaves no snapshot directory, refs, object or mount.
 func TestLazyComposefs(t *testing.T) { testenv.ForEachContainerd(t, testLazyComposefs) }
 
 func testLazyComposefs(t *testing.T, containerd testenv.Option) {
@@ -48,14 +49,6 @@ func testLazyComposefs(t *testing.T, containerd testenv.Option) {
 	if images, dirs := metadataImages(t, env); images != 4 {
 		t.Errorf("%d of the 2 images' 4 layers are metadata images (snapshot directories %v)", images, dirs)
 	}
-	objfs := filepath.Join(env.DaemonRoot, "objfs")
-	var st unix.Statfs_t
-	if err := unix.Statfs(objfs, &st); err != nil || st.Type != fuseSuperMagic {
-		t.Errorf("%s is not the object filesystem's FUSE mount (%#x, %v)", objfs, st.Type, err)
-	}
-	// Once their background fetch and check end, the layers' objects
-	// are in the store, and the stacks of new containers take the
-	// store's directory: no FUSE in their path.
 	waitUntil(t, ctx, "the 4 layers settle", func() error {
 		settled, _ := filepath.Glob(filepath.Join(env.DaemonRoot, "snapshots", "*", "layer.erofs.settled"))
 		if len(settled) != 4 {
@@ -70,29 +63,35 @@ func testLazyComposefs(t *testing.T, containerd testenv.Option) {
 	if lower := lowerdirOf(t, ctx, env, esgz, "settled"); !strings.HasSuffix(lower, "::"+store) {
 		t.Errorf("a container's stack after its layers settled: lowerdir=%s, want the data-only lower %s", lower, store)
 	}
-	run(esgz, "settled-run")
+	waitUntil(t, ctx, "the manager releases the settled layers", func() error {
+		if st := managerStatus(t, env); len(st.Layers) != 0 {
+			return fmt.Errorf("the manager serves %d settled layers", len(st.Layers))
+		}
+		if m := testenv.MountsUnder(filepath.Join(env.DaemonRoot, "objfs")); len(m) > 0 {
+			return fmt.Errorf("the object filesystem is mounted with no layer to serve: %v", m)
+		}
+		return nil
+	})
 
-	before := managerStatus(t, env)
-	if len(before.Layers) != 4 {
-		t.Fatalf("the manager serves %d layers, want 4", len(before.Layers))
+	if err := env.Registry.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
 	}
-
-	// A new manager serves every layer again, the object filesystem too.
+	run(esgz, "registry-gone")
+	before := managerStatus(t, env)
 	if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill the fuse manager (pid %d): %v", before.PID, err)
 	}
-	waitUntil(t, ctx, "a new fuse manager serves the images' layers", func() error {
+	waitUntil(t, ctx, "a new fuse manager", func() error {
 		st, err := statusOf(t, env)
 		if err != nil {
 			return err
 		}
-		if st.PID == before.PID || len(st.Layers) != 4 {
-			return fmt.Errorf("manager pid %d serves %d layers", st.PID, len(st.Layers))
+		if st.PID == before.PID {
+			return fmt.Errorf("manager pid %d", st.PID)
 		}
 		return nil
 	})
 	run(esgz, "after-manager")
-
 	if err := env.RestartDaemon(); err != nil {
 		t.Fatal(err)
 	}
@@ -112,12 +111,9 @@ func testLazyComposefs(t *testing.T, containerd testenv.Option) {
 	if refs, _ := filepath.Glob(filepath.Join(env.DaemonRoot, "composefs", "refs", "*")); len(refs) != 0 {
 		t.Errorf("refs left after the images were removed: %v", refs)
 	}
-	waitUntil(t, ctx, "no mount is left", func() error {
-		if m := testenv.MountsUnder(env.Dir); len(m) > 0 {
-			return fmt.Errorf("mounts left after the images were removed: %v", m)
-		}
-		return nil
-	})
+	if m := testenv.MountsUnder(env.Dir); len(m) > 0 {
+		t.Errorf("mounts left after the images were removed: %v", m)
+	}
 }
 
 // lowerdirOf creates container name of ref (not started) and returns the
@@ -149,11 +145,13 @@ func lowerdirOf(t *testing.T, ctx context.Context, env *testenv.Env, ref, name s
 // unpacks it and as the lazy composefs mode shows its eStargz and
 // zstd:chunked conversions (metadata images over the object filesystem):
 // every entry's type, mode, owner, times, content, link target, device,
-// xattrs and hard links must be the same.
+// xattrs and hard links must be the same. Then the FUSE manager is
+// killed: a new one serves the (unsettled) layers again.
 func TestLazyComposefsTree(t *testing.T) { testenv.ForEachContainerd(t, testLazyComposefsTree) }
 
 func testLazyComposefsTree(t *testing.T, containerd testenv.Option) {
-	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[composefs]\nenable = true\nlazy = true\n"))
+	// No background fetch: the layers stay on the object filesystem.
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[composefs]\nenable = true\nlazy = true\n[fetch]\nbackground = false\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	zstd, esgz := pushLazyFormats(t, ctx, env)
@@ -187,4 +185,32 @@ func testLazyComposefsTree(t *testing.T, containerd testenv.Option) {
 		}
 		compareTrees(t, want, treeOf(t, mountedImage(t, ctx, env, "lazypull", lazy)), "overlayfs", lazy)
 	}
+	objfs := filepath.Join(env.DaemonRoot, "objfs")
+	var st unix.Statfs_t
+	if err := unix.Statfs(objfs, &st); err != nil || st.Type != fuseSuperMagic {
+		t.Errorf("%s is not the object filesystem's FUSE mount (%#x, %v)", objfs, st.Type, err)
+	}
+	if lower := lowerdirOf(t, ctx, env, esgz, "unsettled"); !strings.HasSuffix(lower, "::"+objfs) {
+		t.Errorf("a container's stack of unsettled layers: lowerdir=%s, want the data-only lower %s", lower, objfs)
+	}
+
+	// A new manager serves every layer again, the object filesystem too.
+	before := managerStatus(t, env)
+	if len(before.Layers) != 4 {
+		t.Fatalf("the manager serves %d layers, want 4", len(before.Layers))
+	}
+	if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the fuse manager (pid %d): %v", before.PID, err)
+	}
+	waitUntil(t, ctx, "a new fuse manager serves the images' layers", func() error {
+		st, err := statusOf(t, env)
+		if err != nil {
+			return err
+		}
+		if st.PID == before.PID || len(st.Layers) != 4 {
+			return fmt.Errorf("manager pid %d serves %d layers", st.PID, len(st.Layers))
+		}
+		return nil
+	})
+	checkHello(t, ctx, env, zstd, "after-manager")
 }
