@@ -44,7 +44,7 @@ func (r *bench) coldState(ctx context.Context, sc Scenario) error {
 	if err := os.RemoveAll(filepath.Join(r.env.DaemonRoot, "cache")); err != nil {
 		return err
 	}
-	if err := os.WriteFile(r.env.ConfigPath(), []byte(r.cfg.daemonConfig(sc)), 0o644); err != nil {
+	if err := os.WriteFile(r.env.ConfigPath(), []byte(r.daemonConfig(sc)), 0o644); err != nil {
 		return fmt.Errorf("the daemon's configuration: %w", err)
 	}
 	// A fresh daemon starts a fresh manager. StartDaemon returns once

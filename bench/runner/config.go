@@ -48,6 +48,11 @@ type Scenario struct {
 	// replacing the run's Config.DaemonConfig: a scenario is a mode of the
 	// daemon as much as a form of the image.
 	Config string `toml:"config"`
+	// Settles: lazypull's lazy composefs mode, whose layers move into the
+	// object store once fetched (leaving composefs.SettledMarker beside
+	// their images). The warm start waits for that: it measures the
+	// settled stack, with no FUSE in its path.
+	Settles bool `toml:"settles"`
 }
 
 // external tells whether the runner starts the scenario's daemon.
@@ -79,7 +84,7 @@ var (
 	// LazypullLazyComposefs mounts the eStargz image in the lazy
 	// composefs mode: each layer's metadata image written from its TOC,
 	// its data fetched on demand through the object filesystem.
-	LazypullLazyComposefs = Scenario{Name: "lazypull-lazy-composefs", Format: "estargz", Snapshotter: "lazypull", Config: "[composefs]\nenable = true\nlazy = true\n"}
+	LazypullLazyComposefs = Scenario{Name: "lazypull-lazy-composefs", Format: "estargz", Snapshotter: "lazypull", Config: "[composefs]\nenable = true\nlazy = true\n", Settles: true}
 )
 
 // Scenarios lists the built-in scenarios.

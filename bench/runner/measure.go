@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/internal/testenv"
 	"github.com/lazypull/lazypull/remote"
 	"github.com/lazypull/lazypull/transport"
@@ -41,8 +44,10 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 	}
 	pulled := time.Now()
 	name := fmt.Sprintf("bench-%s-%s-%d", img.Name, sc.Name, iteration)
+	ops := r.fuseOps(sc)
 	wait, err := r.runUntilReady(ctx, sc, ref, name, img.Ready)
 	ready := time.Now()
+	res.FUSEOps = r.fuseOps(sc).since(ops)
 	if err != nil {
 		return res, err
 	}
@@ -70,17 +75,24 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 		res.DaemonPeak = peakMemory(r.daemons[sc.Name].pid())
 	}
 
+	if sc.Settles {
+		if err := r.waitSettled(ctx); err != nil {
+			return res, err
+		}
+	}
 	// A warm start: the image is there (for a lazy snapshotter, mounted
 	// and cached), the page cache dropped.
 	if err := dropPageCache(); err != nil {
 		return res, err
 	}
+	ops = r.fuseOps(sc)
 	warmStart := time.Now()
 	wait, err = r.runUntilReady(ctx, sc, ref, name+"-warm", img.Ready)
 	if err != nil {
 		return res, fmt.Errorf("warm start: %w", err)
 	}
 	res.Warm = seconds(time.Since(warmStart))
+	res.WarmFUSEOps = r.fuseOps(sc).since(ops)
 	return res, wait()
 }
 
@@ -247,3 +259,28 @@ func RunUntilReady(ctx context.Context, c *testenv.Containerd, args []string, re
 }
 
 func seconds(d time.Duration) float64 { return d.Seconds() }
+
+// waitSettled waits until every lazy composefs layer of lazypull's root
+// has settled (see Scenario.Settles).
+func (r *bench) waitSettled(ctx context.Context) error {
+	for {
+		images, err := filepath.Glob(filepath.Join(r.env.DaemonRoot, "snapshots", "*", "layer.erofs"))
+		if err != nil {
+			return err
+		}
+		left := 0
+		for _, image := range images {
+			if _, err := os.Stat(composefs.SettledMarker(image)); err != nil {
+				left++
+			}
+		}
+		if left == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d lazy composefs layers did not settle: %w", left, len(images), ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

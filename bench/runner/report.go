@@ -59,7 +59,8 @@ func (rep *Report) Markdown(w io.Writer, chart string) {
 		"*memory*: peak RSS of the snapshotter's processes, from the pull until the background fetch ended. "+
 		"*settled*: all bytes fetched once the background fetch ended (the link quiet for 3 s with the image's bytes all fetched, or for 15 s), "+
 		"as a multiple of the image's blobs. *background*: the rate of what was fetched after the ready line, as a share of the link. "+
-		"*warm*: from `ctr run` to the ready line again, the image present, page cache dropped, and its ratio to overlayfs's.\n")
+		"*warm*: from `ctr run` to the ready line again, the image present, page cache dropped, and its ratio to overlayfs's. "+
+		"*FUSE ops*: lookups, opens and reads lazypull's FUSE manager served from `ctr run` to the ready line, cold and warm.\n")
 	sizes := map[string]int64{}
 	for _, img := range rep.Images {
 		sizes[img.Name] = img.Size
@@ -72,18 +73,27 @@ func (rep *Report) Markdown(w io.Writer, chart string) {
 			if sizes[image] > 0 {
 				fmt.Fprintf(w, " (%.1f MB compressed)", mb(sizes[image]))
 			}
-			fmt.Fprint(w, "\n\n| scenario | pull | first output | total | total vs overlayfs | MB | requests | memory MiB | settled | background | warm | warm vs overlayfs |\n")
-			fmt.Fprint(w, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+			fmt.Fprint(w, "\n\n| scenario | pull | first output | total | total vs overlayfs | MB | requests | memory MiB | settled | background | warm | warm vs overlayfs | FUSE ops | warm FUSE ops |\n")
+			fmt.Fprint(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Scenario,
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Scenario,
 			cell(s.Pull, "%.2f"), cell(s.FirstOutput, "%.2f"), cell(s.Total, "%.2f"), ratioCell(s.Ratio),
 			cell(s.MB, "%.1f"), cell(s.Requests, "%.0f"), orDash(s.MemoryMiB, "%.0f"),
-			orDash(s.Settled, "%.3f×"), percent(s.BackgroundLink), orDash(s.Warm, "%.2f"), ratioCell(s.WarmRatio))
+			orDash(s.Settled, "%.3f×"), percent(s.BackgroundLink), orDash(s.Warm, "%.2f"), ratioCell(s.WarmRatio),
+			countCell(s.FUSEOps), countCell(s.WarmFUSEOps))
 	}
 	rep.footprintMarkdown(w)
 	if chart != "" {
 		fmt.Fprintf(w, "\n![median total time to first output](%s)\n", chart)
 	}
+}
+
+// countCell is a count's median, or a dash where it was not measured.
+func countCell(s Spread) string {
+	if s.Median < 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f", s.Median)
 }
 
 func ratioCell(r float64) string {

@@ -46,6 +46,12 @@ type Result struct {
 	// Warm is the time from `ctr run` to the ready line with the image
 	// present (and, for a lazy snapshotter, settled), page cache dropped.
 	Warm float64 `json:"warmSeconds"`
+	// FUSEOps and WarmFUSEOps count the FUSE operations (lookups, opens,
+	// reads: not answered by the kernel's caches or passthrough) that
+	// lazypull's FUSE manager served from `ctr run` to the ready line, cold
+	// and warm; -1 where not measured (other snapshotters).
+	FUSEOps     int64 `json:"fuseOps"`
+	WarmFUSEOps int64 `json:"warmFuseOps"`
 }
 
 // BackgroundRate is the background fetch's rate in bits per second, 0 if

@@ -61,6 +61,9 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 		}
 	}()
 	r := &bench{cfg: cfg, env: env, proxy: proxy, daemons: make(map[string]*daemon), imageSizes: make(map[string]int64)}
+	if r.metricsAddr, err = freeAddr(); err != nil {
+		return rep, err
+	}
 	defer func() {
 		for _, d := range r.daemons {
 			if derr := d.stop(); derr != nil {
@@ -130,6 +133,8 @@ type bench struct {
 	daemons map[string]*daemon // other snapshotters', by scenario name
 	// imageSizes holds each published image's blob bytes, by repo().
 	imageSizes map[string]int64
+	// metricsAddr is where lazypull's FUSE manager serves its metrics.
+	metricsAddr string
 }
 
 // repo is where an image lives in the registry in a scenario's form.

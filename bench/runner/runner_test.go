@@ -81,6 +81,22 @@ func checkReport(t *testing.T, rep *Report, again Scenario, footprint bool) {
 			if r.DaemonPeak == 0 || r.ManagerPeak == 0 {
 				t.Errorf("%s: no peak memory: %+v", r.Scenario, r)
 			}
+		}
+		switch r.Scenario {
+		case LazypullEStargz.Name, LazypullZstd.Name:
+			// The FUSE mode's lookups at least reach the manager.
+			if r.FUSEOps <= 0 || r.WarmFUSEOps < 0 {
+				t.Errorf("%s: FUSE operations not counted: %+v", r.Scenario, r)
+			}
+		case LazypullLazyComposefs.Name:
+			// Settled, the stack has no FUSE in its path.
+			if r.FUSEOps < 0 || r.WarmFUSEOps != 0 {
+				t.Errorf("%s: %d FUSE operations in a warm start of settled layers, want 0: %+v", r.Scenario, r.WarmFUSEOps, r)
+			}
+		case Overlayfs.Name:
+			if r.FUSEOps != -1 || r.WarmFUSEOps != -1 {
+				t.Errorf("%s: FUSE operations counted for overlayfs: %+v", r.Scenario, r)
+			}
 		case again.Name:
 			if r.DaemonPeak == 0 || r.Bytes >= r.ImageBytes {
 				t.Errorf("%s: no peak memory, or not lazy: %+v", r.Scenario, r)

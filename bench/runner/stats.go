@@ -32,6 +32,7 @@ type Summary struct {
 	Pull, FirstOutput, Total Spread // seconds
 	MB, Requests, MemoryMiB  Spread // MemoryMiB: daemon + FUSE manager
 	Warm                     Spread // seconds
+	FUSEOps, WarmFUSEOps     Spread // per container start; -1 where not measured
 	// Settled is the bytes fetched once the link is quiet as a multiple
 	// of the image's blobs; BackgroundLink the background fetch's rate as
 	// a fraction of the link (0 where too little moved, or no cap).
@@ -47,7 +48,7 @@ func (rep *Report) Summaries() []Summary {
 	for _, img := range rep.Images {
 		first := len(out)
 		for _, sc := range rep.Scenarios {
-			var pull, first, total, mbs, reqs, mem, warm, settled, link []float64
+			var pull, first, total, mbs, reqs, mem, warm, settled, link, ops, warmOps []float64
 			for _, r := range rep.Results {
 				if r.Image != img.Name || r.Scenario != sc {
 					continue
@@ -67,6 +68,8 @@ func (rep *Report) Summaries() []Summary {
 				mbs = append(mbs, mb(r.Bytes))
 				reqs = append(reqs, float64(r.Requests))
 				mem = append(mem, mib(r.DaemonPeak+r.ManagerPeak))
+				ops = append(ops, float64(r.FUSEOps))
+				warmOps = append(warmOps, float64(r.WarmFUSEOps))
 			}
 			if len(total) == 0 {
 				continue
@@ -74,7 +77,8 @@ func (rep *Report) Summaries() []Summary {
 			s := Summary{Image: img.Name, Scenario: sc, Runs: len(total),
 				Pull: spreadOf(pull), FirstOutput: spreadOf(first), Total: spreadOf(total),
 				MB: spreadOf(mbs), Requests: spreadOf(reqs), MemoryMiB: spreadOf(mem),
-				Warm: spreadOf(warm), Settled: spreadOf(settled), BackgroundLink: spreadOf(link)}
+				Warm: spreadOf(warm), Settled: spreadOf(settled), BackgroundLink: spreadOf(link),
+				FUSEOps: spreadOf(ops), WarmFUSEOps: spreadOf(warmOps)}
 			out = append(out, s)
 		}
 		// Ratios against overlayfs's full pull, whatever order it ran in.
