@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/composefs/objects"
 	"github.com/lazypull/lazypull/snapshot"
 )
@@ -31,6 +32,9 @@ type ComposefsStatus struct {
 	// Store is the object store's usage; nil when the root has none (the
 	// mode was never turned on).
 	Store *StoreStatus `json:",omitempty"`
+	// Settled counts the lazy composefs layers whose objects are all in
+	// the store (no FUSE in their containers' path any more).
+	Settled int
 }
 
 // SnapshotStatus is one snapshot of the daemon.
@@ -41,6 +45,9 @@ type SnapshotStatus struct {
 	// Composefs is the snapshot's snapshot.LabelComposefs: "verity" or
 	// "no-verity" for a layer in the composefs form, "" for a plain one.
 	Composefs string `json:",omitempty"`
+	// Lazy: in the lazy composefs form (snapshot.LabelLazy), its data
+	// fetched on demand through the object filesystem until it settles.
+	Lazy bool `json:",omitempty"`
 }
 
 // StoreStatus is the object store's usage and fs-verity.
@@ -78,6 +85,8 @@ func Composefs(ctx context.Context, root, address string) (ComposefsStatus, erro
 			return st, fmt.Errorf("snapshots of lazypull-snapshotter at %s: %w", address, err)
 		}
 	}
+	settled, _ := filepath.Glob(composefs.SettledMarker(filepath.Join(root, "snapshots", "*", "layer.erofs")))
+	st.Settled = len(settled)
 	st.Store, err = storeStatus(ctx, composefsDir(root))
 	return st, err
 }
@@ -91,6 +100,7 @@ func SnapshotsOf(ctx context.Context, sn snapshots.Snapshotter) ([]SnapshotStatu
 			Kind:      info.Kind.String(),
 			Parent:    info.Parent,
 			Composefs: info.Labels[snapshot.LabelComposefs],
+			Lazy:      info.Labels[snapshot.LabelLazy] != "",
 		})
 		return nil
 	})
@@ -130,7 +140,7 @@ func storeStatus(ctx context.Context, dir string) (*StoreStatus, error) {
 // Summary is one line on the composefs mode: how many snapshots are in its
 // form (and with fs-verity), and the object store's usage and fs-verity.
 func (st ComposefsStatus) Summary(bytes func(int64) string) string {
-	var n, verity int
+	var n, verity, lazy int
 	for _, s := range st.Snapshots {
 		if s.Composefs != "" {
 			n++
@@ -138,9 +148,17 @@ func (st ComposefsStatus) Summary(bytes func(int64) string) string {
 		if s.Composefs == "verity" {
 			verity++
 		}
+		if s.Lazy {
+			lazy++
+		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "composefs: %d of %d snapshots in the composefs form (%d with fs-verity)", n, len(st.Snapshots), verity)
+	fmt.Fprintf(&b, "composefs: %d of %d snapshots in the composefs form (%d with fs-verity", n, len(st.Snapshots), verity)
+	if lazy > 0 {
+		// Lazy layers' metacopy xattrs name no digest: verity=off.
+		fmt.Fprintf(&b, "; %d lazy, without fs-verity, %d of them settled", lazy, st.Settled)
+	}
+	b.WriteString(")")
 	if st.Store == nil {
 		b.WriteString("; no object store (the mode was never on)")
 		return b.String()

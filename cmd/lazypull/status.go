@@ -124,6 +124,9 @@ func printComposefs(st service.ComposefsStatus) {
 		if form == "" {
 			form = "-"
 		}
+		if s.Lazy {
+			form += ", lazy"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, s.Kind, form)
 	}
 	tw.Flush()

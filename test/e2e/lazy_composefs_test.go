@@ -63,6 +63,10 @@ func testLazyComposefs(t *testing.T, containerd testenv.Option) {
 	if lower := lowerdirOf(t, ctx, env, esgz, "settled"); !strings.HasSuffix(lower, "::"+store) {
 		t.Errorf("a container's stack after its layers settled: lowerdir=%s, want the data-only lower %s", lower, store)
 	}
+	out, err := lazypull(t, env.BinDir, "status", "--root", env.DaemonRoot, "--address", env.DaemonSocket)
+	if err != nil || !strings.Contains(out, "4 lazy, without fs-verity, 4 of them settled") {
+		t.Errorf("lazypull status does not say the 4 lazy layers settled (%v):\n%s", err, out)
+	}
 	waitUntil(t, ctx, "the manager releases the settled layers", func() error {
 		if st := managerStatus(t, env); len(st.Layers) != 0 {
 			return fmt.Errorf("the manager serves %d settled layers", len(st.Layers))
