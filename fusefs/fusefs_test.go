@@ -130,6 +130,13 @@ func mountLayerOver(t *testing.T, entries []entry, opts Options, c *cache.Cache)
 // openLayer opens an eStargz layer of entries (1 MiB chunks), caching in c.
 func openLayer(t *testing.T, entries []entry, c *cache.Cache) *layer.Layer {
 	t.Helper()
+	l, _ := openLayerBlob(t, entries, c)
+	return l
+}
+
+// openLayerBlob is openLayer, and the file its blob is read from.
+func openLayerBlob(t *testing.T, entries []entry, c *cache.Cache) (*layer.Layer, string) {
+	t.Helper()
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
 	for _, e := range entries {
@@ -160,7 +167,7 @@ func openLayer(t *testing.T, entries []entry, c *cache.Cache) *layer.Layer {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.Close)
-	return l
+	return l, blobFile.Name()
 }
 
 func TestTreeMatchesTheTar(t *testing.T) {

@@ -16,12 +16,22 @@ import (
 	"github.com/lazypull/lazypull/composefs/objects"
 	"github.com/lazypull/lazypull/composefs/tocimage"
 	"github.com/lazypull/lazypull/internal/testenv"
+	"github.com/lazypull/lazypull/layer"
 )
 
+// lazyStack is a lazily fetched layer stacked as the lazy composefs mode
+// stacks it (lazyComposefs).
+type lazyStack struct {
+	merged  string // the overlay's directory
+	objects *MountedObjects
+	store   *objects.Store
+	layer   *layer.Layer
+	blob    string // the file the layer's blob is read from
+}
+
 // lazyComposefs stacks the metadata image of a lazily fetched layer of
-// entries over the object filesystem, as the lazy composefs mode does, and
-// returns the overlay's directory, the object filesystem and its store.
-func lazyComposefs(t *testing.T, entries []entry, opts Options) (string, *MountedObjects, *objects.Store) {
+// entries over the object filesystem, as the lazy composefs mode does.
+func lazyComposefs(t *testing.T, entries []entry, opts Options) lazyStack {
 	t.Helper()
 	testenv.NeedRoot(t)
 	testenv.NeedFUSE(t)
@@ -36,7 +46,7 @@ func lazyComposefs(t *testing.T, entries []entry, opts Options) (string, *Mounte
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	l := openLayer(t, entries, c)
+	l, blob := openLayerBlob(t, entries, c)
 
 	objfs := filepath.Join(dir, "objfs")
 	os.Mkdir(objfs, 0o755)
@@ -70,7 +80,7 @@ func lazyComposefs(t *testing.T, entries []entry, opts Options) (string, *Mounte
 			t.Error(err)
 		}
 	})
-	return merged, m, store
+	return lazyStack{merged: merged, objects: m, store: store, layer: l, blob: blob}
 }
 
 // TestObjectsUnderOverlay: a layer's metadata image stacked over the object
@@ -79,7 +89,8 @@ func lazyComposefs(t *testing.T, entries []entry, opts Options) (string, *Mounte
 // there through passthrough, with no FUSE READ.
 func TestObjectsUnderOverlay(t *testing.T) {
 	entries := lowerLayer()
-	merged, m, store := lazyComposefs(t, entries, Options{Passthrough: true})
+	st := lazyComposefs(t, entries, Options{Passthrough: true})
+	merged, m, store := st.merged, st.objects, st.store
 	for _, e := range entries {
 		if e.hdr.Typeflag != '0' {
 			continue
@@ -132,7 +143,8 @@ func TestObjectsUnderOverlay(t *testing.T) {
 // TestObjectsGoneWithTheirLayer: an object no layer names and the store
 // lacks is not there; a name that is no digest never is.
 func TestObjectsGoneWithTheirLayer(t *testing.T) {
-	merged, m, _ := lazyComposefs(t, lowerLayer(), Options{})
+	st := lazyComposefs(t, lowerLayer(), Options{})
+	merged, m := st.merged, st.objects
 	objfs := m.Mountpoint()
 	d := digest.FromBytes([]byte("lazypull\n"))
 	p := filepath.Join(objfs, d.Encoded()[:2], d.Encoded()[2:])
@@ -154,5 +166,47 @@ func TestObjectsGoneWithTheirLayer(t *testing.T) {
 	}
 	if _, err := os.ReadFile(filepath.Join(merged, "etc/removed")); err == nil {
 		t.Errorf("a file whose object is nowhere was read")
+	}
+}
+
+// TestObjectsNeverWrongBytes: a chunk of the blob that does not match its
+// TOC digest gives the reader EIO through the overlay, never its bytes;
+// the other chunks of the file read right.
+func TestObjectsNeverWrongBytes(t *testing.T) {
+	entries := lowerLayer()
+	st := lazyComposefs(t, entries, Options{Passthrough: true})
+	big := entries[4]
+	e, ok := st.layer.TOC().Lookup(big.hdr.Name)
+	if !ok || len(e.Chunks()) < 3 {
+		t.Fatalf("%s: %v, %d chunks", big.hdr.Name, ok, len(e.Chunks()))
+	}
+	// Garble the second chunk's compressed bytes in the blob.
+	c := e.Chunks()[1]
+	f, err := os.OpenFile(st.blob, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := bytes.Repeat([]byte{0x5a}, int(c.EndOffset-c.Offset))
+	if _, err := f.WriteAt(garbage, c.Offset); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	file, err := os.Open(filepath.Join(st.merged, big.hdr.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	first := make([]byte, c.FileOffset)
+	if _, err := file.ReadAt(first, 0); err != nil || !bytes.Equal(first, big.data[:c.FileOffset]) {
+		t.Errorf("the first chunk: %v, or other bytes", err)
+	}
+	buf := make([]byte, c.Size)
+	n, err := file.ReadAt(buf, c.FileOffset)
+	if !errors.Is(err, syscall.EIO) {
+		t.Errorf("the garbled chunk read %d bytes, %v; want EIO", n, err)
+	}
+	if n > 0 && !bytes.Equal(buf[:n], big.data[c.FileOffset:c.FileOffset+int64(n)]) {
+		t.Errorf("the garbled chunk gave %d wrong bytes", n)
 	}
 }
