@@ -695,10 +695,11 @@ func BenchmarkMemoryPerLayer(b *testing.B) {
 	}
 	b.Cleanup(func() { c.Close() })
 
-	var mounted, walked, heap, loopbackWalked float64
+	var mounted, walked, heap, loopbackWalked, objects float64
 	live := trackMounts(b)
 	for b.Loop() {
 		b.StopTimer()
+		objects += objectLayersMemory(b, dir, bls, c) / layers
 		rss0, heap0 := residentMemory(b)
 		var mnts []string
 		for _, bl := range bls {
@@ -758,6 +759,45 @@ func BenchmarkMemoryPerLayer(b *testing.B) {
 	b.ReportMetric(mib(heap), "heap-MiB/layer")
 	b.ReportMetric(mib(loopbackWalked), "loopback-MiB/layer-walked")
 	b.ReportMetric(walked/loopbackWalked, "lazypull/loopback")
+	b.ReportMetric(mib(objects), "objects-MiB/layer")
+}
+
+// objectLayersMemory is the resident memory the layers of bls add when
+// the object filesystem serves them (the lazy composefs mode): the layers
+// and their digest index, and nothing for a walk of their trees, which the
+// kernel answers from their metadata images.
+func objectLayersMemory(b *testing.B, dir string, bls []benchLayer, c *cache.Cache) float64 {
+	rss0, _ := residentMemory(b)
+	mnt, _ := os.MkdirTemp(dir, "objfs-")
+	defer os.Remove(mnt)
+	m, err := MountObjects(mnt, noObjects{}, Options{Passthrough: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ls []*layer.Layer
+	for i, bl := range bls {
+		l, err := layer.Open(context.Background(), bl.desc, fileFetcher{bl.blob}, c, layer.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ls = append(ls, l)
+		m.Add(fmt.Sprint(i), l)
+	}
+	rss1, _ := residentMemory(b)
+	if err := m.Unmount(); err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return float64(rss1 - rss0)
+}
+
+// noObjects is an empty object store.
+type noObjects struct{}
+
+func (noObjects) Open(d digest.Digest) (*os.File, error) {
+	return nil, fmt.Errorf("object %s: %w", d, os.ErrNotExist)
 }
 
 // mountLoopback mounts root read-only with go-fuse's loopback filesystem

@@ -42,6 +42,9 @@ type Layer struct {
 	LazyComposefs bool
 	Filled        bool   // pulled into the composefs store, only the files it lacked
 	Reason        string // why neither, when it was downloaded and unpacked
+	// NotLazyComposefs says why, with the lazy composefs mode on, the
+	// layer was not mounted in that form.
+	NotLazyComposefs string
 }
 
 // Result is a pulled image.
@@ -142,6 +145,7 @@ func describeLayers(ctx context.Context, client *containerd.Client, img containe
 			layer.Lazy, layer.LazyComposefs = true, true
 		}
 		_, layer.Filled = info.Labels[snapshot.LabelFilled]
+		layer.NotLazyComposefs = info.Labels[snapshot.LabelNotLazy]
 		if !layer.Lazy && !layer.Filled {
 			layer.Reason = info.Labels[snapshot.LabelUnpacked]
 		}

@@ -240,3 +240,47 @@ func TestComposefsUnpackWithRemote(t *testing.T) {
 		t.Errorf("a remote layer's snapshot has a merged directory (%v): an overlay was mounted for nothing", err)
 	}
 }
+
+// refusingLazy is a LazyComposefs that serves no layer.
+type refusingLazy struct{ err error }
+
+func (r refusingLazy) MountComposefs(ctx context.Context, mountpoint, image, id string, labels map[string]string) error {
+	return r.err
+}
+
+func (r refusingLazy) ObjectsDir() string { return "/nonexistent" }
+
+// TestLazyComposefsFallback: a layer the lazy composefs mode cannot serve
+// is mounted by the Remote instead, and its snapshot says why not lazily
+// in the composefs form.
+func TestLazyComposefsFallback(t *testing.T) {
+	root := t.TempDir()
+	testenv.NeedRoot(t)
+	ctx := context.Background()
+	layers, err := composefs.OpenLayers(ctx, filepath.Join(root, "composefs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := &bindRemote{source: t.TempDir()}
+	why := errors.New("the kernel has no data-only lower layers")
+	s, ctx := newTestSnapshotterAt(t, root, WithComposefs(layers), WithRemote(remote), WithLazyComposefs(refusingLazy{why}))
+	t.Cleanup(func() {
+		if err := testenv.UnmountAll(testenv.MountsUnder(root)); err != nil {
+			t.Error(err)
+		}
+		layers.Close()
+	})
+	if _, err := s.Prepare(ctx, "unpack-1", "", unpackOf("layer-1")); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("Prepare of a layer the Remote mounts: %v, want ErrAlreadyExists", err)
+	}
+	info, err := s.Stat(ctx, "layer-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, remote := info.Labels[LabelRemote]; !remote || info.Labels[LabelNotLazy] != why.Error() {
+		t.Errorf("labels %v: want the layer mounted remotely, and why not lazily in the composefs form", info.Labels)
+	}
+	if _, lazy := info.Labels[LabelLazy]; lazy {
+		t.Errorf("labels %v: a layer the lazy composefs mode refused is marked lazy", info.Labels)
+	}
+}

@@ -48,6 +48,8 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			})
 		}
 		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not mounted lazily in the composefs form")
+		// However the layer comes, its snapshot says why not so.
+		opts = append(opts[:len(opts):len(opts)], snapshots.WithLabels(map[string]string{LabelNotLazy: truncate(err.Error(), 1000)}))
 	}
 	if s.filler != nil {
 		lbls, size, err := s.fill(ctx, st.snap, requested.Labels)

@@ -16,6 +16,11 @@ import (
 // filesystem, fetched on demand, until the object store holds it.
 const LabelLazy = "containerd.io/snapshot/lazypull.lazy-composefs"
 
+// LabelNotLazy tells, on a snapshot committed while the lazy composefs
+// mode was on, why its layer was not mounted in that form (then pulled
+// partially, mounted over FUSE or unpacked).
+const LabelNotLazy = "containerd.io/snapshot/lazypull.not-lazy-composefs"
+
 // LazyComposefs serves lazily pullable layers in the composefs form before
 // any of their files is fetched: the metadata in the kernel (an EROFS
 // image) from the first second, the data from the registry on demand

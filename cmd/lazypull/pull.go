@@ -67,6 +67,9 @@ Examples:
 					how += ": " + l.Reason
 				}
 			}
+			if l.NotLazyComposefs != "" && (l.Lazy || l.Filled) {
+				how += " (not in the lazy composefs form: " + l.NotLazyComposefs + ")"
+			}
 			fmt.Fprintf(os.Stdout, "%s  %9s  %s\n", l.Digest, progress.Bytes(l.Size), how)
 		}
 		fmt.Printf("%s %s\n", ref, res.Image.Target().Digest)
