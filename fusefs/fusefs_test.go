@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,7 +37,12 @@ func (f fileFetcher) Size() int64 {
 	return fi.Size()
 }
 
+// blobReads counts the fetches of every fileFetcher (no test of this
+// package runs in parallel).
+var blobReads atomic.Int64
+
 func (f fileFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
+	blobReads.Add(1)
 	_, err := f.f.ReadAt(p, off)
 	return err
 }

@@ -33,6 +33,21 @@ type lazyStack struct {
 // entries over the object filesystem, as the lazy composefs mode does.
 func lazyComposefs(t *testing.T, entries []entry, opts Options) lazyStack {
 	t.Helper()
+	n := newObjectNode(t, opts)
+	return n.stack(t, "layer", entries)
+}
+
+// objectNode is what the lazy composefs mode shares on a node: a cache,
+// an object store and the object filesystem.
+type objectNode struct {
+	dir   string
+	cache *cache.Cache
+	store *objects.Store
+	objfs *MountedObjects
+}
+
+func newObjectNode(t *testing.T, opts Options) *objectNode {
+	t.Helper()
 	testenv.NeedRoot(t)
 	testenv.NeedFUSE(t)
 	dir := t.TempDir()
@@ -46,8 +61,6 @@ func lazyComposefs(t *testing.T, entries []entry, opts Options) lazyStack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	l, blob := openLayerBlob(t, entries, c)
-
 	objfs := filepath.Join(dir, "objfs")
 	os.Mkdir(objfs, 0o755)
 	m, err := MountObjects(objfs, store, opts)
@@ -59,8 +72,19 @@ func lazyComposefs(t *testing.T, entries []entry, opts Options) lazyStack {
 			t.Error(err)
 		}
 	})
-	m.Add("layer", l)
+	return &objectNode{dir: dir, cache: c, store: store, objfs: m}
+}
 
+// stack opens a layer of entries, serves it under name and stacks its
+// metadata image over the object filesystem.
+func (n *objectNode) stack(t *testing.T, name string, entries []entry) lazyStack {
+	t.Helper()
+	l, blob := openLayerBlob(t, entries, n.cache)
+	m, store := n.objfs, n.store
+	m.Add(name, l)
+
+	dir := filepath.Join(n.dir, name)
+	os.Mkdir(dir, 0o755)
 	image, meta, merged := filepath.Join(dir, "layer.erofs"), filepath.Join(dir, "meta"), filepath.Join(dir, "merged")
 	os.Mkdir(meta, 0o755)
 	os.Mkdir(merged, 0o755)
@@ -71,7 +95,7 @@ func lazyComposefs(t *testing.T, entries []entry, opts Options) lazyStack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { composefs.Unmount(meta) })
-	o := composefs.Overlay{Layers: []string{meta}, Objects: objfs, Verity: composefs.VerityOff}
+	o := composefs.Overlay{Layers: []string{meta}, Objects: m.Mountpoint(), Verity: composefs.VerityOff}
 	if err := o.MountAt(merged); err != nil {
 		t.Fatal(err)
 	}
@@ -208,5 +232,30 @@ func TestObjectsNeverWrongBytes(t *testing.T) {
 	}
 	if n > 0 && !bytes.Equal(buf[:n], big.data[c.FileOffset:c.FileOffset+int64(n)]) {
 		t.Errorf("the garbled chunk gave %d wrong bytes", n)
+	}
+}
+
+// TestObjectsSharedAcrossImages: two images whose layers hold the same file
+// (each its own layer, its own metadata image) fetch it once: the second
+// image's container reads it with no fetch.
+func TestObjectsSharedAcrossImages(t *testing.T) {
+	n := newObjectNode(t, Options{Passthrough: true})
+	shared := random(3<<20 + 5)
+	a := n.stack(t, "a", []entry{dir("usr/", 0o755), reg("usr/lib.so", shared, 0o755), reg("usr/a", []byte("a"), 0o644)})
+	b := n.stack(t, "b", []entry{dir("opt/", 0o755), reg("opt/same.so", shared, 0o644), reg("opt/b", []byte("b"), 0o644)})
+
+	before := blobReads.Load()
+	if got, err := os.ReadFile(filepath.Join(a.merged, "usr/lib.so")); err != nil || !bytes.Equal(got, shared) {
+		t.Fatalf("image a's file: %d bytes, %v", len(got), err)
+	}
+	if blobReads.Load() == before {
+		t.Fatal("the first read of the file fetched nothing")
+	}
+	before = blobReads.Load()
+	if got, err := os.ReadFile(filepath.Join(b.merged, "opt/same.so")); err != nil || !bytes.Equal(got, shared) {
+		t.Fatalf("image b's file: %d bytes, %v", len(got), err)
+	}
+	if n := blobReads.Load() - before; n != 0 {
+		t.Errorf("image b's copy of a file image a read fetched %d times, want 0", n)
 	}
 }
