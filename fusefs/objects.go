@@ -2,6 +2,8 @@ package fusefs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -60,8 +62,21 @@ type objectFS struct {
 
 // objectLayer is a layer whose files the object filesystem serves.
 type objectLayer struct {
-	l        Layer
-	byDigest map[digest.Digest]*toc.Entry // its regular files with content
+	l Layer
+	// byDigest finds its regular files with content by their SHA-256:
+	// the raw sum, 32 bytes a key, where a digest string (which the TOC
+	// makes anew at each call) would be 87.
+	byDigest map[[sha256.Size]byte]*toc.Entry
+}
+
+// sumOf is d's raw SHA-256, if d is one.
+func sumOf(d digest.Digest) ([sha256.Size]byte, bool) {
+	var sum [sha256.Size]byte
+	if d.Algorithm() != digest.SHA256 {
+		return sum, false
+	}
+	n, err := hex.Decode(sum[:], []byte(d.Encoded()))
+	return sum, err == nil && n == sha256.Size
 }
 
 // MountObjects mounts the object filesystem at mountpoint, serving the
@@ -97,10 +112,13 @@ func MountObjects(mountpoint string, store ObjectStore, opts Options) (*MountedO
 // files are found by the digest its TOC gives them; what they read is
 // verified against it chunk by chunk, as in the FUSE mode.
 func (m *MountedObjects) Add(key string, l Layer) {
-	ol := &objectLayer{l: l, byDigest: make(map[digest.Digest]*toc.Entry)}
+	ol := &objectLayer{l: l, byDigest: make(map[[sha256.Size]byte]*toc.Entry)}
 	for _, e := range l.TOC().Entries() {
-		if e.Type == toc.TypeReg && e.Size > 0 && e.Digest() != "" {
-			ol.byDigest[e.Digest()] = e
+		if e.Type != toc.TypeReg || e.Size == 0 {
+			continue
+		}
+		if sum, ok := sumOf(e.Digest()); ok {
+			ol.byDigest[sum] = e
 		}
 	}
 	m.fsys.mu.Lock()
@@ -139,10 +157,14 @@ func (m *MountedObjects) Unmount() error { return unmount(m.server, m.mountpoint
 // find returns a layer file whose content is the object d, from a layer
 // that has not been refused.
 func (f *objectFS) find(d digest.Digest) (Layer, *toc.Entry, bool) {
+	sum, ok := sumOf(d)
+	if !ok {
+		return nil, nil, false
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for _, ol := range f.layers {
-		if e, ok := ol.byDigest[d]; ok && !ol.l.Rejected() {
+		if e, ok := ol.byDigest[sum]; ok && !ol.l.Rejected() {
 			return ol.l, e, true
 		}
 	}
