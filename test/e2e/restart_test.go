@@ -28,11 +28,22 @@ import (
 // container's own root while the daemon is dead. A new container starts
 // once the daemon is back.
 func TestContainerSurvivesDaemonKill(t *testing.T) {
-	testenv.ForEachContainerd(t, testContainerSurvivesDaemonKill)
+	testenv.ForEachContainerd(t, func(t *testing.T, containerd testenv.Option) {
+		testContainerSurvivesDaemonKill(t, containerd, "")
+	})
 }
 
-func testContainerSurvivesDaemonKill(t *testing.T, containerd testenv.Option) {
-	env := testenv.New(t, containerd, testenv.WithDaemonConfig("[fetch]\nbackground = false\n"))
+// TestLazyComposefsContainerSurvivesDaemonKill is the same in the lazy
+// composefs mode: the container's files come through the object
+// filesystem, which the FUSE manager serves on while the daemon is dead.
+// Against containerd 2.x alone: the mode's difference is the daemon's.
+func TestLazyComposefsContainerSurvivesDaemonKill(t *testing.T) {
+	testenv.Need(t, "containerd "+testenv.Containerd2.Name, testenv.Containerd2.Installed())
+	testContainerSurvivesDaemonKill(t, testenv.WithContainerd(testenv.Containerd2), "[composefs]\nenable = true\nlazy = true\n")
+}
+
+func testContainerSurvivesDaemonKill(t *testing.T, containerd testenv.Option, config string) {
+	env := testenv.New(t, containerd, testenv.WithDaemonConfig(config+"[fetch]\nbackground = false\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	lazy := pushLazyHello(t, ctx, env)
@@ -85,6 +96,11 @@ func testContainerSurvivesDaemonKill(t *testing.T, containerd testenv.Option) {
 	}
 	if out, err := runHello(t, ctx, env, lazy, "after"); err != nil || out != testenv.HelloOutput {
 		t.Errorf("a new container after the restart: %v\n%s", err, out)
+	}
+	// The composefs mode's image mounts outlive the daemon: the image's
+	// removal takes them.
+	if out, err := env.Containerd.Ctr(ctx, "images", "rm", "--sync", lazy); err != nil {
+		t.Errorf("remove %s: %v\n%s", lazy, err, out)
 	}
 }
 
