@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lazypull/lazypull/internal/regproxy"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -217,4 +219,61 @@ func testLazyComposefsTree(t *testing.T, containerd testenv.Option) {
 		return nil
 	})
 	checkHello(t, ctx, env, zstd, "after-manager")
+}
+
+// TestLazyComposefsSwitch: a container reading its files while its layers
+// settle goes on reading the right bytes across the switch (its stack, over
+// the object filesystem, stays as it was mounted), while a container
+// started after it stacks over the store. The registry is reached through
+// a link shaped to 20 Mbit/s, so that the layers settle seconds after the
+// reader has started.
+func TestLazyComposefsSwitch(t *testing.T) {
+	testenv.Need(t, "containerd "+testenv.Containerd2.Name, testenv.Containerd2.Installed())
+	env := testenv.New(t, testenv.WithContainerd(testenv.Containerd2), testenv.WithDaemonConfig("[composefs]\nenable = true\nlazy = true\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	pushed := pushLazyHello(t, ctx, env)
+	proxy, err := regproxy.Start(env.Registry.Host, regproxy.WithBandwidth(20e6))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	lazy := proxy.Addr() + strings.TrimPrefix(pushed, env.Registry.Host)
+	t.Cleanup(func() {
+		if out, err := env.Containerd.Ctr(context.Background(), "images", "rm", "--sync", lazy); err != nil {
+			t.Errorf("remove %s: %v\n%s", lazy, err, out)
+		}
+	})
+	if out, err := pullLazy(t, env, lazy); err != nil || strings.Count(out, "mounted lazily in the composefs form") != 2 {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	files := helloFiles(t, env)
+	var watch []string
+	for _, name := range []string{"hello", "data/keep.txt", "data/added.txt", "opt/unused.bin"} {
+		watch = append(watch, fmt.Sprintf("/%s=%x", name, sha256.Sum256(files[name])))
+	}
+	v := startVictim(t, ctx, env, lazy, watch)
+	v.waitRounds(t, ctx, 1)
+	settled := func() int {
+		m, _ := filepath.Glob(filepath.Join(env.DaemonRoot, "snapshots", "*", "layer.erofs.settled"))
+		return len(m)
+	}
+	if n := settled(); n == 2 {
+		t.Fatal("the layers settled before the reader's first round: the link is too fast for this test")
+	}
+	waitUntil(t, ctx, "the 2 layers settle", func() error {
+		if n := settled(); n != 2 {
+			return fmt.Errorf("%d settled", n)
+		}
+		return nil
+	})
+	v.waitRounds(t, ctx, v.rounds(t)+2)
+	store := filepath.Join(env.DaemonRoot, "composefs", "objects")
+	if lower := lowerdirOf(t, ctx, env, lazy, "after-switch"); !strings.HasSuffix(lower, "::"+store) {
+		t.Errorf("a container started after the switch: lowerdir=%s, want the data-only lower %s", lower, store)
+	}
+	checkHello(t, ctx, env, lazy, "after")
+	if out, err := v.stop(t); err != nil {
+		t.Errorf("the container reading across the switch: %v\n%s", err, out)
+	}
 }
