@@ -800,6 +800,10 @@ func (noObjects) Open(d digest.Digest) (*os.File, error) {
 	return nil, fmt.Errorf("object %s: %w", d, os.ErrNotExist)
 }
 
+func (noObjects) Put(ctx context.Context, d digest.Digest, write func(io.Writer) error) error {
+	return fmt.Errorf("object %s: an empty store keeps nothing", d)
+}
+
 // mountLoopback mounts root read-only with go-fuse's loopback filesystem
 // and the same cache lifetimes as Mount: the baseline FUSE daemon.
 func mountLoopback(b *testing.B, root, mnt string) *MountedLayer {

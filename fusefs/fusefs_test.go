@@ -168,12 +168,18 @@ func openLayerBlob(t *testing.T, entries []entry, c *cache.Cache) (*layer.Layer,
 	}
 	blob, _ := os.ReadFile(blobFile.Name())
 	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob)), Annotations: res.Annotations}
-	l, err := layer.Open(context.Background(), desc, fileFetcher{blobFile}, c, layer.Options{})
+	return openBlob(t, blobFile, desc, c), blobFile.Name()
+}
+
+// openBlob opens the layer desc describes, its blob read from f.
+func openBlob(t *testing.T, f *os.File, desc ocispec.Descriptor, c *cache.Cache) *layer.Layer {
+	t.Helper()
+	l, err := layer.Open(context.Background(), desc, fileFetcher{f}, c, layer.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.Close)
-	return l, blobFile.Name()
+	return l
 }
 
 func TestTreeMatchesTheTar(t *testing.T) {

@@ -26,11 +26,25 @@ import (
 )
 
 // ObjectStore is the node's object store (composefs/objects) as the object
-// filesystem reads it.
+// filesystem reads and fills it.
 type ObjectStore interface {
 	// Open opens the object named d; an error wrapping fs.ErrNotExist
 	// when the store does not hold it.
 	Open(d digest.Digest) (*os.File, error)
+	// Put stores what write writes as the object d, failing (and
+	// storing nothing) unless it hashes to d.
+	Put(ctx context.Context, d digest.Digest, write func(io.Writer) error) error
+}
+
+// ObjectLayer is a layer whose files the object filesystem serves: a
+// lazily fetched Layer that can write a file whole and says whether it
+// has been checked against its image.
+type ObjectLayer interface {
+	Layer
+	WriteFile(ctx context.Context, e *toc.Entry, w io.Writer) error
+	// Verified tells whether the whole layer was found to be its
+	// image's: its TOC's file digests are then the truth.
+	Verified() bool
 }
 
 // MountedObjects is the object filesystem: the composefs object store's
@@ -62,7 +76,7 @@ type objectFS struct {
 
 // objectLayer is a layer whose files the object filesystem serves.
 type objectLayer struct {
-	l Layer
+	l ObjectLayer
 	// byDigest finds its regular files with content by their SHA-256:
 	// the raw sum, 32 bytes a key, where a digest string (which the TOC
 	// makes anew at each call) would be 87.
@@ -110,8 +124,10 @@ func MountObjects(mountpoint string, store ObjectStore, opts Options) (*MountedO
 
 // Add serves the files of l as objects, under key (for Remove). A layer's
 // files are found by the digest its TOC gives them; what they read is
-// verified against it chunk by chunk, as in the FUSE mode.
-func (m *MountedObjects) Add(key string, l Layer) {
+// verified chunk by chunk, as in the FUSE mode. That a file's chunks make
+// the digest its TOC names is the layer's word until the layer is
+// verified: see objectFile.resolve for when it is taken.
+func (m *MountedObjects) Add(key string, l ObjectLayer) {
 	ol := &objectLayer{l: l, byDigest: make(map[[sha256.Size]byte]*toc.Entry)}
 	for _, e := range l.TOC().Entries() {
 		if e.Type != toc.TypeReg || e.Size == 0 {
@@ -154,21 +170,28 @@ func (m *MountedObjects) Opens() (opens, fallbacks int64) {
 // container still reads an object, as MountedLayer.Unmount does).
 func (m *MountedObjects) Unmount() error { return unmount(m.server, m.mountpoint) }
 
-// find returns a layer file whose content is the object d, from a layer
-// that has not been refused.
-func (f *objectFS) find(d digest.Digest) (Layer, *toc.Entry, bool) {
+// source is a layer file whose TOC says its content is an object.
+type source struct {
+	l ObjectLayer
+	e *toc.Entry
+}
+
+// find returns the files of the layers not refused whose TOC says their
+// content is the object d.
+func (f *objectFS) find(d digest.Digest) []source {
 	sum, ok := sumOf(d)
 	if !ok {
-		return nil, nil, false
+		return nil
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	var found []source
 	for _, ol := range f.layers {
 		if e, ok := ol.byDigest[sum]; ok && !ol.l.Rejected() {
-			return ol.l, e, true
+			found = append(found, source{ol.l, e})
 		}
 	}
-	return nil, nil, false
+	return found
 }
 
 // objectRoot is the filesystem's root: the 256 fan-out directories "00" to
@@ -244,8 +267,8 @@ func (f *objectFS) size(d digest.Digest) (int64, bool) {
 			return fi.Size(), true
 		}
 	}
-	if _, e, ok := f.find(d); ok {
-		return e.Size, true
+	if found := f.find(d); len(found) > 0 {
+		return found[0].e.Size, true
 	}
 	return 0, false
 }
@@ -303,9 +326,9 @@ func (o *objectFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	f.opens.Add(1)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	local, l, e := o.resolve()
-	if local == nil && l == nil {
-		return nil, 0, syscall.ENOENT // its layer is gone, and the store never got it
+	local, l, e, errno := o.resolve(ctx)
+	if errno != 0 {
+		return nil, 0, errno
 	}
 	if local != nil && f.passthrough && o.pageOpens == 0 {
 		// The loopback file closes its descriptor at release: give it
@@ -334,21 +357,63 @@ func (o *objectFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 
 // resolve finds the object's bytes: a local file holding them all (the
 // store's copy, or a layer's cached file), else a layer to read them
-// through; neither when no one has them.
-func (o *objectFile) resolve() (*os.File, Layer, *toc.Entry) {
-	local, err := o.fsys.store.Open(o.digest)
+// through. ENOENT when no one has them, EIO when no layer's bytes are the
+// object's.
+//
+// A layer's TOC names the digest of each file's content, but only its
+// chunks' digests are checked as they are read: a layer whose TOC lies
+// (a file of its own bytes named by another file's digest) would serve
+// its bytes under that digest. So a layer's file serves the object only
+// when its word can be taken: the layer was verified whole against its
+// image; or it is the only layer that names the object (then only its
+// own images point at it, and its bytes are its own containers' affair);
+// else the file is read whole, checked against the digest and put in the
+// store, which serves it from then on.
+func (o *objectFile) resolve(ctx context.Context) (*os.File, ObjectLayer, *toc.Entry, syscall.Errno) {
+	f := o.fsys
+	if local, ok := f.stored(o.digest); ok {
+		return local, nil, nil, 0
+	}
+	found := f.find(o.digest)
+	if len(found) == 0 {
+		return nil, nil, nil, syscall.ENOENT // its layer is gone, and the store never got it
+	}
+	src, trusted := found[0], len(found) == 1
+	for _, s := range found {
+		if s.l.Verified() {
+			src, trusted = s, true
+			break
+		}
+	}
+	if trusted {
+		local, _ := src.l.CachedFile(src.e)
+		return local, src.l, src.e, 0
+	}
+	for _, s := range found {
+		err := f.store.Put(ctx, o.digest, func(w io.Writer) error { return s.l.WriteFile(ctx, s.e, w) })
+		if err != nil {
+			log.L.WithError(err).WithField("object", o.digest).WithField("file", s.e.Path()).Warn("a layer's file named by an object's digest is not that object; trying another layer")
+			continue
+		}
+		if local, ok := f.stored(o.digest); ok {
+			return local, nil, nil, 0
+		}
+	}
+	f.readErrors.Add(1)
+	log.L.WithField("object", o.digest).Error("no layer's file is the object its TOC names; the reader gets EIO")
+	return nil, nil, nil, syscall.EIO
+}
+
+// stored opens the store's copy of d, if it has one.
+func (f *objectFS) stored(d digest.Digest) (*os.File, bool) {
+	local, err := f.store.Open(d)
 	if err == nil {
-		return local, nil, nil
+		return local, true
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		log.L.WithError(err).WithField("object", o.digest).Warn("cannot open a stored object; reading it from its layer")
+		log.L.WithError(err).WithField("object", d).Warn("cannot open a stored object; reading it from a layer")
 	}
-	l, e, ok := o.fsys.find(o.digest)
-	if !ok {
-		return nil, nil, nil
-	}
-	local, _ = l.CachedFile(e)
-	return local, l, e
+	return nil, false
 }
 
 func (o *objectFile) released(passthrough bool) {
@@ -388,7 +453,7 @@ func (h *localObject) Release(ctx context.Context) syscall.Errno {
 // layerObject reads an object through the layer that names it: fetched on
 // demand, verified.
 type layerObject struct {
-	l   Layer
+	l   ObjectLayer
 	e   *toc.Entry
 	obj *objectFile
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/composefs/objects"
 	"github.com/lazypull/lazypull/composefs/tocimage"
+	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/internal/testenv"
 	"github.com/lazypull/lazypull/layer"
 )
@@ -80,6 +82,26 @@ func newObjectNode(t *testing.T, opts Options) *objectNode {
 func (n *objectNode) stack(t *testing.T, name string, entries []entry) lazyStack {
 	t.Helper()
 	l, blob := openLayerBlob(t, entries, n.cache)
+	return n.stackLayer(t, name, l, blob)
+}
+
+// stackBlob is stack for a layer made elsewhere (forged, say).
+func (n *objectNode) stackBlob(t *testing.T, name string, tl testenv.Layer) lazyStack {
+	t.Helper()
+	path := filepath.Join(n.dir, name+".blob")
+	if err := os.WriteFile(path, tl.Blob, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return n.stackLayer(t, name, openBlob(t, f, tl.Desc, n.cache), path)
+}
+
+func (n *objectNode) stackLayer(t *testing.T, name string, l *layer.Layer, blob string) lazyStack {
+	t.Helper()
 	m, store := n.objfs, n.store
 	m.Add(name, l)
 
@@ -257,5 +279,53 @@ func TestObjectsSharedAcrossImages(t *testing.T) {
 	}
 	if n := blobReads.Load() - before; n != 0 {
 		t.Errorf("image b's copy of a file image a read fetched %d times, want 0", n)
+	}
+}
+
+// TestObjectsLyingLayer: a layer whose TOC names its own file (of several
+// chunks: a one-chunk file's digest must be its chunk's) by the digest
+// of another image's file (its chunks' digests its own, so each chunk it
+// reads checks out) never serves its bytes to that image: with two
+// unverified layers naming an object, the object is read whole, checked
+// against its digest, and stored, whichever layer is tried first.
+func TestObjectsLyingLayer(t *testing.T) {
+	secret := random(2<<20 + 11)
+	d := digest.FromBytes(secret)
+	for round := range 4 {
+		n := newObjectNode(t, Options{Passthrough: true})
+		honest, err := testenv.EStargzLayer([]testenv.Entry{testenv.File("lib/real.so", string(secret))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		junk, err := testenv.EStargzLayer([]testenv.Entry{testenv.File("lib/junk.so", strings.Repeat("junk", 9<<18))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lying, err := testenv.ForgeTOC(junk, func(doc *toc.JSON) {
+			for i := range doc.Entries {
+				if doc.Entries[i].Name == "lib/junk.so" {
+					doc.Entries[i].Digest = d.String()
+				}
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Either may be added first; the map's order is random anyway.
+		var victim lazyStack
+		if round%2 == 0 {
+			n.stackBlob(t, "lying", lying)
+			victim = n.stackBlob(t, "honest", honest)
+		} else {
+			victim = n.stackBlob(t, "honest", honest)
+			n.stackBlob(t, "lying", lying)
+		}
+		got, err := os.ReadFile(filepath.Join(victim.merged, "lib/real.so"))
+		if err != nil || !bytes.Equal(got, secret) {
+			t.Fatalf("round %d: the honest image read %d bytes (%v), not its own %d", round, len(got), err, len(secret))
+		}
+		if has, err := n.store.Has(d); !has || err != nil {
+			t.Errorf("round %d: the object read whole is not in the store (%v)", round, err)
+		}
 	}
 }

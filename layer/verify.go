@@ -152,6 +152,12 @@ func (l *Layer) Verification() (Verification, error) {
 	return l.verification, l.rejected
 }
 
+// Verified tells whether the layer was found to be its image's.
+func (l *Layer) Verified() bool {
+	v, _ := l.Verification()
+	return v == Verified
+}
+
 // WaitVerified fetches the whole layer now and waits for its check (for
 // sites that verify before first use). It fails if the layer is rejected
 // or cannot be verified.

@@ -65,6 +65,10 @@ func (m *Mounter) ObjectsDir() string { return m.opts.Composefs.Mountpoint }
 // serveObjects writes l's image, claims its objects and serves them.
 func (m *Mounter) serveObjects(ctx context.Context, mountpoint string, l *layer.Layer, cfs composefsLayer) error {
 	d := l.Descriptor().Digest
+	start := time.Now()
+	defer func() {
+		log.G(ctx).WithField("layer", d).WithField("took", time.Since(start)).Debug("composefs: lazy layer's image written and objects claimed")
+	}()
 	if _, err := os.Lstat(cfs.image); errors.Is(err, fs.ErrNotExist) {
 		if _, err := tocimage.Write(ctx, l.TOC(), cfs.image, tocimage.Options{}); err != nil {
 			return fmt.Errorf("layer %s: metadata image: %w", d, err)

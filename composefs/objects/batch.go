@@ -121,6 +121,30 @@ func (b *Batch) Add(d digest.Digest) error {
 	return nil
 }
 
+// Put stores what write writes as the object d, kept by a lease of its own
+// until it is in place (then the owners that name d keep it, or the next
+// GC removes it). It fails, storing nothing, unless the content hashes to
+// d: what a caller cannot vouch for goes in only if it is d.
+func (s *Store) Put(ctx context.Context, d digest.Digest, write func(io.Writer) error) error {
+	b, err := s.Lease(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.Abort()
+	w, err := b.Create()
+	if err != nil {
+		return err
+	}
+	if err := write(w); err != nil {
+		w.Close()
+		return err
+	}
+	if _, err := w.Commit(d); err != nil {
+		return err
+	}
+	return b.Commit()
+}
+
 // Put writes r's content as an object (Create, copy, Commit).
 func (b *Batch) Put(r io.Reader, expected digest.Digest) (Object, error) {
 	w, err := b.Create()

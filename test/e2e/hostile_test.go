@@ -2,12 +2,9 @@ package e2e
 
 import (
 	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,7 +21,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
-	"github.com/lazypull/lazypull/format/estargz"
 	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
@@ -420,63 +416,21 @@ func mountpointOf(t *testing.T, env *testenv.Env, d digest.Digest) string {
 	return ""
 }
 
-// forgeTOC replaces the TOC of an eStargz layer with edit's version of it,
-// keeping the file data and the footer (the TOC starts where it did), and
-// describes the result truthfully: its digest, TOC digest and diff_id are
-// those of the forged blob, as an attacker would make them.
+// forgeTOC is testenv.ForgeTOC, failing the test on an error.
 func forgeTOC(t *testing.T, l testenv.Layer, edit func(*toc.JSON)) testenv.Layer {
 	t.Helper()
-	tocOffset, err := strconv.ParseInt(l.Desc.Annotations[estargz.TOCOffsetAnnotation], 10, 64)
+	forged, err := testenv.ForgeTOC(l, edit)
 	if err != nil {
 		t.Fatal(err)
-	}
-	footer := l.Blob[len(l.Blob)-estargz.FooterSize:]
-	doc := readTOC(t, l)
-	edit(&doc)
-	tocJSON, err := json.Marshal(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var member bytes.Buffer
-	zw := gzip.NewWriter(&member)
-	tw := tar.NewWriter(zw)
-	tw.WriteHeader(&tar.Header{Name: estargz.TOCTarName, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(tocJSON))})
-	tw.Write(tocJSON)
-	if err := errors.Join(tw.Close(), zw.Close()); err != nil {
-		t.Fatal(err)
-	}
-	blob := append(append(append([]byte(nil), l.Blob[:tocOffset]...), member.Bytes()...), footer...)
-	diffID, size, err := testenv.DiffIDOf(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	forged := testenv.Layer{Blob: blob, DiffID: diffID, Desc: l.Desc}
-	forged.Desc.Digest, forged.Desc.Size = digest.FromBytes(blob), int64(len(blob))
-	forged.Desc.Annotations = map[string]string{
-		estargz.TOCDigestAnnotation:        digest.FromBytes(tocJSON).String(),
-		estargz.UncompressedSizeAnnotation: strconv.FormatInt(size, 10),
-		estargz.TOCOffsetAnnotation:        strconv.FormatInt(tocOffset, 10),
 	}
 	return forged
 }
 
-// readTOC decodes the TOC of an eStargz layer our writer made.
+// readTOC is testenv.ReadTOC, failing the test on an error.
 func readTOC(t *testing.T, l testenv.Layer) toc.JSON {
 	t.Helper()
-	tocOffset, err := strconv.ParseInt(l.Desc.Annotations[estargz.TOCOffsetAnnotation], 10, 64)
+	doc, err := testenv.ReadTOC(l)
 	if err != nil {
-		t.Fatal(err)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(l.Blob[tocOffset : len(l.Blob)-estargz.FooterSize]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	if h, err := tr.Next(); err != nil || h.Name != estargz.TOCTarName {
-		t.Fatalf("the TOC member: %v", err)
-	}
-	var doc toc.JSON
-	if err := json.NewDecoder(tr).Decode(&doc); err != nil {
 		t.Fatal(err)
 	}
 	return doc
