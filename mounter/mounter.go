@@ -279,16 +279,21 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		return err
 	}
 	entries := entriesOf(l)
-	var fm *fusefs.MountedLayer
+	var (
+		fm *fusefs.MountedLayer
+		// A lazy composefs layer's image and claim are written while
+		// its prefetch waits on the registry.
+		served chan error
+	)
 	if cfs == nil {
-		fm, err = fusefs.Mount(mountpoint, l, m.opts.FUSE)
+		if fm, err = fusefs.Mount(mountpoint, l, m.opts.FUSE); err != nil {
+			m.holdEntries(held, -entries)
+			l.Close()
+			return err
+		}
 	} else {
-		err = m.serveObjects(ctx, mountpoint, l, *cfs)
-	}
-	if err != nil {
-		m.holdEntries(held, -entries)
-		l.Close()
-		return err
+		served = make(chan error, 1)
+		go func() { served <- m.serveObjects(ctx, mountpoint, l, *cfs) }()
 	}
 	// unserve undoes the mount (before the layer closes).
 	unserve := func() {
@@ -301,6 +306,13 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 	if !m.opts.NoPrefetch {
 		if err := l.Prefetch(ctx, m.opts.PrefetchTimeout); err != nil {
 			log.G(ctx).WithError(err).WithField("layer", desc.Digest).Warn("prefetch did not finish; files will be fetched on demand")
+		}
+	}
+	if served != nil {
+		if err := <-served; err != nil {
+			m.holdEntries(held, -entries)
+			l.Close()
+			return err
 		}
 	}
 	// Verifying before use needs the whole layer, background or not.
