@@ -9,13 +9,14 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
 	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/composefs/objects"
 	"github.com/lazypull/lazypull/composefs/tocimage"
 	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/fusefs"
 	"github.com/lazypull/lazypull/layer"
-	"github.com/opencontainers/go-digest"
 )
 
 // ComposefsOptions set up the lazy composefs mode (MountComposefs).
@@ -38,13 +39,13 @@ type composefsLayer struct {
 // MountComposefs serves the layer the labels name (as Mount finds it) in
 // the lazy composefs form: it writes the layer's metadata image to image
 // from its TOC, no file data fetched (unless an image is there already,
-// as when it is called again after a restart: the image is the same; a
-// layer that settled since needs nothing more);
+// as when it is called again after a restart: the image is the same);
 // claims the objects the image names for owner in the store; and serves
 // their data through the object filesystem, fetched on demand and in the
-// background as the FUSE mode fetches it, until the store holds them.
-// The caller mounts the image; mountpoint (where it does) names the layer
-// for Unmount, Check and Usage, as Mount's does.
+// background as the FUSE mode fetches it, until the store holds them all
+// (see settle). A layer that settled before needs nothing more. The
+// caller mounts the image; mountpoint (where it does) names the layer for
+// Unmount, Check and Usage, as Mount's does.
 func (m *Mounter) MountComposefs(ctx context.Context, mountpoint, image, owner string, labels map[string]string) error {
 	if m.opts.Composefs.Store == nil || m.opts.Composefs.Mountpoint == "" {
 		return fmt.Errorf("%w: the lazy composefs mode is not set up here ([composefs] enable and lazy)", errNotLazy)

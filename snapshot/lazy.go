@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/log"
+
 	"github.com/lazypull/lazypull/composefs"
 )
 
