@@ -2,7 +2,10 @@
 // an overlayfs lower layer: the TOC's tree with its modes, owners, times,
 // links and xattrs; whiteouts and opaque directories as overlayfs expects
 // them; file contents read through the layer, or through FUSE passthrough
-// once a file is cached. It knows a layer, not a registry.
+// once a file is cached. It also serves the lazy composefs mode's object
+// filesystem (MountObjects): the files of many layers by the digest of
+// their content, as overlayfs's data-only lower layer. It knows layers and
+// an object store's interface, not a registry.
 package fusefs
 
 import (
