@@ -13,9 +13,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -75,9 +72,7 @@ type filesystem struct {
 	opaque      []string
 	passthrough bool
 	stateIno    uint64
-	fallbacks   atomic.Int64 // reads that passthrough should have taken
-	warnOnce    sync.Once
-	readErrors  atomic.Int64
+	mountStats  // read errors, passthrough fallbacks
 	opens       pageCacheOpens
 	mountedAt   time.Time
 	// noXattrs: no entry has an xattr and no directory is opaque. Then
@@ -111,14 +106,26 @@ func Mount(mountpoint string, l Layer, opts Options) (*MountedLayer, error) {
 	fsys.stateIno = uint64(fsys.toc.Len()) + 2
 
 	forever := 24 * time.Hour // the tree never changes
-	server, err := fs.Mount(mountpoint, &dirNode{node{fsys: fsys, e: fsys.toc.Root()}}, &fs.Options{
+	server, err := mountRO(mountpoint, &dirNode{node{fsys: fsys, e: fsys.toc.Root()}}, "lazypull", forever, opts.Debug)
+	if err != nil {
+		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
+	}
+	return &MountedLayer{server: server, mountpoint: mountpoint, fsys: fsys}, nil
+}
+
+// mountRO mounts root read-only at mountpoint, as root with mount(2),
+// readable by every user with permissions checked by the kernel; entries
+// and attributes cached forever, names found absent for negative.
+func mountRO(mountpoint string, root fs.InodeEmbedder, fsName string, negative time.Duration, debug bool) (*fuse.Server, error) {
+	forever := 24 * time.Hour
+	server, err := fs.Mount(mountpoint, root, &fs.Options{
 		EntryTimeout:    &forever,
 		AttrTimeout:     &forever,
-		NegativeTimeout: &forever,
+		NegativeTimeout: &negative,
 		MountOptions: fuse.MountOptions{
 			AllowOther:  true,
 			DirectMount: true,
-			FsName:      "lazypull",
+			FsName:      fsName,
 			Name:        "lazypull",
 			Options:     []string{"ro", "default_permissions"},
 			// MaxWrite caps every request (reads too), and each
@@ -131,14 +138,14 @@ func Mount(mountpoint string, l Layer, opts Options) (*MountedLayer, error) {
 			// Splicing large reads needs a pipe larger than Linux's
 			// default maximum; our reads are in memory anyway.
 			DisableSplice: true,
-			Debug:         opts.Debug,
+			Debug:         debug,
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mount layer at %s: %w", mountpoint, err)
+		return nil, err
 	}
 	raiseReadAhead(mountpoint)
-	return &MountedLayer{server: server, mountpoint: mountpoint, fsys: fsys}, nil
+	return server, nil
 }
 
 // raiseReadAhead lets the kernel send 1 MiB reads instead of 128 KiB ones:
@@ -197,11 +204,4 @@ func whiteoutTarget(base string) (string, bool) {
 		return "", false
 	}
 	return strings.CutPrefix(base, toc.WhiteoutPrefix)
-}
-
-// errno turns a read error into EIO: a caller never gets wrong bytes.
-func (f *filesystem) readError(e *toc.Entry, err error) syscall.Errno {
-	f.readErrors.Add(1)
-	log.L.WithError(err).WithField("file", e.Path()).Error("read failed; the reader gets EIO")
-	return syscall.EIO
 }

@@ -19,7 +19,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/metrics"
@@ -65,9 +64,7 @@ type MountedObjects struct {
 type objectFS struct {
 	store       ObjectStore
 	passthrough bool
-	fallbacks   atomic.Int64
-	warnOnce    sync.Once
-	readErrors  atomic.Int64
+	mountStats               // read errors, passthrough fallbacks
 	opens       atomic.Int64 // every open, counted for tests and status
 
 	mu     sync.RWMutex
@@ -97,28 +94,11 @@ func sumOf(d digest.Digest) ([sha256.Size]byte, bool) {
 // objects store holds; layers are added with Add.
 func MountObjects(mountpoint string, store ObjectStore, opts Options) (*MountedObjects, error) {
 	fsys := &objectFS{store: store, passthrough: opts.Passthrough, layers: make(map[string]*objectLayer)}
-	forever := 24 * time.Hour
-	var never time.Duration // objects appear as layers are added: no negative entries
-	server, err := gofs.Mount(mountpoint, &objectRoot{fsys: fsys}, &gofs.Options{
-		EntryTimeout:    &forever,
-		AttrTimeout:     &forever,
-		NegativeTimeout: &never,
-		MountOptions: fuse.MountOptions{
-			AllowOther:    true,
-			DirectMount:   true,
-			FsName:        "lazypull-objects",
-			Name:          "lazypull",
-			Options:       []string{"ro", "default_permissions"},
-			MaxWrite:      256 << 10, // as Mount's: see there
-			MaxReadAhead:  1 << 20,
-			DisableSplice: true,
-			Debug:         opts.Debug,
-		},
-	})
+	// Objects appear as layers are added: no negative entries.
+	server, err := mountRO(mountpoint, &objectRoot{fsys: fsys}, "lazypull-objects", 0, opts.Debug)
 	if err != nil {
 		return nil, fmt.Errorf("mount the object filesystem at %s: %w", mountpoint, err)
 	}
-	raiseReadAhead(mountpoint)
 	return &MountedObjects{server: server, mountpoint: mountpoint, fsys: fsys}, nil
 }
 
@@ -207,9 +187,14 @@ var (
 )
 
 func (r *objectRoot) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o555
-	out.Nlink = 2
+	fillObjectDir(&out.Attr)
 	return 0
+}
+
+// fillObjectDir is the attributes of the root and the fan-out directories.
+func fillObjectDir(a *fuse.Attr) {
+	a.Mode = syscall.S_IFDIR | 0o555
+	a.Nlink = 2
 }
 
 func (r *objectRoot) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -218,8 +203,7 @@ func (r *objectRoot) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		return nil, syscall.ENOENT
 	}
 	v, _ := strconv.ParseUint(name, 16, 8)
-	out.Mode = syscall.S_IFDIR | 0o555
-	out.Nlink = 2
+	fillObjectDir(&out.Attr)
 	// Inodes 2 to 257 are the fan-out directories; objects get theirs
 	// from go-fuse, above.
 	return r.NewInode(ctx, &objectDir{fsys: r.fsys, prefix: name}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: 2 + v}), 0
@@ -239,8 +223,7 @@ var (
 )
 
 func (d *objectDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o555
-	out.Nlink = 2
+	fillObjectDir(&out.Attr)
 	return 0
 }
 
@@ -261,7 +244,7 @@ func (d *objectDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 
 // size is the object d's size, if the store or a layer has it.
 func (f *objectFS) size(d digest.Digest) (int64, bool) {
-	if file, err := f.store.Open(d); err == nil {
+	if file, ok := f.stored(d); ok {
 		defer file.Close()
 		if fi, err := file.Stat(); err == nil {
 			return fi.Size(), true
@@ -331,16 +314,13 @@ func (o *objectFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 		return nil, 0, errno
 	}
 	if local != nil && f.passthrough && o.pageOpens == 0 {
-		// The loopback file closes its descriptor at release: give it
-		// one of its own.
-		fd, err := unix.Dup(int(local.Fd()))
-		local.Close()
+		h, err := newPassthroughHandle(local, o)
 		if err != nil {
 			log.L.WithError(err).WithField("object", o.digest).Error("open failed; the reader gets EIO")
 			return nil, 0, syscall.EIO
 		}
 		o.passOpens++
-		return &objectPassthrough{FileHandle: gofs.NewLoopbackFile(fd), obj: o}, fuse.FOPEN_KEEP_CACHE, 0
+		return h, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	if o.passOpens > 0 {
 		if local != nil {
@@ -350,9 +330,9 @@ func (o *objectFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	}
 	o.pageOpens++
 	if local != nil {
-		return &localObject{f: local, obj: o}, fuse.FOPEN_KEEP_CACHE, 0
+		return &localHandle{f: local, node: o}, fuse.FOPEN_KEEP_CACHE, 0
 	}
-	return &layerObject{l: l, e: e, obj: o}, fuse.FOPEN_KEEP_CACHE, 0
+	return &layerHandle{l: l, e: e, node: o}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // resolve finds the object's bytes: a local file holding them all (the
@@ -416,6 +396,12 @@ func (f *objectFS) stored(d digest.Digest) (*os.File, bool) {
 	return nil, false
 }
 
+func (o *objectFile) readFailed(err error) syscall.Errno {
+	return o.fsys.failed(err, "object", o.digest.String())
+}
+
+func (o *objectFile) fellBack() { o.fsys.mountStats.fellBack("the object filesystem") }
+
 func (o *objectFile) released(passthrough bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -424,76 +410,4 @@ func (o *objectFile) released(passthrough bool) {
 	} else {
 		o.pageOpens--
 	}
-}
-
-// localObject reads a local copy of an object (the store's or the cache's)
-// through the daemon, where passthrough is off or may not be used.
-type localObject struct {
-	f   *os.File
-	obj *objectFile
-}
-
-func (h *localObject) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	defer metrics.ObserveFUSE("read", time.Now())
-	n, err := h.f.ReadAt(dest, off)
-	if err != nil && err != io.EOF {
-		h.obj.fsys.readErrors.Add(1)
-		log.L.WithError(err).WithField("object", h.obj.digest).Error("read failed; the reader gets EIO")
-		return nil, syscall.EIO
-	}
-	return fuse.ReadResultData(dest[:n]), 0
-}
-
-func (h *localObject) Release(ctx context.Context) syscall.Errno {
-	h.f.Close()
-	h.obj.released(false)
-	return 0
-}
-
-// layerObject reads an object through the layer that names it: fetched on
-// demand, verified.
-type layerObject struct {
-	l   ObjectLayer
-	e   *toc.Entry
-	obj *objectFile
-}
-
-func (h *layerObject) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	defer metrics.ObserveFUSE("read", time.Now())
-	n, err := h.l.ReadAt(ctx, h.e, dest, off)
-	if err != nil && err != io.EOF {
-		h.obj.fsys.readErrors.Add(1)
-		log.L.WithError(err).WithField("object", h.obj.digest).WithField("file", h.e.Path()).Error("read failed; the reader gets EIO")
-		return nil, syscall.EIO
-	}
-	return fuse.ReadResultData(dest[:n]), 0
-}
-
-func (h *layerObject) Release(ctx context.Context) syscall.Errno {
-	h.obj.released(false)
-	return 0
-}
-
-// objectPassthrough is a local object handed to the kernel; its Read runs
-// only if passthrough did not take.
-type objectPassthrough struct {
-	gofs.FileHandle
-	obj *objectFile
-}
-
-func (p *objectPassthrough) PassthroughFd() (int, bool) {
-	return p.FileHandle.(gofs.FilePassthroughFder).PassthroughFd()
-}
-
-func (p *objectPassthrough) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	p.obj.fsys.fallbacks.Add(1)
-	p.obj.fsys.warnOnce.Do(func() {
-		log.L.Warn("FUSE passthrough is not in effect on the object filesystem: stored objects are read through the daemon")
-	})
-	return p.FileHandle.(gofs.FileReader).Read(ctx, dest, off)
-}
-
-func (p *objectPassthrough) Release(ctx context.Context) syscall.Errno {
-	p.obj.released(true)
-	return p.FileHandle.(gofs.FileReleaser).Release(ctx)
 }
