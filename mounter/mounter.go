@@ -295,14 +295,6 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		served = make(chan error, 1)
 		go func() { served <- m.serveObjects(ctx, mountpoint, l, *cfs) }()
 	}
-	// unserve undoes the mount (before the layer closes).
-	unserve := func() {
-		if fm != nil {
-			fm.Unmount()
-		} else {
-			m.stopServing(mountpoint)
-		}
-	}
 	if !m.opts.NoPrefetch {
 		if err := l.Prefetch(ctx, m.opts.PrefetchTimeout); err != nil {
 			log.G(ctx).WithError(err).WithField("layer", desc.Digest).Warn("prefetch did not finish; files will be fetched on demand")
@@ -310,8 +302,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 	}
 	if served != nil {
 		if err := <-served; err != nil {
-			m.holdEntries(held, -entries)
-			l.Close()
+			m.drop(mountpoint, nil, l, held, entries)
 			return err
 		}
 	}
@@ -320,9 +311,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		l.StartBackground()
 		if m.opts.VerifyBeforeUse {
 			if err := l.WaitVerified(ctx); err != nil {
-				unserve()
-				m.holdEntries(held, -entries)
-				l.Close()
+				m.drop(mountpoint, fm, l, held, entries)
 				return fmt.Errorf("layer %s: verify before use: %w", desc.Digest, err)
 			}
 		}
@@ -536,14 +525,22 @@ func (m *Mounter) unmount(mountpoint string) error {
 		return nil
 	}
 	metrics.MountedLayers.Dec()
+	return m.drop(mountpoint, mt.fuse, mt.layer, mt.image, mt.entries)
+}
+
+// drop undoes the mount of l at mountpoint: it stops serving it (its FUSE
+// mount fm, or, with none, its objects), then closes the layer, so that no
+// read arrives at a closed layer, and gives back its entries held against
+// its image.
+func (m *Mounter) drop(mountpoint string, fm *fusefs.MountedLayer, l *layer.Layer, held imageKey, entries int64) error {
 	var err error
-	if mt.fuse != nil {
-		err = mt.fuse.Unmount()
+	if fm != nil {
+		err = fm.Unmount()
 	} else {
 		err = m.stopServing(mountpoint)
 	}
-	mt.layer.Close()
-	m.holdEntries(mt.image, -mt.entries)
+	l.Close()
+	m.holdEntries(held, -entries)
 	return err
 }
 
