@@ -3,7 +3,6 @@ package runner
 import (
 	"bufio"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -34,16 +33,6 @@ func (r *bench) daemonConfig(sc Scenario) string {
 	}
 	// A top-level key: before the first [table].
 	return fmt.Sprintf("metrics_address = %q\n", r.metricsAddr) + cfg
-}
-
-// freeAddr returns a loopback address with a port free for now.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // fuseOps counts the FUSE operations lazypull's FUSE manager has served,

@@ -61,7 +61,7 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 		}
 	}()
 	r := &bench{cfg: cfg, env: env, proxy: proxy, daemons: make(map[string]*daemon), imageSizes: make(map[string]int64)}
-	if r.metricsAddr, err = freeAddr(); err != nil {
+	if r.metricsAddr, err = testenv.FreeLoopbackAddr(); err != nil {
 		return rep, err
 	}
 	defer func() {

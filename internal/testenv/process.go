@@ -140,8 +140,8 @@ func httpOK(url string) error {
 	return nil
 }
 
-// freeLoopbackAddr returns a 127.0.0.1 address with a port nobody listens on.
-func freeLoopbackAddr() (string, error) {
+// FreeLoopbackAddr returns a 127.0.0.1 address with a port nobody listens on.
+func FreeLoopbackAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err

@@ -21,7 +21,7 @@ func StartRegistry(dir string) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr, err := freeLoopbackAddr()
+	addr, err := FreeLoopbackAddr()
 	if err != nil {
 		return nil, err
 	}
