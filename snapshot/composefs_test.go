@@ -17,9 +17,9 @@ import (
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
-// newComposefsSnapshotter is a snapshotter in the composefs mode whose
-// mounts are all gone when the test ends.
-func newComposefsSnapshotter(t *testing.T, root string) (*Snapshotter, *composefs.Layers, context.Context) {
+// newComposefsSnapshotter is a snapshotter in the composefs mode (and
+// opts) whose mounts are all gone when the test ends.
+func newComposefsSnapshotter(t *testing.T, root string, opts ...Opt) (*Snapshotter, *composefs.Layers, context.Context) {
 	t.Helper()
 	testenv.NeedRoot(t)
 	ctx := context.Background()
@@ -27,7 +27,7 @@ func newComposefsSnapshotter(t *testing.T, root string) (*Snapshotter, *composef
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, ctx := newTestSnapshotterAt(t, root, WithComposefs(layers))
+	s, ctx := newTestSnapshotterAt(t, root, append([]Opt{WithComposefs(layers)}, opts...)...)
 	t.Cleanup(func() {
 		if err := testenv.UnmountAll(testenv.MountsUnder(root)); err != nil {
 			t.Error(err)

@@ -19,7 +19,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/lazypull/lazypull/composefs"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -183,21 +182,8 @@ func testComposefsUnpackImpliedDirs(t *testing.T, key string) {
 // one, a layer the Remote cannot mount is unpacked through the stack (the
 // implied directories right), and one it mounts costs no overlay.
 func TestComposefsUnpackWithRemote(t *testing.T) {
-	root := t.TempDir()
-	testenv.NeedRoot(t)
-	ctx := context.Background()
-	layers, err := composefs.OpenLayers(ctx, filepath.Join(root, "composefs"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	remote := &bindRemote{source: t.TempDir(), fail: errors.New("not a lazy layer")}
-	s, ctx := newTestSnapshotterAt(t, root, WithComposefs(layers), WithRemote(remote))
-	t.Cleanup(func() {
-		if err := testenv.UnmountAll(testenv.MountsUnder(root)); err != nil {
-			t.Error(err)
-		}
-		layers.Close()
-	})
+	s, _, ctx := newComposefsSnapshotter(t, t.TempDir(), WithRemote(remote))
 
 	for i, entries := range [][]testenv.Entry{
 		{{Path: "a", Type: tar.TypeDir, Mode: 0o750}},
@@ -254,22 +240,8 @@ func (r refusingLazy) ObjectsDir() string { return "/nonexistent" }
 // is mounted by the Remote instead, and its snapshot says why not lazily
 // in the composefs form.
 func TestLazyComposefsFallback(t *testing.T) {
-	root := t.TempDir()
-	testenv.NeedRoot(t)
-	ctx := context.Background()
-	layers, err := composefs.OpenLayers(ctx, filepath.Join(root, "composefs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	remote := &bindRemote{source: t.TempDir()}
 	why := errors.New("the kernel has no data-only lower layers")
-	s, ctx := newTestSnapshotterAt(t, root, WithComposefs(layers), WithRemote(remote), WithLazyComposefs(refusingLazy{why}))
-	t.Cleanup(func() {
-		if err := testenv.UnmountAll(testenv.MountsUnder(root)); err != nil {
-			t.Error(err)
-		}
-		layers.Close()
-	})
+	s, _, ctx := newComposefsSnapshotter(t, t.TempDir(), WithRemote(&bindRemote{source: t.TempDir()}), WithLazyComposefs(refusingLazy{why}))
 	if _, err := s.Prepare(ctx, "unpack-1", "", unpackOf("layer-1")); !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("Prepare of a layer the Remote mounts: %v, want ErrAlreadyExists", err)
 	}
