@@ -318,7 +318,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 	}
 	m.mu.Lock()
 	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm, image: held, entries: entries}
-	if cfs != nil && !m.closed && !settled(*cfs) {
+	if cfs != nil && !m.closed { // MountComposefs ruled out a settled layer
 		m.bg.Add(1)
 		go m.settle(mountpoint, l, *cfs)
 	}
