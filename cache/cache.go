@@ -109,7 +109,7 @@ func (c *Cache) load() error {
 	c.stats.corruptions.Add(int64(torn))
 	c.index.entries = make(map[digest.Digest]*entry, len(found))
 	for _, s := range found { // oldest first
-		c.index.add(&entry{digest: s.digest, size: s.size})
+		c.index.add(&entry{digest: s.digest, size: s.size, parts: s.parts})
 	}
 	for _, e := range c.index.evict(c.opts.maxBytes, nil) { // no Holds yet
 		c.stats.evictions.Add(1)
@@ -142,7 +142,8 @@ func (c *Cache) Put(d digest.Digest, data []byte) error {
 
 // PutFile stores what r yields under d, streaming it to disk while hashing;
 // the entry appears only if the digest matches (else the error wraps
-// ErrDigestMismatch). It is for large assembled files. If d is already
+// ErrDigestMismatch). It is for data too large to hold whole in memory
+// (a chunk decompressed from its member as it is written). If d is already
 // stored, r is not read. r is read to EOF otherwise: bound it (io.LimitReader)
 // if its size is untrusted.
 func (c *Cache) PutFile(d digest.Digest, r io.Reader) error {
@@ -361,6 +362,11 @@ func (c *Cache) open(d digest.Digest) (entryFD, int64, bool) {
 		if e == nil {
 			return -1, 0, false
 		}
+		if e.parts != nil {
+			c.mu.Unlock() // being filled: not whole yet
+			c.stats.misses.Add(1)
+			return -1, 0, false
+		}
 		if wait := e.verifying; wait != nil {
 			c.mu.Unlock()
 			<-wait
@@ -473,11 +479,15 @@ func (c *Cache) deleteDetached(v detached) error {
 	return err
 }
 
-// Has reports whether d is stored. It does not count as a use.
+// Has reports whether d is stored whole (not being filled). It does not count as a use.
 func (c *Cache) Has(d digest.Digest) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !c.closed && c.index.get(d) != nil
+	if c.closed {
+		return false
+	}
+	e := c.index.get(d)
+	return e != nil && e.parts == nil
 }
 
 // Remove deletes the entry for d, if any. An *os.File from Open stays

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 //	lock                 flock(2)ed by the one Cache that owns the directory
 //	tmp/                 files being written; emptied by New (a crash leaves some)
 //	sha256/ab/ab12…ef    one file per entry, named by its digest
+//	sha256/ab/ab12…ef.parts  beside an entry being filled in place: its pieces (fill.go)
 //
 // The files are the whole truth: there is no separate index file to keep in
 // step with them. New rebuilds sizes and LRU order by listing the directory:
@@ -211,12 +213,15 @@ func (fd entryFD) ReadAt(p []byte, off int64) (int, error) {
 
 func (fd entryFD) Close() error { return unix.Close(int(fd)) }
 
-// deleteEntryFile removes an entry's file; it being gone already is fine.
+// deleteEntryFile removes an entry's file, and the record of its pieces if
+// it was being filled; either being gone already is fine.
 // Readers that have it open keep reading the old inode (Linux unlink
 // semantics), so an evicted file still backing a passthrough open is safe.
 func deleteEntryFile(p string) error {
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+	for _, f := range []string{p, p + partsSuffix} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	return nil
 }
@@ -226,6 +231,7 @@ type scannedEntry struct {
 	digest  digest.Digest
 	size    int64
 	lastUse time.Time
+	parts   *parts // being filled in place
 }
 
 // scanDir lists every entry file under dir, oldest use first, and counts the
@@ -301,7 +307,12 @@ func scanPrefixDir(p string) (entries []scannedEntry, torn int, err error) {
 	alg := digest.Algorithm(filepath.Base(filepath.Dir(p)))
 	prefix := filepath.Base(p)
 	entries = make([]scannedEntry, 0, len(names))
+	sidecars := make(map[string]bool)
 	for _, name := range names {
+		if base, ok := strings.CutSuffix(name, partsSuffix); ok && isEntryName(alg, prefix, base) {
+			sidecars[base] = true
+			continue
+		}
 		var st unix.Stat_t
 		if err := unix.Fstatat(dirFd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -324,6 +335,22 @@ func scanPrefixDir(p string) (entries []scannedEntry, torn int, err error) {
 			continue
 		}
 		entries = append(entries, scannedEntry{digest: d, size: st.Size, lastUse: time.Unix(st.Mtim.Unix())})
+	}
+	for i := range entries {
+		s := &entries[i]
+		name := s.digest.Encoded()
+		if !sidecars[name] {
+			continue
+		}
+		delete(sidecars, name)
+		if s.parts, err = readParts(filepath.Join(p, name+partsSuffix), s.size); err != nil {
+			return nil, 0, fmt.Errorf("cache: scan %s: %w", filepath.Join(p, name+partsSuffix), err)
+		}
+	}
+	for name := range sidecars { // its entry is gone: a crash during a deletion
+		if err := deleteEntryFile(filepath.Join(p, name)); err != nil {
+			return nil, 0, fmt.Errorf("cache: delete %s: %w", filepath.Join(p, name+partsSuffix), err)
+		}
 	}
 	return entries, torn, nil
 }

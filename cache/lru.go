@@ -18,6 +18,9 @@ type entry struct {
 	// verifying is non-nil while a read is hashing the file; others wait on
 	// it so a large file is hashed once, not once per concurrent read.
 	verifying chan struct{}
+	// parts is non-nil while the entry is being filled in place (fill.go):
+	// then it serves its pieces only, never the whole file.
+	parts *parts
 
 	// lastUse and touched record a use since the file was written or loaded,
 	// to be written back as the file's mtime at Close (see disk.go).

@@ -251,8 +251,8 @@ func BenchmarkCachedRead(b *testing.B) {
 	ptMount := openAndMount(b, bl, c, dir, Options{Passthrough: true})
 	pt, l := ptMount.dir, ptMount.layer
 	daemon := openAndMount(b, bl, c, dir, Options{}).dir
-	// Warm: every chunk cached, then the whole-file entry that a
-	// passthrough open assembles from them.
+	// Warm: every chunk cached, into the whole-file entry they fill,
+	// sealed by then or at the first open.
 	l.StartBackground()
 	<-l.BackgroundDone()
 	if s := l.Stats(); s.CachedBytes != s.DataSize {

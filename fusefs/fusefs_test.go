@@ -436,8 +436,8 @@ func TestPassthrough(t *testing.T) {
 		t.Fatal("a read of a file not cached was not counted")
 	}
 
-	// data/big is cached whole before its first open, as the layer's
-	// assembly leaves it (assembly itself is the layer's to test; opening
+	// data/big is cached whole before its first open, as the layer leaves
+	// it once its chunks filled it (that is the layer's to test; opening
 	// it here first would race its own release with the next open).
 	e, ok := l.TOC().Lookup("data/big")
 	if !ok {

@@ -52,6 +52,15 @@ type Cache interface {
 	// PutFile streams r's content in, failing with
 	// cache.ErrDigestMismatch when it does not hash to d.
 	PutFile(d digest.Digest, r io.Reader) error
+	// PutPart, PutPartFrom, HasPart, ReadPart and Seal fill the entry of
+	// a whole file d in place, a verified piece (a chunk) at a time; it
+	// is a whole entry (Has, Open) only once sealed. The puts return how
+	// many bytes of d are in.
+	PutPart(d digest.Digest, size, off int64, piece digest.Digest, data []byte) (int64, error)
+	PutPartFrom(d digest.Digest, size, off int64, piece digest.Digest, n int64, r io.Reader) (int64, error)
+	HasPart(d digest.Digest, off int64, piece digest.Digest) bool
+	ReadPart(d digest.Digest, size, off int64, piece digest.Digest, n int64, p []byte, from int64) bool
+	Seal(d digest.Digest) error
 	Open(d digest.Digest) (*os.File, bool)
 	Has(d digest.Digest) bool
 	Remove(d digest.Digest) error
@@ -150,7 +159,10 @@ type Layer struct {
 	members   []member   // compressed members (gzip) or frames (zstd), by offset
 	refs      []chunkRef // the members' chunks, member by member
 	dataBytes int64      // their total size
-	tailPiece tailPiece  // set once, at Open
+	// holes are the bytes of the holes of each file that fills in place
+	// and has any (by its index in the TOC): what of it is never cached.
+	holes     map[uint32]int64
+	tailPiece tailPiece // set once, at Open
 
 	// ctx ends when the layer closes; wg counts every goroutine the
 	// layer started (see spawn).
@@ -171,9 +183,9 @@ type Layer struct {
 
 	inflight map[int]*call // member index → the fetch that brings it
 	done     []bool        // member index → all its chunks are cached
-	// assembling holds the files being assembled for passthrough.
-	assembling map[digest.Digest]bool
-	lastErr    error
+	// sealing holds the files filled in place being sealed.
+	sealing map[digest.Digest]bool
+	lastErr error
 
 	gate       *Gate // foreground fetches, which the background gives way to
 	fetched    atomic.Int64
@@ -282,7 +294,7 @@ func Open(ctx context.Context, desc ocispec.Descriptor, f Fetcher, c Cache, opts
 	}
 	l := &Layer{desc: desc, blob: blob, kind: kind, fetcher: f, cache: c, opts: opts, gate: opts.Gate,
 		budget: opts.Budget, held: held, hints: make(chan struct{}, maxHintCalls),
-		inflight: make(map[int]*call), assembling: make(map[digest.Digest]bool)}
+		inflight: make(map[int]*call), sealing: make(map[digest.Digest]bool)}
 	l.ctx, l.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	l.requests.Add(1 + ra.extra)
 	l.fetched.Add(tailSize + ra.extraBytes)
@@ -394,10 +406,13 @@ func (l *Layer) index() {
 	}
 	entries := l.blob.TOC().Entries()
 	var n int
-	for _, e := range entries {
+	l.holes = make(map[uint32]int64)
+	for i, e := range entries {
 		for _, c := range e.Chunks() {
 			if !c.Zero {
 				n++
+			} else if fills(e) {
+				l.holes[uint32(i)] += c.Size
 			}
 		}
 	}

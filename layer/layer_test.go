@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -69,82 +69,8 @@ func (f *blobFetcher) fetchedBytes() int64 {
 	return n
 }
 
-// memCache is a map: the layer's logic is tested here, the cache's in cache/.
-type memCache struct {
-	mu sync.Mutex
-	m  map[digest.Digest][]byte
-	// dir holds files for Open.
-	dir string
-}
-
-func newMemCache(t *testing.T) *memCache {
-	return &memCache{m: make(map[digest.Digest][]byte), dir: t.TempDir()}
-}
-
-func (c *memCache) Get(d digest.Digest) ([]byte, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	b, ok := c.m[d]
-	return b, ok
-}
-
-func (c *memCache) ReadAt(d digest.Digest, size int64, p []byte, off int64) bool {
-	b, ok := c.Get(d)
-	if !ok || int64(len(b)) != size || off < 0 || off+int64(len(p)) > size {
-		return false
-	}
-	copy(p, b[off:])
-	return true
-}
-
-func (c *memCache) Put(d digest.Digest, data []byte) error {
-	if digest.FromBytes(data) != d {
-		return fmt.Errorf("%w for %s", cache.ErrDigestMismatch, d)
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.m[d] = bytes.Clone(data) // as cache.Cache: the caller may reuse data
-	return nil
-}
-
-func (c *memCache) PutFile(d digest.Digest, r io.Reader) error {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	return c.Put(d, data)
-}
-
-func (c *memCache) Open(d digest.Digest) (*os.File, bool) {
-	data, ok := c.Get(d)
-	if !ok {
-		return nil, false
-	}
-	// A file of its own per open: another open must not rewrite it under
-	// a reader.
-	f, err := os.CreateTemp(c.dir, d.Encoded())
-	if err != nil {
-		return nil, false
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return nil, false
-	}
-	f.Seek(0, io.SeekStart) // as a freshly opened file
-	return f, true
-}
-
-func (c *memCache) Remove(d digest.Digest) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.m, d)
-	return nil
-}
-
-func (c *memCache) Has(d digest.Digest) bool {
-	_, ok := c.Get(d)
-	return ok
-}
+// newTestCache is a real cache in a temporary directory.
+func newTestCache(t *testing.T) *cache.Cache { return newCacheAt(t, t.TempDir()) }
 
 type file struct {
 	name string
@@ -190,7 +116,7 @@ func buildBlob(t *testing.T, files []file, opts ...estargz.WriterOption) ([]byte
 func openLayer(t *testing.T, blob []byte, desc ocispec.Descriptor) (*Layer, *blobFetcher) {
 	t.Helper()
 	f := &blobFetcher{data: blob, corrupt: -1}
-	l, err := Open(context.Background(), desc, f, newMemCache(t), Options{TailSize: 64 << 10})
+	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 64 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,10 +293,10 @@ func TestOpenRefusesUnverified(t *testing.T) {
 	blob, desc := buildBlob(t, testFiles()[:3])
 	desc.Annotations = nil
 	f := &blobFetcher{data: blob, corrupt: -1}
-	if _, err := Open(context.Background(), desc, f, newMemCache(t), Options{}); err == nil {
+	if _, err := Open(context.Background(), desc, f, newTestCache(t), Options{}); err == nil {
 		t.Errorf("a layer without a TOC digest was opened")
 	}
-	if _, err := Open(context.Background(), desc, f, newMemCache(t), Options{Unverified: true}); err != nil {
+	if _, err := Open(context.Background(), desc, f, newTestCache(t), Options{Unverified: true}); err != nil {
 		t.Errorf("with Unverified: %v", err)
 	}
 }
@@ -438,7 +364,7 @@ func TestFirstReadFetchesTheWholeFileAlongside(t *testing.T) {
 	files := []file{{"bin/prog", random(600 << 10)}, {"data/big", random(3 << 20)}}
 	blob, desc := buildBlob(t, files) // 64 KiB chunks
 	f := &blobFetcher{data: blob, corrupt: -1}
-	l, err := Open(context.Background(), desc, f, newMemCache(t), Options{WholeFile: 1 << 20, ReadAhead: 256 << 10})
+	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{WholeFile: 1 << 20, ReadAhead: 256 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +429,7 @@ func TestSmallFilesComeWithTheirNeighbours(t *testing.T) {
 func TestAssembledFileReplacesItsChunks(t *testing.T) {
 	files := testFiles()
 	blob, desc := buildBlob(t, files)
-	c := newMemCache(t)
+	c := newTestCache(t)
 	f := &blobFetcher{data: blob, corrupt: -1}
 	l, err := Open(context.Background(), desc, f, c, Options{})
 	if err != nil {
@@ -573,7 +499,7 @@ func TestBackgroundSpansBoundedAcrossLayers(t *testing.T) {
 	var layers []*Layer
 	for range 6 {
 		f := slowFetcher{&blobFetcher{data: blob, corrupt: -1}, &inflight, &peak}
-		l, err := Open(context.Background(), desc, f, newMemCache(t), Options{TailSize: 64 << 10, Gate: gate, SpanSize: 256 << 10})
+		l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 64 << 10, Gate: gate, SpanSize: 256 << 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -601,4 +527,97 @@ func TestBackgroundSpansBoundedAcrossLayers(t *testing.T) {
 	if p := peak.Load(); p > backgroundSpans || p < 2 {
 		t.Fatalf("%d background fetches in flight at once across 6 layers; want 2..%d", p, backgroundSpans)
 	}
+}
+
+// TestFilesFillInPlace: the chunks of a file of several are written into
+// one cache entry for the whole file as they arrive: after the background
+// fetch each such file is one whole entry (sealed: Open serves it for
+// passthrough) and none of its chunks has an entry of its own; a file half
+// read before a restart keeps its chunks (no refetch after).
+func TestFilesFillInPlace(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	dir := t.TempDir()
+	c, err := cache.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &blobFetcher{data: blob, corrupt: -1}
+	// No whole-file fetch on a miss, and a read-ahead of one chunk.
+	opts := Options{TailSize: 64 << 10, WholeFile: 1, ReadAhead: 1}
+	l, err := Open(context.Background(), desc, f, c, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := files[4] // 300000 bytes: five chunks
+	e, _ := l.TOC().Lookup(big.name)
+	if len(e.Chunks()) < 3 {
+		t.Fatalf("%s has %d chunks; the test wants several", big.name, len(e.Chunks()))
+	}
+	// Its first two chunks only, then a restart.
+	p := make([]byte, e.Chunks()[2].FileOffset)
+	if _, err := l.ReadAt(context.Background(), e, p, 0); err != nil || !bytes.Equal(p, big.data[:len(p)]) {
+		t.Fatalf("read the start of %s: %v", big.name, err)
+	}
+	l.Close()
+	c.Close()
+
+	c = newCacheAt(t, dir)
+	l, err = Open(context.Background(), desc, f, c, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	e, _ = l.TOC().Lookup(big.name)
+	before := f.fetchedBytes()
+	if _, err := l.ReadAt(context.Background(), e, p, 0); err != nil || !bytes.Equal(p, big.data[:len(p)]) {
+		t.Fatalf("read the start of %s after a restart: %v", big.name, err)
+	}
+	if got := f.fetchedBytes() - before; got != 0 {
+		t.Errorf("reading what was cached before the restart fetched %d bytes", got)
+	}
+	if _, ok := l.CachedFile(e); ok {
+		t.Fatal("CachedFile serves a file with chunks missing")
+	}
+
+	l.StartBackground()
+	<-l.BackgroundDone()
+	l.Close() // waits for the seals under way
+	entries := 0
+	for _, fl := range files {
+		e, _ := l.TOC().Lookup(fl.name)
+		if len(fl.data) == 0 {
+			continue
+		}
+		entries++
+		if len(e.Chunks()) == 1 {
+			continue
+		}
+		for i, ch := range e.Chunks() {
+			if c.Has(ch.Digest()) {
+				t.Errorf("%s chunk %d has an entry of its own", fl.name, i)
+			}
+		}
+		got, ok := c.Get(e.Digest())
+		if !ok || !bytes.Equal(got, fl.data) {
+			t.Errorf("%s: whole entry present %v, right bytes %v", fl.name, ok, bytes.Equal(got, fl.data))
+		}
+	}
+	for _, e := range l.TOC().Entries() {
+		if e.Type == toc.TypeReg && e.Size > 0 && !slices.ContainsFunc(files, func(f file) bool { return f.name == e.Path() }) {
+			entries++ // the landmark
+		}
+	}
+	if st := c.Stats(); st.Entries != entries {
+		t.Errorf("the cache holds %d entries; want %d, one per file", st.Entries, entries)
+	}
+}
+
+func newCacheAt(t *testing.T, dir string) *cache.Cache {
+	c, err := cache.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -47,10 +47,13 @@ func (l *Layer) fetchFile(e *toc.Entry, k int, why string) {
 		if err == nil {
 			err = l.fetchRange(ctx, first, k, why, p)
 		}
-		if err == nil && assembles(e) && !l.cache.Has(e.Digest()) {
+		if err == nil && fills(e) && !l.cache.Has(e.Digest()) {
 			// A file read now is read again at the next start: have it
-			// ready for passthrough then.
-			l.assemble(e)
+			// ready for passthrough then (its chunks may have been
+			// cached in entries of their own).
+			if f, ok := l.CachedFile(e); ok {
+				f.Close()
+			}
 		}
 	}) {
 		l.gate.leave()

@@ -156,19 +156,25 @@ func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
 }
 
 // readCached reads len(p) bytes at from within chunk i of e from the cache,
-// straight into p: from the chunk's own entry, or from the file's assembled
-// entry (which replaces the chunks of a file assembled for passthrough).
+// straight into p: from the chunk's own entry, or from its file's entry
+// (filled in place, or whole).
 func (l *Layer) readCached(e *toc.Entry, i int, p []byte, from int64) bool {
 	c := e.Chunks()[i]
 	if l.cache.ReadAt(c.Digest(), c.Size, p, from) {
 		return true
 	}
-	return assembles(e) && l.cache.ReadAt(e.Digest(), e.Size, p, c.FileOffset+from)
+	return fills(e) && l.cache.ReadPart(e.Digest(), e.Size, c.FileOffset, c.Digest(), c.Size, p, from)
 }
 
-// hasChunk tells whether the cache holds chunk r, in its own entry or in
-// its file's assembled one.
+// hasChunk tells whether the cache holds chunk r.
 func (l *Layer) hasChunk(r chunkRef) bool {
-	e, c := l.resolve(r)
-	return l.cache.Has(c.Digest()) || (assembles(e) && l.cache.Has(e.Digest()))
+	e, _ := l.resolve(r)
+	return l.hasChunkOf(e, int(r.chunk))
+}
+
+// hasChunkOf tells whether the cache holds chunk i of e, in its own entry
+// or in its file's.
+func (l *Layer) hasChunkOf(e *toc.Entry, i int) bool {
+	c := e.Chunks()[i]
+	return l.cache.Has(c.Digest()) || (fills(e) && l.cache.HasPart(e.Digest(), c.FileOffset, c.Digest()))
 }

@@ -94,7 +94,14 @@ func (l *Layer) streamToCache(compressed []byte, r chunkRef) error {
 	src := &readErr{r: rc}
 	var bad error // the data's fault, not the cache's
 	l.putChunk(c.Digest(), func() error {
-		err := l.cache.PutFile(c.Digest(), src)
+		var err error
+		if fills(e) {
+			var filled int64
+			filled, err = l.cache.PutPartFrom(e.Digest(), e.Size, c.FileOffset, c.Digest(), c.Size, src)
+			l.filled(r, filled)
+		} else {
+			err = l.cache.PutFile(c.Digest(), src)
+		}
 		if src.err != nil || errors.Is(err, cache.ErrDigestMismatch) {
 			bad = fmt.Errorf("%q chunk %d: %w", e.Path(), r.chunk, errors.Join(src.err, err))
 			return nil
@@ -218,7 +225,7 @@ func (l *Layer) decodeMember(compressed []byte, k int, cl *call) error {
 		}
 		l.mu.Unlock()
 		if !cached {
-			l.putChunk(c.Digest(), func() error { return l.cache.Put(c.Digest(), data) })
+			l.putChunkOf(r, data)
 		}
 	}
 	return nil

@@ -45,7 +45,7 @@ func TestLayerVerifiedAgainstItsDiffID(t *testing.T) {
 	blob, desc := buildBlob(t, files)
 	f := &blobFetcher{data: blob, corrupt: -1}
 	spool := t.TempDir()
-	l, err := Open(context.Background(), desc, f, newMemCache(t), Options{TailSize: 64 << 10, Expect: Expect{DiffID: diffIDOf(t, blob)}, SpoolDir: spool})
+	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 64 << 10, Expect: Expect{DiffID: diffIDOf(t, blob)}, SpoolDir: spool})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestLayerVerifiedAgainstItsDiffID(t *testing.T) {
 	// Opened again (a restart), it is known to be verified: nothing more
 	// is fetched to check it.
 	f2 := &blobFetcher{data: blob, corrupt: -1}
-	l2, err := Open(context.Background(), desc, f2, newMemCache(t), Options{TailSize: 64 << 10, Expect: Expect{DiffID: diffIDOf(t, blob)}, SpoolDir: spool})
+	l2, err := Open(context.Background(), desc, f2, newTestCache(t), Options{TailSize: 64 << 10, Expect: Expect{DiffID: diffIDOf(t, blob)}, SpoolDir: spool})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestLayerOfAnotherDiffIDIsRejected(t *testing.T) {
 	// The image claims another layer's diff_id (as an image poisoning
 	// a chain ID does).
 	opts := Options{TailSize: 64 << 10, Expect: Expect{DiffID: diffIDOf(t, other)}, SpoolDir: t.TempDir()}
-	l, err := Open(context.Background(), desc, f, newMemCache(t), opts)
+	l, err := Open(context.Background(), desc, f, newTestCache(t), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestLayerOfAnotherDiffIDIsRejected(t *testing.T) {
 	}
 
 	// Opened again (a restart), it is refused from the start.
-	l2, err := Open(context.Background(), desc, &blobFetcher{data: blob, corrupt: -1}, newMemCache(t), opts)
+	l2, err := Open(context.Background(), desc, &blobFetcher{data: blob, corrupt: -1}, newTestCache(t), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestVerifyComparesTheTarWithTheTOC(t *testing.T) {
 	lying[2] = file{lying[2].name, bytes.Repeat([]byte{'x'}, len(lying[2].data))}
 	lyingBlob, lyingDesc := buildBlob(t, lying)
 	lf := &blobFetcher{data: lyingBlob, corrupt: -1}
-	ll, err := Open(context.Background(), lyingDesc, lf, newMemCache(t), Options{})
+	ll, err := Open(context.Background(), lyingDesc, lf, newTestCache(t), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestPanicInAFetchFailsTheReadNotTheProcess(t *testing.T) {
 	files := testFiles()
 	blob, desc := buildBlob(t, files)
 	f := &panickyFetcher{blobFetcher: blobFetcher{data: blob, corrupt: -1}}
-	l, err := Open(context.Background(), desc, f, newMemCache(t), Options{TailSize: 4096})
+	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -447,9 +447,9 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	if len(p.Ranges(fl.desc.Digest)) == foreground {
 		t.Error("the background fetch fetched nothing of a half-read layer")
 	}
-	// Every chunk is cached now: passthrough assembles each multi-chunk
-	// file into a whole-file cache entry as it is opened, which replaces
-	// the file's chunk entries.
+	// Every chunk is cached now, each multi-chunk file's into one
+	// whole-file cache entry filled in place (sealed by now, or as it is
+	// opened), never into entries of their own.
 	if failed := m.readFiles(t, fl, fl.names); len(failed) > 0 {
 		t.Fatalf("cached reads failed: %v", failed)
 	}
@@ -463,14 +463,17 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	multi, _ := index.Lookup("var/data.bin")
 	small, _ := index.Lookup("etc/motd")
 	gone, _ := index.Lookup("lib/libbig.so")
-	assembled, _ := index.Lookup("bin/tool")
-	m.close(t) // waits for the assemblies
-	for _, e := range []*toc.Entry{multi, gone, assembled} {
+	tool, _ := index.Lookup("bin/tool")
+	m.close(t) // waits for the seals
+	for _, e := range []*toc.Entry{multi, gone, tool} {
 		if _, err := os.Stat(cachePath(cacheDir, e.Digest())); err != nil {
-			t.Fatalf("%s was not assembled into one cache entry: %v", e.Path(), err)
+			t.Fatalf("%s is not one cache entry: %v", e.Path(), err)
+		}
+		if _, err := os.Stat(cachePath(cacheDir, e.Digest()) + ".parts"); err == nil {
+			t.Errorf("%s: its cache entry was never sealed", e.Path())
 		}
 		if _, err := os.Stat(cachePath(cacheDir, e.Chunks()[0].Digest())); err == nil {
-			t.Errorf("%s: a chunk entry is still there beside the assembled file", e.Path())
+			t.Errorf("%s: a chunk entry is there beside the whole file's", e.Path())
 		}
 	}
 	// What layer.Open reads: the TOC and footer where the annotations
@@ -534,7 +537,7 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	// With passthrough: a corrupt whole-file entry, the backing file of a
 	// passthrough open, is found when the new cache first opens it, and the
 	// file's data alone is fetched again.
-	corruptCacheEntries(t, cacheDir, assembled.Digest())
+	corruptCacheEntries(t, cacheDir, tool.Digest())
 	p3 := startProxy(t, upstream)
 	m3 := mountThrough(t, fl, p3.Addr(), cacheDir, remote.BlobOptions{}, true)
 	if failed := m3.readFiles(t, fl, fl.names); len(failed) > 0 {
@@ -543,11 +546,11 @@ func testCacheHeals(t *testing.T, upstream string, fl *faultLayer) {
 	if n := m3.cache.Stats().Corruptions; n != 1 {
 		t.Errorf("the cache found %d corrupt entries, want 1", n)
 	}
-	checkRefetch(p3.Ranges(fl.desc.Digest), [][2]int64{span(assembled)}, members(assembled))
+	checkRefetch(p3.Ranges(fl.desc.Digest), [][2]int64{span(tool)}, members(tool))
 	m3.close(t)
 
 	// Healed: each entry is back on disk, and right.
-	for _, d := range append(corrupt, assembled.Digest(), gone.Digest()) {
+	for _, d := range append(corrupt, tool.Digest(), gone.Digest()) {
 		data, err := os.ReadFile(cachePath(cacheDir, d))
 		if err != nil {
 			t.Errorf("entry %s not stored again: %v", d, err)
