@@ -109,7 +109,7 @@ func (c *Cache) load() error {
 	c.stats.corruptions.Add(int64(torn))
 	c.index.entries = make(map[digest.Digest]*entry, len(found))
 	for _, s := range found { // oldest first
-		c.index.add(&entry{digest: s.digest, size: s.size, parts: s.parts})
+		c.index.add(&entry{digest: s.digest, size: s.size, disk: s.disk, parts: s.parts})
 	}
 	for _, e := range c.index.evict(c.opts.maxBytes, nil) { // no Holds yet
 		c.stats.evictions.Add(1)
@@ -184,7 +184,7 @@ func (c *Cache) store(d digest.Digest, write func(*os.File) (int64, error)) erro
 		c.mu.Unlock()
 		return err
 	}
-	e := &entry{digest: d, size: size, verified: true}
+	e := &entry{digest: d, size: size, disk: size, verified: true}
 	c.index.add(e)
 	victims := c.evictLocked(e)
 	c.mu.Unlock()

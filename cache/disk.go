@@ -231,6 +231,7 @@ type scannedEntry struct {
 	digest  digest.Digest
 	size    int64
 	lastUse time.Time
+	disk    int64  // see entry.disk
 	parts   *parts // being filled in place
 }
 
@@ -334,7 +335,7 @@ func scanPrefixDir(p string) (entries []scannedEntry, torn int, err error) {
 			torn++
 			continue
 		}
-		entries = append(entries, scannedEntry{digest: d, size: st.Size, lastUse: time.Unix(st.Mtim.Unix())})
+		entries = append(entries, scannedEntry{digest: d, size: st.Size, disk: diskUse(st.Size, st.Blocks*512), lastUse: time.Unix(st.Mtim.Unix())})
 	}
 	for i := range entries {
 		s := &entries[i]
@@ -346,6 +347,7 @@ func scanPrefixDir(p string) (entries []scannedEntry, torn int, err error) {
 		if s.parts, err = readParts(filepath.Join(p, name+partsSuffix), s.size); err != nil {
 			return nil, 0, fmt.Errorf("cache: scan %s: %w", filepath.Join(p, name+partsSuffix), err)
 		}
+		s.disk = s.parts.filled
 	}
 	for name := range sidecars { // its entry is gone: a crash during a deletion
 		if err := deleteEntryFile(filepath.Join(p, name)); err != nil {
@@ -353,6 +355,14 @@ func scanPrefixDir(p string) (entries []scannedEntry, torn int, err error) {
 		}
 	}
 	return entries, torn, nil
+}
+
+// diskUse is what a file of size bytes with blocks bytes allocated takes
+// in the cache's limit: its size, or its blocks if fewer (a sparse file),
+// but not less than a block, which a filesystem keeping small files inline
+// reports as none.
+func diskUse(size, blocks int64) int64 {
+	return min(size, max(blocks, 4096))
 }
 
 // isEntryName reports whether name is a valid encoded digest of alg stored

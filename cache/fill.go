@@ -108,7 +108,8 @@ func (c *Cache) checkPart(d digest.Digest, size, off int64, piece digest.Digest,
 }
 
 // putPart finds or creates d's entry being filled, writes a piece into its
-// file with write, and records it.
+// file with write, and records it. The entry counts the bytes of its
+// pieces against the limit, not its size: it is sparse until filled.
 func (c *Cache) putPart(d digest.Digest, size, off int64, piece digest.Digest, n int64, write func(*os.File) error) (int64, error) {
 	e, filled, err := c.filling(d, size, off, piece)
 	if e == nil || err != nil {
@@ -137,20 +138,26 @@ func (c *Cache) putPart(d digest.Digest, size, off int64, piece digest.Digest, n
 		return 0, c.putError(d, err)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if !c.index.current(e) || e.parts == nil {
+		c.mu.Unlock()
 		return 0, nil // evicted, or sealed by another writer of the same bytes
 	}
 	if old := e.parts.byOff[off]; old == nil || old.digest != piece || old.size != n {
 		if old != nil {
 			e.parts.filled -= old.size
+			c.index.grow(e, -old.size)
 		}
 		e.parts.byOff[off] = &part{size: n, digest: piece, verified: true}
 		e.parts.filled += n
+		c.index.grow(e, n)
 	} else {
 		old.verified = true
 	}
-	return e.parts.filled, nil
+	in := e.parts.filled
+	victims := c.evictLocked(e)
+	c.mu.Unlock()
+	c.deleteEvicted(victims)
+	return in, nil
 }
 
 // filling returns d's entry being filled, creating its file if needed, with
@@ -326,6 +333,7 @@ func (c *Cache) readPiece(e *entry, fd entryFD, pt *part, off int64, p []byte, f
 			} else {
 				delete(e.parts.byOff, off)
 				e.parts.filled -= pt.size
+				c.index.grow(e, -pt.size)
 			}
 		}
 		c.mu.Unlock()

@@ -197,11 +197,11 @@ func TestFillAcrossRestart(t *testing.T) {
 // sidecar with it, and a piece put after fills it anew.
 func TestFillEvicted(t *testing.T) {
 	dir := t.TempDir()
-	c := newCache(t, dir, WithMaxBytes(12<<10))
+	c := newCache(t, dir, WithMaxBytes(8<<10))
 	data := blob(5, 8<<10)
 	d := digest.FromBytes(data)
 	putPieces(t, c, data, 4<<10, 0)
-	mustPut(t, c, blob(6, 6<<10)) // 14 KiB > 12 KiB: the fill, least recent, goes
+	mustPut(t, c, blob(6, 6<<10)) // 4 + 6 KiB > 8 KiB: the fill, least recent, goes
 	if c.HasPart(d, 0, digest.FromBytes(data[:4<<10])) {
 		t.Fatal("the evicted fill still has its piece")
 	}
@@ -219,5 +219,31 @@ func TestFillEvicted(t *testing.T) {
 	ls, _ := os.ReadDir(strings.TrimSuffix(c.path(d), "/"+d.Encoded()))
 	if len(ls) != 0 {
 		t.Errorf("the fill's directory holds %d files after Remove", len(ls))
+	}
+}
+
+// TestFillCountsItsPieces: a file being filled counts the bytes of its
+// pieces against the limit, not its size: an image's file of 1 TiB of
+// holes and one chunk takes a chunk's room, and evicts nothing; so after
+// a restart.
+func TestFillCountsItsPieces(t *testing.T) {
+	dir := t.TempDir()
+	c, err := New(dir, WithMaxBytes(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := mustPut(t, c, blob(7, 16<<10))
+	piece := blob(8, 4<<10)
+	d := digest.FromString("a file of 1 TiB, mostly holes")
+	if _, err := c.PutPart(d, 1<<40, 1<<30, digest.FromBytes(piece), piece); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Stats(); st.Bytes != 20<<10 || !c.Has(other) {
+		t.Fatalf("stats %+v, other entry kept %v; want 20 KiB counted and the other entry kept", st, c.Has(other))
+	}
+	c.Close()
+	c = newCache(t, dir, WithMaxBytes(64<<10))
+	if st := c.Stats(); st.Bytes != 20<<10 || !c.Has(other) {
+		t.Fatalf("after a restart: stats %+v, other entry kept %v; want 20 KiB counted and the other entry kept", st, c.Has(other))
 	}
 }

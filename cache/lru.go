@@ -11,6 +11,10 @@ import (
 type entry struct {
 	digest digest.Digest
 	size   int64
+	// disk is what the entry takes on disk, what the limit counts: its
+	// size, less the holes of a sparse file (an image's file of 1 TiB of
+	// holes and one chunk must not evict the whole cache).
+	disk int64
 
 	// verified is set once the bytes on disk were hashed (or written) by this
 	// process; reads trust a verified entry and hash an unverified one.
@@ -52,7 +56,13 @@ func (x *index) get(d digest.Digest) *entry { return x.entries[d] }
 func (x *index) add(e *entry) {
 	x.entries[e.digest] = e
 	e.diskElem = x.disk.PushFront(e)
-	x.diskBytes += e.size
+	x.diskBytes += e.disk
+}
+
+// grow counts n more bytes on disk for e, an entry in the index.
+func (x *index) grow(e *entry, n int64) {
+	e.disk += n
+	x.diskBytes += n
 }
 
 // touch marks e as just used.
@@ -65,7 +75,7 @@ func (x *index) touch(e *entry, now time.Time) {
 // remove drops e from the index.
 func (x *index) remove(e *entry) {
 	x.disk.Remove(e.diskElem)
-	x.diskBytes -= e.size
+	x.diskBytes -= e.disk
 	delete(x.entries, e.digest)
 }
 

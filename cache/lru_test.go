@@ -8,7 +8,7 @@ import (
 )
 
 func newTestEntry(name string, size int64) *entry {
-	return &entry{digest: digest.FromString(name), size: size}
+	return &entry{digest: digest.FromString(name), size: size, disk: size}
 }
 
 func diskOrder(x *index) []digest.Digest {
