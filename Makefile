@@ -41,7 +41,7 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS = ./format/toc:FuzzParse ./format/estargz:FuzzOpen ./format/estargz:FuzzParseFooter \
 	./format/zstdchunked:FuzzOpen ./format/zstdchunked:FuzzReadChunk ./format:FuzzAnnotations ./elfdeps:FuzzRead \
 	./convert:FuzzConvertLayer ./layer:FuzzLayerRead ./mounter:FuzzTargetFromLabels \
-	./composefs/objects:FuzzName
+	./composefs/objects:FuzzName ./profile:FuzzParse
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

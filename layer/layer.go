@@ -104,6 +104,10 @@ type Options struct {
 	// it only guesses): the mounter guesses from it what the container
 	// reads next. ctx ends when the layer closes.
 	OnMiss func(ctx context.Context, e *toc.Entry)
+	// Record, if set, is told of every read of a file (its entry, hard
+	// links resolved, and the range asked for), cached or not, as it
+	// comes: what a workload profile is recorded from.
+	Record func(e *toc.Entry, off, n int64)
 }
 
 func (o Options) withDefaults() Options {

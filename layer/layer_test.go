@@ -62,11 +62,7 @@ func (f *blobFetcher) overlaps() []string {
 func (f *blobFetcher) fetchedBytes() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var n int64
-	for _, r := range f.ranges {
-		n += r[1] - r[0]
-	}
-	return n
+	return fetchedIn(f.ranges)
 }
 
 // newTestCache is a real cache in a temporary directory.
@@ -620,4 +616,58 @@ func newCacheAt(t *testing.T, dir string) *cache.Cache {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// TestFetchRanges: a profile's ranges are fetched in their first-touch
+// order, members near each other in one request, and nothing else; the
+// reads that follow fetch nothing.
+func TestFetchRanges(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	f := &blobFetcher{data: blob, corrupt: -1}
+	// One request at a time: their order is the plan's.
+	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 64 << 10, Parallel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	lookup := func(i int) *toc.Entry {
+		e, _ := l.TOC().Lookup(files[i].name)
+		return e
+	}
+	a, b, c := lookup(9), lookup(3), lookup(4) // 300000, 70000, 300000 bytes; b and c adjacent in the blob
+	ranges := []toc.Range{{Entry: a, Offset: 200000, Length: 10000}, {Entry: b, Offset: 0, Length: 100}, {Entry: c, Offset: 0, Length: 10}}
+	opened := len(f.ranges)
+	if err := <-l.FetchRanges(ranges); err != nil {
+		t.Fatal(err)
+	}
+	got := f.ranges[opened:]
+	ca, _ := a.ChunkAt(200000)
+	within := func(r [2]int64, ch toc.Chunk) bool { return r[0] <= ch.Offset && ch.EndOffset <= r[1] }
+	if len(got) != 2 || !within(got[0], a.Chunks()[ca]) || !within(got[1], b.Chunks()[0]) || !within(got[1], c.Chunks()[0]) {
+		t.Fatalf("requests %v; want a's chunk %d first, then b's and c's first chunks in one", got, ca)
+	}
+	// Nothing else: b's second chunk is the gap between b's first and
+	// c's, taken along.
+	if want := (a.Chunks()[ca].EndOffset - a.Chunks()[ca].Offset) + (c.Chunks()[0].EndOffset - b.Chunks()[0].Offset); f.fetchedBytes()-fetchedIn(f.ranges[:opened]) != want {
+		t.Errorf("fetched %d bytes; want %d", f.fetchedBytes()-fetchedIn(f.ranges[:opened]), want)
+	}
+	before := f.fetchedBytes()
+	for _, r := range ranges {
+		p := make([]byte, r.Length)
+		if _, err := l.ReadAt(context.Background(), r.Entry, p, r.Offset); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.fetchedBytes() - before; n != 0 {
+		t.Errorf("reads of the profiled ranges fetched %d bytes", n)
+	}
+}
+
+func fetchedIn(rs [][2]int64) int64 {
+	var n int64
+	for _, r := range rs {
+		n += r[1] - r[0]
+	}
+	return n
 }

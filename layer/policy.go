@@ -173,9 +173,29 @@ type pace struct {
 // itself rather than wait in the queue. It keeps no fetched data: the
 // spans' chunks go to the cache (and to readers waiting for them).
 func (l *Layer) fetchRange(ctx context.Context, from, to int, why string, p pace) error {
+	return l.fetchRuns(ctx, []run{{from, to}}, why, p)
+}
+
+// run is the members [from, to).
+type run struct{ from, to int }
+
+// fetchRuns is fetchRange for several runs of members, in the order given,
+// sharing the pace's parallel slots: a span never crosses a run's end.
+func (l *Layer) fetchRuns(ctx context.Context, runs []run, why string, p pace) error {
 	slots := make(chan struct{}, p.parallel)
 	var pending []*call
-	for k := from; k < to; {
+	ri, k := 0, 0
+	if len(runs) > 0 {
+		k = runs[0].from
+	}
+	for ri < len(runs) {
+		to := runs[ri].to
+		if k >= to {
+			if ri++; ri < len(runs) {
+				k = runs[ri].from
+			}
+			continue
+		}
 		if ctx.Err() != nil {
 			break
 		}

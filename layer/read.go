@@ -34,6 +34,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *toc.Entry, p []byte, off int64) (
 		return 0, err
 	}
 	end := off + min(int64(len(p)), e.Size-off)
+	if l.opts.Record != nil {
+		l.opts.Record(e, off, end-off)
+	}
 	first, _ := e.ChunkAt(off)
 	for i := first; i < len(e.Chunks()) && e.Chunks()[i].FileOffset < end; i++ {
 		c := e.Chunks()[i]

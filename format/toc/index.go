@@ -128,6 +128,12 @@ func (t *TOC) HardlinkTarget(e *Entry) *Entry {
 	return e
 }
 
+// Range is Length bytes at Offset of a regular file's content.
+type Range struct {
+	Entry          *Entry
+	Offset, Length int64
+}
+
 // ChunkAt returns the index of the chunk that holds file offset off.
 func (e *Entry) ChunkAt(off int64) (int, bool) {
 	cs := e.Chunks()
