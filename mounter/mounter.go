@@ -48,7 +48,11 @@ type Options struct {
 	// image marks to fetch first (default 10 s).
 	PrefetchTimeout time.Duration
 	NoPrefetch      bool
-	NoBackground    bool
+	// ProfileDir holds workload profiles (profile.Profile, files *.json):
+	// a layer they name fetches the ranges they read, in the order the
+	// workloads read them, instead of the files the image marks.
+	ProfileDir   string
+	NoBackground bool
 	// MaxImageEntries bounds the TOC entries the mounted lazy layers of
 	// one image hold together (default DefaultMaxImageEntries); layers
 	// past it are unpacked instead.
@@ -64,7 +68,8 @@ type Mounter struct {
 	cache layer.Cache
 	opts  Options
 
-	hints *hints
+	hints    *hints
+	profiles *profiles // nil without ProfileDir
 
 	mu           sync.Mutex
 	closed       bool
@@ -84,10 +89,11 @@ type Mounter struct {
 }
 
 type mounted struct {
-	layer   *layer.Layer
-	fuse    *fusefs.MountedLayer // nil for a layer in the lazy composefs form
-	image   imageKey
-	entries int64 // counted against the image's MaxImageEntries
+	layer    *layer.Layer
+	profiled <-chan error         // the fetch of what profiles read; nil without
+	fuse     *fusefs.MountedLayer // nil for a layer in the lazy composefs form
+	image    imageKey
+	entries  int64 // counted against the image's MaxImageEntries
 }
 
 // open is a layer being opened (its TOC fetched) ahead of its Prepare. A
@@ -128,6 +134,9 @@ func New(c layer.Cache, opts Options) *Mounter {
 	m.ctx, m.stop = context.WithCancel(context.Background())
 	m.images = newImageCache(m.ctx, &m.bg, opts)
 	m.hints = &hints{m: m, seen: make(map[string]bool)}
+	if opts.ProfileDir != "" {
+		m.profiles = newProfiles(opts.ProfileDir)
+	}
 	return m
 }
 
@@ -295,7 +304,13 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		served = make(chan error, 1)
 		go func() { served <- m.serveObjects(ctx, mountpoint, l, *cfs) }()
 	}
-	if !m.opts.NoPrefetch {
+	var profiled <-chan error
+	if plan := m.profiles.plan(ctx, desc.Digest, l.TOC()); len(plan) > 0 {
+		// Not waited for: the container starts meanwhile, and its reads
+		// join the fetches that bring what they want.
+		profiled = l.FetchRanges(plan)
+		log.G(ctx).WithField("layer", desc.Digest).WithField("ranges", len(plan)).Info("fetching what the workload profiles read")
+	} else if !m.opts.NoPrefetch {
 		if err := l.Prefetch(ctx, m.opts.PrefetchTimeout); err != nil {
 			log.G(ctx).WithError(err).WithField("layer", desc.Digest).Warn("prefetch did not finish; files will be fetched on demand")
 		}
@@ -317,7 +332,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		}
 	}
 	m.mu.Lock()
-	m.mounts[mountpoint] = &mounted{layer: l, fuse: fm, image: held, entries: entries}
+	m.mounts[mountpoint] = &mounted{layer: l, profiled: profiled, fuse: fm, image: held, entries: entries}
 	if cfs != nil && !m.closed { // MountComposefs ruled out a settled layer
 		m.bg.Add(1)
 		go m.settle(mountpoint, l, *cfs)

@@ -6,6 +6,7 @@ package service
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -98,6 +99,10 @@ type FetchConfig struct {
 	Prefetch *bool `toml:"prefetch"`
 	// PrefetchTimeout bounds that wait (default "10s").
 	PrefetchTimeout Duration `toml:"prefetch_timeout"`
+	// ProfileDir holds workload profiles (`lazypull profile record`):
+	// a layer one names fetches what the workload read, in its order,
+	// instead of the files the image marks (default <root>/profiles).
+	ProfileDir string `toml:"profile_dir"`
 	// Background fetches the rest of each layer after it is mounted
 	// (default true).
 	Background *bool `toml:"background"`
@@ -316,6 +321,7 @@ func (c Config) mounterOptions() mounter.Options {
 		FUSE:            fusefs.Options{Passthrough: enabled(c.FUSE.Passthrough)},
 		PrefetchTimeout: c.Fetch.PrefetchTimeout.Duration,
 		NoPrefetch:      !enabled(c.Fetch.Prefetch),
+		ProfileDir:      cmp.Or(c.Fetch.ProfileDir, filepath.Join(c.Root, "profiles")),
 		NoBackground:    !enabled(c.Fetch.Background),
 	}
 	switch c.FUSE.OpaqueXattr {

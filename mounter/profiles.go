@@ -1,0 +1,129 @@
+package mounter
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/profile"
+)
+
+// profiles are the workload profiles in a directory (files *.json), parsed
+// once each and again when they change.
+type profiles struct {
+	dir string
+
+	mu     sync.Mutex
+	parsed map[string]parsedProfile // by file name
+}
+
+type parsedProfile struct {
+	mtime time.Time
+	size  int64
+	p     *profile.Profile // nil: the file is not a profile (logged once)
+}
+
+func newProfiles(dir string) *profiles {
+	return &profiles{dir: dir, parsed: make(map[string]parsedProfile)}
+}
+
+// plan returns the ranges of layer d (its TOC t) that the profiles naming
+// it read, interleaved in first-touch order (the first range of each, then
+// the second, …): a layer shared by several profiled workloads fetches
+// what each starts with first. A profile that does not fit the layer is
+// left out with a warning.
+func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) []toc.Range {
+	if ps == nil {
+		return nil
+	}
+	var plans [][]toc.Range
+	for name, p := range ps.load(ctx) {
+		plan, err := p.Plan(d, t)
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("profile", filepath.Join(ps.dir, name)).Warn("a workload profile does not fit the layer it names; it is not used for it")
+			continue
+		}
+		if len(plan) > 0 {
+			plans = append(plans, plan)
+		}
+	}
+	var out []toc.Range
+	for i := 0; len(plans) > 0; i++ {
+		plans = slices.DeleteFunc(plans, func(p []toc.Range) bool { return i >= len(p) })
+		for _, p := range plans {
+			out = append(out, p[i])
+		}
+	}
+	return out
+}
+
+// load returns the profiles in the directory by file name, parsing the
+// files that are new or changed.
+func (ps *profiles) load(ctx context.Context) map[string]*profile.Profile {
+	des, err := os.ReadDir(ps.dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			log.G(ctx).WithError(err).WithField("dir", ps.dir).Warn("cannot list the workload profiles")
+		}
+		return nil
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	out := make(map[string]*profile.Profile)
+	seen := make(map[string]bool)
+	for _, de := range des {
+		name := de.Name()
+		if !strings.HasSuffix(name, ".json") || !de.Type().IsRegular() {
+			continue
+		}
+		seen[name] = true
+		info, err := de.Info()
+		if err != nil {
+			continue
+		}
+		old, ok := ps.parsed[name]
+		if !ok || !old.mtime.Equal(info.ModTime()) || old.size != info.Size() {
+			old = parsedProfile{mtime: info.ModTime(), size: info.Size(), p: ps.parse(ctx, name, info.Size())}
+			ps.parsed[name] = old
+		}
+		if old.p != nil {
+			out[name] = old.p
+		}
+	}
+	for name := range ps.parsed {
+		if !seen[name] {
+			delete(ps.parsed, name)
+		}
+	}
+	return out
+}
+
+func (ps *profiles) parse(ctx context.Context, name string, size int64) *profile.Profile {
+	path := filepath.Join(ps.dir, name)
+	l := log.G(ctx).WithField("profile", path)
+	if size > profile.MaxBytes {
+		l.Warnf("a workload profile of %d bytes, over the %d allowed, is not used", size, profile.MaxBytes)
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		l.WithError(err).Warn("cannot read a workload profile")
+		return nil
+	}
+	p, err := profile.Parse(data)
+	if err != nil {
+		l.WithError(err).Warn("a workload profile that does not parse is not used")
+		return nil
+	}
+	return p
+}
