@@ -32,7 +32,9 @@ func fills(e *toc.Entry) bool {
 // digest) in the background the first time it is found complete: this
 // call returns false, later ones the file.
 func (l *Layer) CachedFile(e *toc.Entry) (*os.File, bool) {
-	if l.failed() != nil {
+	if l.failed() != nil || l.opts.Record != nil {
+		// A recording layer hands out no local file: every read of its
+		// files must come through ReadAt, to be recorded.
 		return nil, false
 	}
 	if len(e.Chunks()) == 1 && !e.Chunks()[0].Zero {

@@ -106,7 +106,8 @@ type Options struct {
 	OnMiss func(ctx context.Context, e *toc.Entry)
 	// Record, if set, is told of every read of a file (its entry, hard
 	// links resolved, and the range asked for), cached or not, as it
-	// comes: what a workload profile is recorded from.
+	// comes: what a workload profile is recorded from. CachedFile then
+	// hands out no file, so that every read comes through ReadAt.
 	Record func(e *toc.Entry, off, n int64)
 }
 

@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
@@ -488,35 +487,14 @@ func fetchImage(ctx context.Context, key imageKey, opts remote.Options) ([]ocisp
 	if key.manifest != "" && desc.Digest != key.manifest {
 		return nil, nil, fmt.Errorf("%s resolved to %s", name, desc.Digest)
 	}
-	if images.IsIndexType(desc.MediaType) {
-		if key.manifest != "" {
-			return nil, nil, fmt.Errorf("%s is an index, not the manifest containerd named", name)
-		}
-		var idx ocispec.Index
-		if _, err := transport.FetchJSON(ctx, loc, desc, &idx); err != nil {
-			return nil, nil, err
-		}
-		match := platforms.Default()
-		found := false
-		for _, d := range idx.Manifests {
-			if d.Platform != nil && match.Match(*d.Platform) && images.IsManifestType(d.MediaType) {
-				desc, found = d, true
-				break
-			}
-		}
-		if !found {
-			return nil, nil, fmt.Errorf("%s has no manifest for %s", name, platforms.DefaultString())
-		}
+	if key.manifest != "" && images.IsIndexType(desc.MediaType) {
+		return nil, nil, fmt.Errorf("%s is an index, not the manifest containerd named", name)
 	}
-	var mf ocispec.Manifest
-	if _, err := transport.FetchJSON(ctx, loc, desc, &mf); err != nil {
-		return nil, nil, err
+	img, err := transport.ReadImage(ctx, loc, desc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
 	}
-	var config ocispec.Image
-	if _, err := transport.FetchJSON(ctx, loc, mf.Config, &config); err != nil {
-		return nil, nil, fmt.Errorf("config of %s: %w", name, err)
-	}
-	return mf.Layers, config.RootFS.DiffIDs, nil
+	return img.Manifest.Layers, img.Config.RootFS.DiffIDs, nil
 }
 
 // Unmount unmounts what Mount mounted at mountpoint, then closes its

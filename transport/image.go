@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -103,4 +105,43 @@ func FetchJSON(ctx context.Context, loc Location, desc ocispec.Descriptor, v any
 		return nil, fmt.Errorf("%s (%s): %w", desc.Digest, desc.MediaType, err)
 	}
 	return data, nil
+}
+
+// Image is one platform's image at a location: its manifest and config.
+type Image struct {
+	Desc     ocispec.Descriptor // of the manifest
+	Manifest ocispec.Manifest
+	Config   ocispec.Image
+}
+
+// ReadImage reads the image root names (what Resolve returned): root
+// itself if it is a manifest, else the manifest an index lists for this
+// machine's platform; then its config.
+func ReadImage(ctx context.Context, loc Location, root ocispec.Descriptor) (Image, error) {
+	desc := root
+	if images.IsIndexType(root.MediaType) {
+		var idx ocispec.Index
+		if _, err := FetchJSON(ctx, loc, root, &idx); err != nil {
+			return Image{}, err
+		}
+		match := platforms.Default()
+		found := false
+		for _, d := range idx.Manifests {
+			if d.Platform != nil && match.Match(*d.Platform) && images.IsManifestType(d.MediaType) {
+				desc, found = d, true
+				break
+			}
+		}
+		if !found {
+			return Image{}, fmt.Errorf("index %s has no manifest for %s", root.Digest, platforms.DefaultString())
+		}
+	}
+	img := Image{Desc: desc}
+	if _, err := FetchJSON(ctx, loc, desc, &img.Manifest); err != nil {
+		return Image{}, err
+	}
+	if _, err := FetchJSON(ctx, loc, img.Manifest.Config, &img.Config); err != nil {
+		return Image{}, fmt.Errorf("config of %s: %w", desc.Digest, err)
+	}
+	return img, nil
 }

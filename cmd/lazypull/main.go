@@ -32,7 +32,7 @@ Examples:
 		Before: func(c *cli.Context) error {
 			return log.SetLevel(c.String("log-level"))
 		},
-		Commands: []*cli.Command{convertCommand, inspectCommand, pullCommand, statusCommand, versionCommand},
+		Commands: []*cli.Command{convertCommand, inspectCommand, pullCommand, profileCommand, statusCommand, versionCommand},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "lazypull:", err)

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/urfave/cli/v2"
+
+	"github.com/lazypull/lazypull/internal/progress"
+	"github.com/lazypull/lazypull/record"
+	"github.com/lazypull/lazypull/transport"
+)
+
+var profileCommand = &cli.Command{
+	Name:  "profile",
+	Usage: "record what a workload reads of its image, so that lazy pulls fetch exactly that first",
+	Subcommands: []*cli.Command{
+		profileRecordCommand,
+	},
+}
+
+var profileRecordCommand = &cli.Command{
+	Name:      "record",
+	Usage:     "run an image's workload once and write the profile of what it read",
+	ArgsUsage: "IMAGE [ARG...]",
+	Description: `Runs IMAGE's workload (its entrypoint and command, or ARGs) through
+containerd and runc, on the image's layers mounted lazily in record mode in
+this process (no passthrough, so every read is seen), and writes the
+workload profile: for each layer, the byte ranges of each file read, in the
+order they were first read, with the chunks they fall in. The workload is
+stopped when it prints --wait-for's text, after --period, or when it exits.
+
+Put the profile in the snapshotter's profile directory ([fetch] profile_dir,
+default /var/lib/lazypull/profiles): the layers it names then fetch what it
+read, in that order and in parallel, as soon as they are mounted.
+
+IMAGE is docker://REFERENCE (a registry) or oci:DIR[:TAG] (an OCI layout).
+Needs root (mounts) and containerd.
+
+Examples:
+  lazypull profile record --wait-for ready -o /var/lib/lazypull/profiles/app.json docker://registry.example/app:1.0-esgz
+  lazypull profile record --period 5s docker://127.0.0.1:5000/python:esgz python3 -c 'print("ready")'
+  lazypull profile record --entrypoint /bin/sh -o sh.json oci:./layout:esgz -c 'ls /'`,
+	Flags: append([]cli.Flag{
+		&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Value: "/run/containerd/containerd.sock", EnvVars: []string{"CONTAINERD_ADDRESS"}, Usage: "containerd's `SOCKET`"},
+		&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Value: "default", EnvVars: []string{"CONTAINERD_NAMESPACE"}, Usage: "containerd `NAMESPACE`"},
+		&cli.StringSliceFlag{Name: "args", Usage: "the workload's command `ARG`s, in place of the image's (repeat; or give them after IMAGE)"},
+		&cli.StringSliceFlag{Name: "entrypoint", Usage: "the workload's entrypoint, in place of the image's (repeat for each `ARG`)"},
+		&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "add `KEY=VALUE` to the workload's environment (repeat)"},
+		&cli.StringFlag{Name: "wait-for", Usage: "stop the workload when it prints `TEXT`"},
+		&cli.DurationFlag{Name: "period", Usage: "stop the workload after `DURATION` (without --wait-for)"},
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Usage: "write the profile to `FILE` (- for standard output)"},
+		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not copy the workload's output to standard error"},
+	}, registryFlags...),
+	Action: func(c *cli.Context) error {
+		if c.NArg() < 1 {
+			return cli.Exit("profile record takes an IMAGE (see lazypull profile record --help)", 2)
+		}
+		if c.String("wait-for") != "" && c.Duration("period") > 0 {
+			return cli.Exit("give --wait-for or --period, not both", 2)
+		}
+		ref, err := transport.ParseRef(c.Args().First())
+		if err != nil {
+			return err
+		}
+		client, err := containerd.New(c.String("address"), containerd.WithDefaultNamespace(c.String("namespace")))
+		if err != nil {
+			return fmt.Errorf("connect to containerd at %s: %w", c.String("address"), err)
+		}
+		defer client.Close()
+		args := c.StringSlice("args")
+		if c.NArg() > 1 {
+			args = append(args, c.Args().Tail()...)
+		}
+		opts := record.Options{
+			Client:     client,
+			Args:       args,
+			Entrypoint: c.StringSlice("entrypoint"),
+			Env:        c.StringSlice("env"),
+			WaitFor:    c.String("wait-for"),
+			Period:     c.Duration("period"),
+			Registry:   registryOptions(c),
+		}
+		if !c.Bool("quiet") {
+			opts.Output = os.Stderr
+		}
+		p, err := record.Run(c.Context, ref, opts)
+		if err != nil {
+			return fmt.Errorf("record a profile of %s: %w", ref, err)
+		}
+		data, err := p.Marshal()
+		if err != nil {
+			return err
+		}
+		data = append(data, '\n')
+		if out := c.String("output"); out != "-" {
+			if err := os.WriteFile(out, data, 0o644); err != nil {
+				return err
+			}
+		} else if _, err := os.Stdout.Write(data); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "recorded %d reads, %s of %d layers\n", len(p.Reads), progress.Bytes(p.Bytes()), len(p.Layers))
+		return nil
+	},
+}
