@@ -127,13 +127,13 @@ type run struct {
 	loc      transport.Location
 	registry remote.Options
 	closers  []io.Closer
-	dir    string
-	rec    *profile.Recorder
-	cache  *cache.Cache
-	tocs   map[digest.Digest]*toc.TOC
-	layers []*layer.Layer
-	fuse   []*fusefs.MountedLayer
-	rootfs string // mounted overlay, if any
+	dir      string
+	rec      *profile.Recorder
+	cache    *cache.Cache
+	tocs     map[digest.Digest]*toc.TOC
+	layers   []*layer.Layer
+	fuse     []*fusefs.MountedLayer
+	rootfs   string // mounted overlay, if any
 }
 
 // mountLayer mounts layer i for recording (a lazy one) or unpacks it (an
