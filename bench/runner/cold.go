@@ -18,8 +18,10 @@ import (
 // coldState brings the node back to what a fresh node has: no image, no
 // snapshots, an empty lazypull cache, a FUSE manager and daemon that start
 // from nothing (so that their peak memory is this run's) with sc's
-// configuration, and no page cache.
-func (r *bench) coldState(ctx context.Context, sc Scenario) error {
+// configuration, and no page cache; in a profiled scenario, img's profile
+// in the daemon's profile directory (img is nil for a footprint, which
+// uses none).
+func (r *bench) coldState(ctx context.Context, img *Image, sc Scenario) error {
 	if err := r.removeImages(ctx); err != nil {
 		return err
 	}
@@ -43,6 +45,24 @@ func (r *bench) coldState(ctx context.Context, sc Scenario) error {
 	}
 	if err := os.RemoveAll(filepath.Join(r.env.DaemonRoot, "cache")); err != nil {
 		return err
+	}
+	// The daemon's profile directory ([fetch] profile_dir's default)
+	// holds the image's profile in a profiled scenario, nothing else.
+	profiles := filepath.Join(r.env.DaemonRoot, "profiles")
+	if err := os.RemoveAll(profiles); err != nil {
+		return err
+	}
+	if sc.Profiled && img != nil {
+		data, err := os.ReadFile(r.profilePath(*img, sc))
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(profiles, 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(profiles, img.Name+".json"), data, 0o600); err != nil {
+			return err
+		}
 	}
 	if err := os.WriteFile(r.env.ConfigPath(), []byte(r.daemonConfig(sc)), 0o644); err != nil {
 		return fmt.Errorf("the daemon's configuration: %w", err)

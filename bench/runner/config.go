@@ -53,6 +53,11 @@ type Scenario struct {
 	// their images). The warm start waits for that: it measures the
 	// settled stack, with no FUSE in its path.
 	Settles bool `toml:"settles"`
+	// Profiled: the image's workload is recorded once, before the runs
+	// and not measured (`lazypull profile record`, until its ready line),
+	// and each run's daemon finds that profile in its profile directory:
+	// its layers fetch what the workload read, in its order.
+	Profiled bool `toml:"profiled"`
 }
 
 // external tells whether the runner starts the scenario's daemon.
@@ -85,11 +90,14 @@ var (
 	// composefs mode: each layer's metadata image written from its TOC,
 	// its data fetched on demand through the object filesystem.
 	LazypullLazyComposefs = Scenario{Name: "lazypull-lazy-composefs", Format: "estargz", Snapshotter: "lazypull", Config: "[composefs]\nenable = true\nlazy = true\n", Settles: true}
+	// LazypullEStargzProfiled is lazypull-estargz with a workload
+	// profile of the image's own workload.
+	LazypullEStargzProfiled = Scenario{Name: "lazypull-estargz-profiled", Format: "estargz", Snapshotter: "lazypull", Profiled: true}
 )
 
 // Scenarios lists the built-in scenarios.
 func Scenarios() []Scenario {
-	return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd, LazypullComposefs, LazypullComposefsZstd, LazypullLazyComposefs}
+	return []Scenario{Overlayfs, LazypullEStargz, LazypullZstd, LazypullComposefs, LazypullComposefsZstd, LazypullLazyComposefs, LazypullEStargzProfiled}
 }
 
 // ScenariosByName picks built-in scenarios by name, and reads scenario

@@ -26,7 +26,7 @@ import (
 // for the background fetch to settle and measures a warm start.
 func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration int) (Result, error) {
 	res := Result{Image: img.Name, Scenario: sc.Name, Run: iteration}
-	if err := r.coldState(ctx, sc); err != nil {
+	if err := r.coldState(ctx, &img, sc); err != nil {
 		return res, fmt.Errorf("cold state: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RunTimeout)

@@ -77,13 +77,21 @@ func checkReport(t *testing.T, rep *Report, again Scenario, footprint bool) {
 			t.Errorf("%s: settled after %d bytes; the image has %d", r.Scenario, r.SettledBytes, r.ImageBytes)
 		}
 		switch r.Scenario {
-		case LazypullEStargz.Name, LazypullZstd.Name, LazypullComposefs.Name, LazypullComposefsZstd.Name, LazypullLazyComposefs.Name:
+		case LazypullEStargz.Name, LazypullZstd.Name, LazypullComposefs.Name, LazypullComposefsZstd.Name, LazypullLazyComposefs.Name, LazypullEStargzProfiled.Name:
 			if r.DaemonPeak == 0 || r.ManagerPeak == 0 {
 				t.Errorf("%s: no peak memory: %+v", r.Scenario, r)
 			}
 		}
 		switch r.Scenario {
-		case LazypullEStargz.Name, LazypullZstd.Name:
+		case LazypullEStargzProfiled.Name:
+			// What the recorded workload read, not the 8 MiB it never
+			// reads.
+			if r.Bytes >= r.ImageBytes/2 {
+				t.Errorf("%s: fetched %d bytes of %d before the first output: the profile fetched what the workload does not read", r.Scenario, r.Bytes, r.ImageBytes)
+			}
+		}
+		switch r.Scenario {
+		case LazypullEStargz.Name, LazypullZstd.Name, LazypullEStargzProfiled.Name:
 			// The FUSE mode's lookups at least reach the manager.
 			if r.FUSEOps <= 0 || r.WarmFUSEOps < 0 {
 				t.Errorf("%s: FUSE operations not counted: %+v", r.Scenario, r)

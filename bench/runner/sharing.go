@@ -55,7 +55,7 @@ func footprintScenario(sc Scenario) bool { return !sc.external() }
 // cache and measures the page cache the snapshotter's files hold.
 func (r *bench) footprint(ctx context.Context, imgs []Image, sc Scenario) (Footprint, error) {
 	fp := Footprint{Scenario: sc.Name}
-	if err := r.coldState(ctx, sc); err != nil {
+	if err := r.coldState(ctx, nil, sc); err != nil {
 		return fp, fmt.Errorf("cold state: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RunTimeout*time.Duration(len(imgs)))
