@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/url"
 	"regexp"
@@ -115,6 +116,17 @@ func (r redactingResolver) Pusher(ctx context.Context, ref string) (remotes.Push
 }
 
 type redactingFetcher struct{ remotes.Fetcher }
+
+// FetchReferrers passes the referrers listing through (containerd's
+// fetcher has it), its errors redacted.
+func (f redactingFetcher) FetchReferrers(ctx context.Context, d digest.Digest, opts ...remotes.FetchReferrersOpt) ([]ocispec.Descriptor, error) {
+	rf, ok := f.Fetcher.(remotes.ReferrersFetcher)
+	if !ok {
+		return nil, errors.New("this registry client cannot list referrers")
+	}
+	descs, err := rf.FetchReferrers(ctx, d, opts...)
+	return descs, redact(err)
+}
 
 func (f redactingFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
 	rc, err := f.Fetcher.Fetch(ctx, desc)
