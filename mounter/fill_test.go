@@ -85,10 +85,11 @@ func pushConverted(t *testing.T, layout, ref string, f convert.Format) ([]ocispe
 	if _, err := convert.Image(ctx, src, dst, convert.Options{Format: f}); err != nil {
 		t.Fatal(err)
 	}
-	layers, diffIDs, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
+	_, img, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	layers, diffIDs := img.Manifest.Layers, img.Config.RootFS.DiffIDs
 	chains := make([]string, len(diffIDs))
 	for i := range diffIDs {
 		chains[i] = identity.ChainID(diffIDs[:i+1]).String()

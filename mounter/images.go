@@ -6,16 +6,26 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazypull/lazypull/profile"
+	"github.com/lazypull/lazypull/profile/artifact"
 )
 
-// image is an image's manifest layers and config diff_ids, fetched once.
+// image is an image's manifest layers and config diff_ids, fetched once,
+// and the workload profiles that refer to its manifest in its registry,
+// looked up after (profilesDone is closed then).
 type image struct {
-	done    chan struct{}
-	layers  []ocispec.Descriptor
-	diffIDs []digest.Digest
-	err     error
+	done     chan struct{}
+	manifest digest.Digest
+	layers   []ocispec.Descriptor
+	diffIDs  []digest.Digest
+	err      error
+
+	profilesDone chan struct{}
+	profiles     []*profile.Profile
 }
 
 // imageCache fetches the manifest and config of an image for this machine's
@@ -41,7 +51,7 @@ func (c *imageCache) get(ctx context.Context, key imageKey) (*image, error) {
 	c.mu.Lock()
 	img, ok := c.byKey[key]
 	if !ok {
-		img = &image{done: make(chan struct{})}
+		img = &image{done: make(chan struct{}), profilesDone: make(chan struct{})}
 		c.byKey[key] = img
 		c.bg.Add(1)
 		go func() {
@@ -52,13 +62,23 @@ func (c *imageCache) get(ctx context.Context, key imageKey) (*image, error) {
 			}
 			fctx, cancel := context.WithTimeout(c.ctx, timeout)
 			defer cancel()
-			img.layers, img.diffIDs, img.err = fetchImage(fctx, key, c.opts.Registry)
+			defer close(img.profilesDone)
+			loc, im, err := fetchImage(fctx, key, c.opts.Registry)
+			img.manifest, img.layers, img.diffIDs, img.err = im.Desc.Digest, im.Manifest.Layers, im.Config.RootFS.DiffIDs, err
 			if img.err != nil {
 				c.mu.Lock()
 				delete(c.byKey, key) // try again next time
 				c.mu.Unlock()
 			}
 			close(img.done)
+			if img.err == nil && !c.opts.NoProfileReferrers {
+				// After: the layers' mounts need not wait for it.
+				ps, err := artifact.Find(fctx, loc, img.manifest)
+				if err != nil {
+					log.G(fctx).WithError(err).WithField("image", key.ref).Warn("cannot read the workload profiles that refer to the image")
+				}
+				img.profiles = ps
+			}
 		}()
 	}
 	c.mu.Unlock()

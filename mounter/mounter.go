@@ -50,8 +50,11 @@ type Options struct {
 	// ProfileDir holds workload profiles (profile.Profile, files *.json):
 	// a layer they name fetches the ranges they read, in the order the
 	// workloads read them, instead of the files the image marks.
-	ProfileDir   string
-	NoBackground bool
+	ProfileDir string
+	// NoProfileReferrers: do not look for workload profiles among the
+	// referrers of an image's manifest in its registry (profile push).
+	NoProfileReferrers bool
+	NoBackground       bool
 	// MaxImageEntries bounds the TOC entries the mounted lazy layers of
 	// one image hold together (default DefaultMaxImageEntries); layers
 	// past it are unpacked instead.
@@ -336,6 +339,10 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		m.bg.Add(1)
 		go m.settle(mountpoint, l, *cfs)
 	}
+	if !m.closed {
+		m.bg.Add(1)
+		go m.fetchReferred(img, l)
+	}
 	m.mu.Unlock()
 	metrics.MountedLayers.Inc()
 	how := "layer mounted lazily"
@@ -458,43 +465,43 @@ func (img *image) layer(t target, chainID string) (ocispec.Descriptor, layer.Exp
 }
 
 // fetchImage fetches an image's manifest (by digest when the key has one)
-// and config, and returns its layers and diff_ids.
-func fetchImage(ctx context.Context, key imageKey, opts remote.Options) ([]ocispec.Descriptor, []digest.Digest, error) {
+// and config, and returns them with the location they came from.
+func fetchImage(ctx context.Context, key imageKey, opts remote.Options) (transport.Location, transport.Image, error) {
 	name := key.ref
 	if key.manifest != "" {
 		named, err := reference.ParseNormalizedNamed(key.ref)
 		if err != nil {
-			return nil, nil, fmt.Errorf("image reference %s: %w", key.ref, err)
+			return nil, transport.Image{}, fmt.Errorf("image reference %s: %w", key.ref, err)
 		}
 		canonical, err := reference.WithDigest(reference.TrimNamed(named), key.manifest)
 		if err != nil {
-			return nil, nil, err
+			return nil, transport.Image{}, err
 		}
 		name = canonical.String()
 	}
 	r, err := transport.ParseRef("docker://" + name)
 	if err != nil {
-		return nil, nil, err
+		return nil, transport.Image{}, err
 	}
 	loc, err := transport.Open(ctx, r, opts)
 	if err != nil {
-		return nil, nil, err
+		return nil, transport.Image{}, err
 	}
 	desc, err := loc.Resolve(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, transport.Image{}, err
 	}
 	if key.manifest != "" && desc.Digest != key.manifest {
-		return nil, nil, fmt.Errorf("%s resolved to %s", name, desc.Digest)
+		return nil, transport.Image{}, fmt.Errorf("%s resolved to %s", name, desc.Digest)
 	}
 	if key.manifest != "" && images.IsIndexType(desc.MediaType) {
-		return nil, nil, fmt.Errorf("%s is an index, not the manifest containerd named", name)
+		return nil, transport.Image{}, fmt.Errorf("%s is an index, not the manifest containerd named", name)
 	}
 	img, err := transport.ReadImage(ctx, loc, desc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", name, err)
+		return nil, transport.Image{}, fmt.Errorf("%s: %w", name, err)
 	}
-	return img.Manifest.Layers, img.Config.RootFS.DiffIDs, nil
+	return loc, img, nil
 }
 
 // Unmount unmounts what Mount mounted at mountpoint, then closes its

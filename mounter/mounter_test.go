@@ -30,11 +30,11 @@ func convertTo(t *testing.T, layout, ref string) ([]ocispec.Descriptor, []digest
 	if _, err := convert.Image(ctx, src, dst, convert.Options{Format: convert.EStargz}); err != nil {
 		t.Fatal(err)
 	}
-	layers, diffIDs, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
+	_, img, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return layers, diffIDs
+	return img.Manifest.Layers, img.Config.RootFS.DiffIDs
 }
 
 // TestMountWithCRILabels mounts a layer the way containerd's CRI plugin
@@ -56,11 +56,11 @@ func TestMountWithCRILabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	layers := func(ref string) []ocispec.Descriptor {
-		ls, _, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
+		_, img, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return ls
+		return img.Manifest.Layers
 	}
 
 	c, err := cache.New(filepath.Join(dir, "cache"))

@@ -3,6 +3,8 @@ package mounter
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/format/toc"
+	"github.com/lazypull/lazypull/layer"
 	"github.com/lazypull/lazypull/profile"
 )
 
@@ -37,20 +40,26 @@ func newProfiles(dir string) *profiles {
 	return &profiles{dir: dir, parsed: make(map[string]parsedProfile)}
 }
 
-// plan returns the ranges of layer d (its TOC t) that the profiles naming
-// it read, interleaved in first-touch order (the first range of each, then
-// the second, …): a layer shared by several profiled workloads fetches
-// what each starts with first. A profile that does not fit the layer is
-// left out with a warning.
+// plan returns the ranges of layer d (its TOC t) that the directory's
+// profiles read (see planOf).
 func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) []toc.Range {
 	if ps == nil {
 		return nil
 	}
+	return planOf(ctx, ps.load(ctx), d, t)
+}
+
+// planOf returns the ranges of layer d (its TOC t) that the profiles (by
+// where they come from) read, interleaved in first-touch order (the first
+// range of each, then the second, …): a layer shared by several profiled
+// workloads fetches what each starts with first. A profile that does not
+// fit the layer is left out with a warning.
+func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest, t *toc.TOC) []toc.Range {
 	var plans [][]toc.Range
-	for name, p := range ps.load(ctx) {
-		plan, err := p.Plan(d, t)
+	for _, from := range slices.Sorted(maps.Keys(ps)) {
+		plan, err := ps[from].Plan(d, t)
 		if err != nil {
-			log.G(ctx).WithError(err).WithField("profile", filepath.Join(ps.dir, name)).Warn("a workload profile does not fit the layer it names; it is not used for it")
+			log.G(ctx).WithError(err).WithField("profile", from).Warn("a workload profile does not fit the layer it names; it is not used for it")
 			continue
 		}
 		if len(plan) > 0 {
@@ -67,7 +76,7 @@ func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) []toc
 	return out
 }
 
-// load returns the profiles in the directory by file name, parsing the
+// load returns the profiles in the directory by path, parsing the
 // files that are new or changed.
 func (ps *profiles) load(ctx context.Context) map[string]*profile.Profile {
 	des, err := os.ReadDir(ps.dir)
@@ -97,7 +106,7 @@ func (ps *profiles) load(ctx context.Context) map[string]*profile.Profile {
 			ps.parsed[name] = old
 		}
 		if old.p != nil {
-			out[name] = old.p
+			out[filepath.Join(ps.dir, name)] = old.p
 		}
 	}
 	for name := range ps.parsed {
@@ -126,4 +135,25 @@ func (ps *profiles) parse(ctx context.Context, name string, size int64) *profile
 		return nil
 	}
 	return p
+}
+
+// fetchReferred fetches what the profiles that refer to img's manifest in
+// its registry read of l, once they are known: after the mount, which
+// does not wait for them.
+func (m *Mounter) fetchReferred(img *image, l *layer.Layer) {
+	defer m.bg.Done()
+	select {
+	case <-img.profilesDone:
+	case <-m.ctx.Done():
+		return
+	}
+	ps := make(map[string]*profile.Profile)
+	for i, p := range img.profiles {
+		ps[fmt.Sprintf("%s (referrer %d)", img.manifest, i)] = p
+	}
+	d := l.Descriptor().Digest
+	if plan := planOf(m.ctx, ps, d, l.TOC()); len(plan) > 0 {
+		l.FetchRanges(plan)
+		log.G(m.ctx).WithField("layer", d).WithField("ranges", len(plan)).Info("fetching what the workload profiles that travel with the image read")
+	}
 }

@@ -6,11 +6,15 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/internal/testenv"
 	"github.com/lazypull/lazypull/labels"
 	"github.com/lazypull/lazypull/profile"
+	"github.com/lazypull/lazypull/profile/artifact"
+	"github.com/lazypull/lazypull/remote"
+	"github.com/lazypull/lazypull/transport"
 )
 
 // TestMountFetchesWhatProfilesRead: a layer that a workload profile in the
@@ -85,5 +89,70 @@ func TestMountFetchesWhatProfilesRead(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(mp, "lib/b")); err != nil || !bytes.Equal(got, bytes.Repeat([]byte("lib/b"), 20000)) {
 		t.Errorf("read lib/b: %v", err)
+	}
+}
+
+// TestMountFetchesWhatReferringProfilesRead: a profile pushed as an
+// artifact referring to the image (profile push; Distribution 2.8: the
+// referrers tag schema) is found after the image's manifest, without the
+// mount waiting for it, and its ranges are fetched.
+func TestMountFetchesWhatReferringProfilesRead(t *testing.T) {
+	testenv.NeedFUSE(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	reg := testenv.NewRegistry(t)
+	img := testenv.Image{Layers: [][]testenv.Entry{{
+		testenv.Dir("bin"), {Path: "bin/a", Type: '0', Mode: 0o755, Data: bytes.Repeat([]byte("a"), 40000)},
+		{Path: "bin/b", Type: '0', Mode: 0o755, Data: bytes.Repeat([]byte("b"), 40000)},
+	}}, Cmd: []string{"/bin/a"}}
+	layout := filepath.Join(dir, "oci")
+	if _, err := img.WriteOCILayout(layout, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/referred:esgz"
+	layers, _ := convertTo(t, layout, ref)
+	d := layers[0].Digest
+	loc, err := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: ref}, remote.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject, err := loc.Resolve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &profile.Profile{SchemaVersion: 1, MediaType: profile.MediaType, Layers: []profile.Layer{{Digest: d}},
+		Reads: []profile.Read{{Path: "bin/b", Offset: 0, Length: 100}}}
+	if _, err := artifact.Push(ctx, loc, subject, p); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := cache.New(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m := New(c, Options{NoBackground: true})
+	defer m.Close()
+	mp := filepath.Join(dir, "mnt")
+	os.Mkdir(mp, 0o755)
+	if err := m.Mount(ctx, mp, map[string]string{labels.CRIImageRef: ref, labels.CRIDigest: d.String()}); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unmount(ctx, mp)
+	l := m.mountedLayer(d)
+	chunk := func(name string) bool {
+		e, _ := l.TOC().Lookup(name)
+		return c.Has(e.Chunks()[0].Digest())
+	}
+	// Fetched in the background, after the mount: wait for it.
+	deadline := time.Now().Add(10 * time.Second)
+	for !chunk("bin/b") {
+		if time.Now().After(deadline) {
+			t.Fatalf("what the referring profile read was not fetched (layer: %+v)", l.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if chunk("bin/a") {
+		t.Error("bin/a, which no profile reads, was fetched")
 	}
 }

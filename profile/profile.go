@@ -16,9 +16,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // MediaType is a profile's media type, as a file and as the artifact type
@@ -143,6 +145,18 @@ func (p *Profile) Bytes() int64 {
 		n += r.Length
 	}
 	return n
+}
+
+// MissingLayers lists the layers p names that are not among layers (an
+// image's): a profile recorded on another image.
+func (p *Profile) MissingLayers(layers []ocispec.Descriptor) []digest.Digest {
+	var missing []digest.Digest
+	for _, l := range p.Layers {
+		if !slices.ContainsFunc(layers, func(d ocispec.Descriptor) bool { return d.Digest == l.Digest }) {
+			missing = append(missing, l.Digest)
+		}
+	}
+	return missing
 }
 
 func shorten(s string) string {

@@ -103,6 +103,11 @@ type FetchConfig struct {
 	// a layer one names fetches what the workload read, in its order,
 	// instead of the files the image marks (default <root>/profiles).
 	ProfileDir string `toml:"profile_dir"`
+	// ProfileReferrers looks for workload profiles among the artifacts
+	// that refer to an image's manifest in its registry (`lazypull
+	// profile push`), after the manifest, without delaying the mount
+	// (default true).
+	ProfileReferrers *bool `toml:"profile_referrers"`
 	// Background fetches the rest of each layer after it is mounted
 	// (default true).
 	Background *bool `toml:"background"`
@@ -313,16 +318,17 @@ func (c SnapshotterConfig) snapshotOpts() []snapshot.Opt {
 // mounterOptions turns the configuration into the mounter's options.
 func (c Config) mounterOptions() mounter.Options {
 	opts := mounter.Options{
-		Registry:        remote.Options{HostsDir: c.Fetch.HostsDir},
-		Blob:            remote.BlobOptions{MaxRetries: c.Fetch.MaxRetries, RequestTimeout: c.Fetch.RequestTimeout.Duration, Parallel: c.Fetch.Parallel},
-		Layer:           layer.Options{Unverified: c.Fetch.AllowUnverified, SpoolDir: filepath.Join(c.Root, "verify")},
-		VerifyBeforeUse: c.Fetch.VerifyBeforeUse,
-		MaxImageEntries: c.Fetch.MaxImageEntries,
-		FUSE:            fusefs.Options{Passthrough: enabled(c.FUSE.Passthrough)},
-		PrefetchTimeout: c.Fetch.PrefetchTimeout.Duration,
-		NoPrefetch:      !enabled(c.Fetch.Prefetch),
-		ProfileDir:      cmp.Or(c.Fetch.ProfileDir, filepath.Join(c.Root, "profiles")),
-		NoBackground:    !enabled(c.Fetch.Background),
+		Registry:           remote.Options{HostsDir: c.Fetch.HostsDir},
+		Blob:               remote.BlobOptions{MaxRetries: c.Fetch.MaxRetries, RequestTimeout: c.Fetch.RequestTimeout.Duration, Parallel: c.Fetch.Parallel},
+		Layer:              layer.Options{Unverified: c.Fetch.AllowUnverified, SpoolDir: filepath.Join(c.Root, "verify")},
+		VerifyBeforeUse:    c.Fetch.VerifyBeforeUse,
+		MaxImageEntries:    c.Fetch.MaxImageEntries,
+		FUSE:               fusefs.Options{Passthrough: enabled(c.FUSE.Passthrough)},
+		PrefetchTimeout:    c.Fetch.PrefetchTimeout.Duration,
+		NoPrefetch:         !enabled(c.Fetch.Prefetch),
+		ProfileDir:         cmp.Or(c.Fetch.ProfileDir, filepath.Join(c.Root, "profiles")),
+		NoProfileReferrers: !enabled(c.Fetch.ProfileReferrers),
+		NoBackground:       !enabled(c.Fetch.Background),
 	}
 	switch c.FUSE.OpaqueXattr {
 	case "trusted":

@@ -8,6 +8,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/lazypull/lazypull/internal/progress"
+	"github.com/lazypull/lazypull/profile"
+	"github.com/lazypull/lazypull/profile/artifact"
 	"github.com/lazypull/lazypull/record"
 	"github.com/lazypull/lazypull/transport"
 )
@@ -17,6 +19,65 @@ var profileCommand = &cli.Command{
 	Usage: "record what a workload reads of its image, so that lazy pulls fetch exactly that first",
 	Subcommands: []*cli.Command{
 		profileRecordCommand,
+		profilePushCommand,
+	},
+}
+
+var profilePushCommand = &cli.Command{
+	Name:      "push",
+	Usage:     "attach a workload profile to an image in its registry, without changing the image",
+	ArgsUsage: "IMAGE FILE",
+	Description: `Pushes the profile in FILE (from lazypull profile record) as an OCI
+artifact (artifact type ` + profile.MediaType + `) whose subject is
+IMAGE's manifest for this machine's platform, and lists it among the
+manifest's referrers: through the registry's referrers API where it has one,
+and in the index tagged sha256-<digest> (the referrers tag schema) for
+registries without it, such as Distribution 2.8. The image's digest does not
+change; an image can carry the profiles of several workloads. The
+snapshotter finds them when it mounts the image's layers
+([fetch] profile_referrers).
+
+Examples:
+  lazypull profile push docker://registry.example/app:1.0-esgz app.json
+  lazypull profile push --plain-http docker://127.0.0.1:5000/python:esgz python.json`,
+	Flags: registryFlags,
+	Action: func(c *cli.Context) error {
+		if c.NArg() != 2 {
+			return cli.Exit("profile push takes an IMAGE and a FILE (see lazypull profile push --help)", 2)
+		}
+		ref, err := transport.ParseRef(c.Args().Get(0))
+		if err != nil {
+			return err
+		}
+		data, err := os.ReadFile(c.Args().Get(1))
+		if err != nil {
+			return err
+		}
+		p, err := profile.Parse(data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.Args().Get(1), err)
+		}
+		loc, err := transport.Open(c.Context, ref, registryOptions(c))
+		if err != nil {
+			return err
+		}
+		root, err := loc.Resolve(c.Context)
+		if err != nil {
+			return err
+		}
+		img, err := transport.ReadImage(c.Context, loc, root)
+		if err != nil {
+			return err
+		}
+		if missing := p.MissingLayers(img.Manifest.Layers); len(missing) > 0 {
+			return fmt.Errorf("the profile in %s names layers %s is without (%v): it was recorded on another image", c.Args().Get(1), ref, missing)
+		}
+		desc, err := artifact.Push(c.Context, loc, img.Desc, p)
+		if err != nil {
+			return fmt.Errorf("push the profile to %s: %w", ref, err)
+		}
+		fmt.Printf("%s: profile %s refers to %s\n", ref, desc.Digest, img.Desc.Digest)
+		return nil
 	},
 }
 
