@@ -84,6 +84,7 @@ type LayerStatus struct {
 	Errors        int64
 	LastError     string
 	Verification  string // where the check against the image stands
+	ProfiledBytes int64  // asked for by workload profiles
 }
 
 // StatusReply lists the mounted layers.

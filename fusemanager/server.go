@@ -190,7 +190,7 @@ func (s *service) Status(_ Empty, reply *StatusReply) error {
 			Mountpoint: mp, Digest: st.Digest.String(), Size: st.Size, DataSize: st.DataSize,
 			FetchedBytes: st.FetchedBytes, CachedBytes: st.CachedBytes, Requests: st.Requests,
 			ChunksFetched: st.ChunksFetched, Errors: st.Errors, LastError: st.LastError,
-			Verification: string(st.Verification),
+			Verification: string(st.Verification), ProfiledBytes: st.ProfiledBytes,
 		})
 	}
 	sort.Slice(reply.Layers, func(i, j int) bool { return reply.Layers[i].Mountpoint < reply.Layers[j].Mountpoint })

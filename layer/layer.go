@@ -147,6 +147,9 @@ type Stats struct {
 	ChunksFetched int64
 	Errors        int64
 	LastError     string
+	// ProfiledBytes are the compressed bytes of the members that
+	// workload profiles asked for (FetchRanges).
+	ProfiledBytes int64
 	// Verification is where the check of the layer against its image
 	// stands (see Expect).
 	Verification Verification
@@ -198,7 +201,8 @@ type Layer struct {
 	chunks     atomic.Int64
 	errCount   atomic.Int64
 	cachedData atomic.Int64
-	isRejected atomic.Bool // rejected != nil, read without the lock
+	profiled   atomic.Int64 // see Stats.ProfiledBytes
+	isRejected atomic.Bool  // rejected != nil, read without the lock
 
 	bgDone    chan struct{}
 	closeOnce sync.Once
@@ -465,7 +469,7 @@ func (l *Layer) Stats() Stats {
 	s := Stats{
 		Digest: l.desc.Digest, Size: l.desc.Size, DataSize: l.dataBytes,
 		FetchedBytes: l.fetched.Load(), Requests: l.requests.Load(), CachedBytes: l.cachedData.Load(),
-		ChunksFetched: l.chunks.Load(), Errors: l.errCount.Load(),
+		ChunksFetched: l.chunks.Load(), Errors: l.errCount.Load(), ProfiledBytes: l.profiled.Load(),
 	}
 	s.Verification, _ = l.Verification()
 	l.mu.Lock()

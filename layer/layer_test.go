@@ -652,6 +652,9 @@ func TestFetchRanges(t *testing.T) {
 	if want := (a.Chunks()[ca].EndOffset - a.Chunks()[ca].Offset) + (c.Chunks()[0].EndOffset - b.Chunks()[0].Offset); f.fetchedBytes()-fetchedIn(f.ranges[:opened]) != want {
 		t.Errorf("fetched %d bytes; want %d", f.fetchedBytes()-fetchedIn(f.ranges[:opened]), want)
 	}
+	if got := l.Stats().ProfiledBytes; got != f.fetchedBytes()-fetchedIn(f.ranges[:opened]) {
+		t.Errorf("stats: %d profiled bytes; %d were fetched for the ranges", got, f.fetchedBytes()-fetchedIn(f.ranges[:opened]))
+	}
 	before := f.fetchedBytes()
 	for _, r := range ranges {
 		p := make([]byte, r.Length)

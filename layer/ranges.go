@@ -29,6 +29,9 @@ func (l *Layer) FetchRanges(ranges []toc.Range) <-chan error {
 		res <- nil
 		return res
 	}
+	for _, r := range runs {
+		l.profiled.Add(l.members[r.to-1].end() - l.members[r.from].off)
+	}
 	l.gate.enter()
 	if !l.spawn("profiled fetch", func(ctx context.Context) {
 		defer l.gate.leave()

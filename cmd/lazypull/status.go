@@ -100,13 +100,17 @@ func managerStatus(ctx context.Context, root string) (fusemanager.StatusReply, e
 func printLayers(st fusemanager.StatusReply) {
 	fmt.Printf("FUSE manager pid %d, %d layers mounted\n", st.PID, len(st.Layers))
 	tw := tabwriter.NewWriter(os.Stdout, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "LAYER\tSIZE\tFETCHED\tCACHED\tREQUESTS\tERRORS\tVERIFIED\tMOUNTPOINT")
+	fmt.Fprintln(tw, "LAYER\tSIZE\tFETCHED\tCACHED\tPROFILED\tREQUESTS\tERRORS\tVERIFIED\tMOUNTPOINT")
 	for _, l := range st.Layers {
 		cached := 100.0
 		if l.DataSize > 0 {
 			cached = float64(l.CachedBytes) * 100 / float64(l.DataSize)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f%%\t%d\t%d\t%s\t%s\n", shortDigest(l.Digest), progress.Bytes(l.Size), progress.Bytes(l.FetchedBytes), cached, l.Requests, l.Errors, l.Verification, l.Mountpoint)
+		profiled := "-"
+		if l.ProfiledBytes > 0 {
+			profiled = progress.Bytes(l.ProfiledBytes)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f%%\t%s\t%d\t%d\t%s\t%s\n", shortDigest(l.Digest), progress.Bytes(l.Size), progress.Bytes(l.FetchedBytes), cached, profiled, l.Requests, l.Errors, l.Verification, l.Mountpoint)
 	}
 	tw.Flush()
 	for _, l := range st.Layers {
