@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/fusemanager"
+	"github.com/lazypull/lazypull/internal/testenv"
 )
 
 // coldState brings the node back to what a fresh node has: no image, no
@@ -22,7 +23,7 @@ import (
 // in the daemon's profile directory (img is nil for a footprint, which
 // uses none).
 func (r *bench) coldState(ctx context.Context, img *Image, sc Scenario) error {
-	if err := r.removeImages(ctx); err != nil {
+	if err := RemoveImages(ctx, r.env.Containerd); err != nil {
 		return err
 	}
 	// Snapshots left in a lazy snapshotter would keep layers mounted and
@@ -35,43 +36,31 @@ func (r *bench) coldState(ctx context.Context, img *Image, sc Scenario) error {
 			}
 		}
 	}
-	// The daemon first: it supervises its FUSE manager and would start a
-	// new one (on the cache being removed) the moment the old one stops.
-	if err := r.env.Daemon.Stop(15 * time.Second); err != nil {
-		return err
-	}
-	if err := fusemanager.Stop(r.env.DaemonRoot, 15*time.Second); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(filepath.Join(r.env.DaemonRoot, "cache")); err != nil {
-		return err
-	}
-	// The daemon's profile directory ([fetch] profile_dir's default)
-	// holds the image's profile in a profiled scenario, nothing else.
-	profiles := filepath.Join(r.env.DaemonRoot, "profiles")
-	if err := os.RemoveAll(profiles); err != nil {
-		return err
-	}
-	if sc.Profiled && img != nil {
-		data, err := os.ReadFile(r.profilePath(*img, sc))
-		if err != nil {
+	err := RestartEmpty(r.env, func() error {
+		// The daemon's profile directory ([fetch] profile_dir's default)
+		// holds the image's profile in a profiled scenario, nothing else.
+		profiles := filepath.Join(r.env.DaemonRoot, "profiles")
+		if err := os.RemoveAll(profiles); err != nil {
 			return err
 		}
-		if err := os.MkdirAll(profiles, 0o700); err != nil {
-			return err
+		if sc.Profiled && img != nil {
+			data, err := os.ReadFile(r.profilePath(*img, sc))
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(profiles, 0o700); err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(profiles, img.Name+".json"), data, 0o600); err != nil {
+				return err
+			}
 		}
-		if err := os.WriteFile(filepath.Join(profiles, img.Name+".json"), data, 0o600); err != nil {
-			return err
+		if err := os.WriteFile(r.env.ConfigPath(), []byte(r.daemonConfig(sc)), 0o644); err != nil {
+			return fmt.Errorf("the daemon's configuration: %w", err)
 		}
-	}
-	if err := os.WriteFile(r.env.ConfigPath(), []byte(r.daemonConfig(sc)), 0o644); err != nil {
-		return fmt.Errorf("the daemon's configuration: %w", err)
-	}
-	// A fresh daemon starts a fresh manager. StartDaemon returns once
-	// containerd's calls reach it: had any call failed while it was down,
-	// containerd would redial it only after a backoff, and the next pull
-	// fail.
-	if err := r.env.StartDaemon(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	for _, d := range r.daemons {
@@ -79,7 +68,35 @@ func (r *bench) coldState(ctx context.Context, img *Image, sc Scenario) error {
 			return err
 		}
 	}
-	return dropPageCache()
+	return DropPageCache()
+}
+
+// RestartEmpty stops lazypull's daemon and its FUSE manager, empties its
+// cache, calls prepare (if not nil) while neither runs, and starts the
+// daemon again, which starts a fresh manager: a node that has fetched
+// nothing. The images must be gone already (RemoveImages): their layers'
+// mounts would keep the old manager's data in use.
+func RestartEmpty(env *testenv.Env, prepare func() error) error {
+	// The daemon first: it supervises its FUSE manager and would start a
+	// new one (on the cache being removed) the moment the old one stops.
+	if err := env.Daemon.Stop(15 * time.Second); err != nil {
+		return err
+	}
+	if err := fusemanager.Stop(env.DaemonRoot, 15*time.Second); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Join(env.DaemonRoot, "cache")); err != nil {
+		return err
+	}
+	if prepare != nil {
+		if err := prepare(); err != nil {
+			return err
+		}
+	}
+	// StartDaemon returns once containerd's calls reach it: had any call
+	// failed while it was down, containerd would redial it only after a
+	// backoff, and the next pull fail.
+	return env.StartDaemon()
 }
 
 // snapshotters lists the snapshotters other than overlayfs the scenarios
@@ -96,25 +113,25 @@ func (r *bench) snapshotters() []string {
 	return out
 }
 
-// removeImages removes every image and waits for containerd's garbage
-// collector to delete their content and snapshots (in both snapshotters).
-func (r *bench) removeImages(ctx context.Context) error {
-	out, err := r.env.Containerd.Ctr(ctx, "images", "ls", "-q")
+// RemoveImages removes every image and waits for containerd's garbage
+// collector to delete their content and snapshots (in every snapshotter).
+func RemoveImages(ctx context.Context, c *testenv.Containerd) error {
+	out, err := c.Ctr(ctx, "images", "ls", "-q")
 	if err != nil {
 		return err
 	}
 	if refs := strings.Fields(out); len(refs) > 0 {
 		args := append([]string{"images", "rm", "--sync"}, refs...)
-		if _, err := r.env.Containerd.Ctr(ctx, args...); err != nil {
+		if _, err := c.Ctr(ctx, args...); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// dropPageCache writes dirty pages out and drops the clean ones, so that no
+// DropPageCache writes dirty pages out and drops the clean ones, so that no
 // run reads what the previous one left in memory.
-func dropPageCache() error {
+func DropPageCache() error {
 	unix.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
 		return fmt.Errorf("drop the page cache: %w", err)

@@ -244,7 +244,7 @@ func (r *bench) lazypull(ctx context.Context, args ...string) (string, error) {
 // mounts; it checks that nothing of ours stays mounted outside the Env's
 // directory either.
 func (r *bench) finalClean(ctx context.Context) error {
-	if err := r.removeImages(ctx); err != nil {
+	if err := RemoveImages(ctx, r.env.Containerd); err != nil {
 		return err
 	}
 	if m := testenv.MountsUnder(r.env.Dir); len(m) > 0 {

@@ -88,7 +88,7 @@ func (r *bench) footprint(ctx context.Context, imgs []Image, sc Scenario) (Footp
 		}
 		fp.ObjectBytes = objects.fileBytes
 	}
-	if err := dropPageCache(); err != nil {
+	if err := DropPageCache(); err != nil {
 		return fp, err
 	}
 	for _, img := range imgs {

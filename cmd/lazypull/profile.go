@@ -162,7 +162,7 @@ Examples:
 		} else if _, err := os.Stdout.Write(data); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "recorded %d reads, %s of %d layers\n", len(p.Reads), progress.Bytes(p.Bytes()), len(p.Layers))
+		fmt.Fprintf(os.Stderr, "recorded %d reads, %s of file data, in %d layers\n", len(p.Reads), progress.Bytes(p.Bytes()), len(p.Layers))
 		return nil
 	},
 }
