@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/internal/testenv"
 	"github.com/lazypull/lazypull/labels"
@@ -17,15 +19,11 @@ import (
 	"github.com/lazypull/lazypull/transport"
 )
 
-// TestMountFetchesWhatProfilesRead: a layer that a workload profile in the
-// profile directory names fetches, at mount, the ranges the profile read
-// and nothing else (not the files the image marks); profiles that do not
-// parse or do not fit the layer are left out, and the mount works.
-func TestMountFetchesWhatProfilesRead(t *testing.T) {
-	testenv.NeedFUSE(t)
-	ctx := context.Background()
-	dir := t.TempDir()
-	reg := testenv.NewRegistry(t)
+// profiledImage is a one-layer eStargz image in a registry with files
+// bin/a, lib/b and lib/c of different content; it returns its reference
+// and layer.
+func profiledImage(t *testing.T, reg *testenv.Registry, dir string) (string, digest.Digest) {
+	t.Helper()
 	file := func(p string, n int) testenv.Entry {
 		return testenv.Entry{Path: p, Type: '0', Mode: 0o644, Data: bytes.Repeat([]byte(p), n)}
 	}
@@ -39,7 +37,54 @@ func TestMountFetchesWhatProfilesRead(t *testing.T) {
 	}
 	ref := reg.Host + "/profiled:esgz"
 	layers, _ := convertTo(t, layout, ref)
-	d := layers[0].Digest
+	return ref, layers[0].Digest
+}
+
+// mountProfiled mounts layer d of ref with opts (no background fetch) and
+// a cache of its own; it returns the mounter and the cache.
+func mountProfiled(t *testing.T, dir, ref string, d digest.Digest, opts Options) (*Mounter, *cache.Cache, string) {
+	t.Helper()
+	c, err := cache.New(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	opts.NoBackground = true
+	m := New(c, opts)
+	t.Cleanup(func() { m.Close() })
+	mp := filepath.Join(dir, "mnt")
+	os.Mkdir(mp, 0o755)
+	if err := m.Mount(context.Background(), mp, map[string]string{labels.CRIImageRef: ref, labels.CRIDigest: d.String()}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Unmount(context.Background(), mp) })
+	return m, c, mp
+}
+
+// cachedFiles tells of each file of layer d whether its (one) chunk is
+// cached.
+func cachedFiles(m *Mounter, c *cache.Cache, d digest.Digest, names ...string) map[string]bool {
+	l := m.mountedLayer(d)
+	out := make(map[string]bool)
+	for _, name := range names {
+		e, _ := l.TOC().Lookup(name)
+		out[name] = c.Has(e.Chunks()[0].Digest())
+	}
+	return out
+}
+
+func newProfile(d digest.Digest, reads ...profile.Read) *profile.Profile {
+	return &profile.Profile{SchemaVersion: 1, MediaType: profile.MediaType, Layers: []profile.Layer{{Digest: d}}, Reads: reads}
+}
+
+// TestMountFetchesWhatProfilesRead: a layer that a workload profile in the
+// profile directory names fetches, at mount, the ranges the profile read
+// and nothing else (not the files the image marks); profiles that do not
+// parse or do not fit the layer are left out, and the mount works.
+func TestMountFetchesWhatProfilesRead(t *testing.T) {
+	testenv.NeedFUSE(t)
+	dir := t.TempDir()
+	ref, d := profiledImage(t, testenv.NewRegistry(t), dir)
 
 	profiles := filepath.Join(dir, "profiles")
 	os.Mkdir(profiles, 0o700)
@@ -52,25 +97,11 @@ func TestMountFetchesWhatProfilesRead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("run.json", &profile.Profile{SchemaVersion: 1, MediaType: profile.MediaType, Layers: []profile.Layer{{Digest: d}},
-		Reads: []profile.Read{{Path: "lib/b", Offset: 0, Length: 100}, {Path: "bin/a", Offset: 1000, Length: 5000}}})
-	write("other-image.json", &profile.Profile{SchemaVersion: 1, MediaType: profile.MediaType, Layers: []profile.Layer{{Digest: d}},
-		Reads: []profile.Read{{Path: "lib/c", Length: 10}, {Path: "no/such/file", Length: 10}}})
+	write("run.json", newProfile(d, profile.Read{Path: "lib/b", Offset: 0, Length: 100}, profile.Read{Path: "bin/a", Offset: 1000, Length: 5000}))
+	write("other-image.json", newProfile(d, profile.Read{Path: "lib/c", Length: 10}, profile.Read{Path: "no/such/file", Length: 10}))
 	os.WriteFile(filepath.Join(profiles, "garbage.json"), []byte("{not json"), 0o600)
 
-	c, err := cache.New(filepath.Join(dir, "cache"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	m := New(c, Options{NoBackground: true, ProfileDir: profiles})
-	defer m.Close()
-	mp := filepath.Join(dir, "mnt")
-	os.Mkdir(mp, 0o755)
-	if err := m.Mount(ctx, mp, map[string]string{labels.CRIImageRef: ref, labels.CRIDigest: d.String()}); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Unmount(ctx, mp)
+	m, c, mp := mountProfiled(t, dir, ref, d, Options{ProfileDir: profiles})
 	m.mu.Lock()
 	fetched := m.mounts[mp].profiled
 	m.mu.Unlock()
@@ -80,11 +111,9 @@ func TestMountFetchesWhatProfilesRead(t *testing.T) {
 	if err := <-fetched; err != nil {
 		t.Fatal(err)
 	}
-	l := m.mountedLayer(d)
-	for name, want := range map[string]bool{"bin/a": true, "lib/b": true, "lib/c": false} {
-		e, _ := l.TOC().Lookup(name)
-		if got := c.Has(e.Chunks()[0].Digest()); got != want {
-			t.Errorf("%s cached after the mount: %v; want %v", name, got, want)
+	for name, cached := range cachedFiles(m, c, d, "bin/a", "lib/b", "lib/c") {
+		if want := name != "lib/c"; cached != want {
+			t.Errorf("%s cached after the mount: %v; want %v", name, cached, want)
 		}
 	}
 	if got, err := os.ReadFile(filepath.Join(mp, "lib/b")); err != nil || !bytes.Equal(got, bytes.Repeat([]byte("lib/b"), 20000)) {
@@ -100,18 +129,7 @@ func TestMountFetchesWhatReferringProfilesRead(t *testing.T) {
 	testenv.NeedFUSE(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	reg := testenv.NewRegistry(t)
-	img := testenv.Image{Layers: [][]testenv.Entry{{
-		testenv.Dir("bin"), {Path: "bin/a", Type: '0', Mode: 0o755, Data: bytes.Repeat([]byte("a"), 40000)},
-		{Path: "bin/b", Type: '0', Mode: 0o755, Data: bytes.Repeat([]byte("b"), 40000)},
-	}}, Cmd: []string{"/bin/a"}}
-	layout := filepath.Join(dir, "oci")
-	if _, err := img.WriteOCILayout(layout, "v1"); err != nil {
-		t.Fatal(err)
-	}
-	ref := reg.Host + "/referred:esgz"
-	layers, _ := convertTo(t, layout, ref)
-	d := layers[0].Digest
+	ref, d := profiledImage(t, testenv.NewRegistry(t), dir)
 	loc, err := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: ref}, remote.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -120,39 +138,20 @@ func TestMountFetchesWhatReferringProfilesRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &profile.Profile{SchemaVersion: 1, MediaType: profile.MediaType, Layers: []profile.Layer{{Digest: d}},
-		Reads: []profile.Read{{Path: "bin/b", Offset: 0, Length: 100}}}
-	if _, err := artifact.Push(ctx, loc, subject, p); err != nil {
+	if _, err := artifact.Push(ctx, loc, subject, newProfile(d, profile.Read{Path: "lib/b", Length: 100})); err != nil {
 		t.Fatal(err)
 	}
 
-	c, err := cache.New(filepath.Join(dir, "cache"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	m := New(c, Options{NoBackground: true})
-	defer m.Close()
-	mp := filepath.Join(dir, "mnt")
-	os.Mkdir(mp, 0o755)
-	if err := m.Mount(ctx, mp, map[string]string{labels.CRIImageRef: ref, labels.CRIDigest: d.String()}); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Unmount(ctx, mp)
-	l := m.mountedLayer(d)
-	chunk := func(name string) bool {
-		e, _ := l.TOC().Lookup(name)
-		return c.Has(e.Chunks()[0].Digest())
-	}
+	m, c, _ := mountProfiled(t, dir, ref, d, Options{})
 	// Fetched in the background, after the mount: wait for it.
 	deadline := time.Now().Add(10 * time.Second)
-	for !chunk("bin/b") {
+	for !cachedFiles(m, c, d, "lib/b")["lib/b"] {
 		if time.Now().After(deadline) {
-			t.Fatalf("what the referring profile read was not fetched (layer: %+v)", l.Stats())
+			t.Fatalf("what the referring profile read was not fetched (layer: %+v)", m.mountedLayer(d).Stats())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if chunk("bin/a") {
+	if cachedFiles(m, c, d, "bin/a")["bin/a"] {
 		t.Error("bin/a, which no profile reads, was fetched")
 	}
 }

@@ -147,6 +147,40 @@ func (p *Profile) Bytes() int64 {
 	return n
 }
 
+// Paths lists the files p reads, each once, in the order first read.
+func (p *Profile) Paths() []string {
+	seen := make(map[string]bool)
+	var out []string
+	for _, r := range p.Reads {
+		if !seen[r.Path] {
+			seen[r.Path] = true
+			out = append(out, r.Path)
+		}
+	}
+	return out
+}
+
+// ForLayers returns p for the same image in another form (converted):
+// layers are its layers, in the order of p's, which must be as many. The
+// reads keep their files and ranges, not their chunks, which the other
+// form may cut differently.
+func (p *Profile) ForLayers(layers []digest.Digest) (*Profile, error) {
+	if len(layers) != len(p.Layers) {
+		return nil, fmt.Errorf("profile: it names %d layers, the image has %d: recorded on another image", len(p.Layers), len(layers))
+	}
+	q := *p
+	q.Layers = make([]Layer, len(layers))
+	for i, d := range layers {
+		q.Layers[i] = Layer{Digest: d}
+	}
+	q.Reads = make([]Read, len(p.Reads))
+	for i, r := range p.Reads {
+		r.Chunks = nil
+		q.Reads[i] = r
+	}
+	return &q, nil
+}
+
 // MissingLayers lists the layers p names that are not among layers (an
 // image's): a profile recorded on another image.
 func (p *Profile) MissingLayers(layers []ocispec.Descriptor) []digest.Digest {

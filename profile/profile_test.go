@@ -3,6 +3,7 @@ package profile
 import (
 	"archive/tar"
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 
@@ -73,7 +74,7 @@ func TestRecordMerges(t *testing.T) {
 	}
 	for i := range want {
 		g, w := p.Reads[i], want[i]
-		if g.Layer != w.Layer || g.Path != w.Path || g.Offset != w.Offset || g.Length != w.Length || !slicesEqual(g.Chunks, w.Chunks) {
+		if g.Layer != w.Layer || g.Path != w.Path || g.Offset != w.Offset || g.Length != w.Length || !slices.Equal(g.Chunks, w.Chunks) {
 			t.Errorf("read %d = %+v; want %+v", i, g, w)
 		}
 	}
@@ -96,18 +97,6 @@ func TestRecordMerges(t *testing.T) {
 	if plan, err := q.Plan(other, tc); plan != nil || err != nil {
 		t.Errorf("plan for a layer the profile does not name = %v, %v; want nothing", plan, err)
 	}
-}
-
-func slicesEqual(a, b []digest.Digest) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestPlanRefusesWhatDoesNotFit: a profile naming a file the layer lacks,
@@ -184,4 +173,26 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestForLayers: a profile moved to the same image in another form names
+// the new layers, keeps files and ranges, drops the chunks (the new form
+// may cut them otherwise), and refuses an image of another layer count.
+func TestForLayers(t *testing.T) {
+	a, b := digest.FromString("a"), digest.FromString("b")
+	p := &Profile{SchemaVersion: 1, MediaType: MediaType, Layers: []Layer{{Digest: a}},
+		Reads: []Read{{Path: "x", Length: 1, Chunks: []digest.Digest{a}}, {Path: "y", Length: 1}, {Path: "x", Offset: 9, Length: 1}}}
+	q, err := p.ForLayers([]digest.Digest{b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Layers[0].Digest != b || q.Reads[0].Chunks != nil || q.Reads[2].Offset != 9 || p.Reads[0].Chunks == nil || p.Layers[0].Digest != a {
+		t.Errorf("ForLayers = %+v (from %+v)", q, p)
+	}
+	if got := p.Paths(); !slices.Equal(got, []string{"x", "y"}) {
+		t.Errorf("Paths = %v; want [x y]", got)
+	}
+	if _, err := p.ForLayers([]digest.Digest{a, b}); err == nil {
+		t.Error("ForLayers onto an image of two layers succeeded")
+	}
 }

@@ -2,16 +2,20 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/urfave/cli/v2"
 
 	"github.com/lazypull/lazypull/convert"
 	"github.com/lazypull/lazypull/internal/progress"
+	"github.com/lazypull/lazypull/profile"
+	"github.com/lazypull/lazypull/profile/artifact"
 	"github.com/lazypull/lazypull/transport"
 )
 
@@ -30,13 +34,15 @@ Examples:
   lazypull convert docker://registry.example/app:1.0 docker://registry.example/app:1.0-esgz
   lazypull convert --format zstdchunked oci:./app:1.0 oci:./app-zstd:1.0
   lazypull convert --plain-http --all-platforms docker://127.0.0.1:5000/app docker://127.0.0.1:5000/app:lazy
-  lazypull convert --prioritized-files startup.txt docker://r.example/app docker://r.example/app:tuned`,
+  lazypull convert --prioritized-files startup.txt docker://r.example/app docker://r.example/app:tuned
+  lazypull convert --profile app.json docker://r.example/app:1.0 docker://r.example/app:1.0-esgz`,
 	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "format", Value: string(convert.EStargz), Usage: "layer format: estargz or zstdchunked"},
 		&cli.IntFlag{Name: "chunk-size", Usage: "split files into chunks of at most `BYTES`", DefaultText: "4 MiB"},
 		&cli.IntFlag{Name: "min-chunk-size", Usage: "eStargz: let files under `BYTES` share a gzip member with their neighbours", DefaultText: "off"},
 		&cli.IntFlag{Name: "compression-level", Usage: "gzip 1-9 or zstd 1-4 `LEVEL`", DefaultText: "the format's"},
 		&cli.StringFlag{Name: "prioritized-files", Usage: "`FILE` listing paths (one per line) a workload reads first; they go first, for prefetch"},
+		&cli.StringFlag{Name: "profile", Usage: "a workload profile `FILE` (lazypull profile record) of this image in any form: the files it reads go first in each eStargz layer, in its order, and it is attached to DST (profile push) for DST's layers"},
 		&cli.StringFlag{Name: "zstdchunked-for", Value: "containers-storage", Usage: "zstd:chunked: whose annotations the layers carry, for nodes that mount them lazily besides lazypull: `PULLER` containers-storage (podman, CRI-O) or stargz-snapshotter (one descriptor cannot carry both)"},
 		&cli.StringSliceFlag{Name: "platform", Usage: "convert this `PLATFORM` of a multi-platform image (repeatable; default: this machine's)"},
 		&cli.BoolFlag{Name: "all-platforms", Usage: "convert every platform of a multi-platform image"},
@@ -77,6 +83,19 @@ Examples:
 				return err
 			}
 		}
+		var prof *profile.Profile
+		if path := c.String("profile"); path != "" {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			if prof, err = profile.Parse(data); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+			if format == convert.EStargz && len(opts.PrioritizedFiles) == 0 {
+				opts.PrioritizedFiles = prof.Paths()
+			}
+		}
 		if ps := c.StringSlice("platform"); len(ps) > 0 {
 			var specs []ocispec.Platform
 			for _, p := range ps {
@@ -106,8 +125,37 @@ Examples:
 			return fmt.Errorf("convert %s: %w", src, err)
 		}
 		fmt.Printf("%s %s\n", dst, desc.Digest)
+		if prof != nil {
+			return attachProfile(c, to, desc, prof)
+		}
 		return nil
 	},
+}
+
+// attachProfile pushes prof, recorded on the converted image in another
+// form, as a referrer of the converted one, for its layers.
+func attachProfile(c *cli.Context, to transport.Location, root ocispec.Descriptor, prof *profile.Profile) error {
+	img, err := transport.ReadImage(c.Context, to, root)
+	if err != nil {
+		return err
+	}
+	var layers []digest.Digest
+	for _, l := range img.Manifest.Layers {
+		layers = append(layers, l.Digest)
+	}
+	q, err := prof.ForLayers(layers)
+	if err != nil {
+		return err
+	}
+	desc, err := artifact.Push(c.Context, to, img.Desc, q)
+	if errors.Is(err, transport.ErrNoReferrers) {
+		return fmt.Errorf("the profile is not attached: %w; or put it in the snapshotter's profile directory", err)
+	}
+	if err != nil {
+		return fmt.Errorf("attach the profile: %w", err)
+	}
+	fmt.Printf("profile %s refers to %s\n", desc.Digest, img.Desc.Digest)
+	return nil
 }
 
 // readLines reads a prioritized-files list: one path a line, # comments.
