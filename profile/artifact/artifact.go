@@ -63,13 +63,23 @@ func Push(ctx context.Context, loc transport.Location, subject ocispec.Descripto
 	return desc, nil
 }
 
-// Find returns the profiles that refer to subject at loc. An artifact that
-// is not a profile, too large or malformed is an error that names it;
-// the others are still returned.
+// MaxProfiles bounds the profiles Find reads for one image: a registry
+// that lists thousands must not make a node fetch thousands.
+const MaxProfiles = 8
+
+// Find returns the profiles that refer to subject at loc, at most
+// MaxProfiles of them (the first listed). An artifact that is not a
+// profile, too large or malformed is an error that names it; the others
+// are still returned.
 func Find(ctx context.Context, loc transport.Location, subject digest.Digest) ([]*profile.Profile, error) {
 	refs, err := transport.Referrers(ctx, loc, subject, profile.MediaType)
 	if err != nil {
 		return nil, err
+	}
+	var tooMany error
+	if len(refs) > MaxProfiles {
+		tooMany = fmt.Errorf("%s has %d profiles; the first %d are used", subject, len(refs), MaxProfiles)
+		refs = refs[:MaxProfiles]
 	}
 	var out []*profile.Profile
 	var firstErr error
@@ -82,6 +92,9 @@ func Find(ctx context.Context, loc transport.Location, subject digest.Digest) ([
 			continue
 		}
 		out = append(out, p)
+	}
+	if firstErr == nil {
+		firstErr = tooMany
 	}
 	return out, firstErr
 }
