@@ -8,11 +8,6 @@ import (
 	"github.com/lazypull/lazypull/format/toc"
 )
 
-// profileSpan bounds one request of a profiled fetch: 1 MiB arrives in
-// 80 ms at 100 Mbit/s, so the first chunks a workload wants can be decoded
-// while the rest of its run streams, rather than after all of it.
-const profileSpan = 1 << 20
-
 // maxRunGap is the most bytes of members nobody asked for that a request
 // takes along to join two runs that were asked for: less than a round
 // trip costs (20 ms at 100 Mbit/s is 250 KB).
@@ -22,8 +17,8 @@ const maxRunGap = 64 << 10
 // the chunks that hold ranges of the layer's regular files (from its TOC,
 // hard links resolved), in the order given: a workload profile's
 // first-touch order. Members adjacent in the blob, or nearly, go in one
-// request (up to 1 MiB), two requests at once, each run in the order of
-// its first-ranked member; a read that wants a chunk meanwhile
+// request (up to SpanSize), Parallel requests at once, each run in the
+// order of its first-ranked member; a read that wants a chunk meanwhile
 // joins the request that brings it, or fetches it itself if its turn has
 // not come. The channel gets the outcome: nil once all are cached, or the
 // first error.
@@ -40,10 +35,7 @@ func (l *Layer) FetchRanges(ranges []toc.Range) <-chan error {
 	l.gate.enter()
 	if !l.spawn("profiled fetch", func(ctx context.Context) {
 		defer l.gate.leave()
-		// Two at a time per layer: the image's layers run theirs at
-		// once, and the first-ranked ranges must not share the link
-		// with many later ones.
-		res <- l.fetchRuns(ctx, runs, "profile", pace{parallel: min(l.opts.Parallel, 2), span: min(l.opts.SpanSize, profileSpan)})
+		res <- l.fetchRuns(ctx, runs, "profile", pace{parallel: l.opts.Parallel, span: l.opts.SpanSize})
 	}) {
 		l.gate.leave()
 		res <- errClosed
