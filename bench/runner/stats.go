@@ -2,6 +2,7 @@ package runner
 
 import (
 	"slices"
+	"time"
 )
 
 // Spread is the median and range of one measure over the runs.
@@ -39,6 +40,21 @@ type Summary struct {
 	Settled, BackgroundLink Spread
 	Ratio                   float64 // median total / overlayfs's median total; 0 if unknown
 	WarmRatio               float64 // median warm / overlayfs's median warm; 0 if unknown
+	// FloorRatio is the median total over the floor of a start that
+	// fetches what this one fetched: the median warm start, plus the
+	// median bytes before the ready line at the link's rate, plus three
+	// round trips; 0 if unknown (no warm start, no bandwidth cap).
+	FloorRatio float64
+}
+
+// floor is the least a start that fetched what s's runs fetched could
+// take (see Summary.FloorRatio), or 0.
+func (rep *Report) floor(s Summary) float64 {
+	rtt, err := time.ParseDuration(rep.RTT)
+	if err != nil || rep.Bandwidth <= 0 || s.Warm.Median <= 0 {
+		return 0
+	}
+	return s.Warm.Median + s.MB.Median*1e6*8/float64(rep.Bandwidth) + 3*rtt.Seconds()
 }
 
 // Summaries gives one Summary per image and scenario that has results, in
@@ -79,6 +95,9 @@ func (rep *Report) Summaries() []Summary {
 				MB: spreadOf(mbs), Requests: spreadOf(reqs), MemoryMiB: spreadOf(mem),
 				Warm: spreadOf(warm), Settled: spreadOf(settled), BackgroundLink: spreadOf(link),
 				FUSEOps: spreadOf(ops), WarmFUSEOps: spreadOf(warmOps)}
+			if floor := rep.floor(s); floor > 0 {
+				s.FloorRatio = s.Total.Median / floor
+			}
 			out = append(out, s)
 		}
 		// Ratios against overlayfs's full pull, whatever order it ran in.

@@ -66,6 +66,10 @@ func TestSummaries(t *testing.T) {
 	if math.Abs(lazy.Settled.Median-66.0/65) > 1e-9 || math.Abs(lazy.BackgroundLink.Median-0.9) > 1e-6 || math.Abs(lazy.BackgroundLink.Max-0.96) > 1e-6 {
 		t.Errorf("lazy settled bytes and background rate: %+v, %+v", lazy.Settled, lazy.BackgroundLink)
 	}
+	// The floor: warm 0.22 s + 5 MB at 100 Mbit/s (0.4 s) + 3 × 20 ms.
+	if want := 2 / (0.22 + 0.4 + 0.06); math.Abs(lazy.FloorRatio-want) > 1e-9 || gcc.FloorRatio != 0 {
+		t.Errorf("floor ratios: %v (want %v), gcc %v (want 0: no warm start)", lazy.FloorRatio, want, gcc.FloorRatio)
+	}
 	if math.Abs(lazy.WarmRatio-0.22/0.2) > 1e-9 || base.WarmRatio != 1 {
 		t.Errorf("warm ratios: %v, %v", lazy.WarmRatio, base.WarmRatio)
 	}
@@ -81,11 +85,11 @@ func TestMarkdown(t *testing.T) {
 	for _, want := range []string{
 		"Machine: test. containerd 2.2.9. Link: 20ms round trip, 100 Mbit/s",
 		"## python (62.4 MB compressed)",
-		"| scenario | pull | first output | total | total vs overlayfs | MB | requests | memory MiB | settled | background | warm | warm vs overlayfs |",
-		"| overlayfs | 8.90 (7.90–9.90) | 0.10 | 9.00 (8.00–10.00) | 1.00 | 62.4 | 5 | — | 1.000× | — | 0.20 | 1.00 |",
-		"| lazypull-estargz | 0.50 | 1.50 (1.30–2.20) | 2.00 (1.80–2.70) | 0.22 | 5.0 | 41 (40–42) | 50 | 1.015× | 90% (80–96%) | 0.22 (0.21–0.30) | 1.10 |",
+		"| scenario | pull | first output | total | total vs overlayfs | total vs floor | MB | requests | memory MiB | settled | background | warm | warm vs overlayfs |",
+		"| overlayfs | 8.90 (7.90–9.90) | 0.10 | 9.00 (8.00–10.00) | 1.00 | 1.71 | 62.4 | 5 | — | 1.000× | — | 0.20 | 1.00 |",
+		"| lazypull-estargz | 0.50 | 1.50 (1.30–2.20) | 2.00 (1.80–2.70) | 0.22 | 2.94 | 5.0 | 41 (40–42) | 50 | 1.015× | 90% (80–96%) | 0.22 (0.21–0.30) | 1.10 |",
 		"## gcc\n",
-		"| lazypull-estargz | 0.00 | 0.00 | 3.00 | — | 0.0 | 0 | — | — | — | — | — |",
+		"| lazypull-estargz | 0.00 | 0.00 | 3.00 | — | — | 0.0 | 0 | — | — | — | — | — |",
 		"![median total time to first output](totals.png)",
 	} {
 		if !strings.Contains(md, want) {
