@@ -67,16 +67,15 @@ func (l *Layer) putChunkOf(r chunkRef, data []byte) {
 	}
 	l.putChunk(c.Digest(), func() error {
 		filled, err := l.cache.PutPart(e.Digest(), e.Size, c.FileOffset, c.Digest(), data)
-		l.filled(r, filled)
+		l.filled(e, r.entry, filled)
 		return err
 	})
 }
 
-// filled seals r's file if filled, the bytes of it now cached, are all of
-// its data.
-func (l *Layer) filled(r chunkRef, filled int64) {
-	e, _ := l.resolve(r)
-	if filled > 0 && filled == e.Size-l.holes[r.entry] {
+// filled seals e (entry i of the TOC) if filled, the bytes of it now
+// cached, are all of its data.
+func (l *Layer) filled(e *toc.Entry, i uint32, filled int64) {
+	if filled > 0 && filled == e.Size-l.holes[i] {
 		l.seal(e)
 	}
 }

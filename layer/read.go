@@ -159,14 +159,16 @@ func (l *Layer) cachedChunk(e *toc.Entry, i int) ([]byte, bool) {
 }
 
 // readCached reads len(p) bytes at from within chunk i of e from the cache,
-// straight into p: from the chunk's own entry, or from its file's entry
-// (filled in place, or whole).
+// straight into p: from its file's entry (filled in place, or whole) if
+// the file fills in place, else (or if it lacks the chunk: one cached
+// before, or shared with another file) from the chunk's own entry. Every
+// read of a file goes through here: the usual place is looked at first.
 func (l *Layer) readCached(e *toc.Entry, i int, p []byte, from int64) bool {
 	c := e.Chunks()[i]
-	if l.cache.ReadAt(c.Digest(), c.Size, p, from) {
+	if fills(e) && l.cache.ReadPart(e.Digest(), e.Size, c.FileOffset, c.Digest(), c.Size, p, from) {
 		return true
 	}
-	return fills(e) && l.cache.ReadPart(e.Digest(), e.Size, c.FileOffset, c.Digest(), c.Size, p, from)
+	return l.cache.ReadAt(c.Digest(), c.Size, p, from)
 }
 
 // hasChunk tells whether the cache holds chunk r.
@@ -179,5 +181,5 @@ func (l *Layer) hasChunk(r chunkRef) bool {
 // or in its file's.
 func (l *Layer) hasChunkOf(e *toc.Entry, i int) bool {
 	c := e.Chunks()[i]
-	return l.cache.Has(c.Digest()) || (fills(e) && l.cache.HasPart(e.Digest(), c.FileOffset, c.Digest()))
+	return (fills(e) && l.cache.HasPart(e.Digest(), c.FileOffset, c.Digest())) || l.cache.Has(c.Digest())
 }

@@ -98,7 +98,7 @@ func (l *Layer) streamToCache(compressed []byte, r chunkRef) error {
 		if fills(e) {
 			var filled int64
 			filled, err = l.cache.PutPartFrom(e.Digest(), e.Size, c.FileOffset, c.Digest(), c.Size, src)
-			l.filled(r, filled)
+			l.filled(e, r.entry, filled)
 		} else {
 			err = l.cache.PutFile(c.Digest(), src)
 		}
