@@ -12,7 +12,6 @@
 package record
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -252,7 +251,7 @@ func process(c ocispec.ImageConfig, opts Options) ([]string, error) {
 // prints opts.WaitFor, opts.Period passes, or it exits.
 func (r *run) runContainer(ctx context.Context, rootfs string, c ocispec.ImageConfig, args []string, opts Options) error {
 	client := opts.Client
-	id := "lazypull-record-" + filepath.Base(r.dir)[len("lazypull-record-"):]
+	id := filepath.Base(r.dir) // lazypull-record-<random>
 	specOpts := []oci.SpecOpts{
 		oci.WithRootFSPath(rootfs),
 		oci.WithProcessArgs(args...),
@@ -320,12 +319,11 @@ func watch(r io.Reader, out io.Writer, text string, seen chan struct{}) {
 	if out == nil {
 		out = io.Discard
 	}
-	br := bufio.NewReader(r)
 	var tail string // the end of what was read, for a text split across reads
 	closed := false
 	buf := make([]byte, 32<<10)
 	for {
-		n, err := br.Read(buf)
+		n, err := r.Read(buf)
 		out.Write(buf[:n])
 		if text != "" && !closed {
 			tail += string(buf[:n])
@@ -337,7 +335,6 @@ func watch(r io.Reader, out io.Writer, text string, seen chan struct{}) {
 			}
 		}
 		if err != nil {
-			io.Copy(io.Discard, br)
 			return
 		}
 	}
