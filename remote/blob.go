@@ -86,15 +86,16 @@ func OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor, opts Opt
 	b := &Blob{opts: opts, bopts: bopts.withDefaults(), refspec: refspec, desc: desc}
 	b.repo = strings.TrimPrefix(refspec.Locator, refspec.Hostname()+"/")
 	b.slots = make(chan struct{}, b.bopts.Parallel)
-	if err := b.resetHosts(ctx); err != nil {
+	if err := b.setHosts(ctx, false); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-// resetHosts (re)builds the host list, and with it fresh authorizers.
-func (b *Blob) resetHosts(ctx context.Context) error {
-	hosts, err := configureHosts(ctx, b.opts)(b.refspec.Hostname())
+// setHosts takes the registry's hosts, shared in the process; fresh
+// builds them anew, and with them fresh authorizers.
+func (b *Blob) setHosts(ctx context.Context, fresh bool) error {
+	hosts, err := sharedHosts.get(ctx, b.opts, b.refspec.Hostname(), fresh)
 	if err != nil {
 		return fmt.Errorf("blob %s: hosts of %s: %w", b.desc.Digest, b.refspec.Hostname(), err)
 	}
@@ -209,7 +210,7 @@ func (b *Blob) fetch(ctx context.Context, off int64, dst []byte) error {
 			// refusal would reset it again, and so on until the retries
 			// run out.
 			if unauthorized++; unauthorized > 1 {
-				if rerr := b.resetHosts(ctx); rerr != nil {
+				if rerr := b.setHosts(ctx, true); rerr != nil {
 					return rerr
 				}
 				unauthorized = 0

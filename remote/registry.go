@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -42,24 +44,84 @@ func NewResolver(ctx context.Context, opts Options) remotes.Resolver {
 
 // configureHosts returns the hosts to reach a registry through (mirrors
 // first), as containerd configures them, with redirects that keep
-// credentials on the host they were configured for.
+// credentials on the host they were configured for. The hosts of a
+// registry are built once per hostsTTL and shared in the process (see
+// sharedHosts).
 func configureHosts(ctx context.Context, opts Options) docker.RegistryHosts {
-	configure := config.ConfigureHosts(ctx, hostOptions(opts))
 	return func(host string) ([]docker.RegistryHost, error) {
-		hosts, err := configure(host)
-		if err != nil {
-			return nil, err
-		}
-		for i := range hosts {
-			c := http.Client{}
-			if hosts[i].Client != nil {
-				c = *hosts[i].Client
-			}
-			c.CheckRedirect = keepHeadersOnHost(hosts[i].Header, c.CheckRedirect)
-			hosts[i].Client = &c
-		}
-		return hosts, nil
+		return sharedHosts.get(ctx, opts, host, false)
 	}
+}
+
+// hostsTTL is how long a registry's configured hosts are shared before
+// hosts.toml is read again: long enough for a pull's requests (resolve,
+// manifest, config, referrers, every layer's TOC) to share connections,
+// TLS sessions and tokens, short enough that an edited hosts.toml counts
+// for the next pulls.
+const hostsTTL = time.Minute
+
+// idleConnsPerHost keeps enough connections open to a registry for the
+// ranged reads of several layers in flight (net/http keeps 2).
+const idleConnsPerHost = 32
+
+// sharedHosts holds each registry's hosts for hostsTTL. containerd builds
+// them, with a new HTTP transport and authorizer, at every resolve and
+// every fetcher: each request of a pull then opened its own connection and
+// TLS session and fetched its own token, a round trip or three each.
+var sharedHosts = &hostsCache{byKey: make(map[hostsKey]cachedHosts)}
+
+type hostsKey struct {
+	opts Options
+	host string
+}
+
+type cachedHosts struct {
+	hosts []docker.RegistryHost
+	built time.Time
+}
+
+type hostsCache struct {
+	mu    sync.Mutex
+	byKey map[hostsKey]cachedHosts
+}
+
+// get returns the hosts of a registry, built anew when they are older than
+// hostsTTL or fresh is set (fresh authorizers: an expired token an
+// authorizer still trusts); those are shared from then on.
+func (c *hostsCache) get(ctx context.Context, opts Options, host string, fresh bool) ([]docker.RegistryHost, error) {
+	key := hostsKey{opts: opts, host: host}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.byKey[key]; ok && !fresh && time.Since(e.built) < hostsTTL {
+		return e.hosts, nil
+	}
+	hosts, err := buildHosts(ctx, opts, host)
+	if err != nil {
+		return nil, err
+	}
+	for k, e := range c.byKey {
+		if time.Since(e.built) >= hostsTTL {
+			delete(c.byKey, k)
+		}
+	}
+	c.byKey[key] = cachedHosts{hosts: hosts, built: time.Now()}
+	return hosts, nil
+}
+
+func buildHosts(ctx context.Context, opts Options, host string) ([]docker.RegistryHost, error) {
+	hosts, err := config.ConfigureHosts(ctx, hostOptions(opts))(host)
+	if err != nil {
+		return nil, err
+	}
+	for i := range hosts {
+		c := http.Client{}
+		if hosts[i].Client != nil {
+			c = *hosts[i].Client
+		}
+		c.CheckRedirect = keepHeadersOnHost(hosts[i].Header, c.CheckRedirect)
+		hosts[i].Client = &c
+	}
+	return hosts, nil
 }
 
 // maxRedirects is net/http's own limit, which a CheckRedirect of ours
@@ -102,6 +164,13 @@ func hostOptions(opts Options) config.HostOptions {
 	hostOpts := config.HostOptions{
 		HostDir:     config.HostDirFromRoot(hostsDir),
 		Credentials: NewCredentials(opts.DockerConfigDir).Lookup,
+		UpdateClient: func(c *http.Client) error {
+			if tr, ok := c.Transport.(*http.Transport); ok {
+				tr.MaxIdleConnsPerHost = idleConnsPerHost
+				tr.MaxIdleConns = max(tr.MaxIdleConns, 4*idleConnsPerHost)
+			}
+			return nil
+		},
 	}
 	if opts.PlainHTTP {
 		hostOpts.DefaultScheme = "http"

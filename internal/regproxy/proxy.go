@@ -207,7 +207,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	if err := p.link.delay(r.Context(), newConnection(r)); err != nil {
+	rec.NewConn = newConnection(r)
+	if err := p.link.delay(r.Context(), rec.NewConn); err != nil {
 		panic(http.ErrAbortHandler) // the client left or the proxy closes: drop the connection, answer nothing
 	}
 	if ok, reason := p.tokens.check(r); !ok {

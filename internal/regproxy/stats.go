@@ -86,6 +86,7 @@ type RequestRecord struct {
 	// Ranges are the byte ranges of a blob GET answered 200 or 206, as
 	// inclusive [first, last] offsets; last is -1 when the end is unknown.
 	Ranges   [][2]int64
+	NewConn  bool      // the first request on its connection (a handshake paid)
 	Status   int       // 0 if the request ended before a status was sent
 	Fault    FaultKind // the fault injected, if any
 	Bytes    int64     // body bytes sent
