@@ -10,8 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/lazypull/lazypull/internal/regproxy"
 	"github.com/lazypull/lazypull/internal/testenv"
+	"github.com/lazypull/lazypull/profile"
 )
 
 // Run starts a private stack, puts every image into its registry in each
@@ -204,7 +207,22 @@ func (r *bench) recordProfile(ctx context.Context, img Image, sc Scenario) error
 		"--namespace", testenv.Namespace, "--wait-for", img.Ready, "-o", p, "docker://"+r.env.Registry.Host+"/"+repo(img, sc)); err != nil {
 		return err
 	}
-	fmt.Fprintf(r.cfg.Progress, "setup %s: recorded its workload's profile (%s) in %v\n", img.Name, sc.Format, time.Since(start).Round(time.Millisecond))
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	prof, err := profile.Parse(data)
+	if err != nil {
+		return fmt.Errorf("the profile recorded of %s: %w", img.Name, err)
+	}
+	chunks := make(map[digest.Digest]bool)
+	for _, rd := range prof.Reads {
+		for _, c := range rd.Chunks {
+			chunks[c] = true
+		}
+	}
+	fmt.Fprintf(r.cfg.Progress, "setup %s: recorded its workload's profile (%s) in %v: %d reads of %d files, %.1f MB of file data in %d chunks\n",
+		img.Name, sc.Format, time.Since(start).Round(time.Millisecond), len(prof.Reads), len(prof.Paths()), float64(prof.Bytes())/1e6, len(chunks))
 	return nil
 }
 
