@@ -31,6 +31,26 @@ const (
 	CRIManifest = "containerd.io/snapshot/cri.manifest-digest"
 )
 
+// The image's manifest and config as containerd stored them, which the
+// snapshotter adds to the labels it hands its mounter (never labels a
+// client sets or containerd keeps: too large for them): a Prepare for an
+// unpack comes after containerd fetched both, and the mounter, which
+// checks them against the manifest digest it is given, need not fetch them
+// from the registry again.
+const (
+	ManifestContent = Prefix + "content.manifest"
+	ConfigContent   = Prefix + "content.config"
+)
+
+// ManifestDigest is the manifest digest the labels name, ours or CRI's;
+// "" if none.
+func ManifestDigest(lbls map[string]string) string {
+	if m := lbls[Manifest]; m != "" {
+		return m
+	}
+	return lbls[CRIManifest]
+}
+
 // ForLayer returns the labels that let the snapshotter mount layer desc of the
 // image ref, whose manifest has digest manifest, lazily; `lazypull pull`
 // puts them on the layer descriptors. They include the CRI plugin's,

@@ -107,7 +107,7 @@ type imageTree struct {
 }
 
 func (m *Mounter) imageTree(ctx context.Context, key imageKey) imageTree {
-	img, err := m.images.get(ctx, key)
+	img, err := m.images.get(ctx, key, nil)
 	if err != nil {
 		return imageTree{}
 	}

@@ -67,7 +67,7 @@ func (f *Filler) Fill(ctx context.Context, owner, imagePath string, lbls map[str
 	if err != nil {
 		return st, err
 	}
-	img, err := f.images.get(ctx, imageKey{ref: t.ref, manifest: t.manifest})
+	img, err := f.images.get(ctx, imageKey{ref: t.ref, manifest: t.manifest}, t.stored)
 	if err != nil {
 		return st, err
 	}

@@ -2,16 +2,20 @@ package mounter
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazypull/lazypull/profile"
 	"github.com/lazypull/lazypull/profile/artifact"
+	"github.com/lazypull/lazypull/transport"
 )
 
 // image is an image's manifest layers and config diff_ids, fetched once,
@@ -47,7 +51,10 @@ func newImageCache(ctx context.Context, bg *sync.WaitGroup, opts Options) *image
 
 // get returns the image key names, fetching it if no fetch has succeeded
 // or is under way.
-func (c *imageCache) get(ctx context.Context, key imageKey) (*image, error) {
+//
+// stored, if not nil, is the image as containerd stored it (from the
+// labels), used instead of a fetch if it checks out.
+func (c *imageCache) get(ctx context.Context, key imageKey, stored *storedImage) (*image, error) {
 	c.mu.Lock()
 	img, ok := c.byKey[key]
 	if !ok {
@@ -63,7 +70,7 @@ func (c *imageCache) get(ctx context.Context, key imageKey) (*image, error) {
 			fctx, cancel := context.WithTimeout(c.ctx, timeout)
 			defer cancel()
 			defer close(img.profilesDone)
-			loc, im, err := fetchImage(fctx, key, c.opts.Registry)
+			loc, im, err := c.load(fctx, key, stored)
 			img.manifest, img.layers, img.diffIDs, img.err = im.Desc.Digest, im.Manifest.Layers, im.Config.RootFS.DiffIDs, err
 			if img.err != nil {
 				c.mu.Lock()
@@ -88,4 +95,69 @@ func (c *imageCache) get(ctx context.Context, key imageKey) (*image, error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("manifest of %s: %w", key.ref, ctx.Err())
 	}
+}
+
+// load makes the image from what containerd stored, if the labels carry
+// it and it checks out, else fetches it.
+func (c *imageCache) load(ctx context.Context, key imageKey, stored *storedImage) (transport.Location, transport.Image, error) {
+	if stored != nil {
+		im, err := stored.image(key.manifest)
+		if err == nil {
+			log.G(ctx).WithField("image", key.ref).Debug("image's manifest and config taken from containerd's content store")
+			loc, _, err := locationOf(ctx, key, c.opts.Registry)
+			return loc, im, err
+		}
+		log.G(ctx).WithError(err).WithField("image", key.ref).Warn("the image's manifest and config handed over from containerd's content store do not check out; fetching them from the registry")
+	}
+	return fetchImage(ctx, key, c.opts.Registry)
+}
+
+// storedImage is an image's manifest and config as containerd stored them
+// (labels.ManifestContent), handed over by the snapshotter.
+type storedImage struct {
+	manifest, config []byte
+}
+
+// image decodes the stored image, checked as one fetched by digest is:
+// the manifest against the digest the labels pin, the config against the
+// descriptor in the manifest.
+func (s *storedImage) image(manifest digest.Digest) (transport.Image, error) {
+	if manifest == "" {
+		return transport.Image{}, errors.New("no manifest digest to check it against")
+	}
+	if err := manifest.Validate(); err != nil {
+		return transport.Image{}, err
+	}
+	if len(s.manifest) > transport.MaxManifestSize || len(s.config) > transport.MaxManifestSize {
+		return transport.Image{}, fmt.Errorf("manifest of %d bytes or config of %d, more than %d", len(s.manifest), len(s.config), transport.MaxManifestSize)
+	}
+	if v := manifest.Verifier(); !writeAll(v, s.manifest) {
+		return transport.Image{}, fmt.Errorf("the manifest is not %s", manifest)
+	}
+	img := transport.Image{Desc: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: manifest, Size: int64(len(s.manifest))}}
+	if err := json.Unmarshal(s.manifest, &img.Manifest); err != nil {
+		return transport.Image{}, fmt.Errorf("manifest %s: %w", manifest, err)
+	}
+	if mt := img.Manifest.MediaType; mt != "" {
+		if !images.IsManifestType(mt) {
+			return transport.Image{}, fmt.Errorf("%s is a %s, not a manifest", manifest, mt)
+		}
+		img.Desc.MediaType = mt
+	}
+	cd := img.Manifest.Config
+	if err := cd.Digest.Validate(); err != nil {
+		return transport.Image{}, fmt.Errorf("config of %s: %w", manifest, err)
+	}
+	if v := cd.Digest.Verifier(); cd.Size != int64(len(s.config)) || !writeAll(v, s.config) {
+		return transport.Image{}, fmt.Errorf("config of %s: not %s of %d bytes", manifest, cd.Digest, cd.Size)
+	}
+	if err := json.Unmarshal(s.config, &img.Config); err != nil {
+		return transport.Image{}, fmt.Errorf("config %s: %w", cd.Digest, err)
+	}
+	return img, nil
+}
+
+func writeAll(v digest.Verifier, b []byte) bool {
+	v.Write(b)
+	return v.Verified()
 }

@@ -17,18 +17,16 @@ type target struct {
 	manifest digest.Digest      // "" when the labels do not pin it
 	desc     ocispec.Descriptor // complete when the labels carry it all
 	layers   []digest.Digest
-	full     bool // desc has size, media type and annotations
+	full     bool         // desc has size, media type and annotations
+	stored   *storedImage // the image as containerd stored it, if handed over
 }
 
 // targetFromLabels reads our labels, or CRI's.
 func targetFromLabels(lbls map[string]string) (target, error) {
 	t := target{ref: lbls[labels.Ref]}
-	d, layers, manifest := lbls[labels.Digest], lbls[labels.Layers], lbls[labels.Manifest]
+	d, layers, manifest := lbls[labels.Digest], lbls[labels.Layers], labels.ManifestDigest(lbls)
 	if t.ref == "" {
 		t.ref, d, layers = lbls[labels.CRIImageRef], lbls[labels.CRIDigest], lbls[labels.CRILayers]
-	}
-	if manifest == "" {
-		manifest = lbls[labels.CRIManifest]
 	}
 	if t.ref == "" || d == "" {
 		return target{}, fmt.Errorf("%w: no image reference and layer digest labels (pull with `lazypull pull`, or enable CRI snapshot annotations)", errNotLazy)
@@ -41,6 +39,9 @@ func targetFromLabels(lbls map[string]string) (target, error) {
 		if t.manifest, err = digest.Parse(manifest); err != nil {
 			return target{}, fmt.Errorf("manifest digest label %q: %w", manifest, err)
 		}
+	}
+	if m, c := lbls[labels.ManifestContent], lbls[labels.ConfigContent]; m != "" && c != "" {
+		t.stored = &storedImage{manifest: []byte(m), config: []byte(c)}
 	}
 	for _, l := range strings.Split(layers, ",") {
 		if pd, err := digest.Parse(l); err == nil {

@@ -271,7 +271,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		}
 	}
 	key := imageKey{ref: t.ref, manifest: t.manifest}
-	img, err := m.images.get(ctx, key)
+	img, err := m.images.get(ctx, key, t.stored)
 	if err != nil {
 		return err
 	}
@@ -464,26 +464,33 @@ func (img *image) layer(t target, chainID string) (ocispec.Descriptor, layer.Exp
 	return desc, layer.Expect{DiffID: img.diffIDs[i]}, nil
 }
 
-// fetchImage fetches an image's manifest (by digest when the key has one)
-// and config, and returns them with the location they came from.
-func fetchImage(ctx context.Context, key imageKey, opts remote.Options) (transport.Location, transport.Image, error) {
+// locationOf opens the registry location of an image (by digest when the
+// key has one); it makes no request.
+func locationOf(ctx context.Context, key imageKey, opts remote.Options) (transport.Location, string, error) {
 	name := key.ref
 	if key.manifest != "" {
 		named, err := reference.ParseNormalizedNamed(key.ref)
 		if err != nil {
-			return nil, transport.Image{}, fmt.Errorf("image reference %s: %w", key.ref, err)
+			return nil, "", fmt.Errorf("image reference %s: %w", key.ref, err)
 		}
 		canonical, err := reference.WithDigest(reference.TrimNamed(named), key.manifest)
 		if err != nil {
-			return nil, transport.Image{}, err
+			return nil, "", err
 		}
 		name = canonical.String()
 	}
 	r, err := transport.ParseRef("docker://" + name)
 	if err != nil {
-		return nil, transport.Image{}, err
+		return nil, "", err
 	}
 	loc, err := transport.Open(ctx, r, opts)
+	return loc, name, err
+}
+
+// fetchImage fetches an image's manifest (by digest when the key has one)
+// and config, and returns them with the location they came from.
+func fetchImage(ctx context.Context, key imageKey, opts remote.Options) (transport.Location, transport.Image, error) {
+	loc, name, err := locationOf(ctx, key, opts)
 	if err != nil {
 		return nil, transport.Image{}, err
 	}

@@ -34,6 +34,7 @@ const (
 	DefaultAddress    = "/run/lazypull/lazypull.sock"
 	DefaultRoot       = "/var/lib/lazypull"
 	DefaultLogLevel   = "info"
+	DefaultContainerd = "/run/containerd/containerd.sock"
 )
 
 // Config is the daemon's configuration file (TOML). Every key is documented
@@ -56,6 +57,11 @@ type Config struct {
 	// DebugAddress, if set, is where the FUSE manager serves Go's profiles
 	// on /debug/pprof/ (host:port on loopback, or a unix socket path).
 	DebugAddress string `toml:"debug_address"`
+	// ContainerdAddress is containerd's socket, where the daemon reads the
+	// manifest and config of an image being pulled from containerd's
+	// content store instead of the registry (see imageContent); "" turns
+	// that off.
+	ContainerdAddress string `toml:"containerd_address"`
 
 	Snapshotter SnapshotterConfig `toml:"snapshotter"`
 	Cache       CacheConfig       `toml:"cache"`
@@ -204,7 +210,7 @@ type SnapshotterConfig struct {
 
 // DefaultConfig is the configuration when no file says otherwise.
 func DefaultConfig() Config {
-	return Config{Root: DefaultRoot, Address: DefaultAddress, LogLevel: DefaultLogLevel}
+	return Config{Root: DefaultRoot, Address: DefaultAddress, LogLevel: DefaultLogLevel, ContainerdAddress: DefaultContainerd}
 }
 
 // LoadConfig reads the configuration file at path over the defaults. A
@@ -268,6 +274,9 @@ func (c Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.Address) {
 		return fmt.Errorf("address %q: must be the absolute path of a unix socket", c.Address)
+	}
+	if c.ContainerdAddress != "" && !filepath.IsAbs(c.ContainerdAddress) {
+		return fmt.Errorf("containerd_address %q: must be the absolute path of containerd's socket, or \"\" for none", c.ContainerdAddress)
 	}
 	if err := c.checkEndpoints(); err != nil {
 		return err

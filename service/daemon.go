@@ -173,6 +173,11 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	defer closeRemote()
 
 	opts := append(cfg.Snapshotter.snapshotOpts(), snapshot.WithRemote(remote))
+	if cfg.ContainerdAddress != "" {
+		content := newImageContent(cfg.ContainerdAddress)
+		defer content.Close()
+		opts = append(opts, snapshot.WithImageContent(content.add))
+	}
 	if cfg.Composefs.Enable {
 		layers, err := composefs.OpenLayers(ctx, composefsDir(cfg.Root))
 		if err != nil {

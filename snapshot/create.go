@@ -40,8 +40,12 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if err != nil {
 		return nil, err
 	}
+	offered := requested.Labels
+	if s.addContent != nil {
+		offered = s.addContent(ctx, offered)
+	}
 	if s.lazy != nil {
-		lbls, size, err := s.mountLazy(ctx, st.snap, requested.Labels)
+		lbls, size, err := s.mountLazy(ctx, st.snap, offered)
 		if err == nil {
 			return nil, s.commitNew(ctx, target, key, "mounted lazily in the composefs form", func() error {
 				return s.commitComposefs(ctx, target, key, lbls, size, opts)
@@ -52,7 +56,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		opts = append(opts[:len(opts):len(opts)], snapshots.WithLabels(map[string]string{LabelNotLazy: truncate(err.Error(), 1000)}))
 	}
 	if s.filler != nil {
-		lbls, size, err := s.fill(ctx, st.snap, requested.Labels)
+		lbls, size, err := s.fill(ctx, st.snap, offered)
 		if err == nil {
 			return nil, s.commitNew(ctx, target, key, "pulled into the composefs store", func() error {
 				return s.commitComposefs(ctx, target, key, lbls, size, opts)
@@ -63,7 +67,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			return s.unpackInstead(ctx, key, st, err)
 		}
 	}
-	if err := s.remote.Mount(ctx, s.upperPath(st.snap.ID), requested.Labels); err != nil {
+	if err := s.remote.Mount(ctx, s.upperPath(st.snap.ID), offered); err != nil {
 		log.G(ctx).WithError(err).WithField("snapshot", target).Info("layer not mounted remotely; it will be unpacked")
 		return s.unpackInstead(ctx, key, st, err)
 	}

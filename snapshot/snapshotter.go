@@ -40,6 +40,7 @@ type Snapshotter struct {
 	composefs     Composefs     // nil: committed layers stay plain directories
 	filler        Filler        // nil: no partial pulls into the composefs store
 	lazy          LazyComposefs // nil: no layers in the lazy composefs form
+	addContent    func(context.Context, map[string]string) map[string]string
 
 	brokenMu sync.Mutex
 	broken   map[string]error // remote snapshots Restore could not mount, by id
@@ -77,6 +78,14 @@ func WithMountOptions(options ...string) Opt {
 // unpacked (see Remote).
 func WithRemote(r Remote) Opt {
 	return func(s *Snapshotter) error { s.remote = r; return nil }
+}
+
+// WithImageContent has add extend the labels of a layer that is offered
+// to the Remote or to the composefs modes (not the labels the snapshot
+// keeps): with the image's manifest and config where containerd has them,
+// so that they need not be fetched again.
+func WithImageContent(add func(ctx context.Context, labels map[string]string) map[string]string) Opt {
+	return func(s *Snapshotter) error { s.addContent = add; return nil }
 }
 
 // New opens (or creates) a snapshotter rooted at root: metadata.db holds the

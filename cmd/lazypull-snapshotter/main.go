@@ -60,6 +60,7 @@ func main() {
 	root := fs.String("root", service.DefaultRoot, "state `directory` (overrides the config's root)")
 	logLevel := fs.String("log-level", service.DefaultLogLevel, "trace, debug, info, warn or error (overrides the config's log_level)")
 	metricsAddress := fs.String("metrics-address", "", "serve Prometheus metrics on `ADDR` (host:port or socket path; overrides the config's metrics_address)")
+	containerdAddress := fs.String("containerd-address", service.DefaultContainerd, "containerd's `socket`, where manifests and configs being pulled are read (overrides the config's containerd_address; \"\" for none)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -86,6 +87,8 @@ func main() {
 			cfg.LogLevel = *logLevel
 		case "metrics-address":
 			cfg.MetricsAddress = *metricsAddress
+		case "containerd-address":
+			cfg.ContainerdAddress = *containerdAddress
 		}
 	})
 	if err := cfg.Validate(); err != nil {

@@ -151,6 +151,8 @@ func (e *Env) StartDaemon(extraArgs ...string) error {
 		"--address", e.DaemonSocket,
 		"--config", e.ConfigPath(),
 		"--log-level", "debug",
+		// Where StartContainerd puts it (it starts after the daemon).
+		"--containerd-address", filepath.Join(e.Dir, "containerd", "containerd.sock"),
 	}, extraArgs...)
 	p, err := startProcess(e.Dir, filepath.Join(e.BinDir, "lazypull-snapshotter"), args...)
 	if err != nil {

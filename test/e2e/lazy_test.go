@@ -61,6 +61,11 @@ func testLazyRun(t *testing.T, containerd testenv.Option) {
 			if n := strings.Count(out, "mounted lazily"); n != 2 {
 				t.Errorf("lazypull pull mounted %d of 2 layers lazily:\n%s", n, out)
 			}
+			// containerd had the manifest and config: the mounter took
+			// them from its content store, not from the registry again.
+			if !strings.Contains(grepLog(t, filepath.Join(env.DaemonRoot, "fusemanager.log"), "taken from containerd's content store"), lazy) {
+				t.Errorf("the FUSE manager did not take %s's manifest and config from containerd's content store; the daemon says:\n%s", lazy, grepLog(t, env.Daemon.Log, "content store"))
+			}
 			run, err := env.Containerd.Ctr(ctx, "run", "--rm", "--snapshotter", "lazypull", lazy, "lazy-"+format)
 			if err != nil {
 				t.Fatal(err)
@@ -87,6 +92,22 @@ func testLazyRun(t *testing.T, containerd testenv.Option) {
 		})
 	}
 
+}
+
+// grepLog returns the lines of the log at path that hold word.
+func grepLog(t *testing.T, path, word string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, word) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // layerStates adds up the state files of every mounted layer.
