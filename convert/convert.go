@@ -30,6 +30,10 @@ type Options struct {
 	MinChunkSize     int      // eStargz: let smaller files share a gzip member
 	CompressionLevel int      // 0: the format's default
 	PrioritizedFiles []string // files a workload reads first, in order
+	// PrioritizeStartup, for eStargz with no PrioritizedFiles, puts first
+	// in each image's layers the files its program loads before it runs
+	// (see startupFiles), which a mount then prefetches.
+	PrioritizeStartup bool
 	// ForStargz gives zstd:chunked layers stargz-snapshotter's annotations
 	// instead of containers/storage's: the blob suits both, but one
 	// descriptor cannot carry both sets (containers/storage refuses a
@@ -182,9 +186,22 @@ func (c *converter) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		return ocispec.Descriptor{}, fmt.Errorf("manifest %s has %d layers, its config %d diff_ids", desc.Digest, len(m.Layers), len(rootfs.DiffIDs))
 	}
 
+	prioritized := c.opts.PrioritizedFiles
+	if c.opts.Format == EStargz && len(prioritized) == 0 && c.opts.PrioritizeStartup {
+		var ic ocispec.ImageConfig
+		if raw, ok := config["config"]; ok {
+			if err := json.Unmarshal(raw, &ic); err != nil {
+				return ocispec.Descriptor{}, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+			}
+		}
+		var err error
+		if prioritized, err = c.startupFiles(ctx, m.Layers, ic); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("the files %s's program starts with: %w", desc.Digest, err)
+		}
+	}
 	out := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, Annotations: m.Annotations}
 	for i, layer := range m.Layers {
-		converted, diffID, err := c.convertLayer(ctx, layer, rootfs.DiffIDs[i])
+		converted, diffID, err := c.convertLayer(ctx, layer, rootfs.DiffIDs[i], prioritized)
 		if err != nil {
 			return ocispec.Descriptor{}, fmt.Errorf("layer %d (%s): %w", i, layer.Digest, err)
 		}

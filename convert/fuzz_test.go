@@ -63,7 +63,7 @@ func FuzzConvertLayer(f *testing.F) {
 		}
 		c := &converter{opts: opts, stage: t.TempDir()}
 		var out bytes.Buffer
-		w, err := c.newLayerWriter(&out)
+		w, err := c.newLayerWriter(&out, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

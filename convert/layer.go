@@ -72,7 +72,9 @@ func (w zstdWriter) close() (layerResult, error) {
 	return layerResult{zstdchunked.MediaType, res.DiffID, annotations}, err
 }
 
-func (c *converter) newLayerWriter(out io.Writer) (layerWriter, error) {
+// newLayerWriter writes a layer in the format asked for; an eStargz layer
+// puts prioritized first.
+func (c *converter) newLayerWriter(out io.Writer, prioritized []string) (layerWriter, error) {
 	switch c.opts.Format {
 	case EStargz:
 		opts := []estargz.WriterOption{estargz.WithTempDir(c.stage)}
@@ -85,8 +87,8 @@ func (c *converter) newLayerWriter(out io.Writer) (layerWriter, error) {
 		if c.opts.CompressionLevel != 0 {
 			opts = append(opts, estargz.WithCompressionLevel(c.opts.CompressionLevel))
 		}
-		if len(c.opts.PrioritizedFiles) > 0 {
-			opts = append(opts, estargz.WithPrioritizedFiles(c.opts.PrioritizedFiles))
+		if len(prioritized) > 0 {
+			opts = append(opts, estargz.WithPrioritizedFiles(prioritized))
 		}
 		return estargzWriter{estargz.NewWriter(out, opts...)}, nil
 	case ZstdChunked:
@@ -121,7 +123,7 @@ func inFormat(layer ocispec.Descriptor, f Format) bool {
 // convertLayer converts one layer (or keeps it, if it is in the format
 // already or is not a layer we may rewrite) and returns its new descriptor
 // and diffID.
-func (c *converter) convertLayer(ctx context.Context, layer ocispec.Descriptor, diffID digest.Digest) (_ ocispec.Descriptor, _ digest.Digest, err error) {
+func (c *converter) convertLayer(ctx context.Context, layer ocispec.Descriptor, diffID digest.Digest, prioritized []string) (_ ocispec.Descriptor, _ digest.Digest, err error) {
 	if inFormat(layer, c.opts.Format) || !images.IsLayerType(layer.MediaType) || images.IsNonDistributable(layer.MediaType) {
 		c.add(stagedBlob{desc: layer, keep: true})
 		return layer, diffID, nil
@@ -150,7 +152,7 @@ func (c *converter) convertLayer(ctx context.Context, layer ocispec.Descriptor, 
 	}
 	defer f.Close()
 	out := &digestingWriter{w: f, d: digest.SHA256.Digester()}
-	w, err := c.newLayerWriter(out)
+	w, err := c.newLayerWriter(out, prioritized)
 	if err != nil {
 		return ocispec.Descriptor{}, "", err
 	}

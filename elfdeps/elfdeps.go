@@ -92,18 +92,18 @@ type Tree interface {
 func Resolve(t Tree, deps Deps) []string {
 	var out []string
 	if deps.Interp != "" {
-		out = append(out, follow(t, path.Clean(deps.Interp))...)
+		out = append(out, Follow(t, path.Clean(deps.Interp))...)
 	}
 	dirs := append(append([]string(nil), deps.RunPath...), defaultDirs(deps.Machine)...)
 	for _, lib := range deps.Needed {
 		if strings.Contains(lib, "/") {
 			if strings.HasPrefix(lib, "/") {
-				out = append(out, follow(t, path.Clean(lib))...)
+				out = append(out, Follow(t, path.Clean(lib))...)
 			}
 			continue
 		}
 		for _, dir := range dirs {
-			if found := follow(t, path.Join(dir, lib)); len(found) > 0 {
+			if found := Follow(t, path.Join(dir, lib)); len(found) > 0 {
 				out = append(out, found...)
 				break
 			}
@@ -115,9 +115,9 @@ func Resolve(t Tree, deps Deps) []string {
 // maxHops bounds the symbolic links followed for one path.
 const maxHops = 16
 
-// follow returns p and the links it leads through, up to the file, or
-// nothing if p does not exist.
-func follow(t Tree, p string) []string {
+// Follow returns p and the links it leads through (its directories' too
+// resolved), up to the file, or nothing if p does not exist.
+func Follow(t Tree, p string) []string {
 	var out []string
 	for hops := 0; hops < maxHops; hops++ {
 		p = path.Join(canonicalDir(t, path.Dir(p)), path.Base(p))

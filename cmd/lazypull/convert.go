@@ -35,6 +35,7 @@ Examples:
   lazypull convert --format zstdchunked oci:./app:1.0 oci:./app-zstd:1.0
   lazypull convert --plain-http --all-platforms docker://127.0.0.1:5000/app docker://127.0.0.1:5000/app:lazy
   lazypull convert --prioritized-files startup.txt docker://r.example/app docker://r.example/app:tuned
+  lazypull convert --prioritize-startup=false docker://r.example/app docker://r.example/app:plain
   lazypull convert --profile app.json docker://r.example/app:1.0 docker://r.example/app:1.0-esgz`,
 	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "format", Value: string(convert.EStargz), Usage: "layer format: estargz or zstdchunked"},
@@ -42,6 +43,7 @@ Examples:
 		&cli.IntFlag{Name: "min-chunk-size", Usage: "eStargz: let files under `BYTES` share a gzip member with their neighbours", DefaultText: "off"},
 		&cli.IntFlag{Name: "compression-level", Usage: "gzip 1-9 or zstd 1-4 `LEVEL`", DefaultText: "the format's"},
 		&cli.StringFlag{Name: "prioritized-files", Usage: "`FILE` listing paths (one per line) a workload reads first; they go first, for prefetch"},
+		&cli.BoolFlag{Name: "prioritize-startup", Value: true, Usage: "eStargz, with neither --prioritized-files nor --profile: put first the files the image's program loads before it runs (the Entrypoint or Cmd found on the config's PATH, a script's interpreter, ELF interpreters and libraries), which a lazy mount prefetches"},
 		&cli.StringFlag{Name: "profile", Usage: "a workload profile `FILE` (lazypull profile record) of this image in any form: the files it reads go first in each eStargz layer, in its order, and it is attached to DST (profile push) for DST's layers"},
 		&cli.StringFlag{Name: "zstdchunked-for", Value: "containers-storage", Usage: "zstd:chunked: whose annotations the layers carry, for nodes that mount them lazily besides lazypull: `PULLER` containers-storage (podman, CRI-O) or stargz-snapshotter (one descriptor cannot carry both)"},
 		&cli.StringSliceFlag{Name: "platform", Usage: "convert this `PLATFORM` of a multi-platform image (repeatable; default: this machine's)"},
@@ -65,11 +67,12 @@ Examples:
 			return err
 		}
 		opts := convert.Options{
-			Format:           format,
-			ChunkSize:        c.Int("chunk-size"),
-			MinChunkSize:     c.Int("min-chunk-size"),
-			CompressionLevel: c.Int("compression-level"),
-			AllPlatforms:     c.Bool("all-platforms"),
+			Format:            format,
+			ChunkSize:         c.Int("chunk-size"),
+			MinChunkSize:      c.Int("min-chunk-size"),
+			CompressionLevel:  c.Int("compression-level"),
+			AllPlatforms:      c.Bool("all-platforms"),
+			PrioritizeStartup: c.Bool("prioritize-startup"),
 		}
 		switch who := c.String("zstdchunked-for"); who {
 		case "containers-storage":
