@@ -70,7 +70,7 @@ func TestPrioritizeStartup(t *testing.T) {
 	// Per layer, what must come before its landmark and what after.
 	want := []map[string]bool{
 		{
-			"lib64/ld-linux-x86-64.so.2":                     true,
+			"lib64/ld-linux-x86-64.so.2":                    true,
 			"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": true,
 			"usr/lib/x86_64-linux-gnu/libc.so.6":            true,
 			"usr/lib/x86_64-linux-gnu/libunused.so":         false,
