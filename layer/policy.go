@@ -118,6 +118,27 @@ func (l *Layer) Prefetch(ctx context.Context, timeout time.Duration) error {
 	return l.fetchRange(ctx, 0, last, "prefetch", pace{parallel: l.opts.Parallel, span: l.opts.SpanSize})
 }
 
+// StartPrefetch runs Prefetch in the background, ahead of background
+// work, as FetchRanges runs a profile's ranges: a mount need not wait for
+// it, and a read that wants one of its chunks meanwhile joins the request
+// that brings it. The channel gets the outcome.
+func (l *Layer) StartPrefetch(timeout time.Duration) <-chan error {
+	res := make(chan error, 1)
+	l.gate.enter()
+	if !l.spawn("prefetch", func(ctx context.Context) {
+		defer l.gate.leave()
+		err := l.Prefetch(ctx, timeout)
+		if err != nil && l.ctx.Err() == nil {
+			log.L.WithError(err).WithField("layer", l.desc.Digest).Warn("prefetch did not finish; files will be fetched on demand")
+		}
+		res <- err
+	}) {
+		l.gate.leave()
+		res <- errClosed
+	}
+	return res
+}
+
 // StartBackground fetches every member not yet cached, in spans of
 // SpanSize, two at a time (enough to fill a link), giving way to
 // foreground reads of every layer that shares the Gate.

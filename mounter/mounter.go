@@ -43,8 +43,9 @@ type Options struct {
 	FUSE     fusefs.Options
 	// Composefs sets up the lazy composefs mode (MountComposefs).
 	Composefs ComposefsOptions
-	// PrefetchTimeout bounds how long a mount waits for the files the
-	// image marks to fetch first (default 10 s).
+	// PrefetchTimeout bounds how long a mount's prefetch of the files the
+	// image marks to fetch first goes on (default 10 s); the mount does
+	// not wait for it.
 	PrefetchTimeout time.Duration
 	NoPrefetch      bool
 	// ProfileDir holds workload profiles (profile.Profile, files *.json):
@@ -91,11 +92,11 @@ type Mounter struct {
 }
 
 type mounted struct {
-	layer    *layer.Layer
-	profiled <-chan error         // the fetch of what profiles read; nil without
-	fuse     *fusefs.MountedLayer // nil for a layer in the lazy composefs form
-	image    imageKey
-	entries  int64 // counted against the image's MaxImageEntries
+	layer   *layer.Layer
+	ahead   <-chan error         // the fetch of what profiles read, or the prefetch; nil without
+	fuse    *fusefs.MountedLayer // nil for a layer in the lazy composefs form
+	image   imageKey
+	entries int64 // counted against the image's MaxImageEntries
 }
 
 // open is a layer being opened (its TOC fetched) ahead of its Prepare. A
@@ -306,16 +307,14 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		served = make(chan error, 1)
 		go func() { served <- m.serveObjects(ctx, mountpoint, l, *cfs) }()
 	}
-	var profiled <-chan error
+	// Neither is waited for: the container starts meanwhile, and its
+	// reads join the fetches that bring what they want.
+	var ahead <-chan error
 	if plan := m.profiles.plan(ctx, desc.Digest, l.TOC()); len(plan) > 0 {
-		// Not waited for: the container starts meanwhile, and its reads
-		// join the fetches that bring what they want.
-		profiled = l.FetchRanges(plan)
+		ahead = l.FetchRanges(plan)
 		log.G(ctx).WithField("layer", desc.Digest).WithField("ranges", len(plan)).Info("fetching what the workload profiles read")
 	} else if !m.opts.NoPrefetch {
-		if err := l.Prefetch(ctx, m.opts.PrefetchTimeout); err != nil {
-			log.G(ctx).WithError(err).WithField("layer", desc.Digest).Warn("prefetch did not finish; files will be fetched on demand")
-		}
+		ahead = l.StartPrefetch(m.opts.PrefetchTimeout)
 	}
 	if served != nil {
 		if err := <-served; err != nil {
@@ -334,7 +333,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 		}
 	}
 	m.mu.Lock()
-	m.mounts[mountpoint] = &mounted{layer: l, profiled: profiled, fuse: fm, image: held, entries: entries}
+	m.mounts[mountpoint] = &mounted{layer: l, ahead: ahead, fuse: fm, image: held, entries: entries}
 	if cfs != nil && !m.closed { // MountComposefs ruled out a settled layer
 		m.bg.Add(1)
 		go m.settle(mountpoint, l, *cfs)

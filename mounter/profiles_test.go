@@ -103,7 +103,7 @@ func TestMountFetchesWhatProfilesRead(t *testing.T) {
 
 	m, c, mp := mountProfiled(t, dir, ref, d, Options{ProfileDir: profiles})
 	m.mu.Lock()
-	fetched := m.mounts[mp].profiled
+	fetched := m.mounts[mp].ahead
 	m.mu.Unlock()
 	if fetched == nil {
 		t.Fatal("the mount started no fetch of what the profile read")

@@ -100,10 +100,10 @@ func (c CacheConfig) cacheOptions() []cache.Option {
 
 // FetchConfig says how layers are fetched from registries.
 type FetchConfig struct {
-	// Prefetch fetches the files an image marks as needed first before
-	// a mount is ready (default true).
+	// Prefetch fetches the files an image marks as needed first as soon
+	// as a layer mounts, without holding the mount up (default true).
 	Prefetch *bool `toml:"prefetch"`
-	// PrefetchTimeout bounds that wait (default "10s").
+	// PrefetchTimeout bounds that prefetch (default "10s").
 	PrefetchTimeout Duration `toml:"prefetch_timeout"`
 	// ProfileDir holds workload profiles (`lazypull profile record`):
 	// a layer one names fetches what the workload read, in its order,
