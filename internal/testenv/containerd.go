@@ -92,21 +92,30 @@ func (r ContainerdRelease) Installed() error {
 }
 
 // config is containerd's configuration in the release's format: a root,
-// state and socket under dir, the CRI plugin off, and a proxy snapshot
-// plugin for each of snapshotters (name → socket).
-func (r ContainerdRelease) config(dir string, snapshotters map[string]string) string {
+// state and socket under dir, and a proxy snapshot plugin for each of
+// snapshotters (name → socket); the CRI plugin off, unless cri is not nil.
+func (r ContainerdRelease) config(dir string, snapshotters map[string]string, cri *CRI) string {
 	names := slices.Sorted(maps.Keys(snapshotters))
-	// The CRI plugin stays off: it wants CNI and slows the start, and the
-	// tests drive containerd through its own API.
-	disabled := `"io.containerd.grpc.v1.cri"`
+	// The CRI plugin stays off unless a test drives containerd as the
+	// kubelet does: it wants CNI and slows the start, and the other tests
+	// drive containerd through its own API.
+	var off []string
+	if cri == nil {
+		off = append(off, `"io.containerd.grpc.v1.cri"`)
+	}
 	version := 2 // what 1.6 reads
 	if r.Major >= 2 {
 		version = 3
 		// 2.x split CRI in three, and its pod sandbox controller needs
-		// it; its NRI plugin would listen on one socket for the whole
+		// it.
+		if cri == nil {
+			off = append(off, `"io.containerd.cri.v1.images"`, `"io.containerd.cri.v1.runtime"`, `"io.containerd.podsandbox.controller.v1.podsandbox"`)
+		}
+		// Its NRI plugin would listen on one socket for the whole
 		// machine.
-		disabled += `, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.nri.v1.nri"`
+		off = append(off, `"io.containerd.nri.v1.nri"`)
 	}
+	disabled := strings.Join(off, ", ")
 	config := fmt.Sprintf(`version = %d
 root = %q
 state = %q
@@ -127,6 +136,9 @@ disabled_plugins = [%s]
 			config += fmt.Sprintf("\n[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = %q\n  snapshotter = %q\n",
 				platforms.DefaultString(), name)
 		}
+	}
+	if cri != nil {
+		config += cri.config(r)
 	}
 	for _, name := range names {
 		if snapshotters[name] == "" {
@@ -182,6 +194,12 @@ type Containerd struct {
 // empty socket names one of containerd's own snapshotters (erofs), which
 // 2.x is then told to unpack into.
 func StartContainerd(r ContainerdRelease, dir, snapshotterSocket string, others map[string]string) (*Containerd, error) {
+	return startContainerd(r, dir, snapshotterSocket, others, nil)
+}
+
+// startContainerd is StartContainerd with the CRI plugin on, if cri is not
+// nil.
+func startContainerd(r ContainerdRelease, dir, snapshotterSocket string, others map[string]string, cri *CRI) (*Containerd, error) {
 	if err := r.Installed(); err != nil {
 		return nil, err
 	}
@@ -195,7 +213,7 @@ func StartContainerd(r ContainerdRelease, dir, snapshotterSocket string, others 
 		snapshotters[name] = socket
 	}
 	configPath := filepath.Join(dir, "containerd.toml")
-	if err := os.WriteFile(configPath, []byte(r.config(dir, snapshotters)), 0o644); err != nil {
+	if err := os.WriteFile(configPath, []byte(r.config(dir, snapshotters, cri)), 0o644); err != nil {
 		return nil, err
 	}
 	// containerd finds its shim on PATH: the release's own comes first.

@@ -39,6 +39,9 @@ type Env struct {
 	// by name: their sockets (WithProxySnapshotter), "" for containerd's
 	// own (WithBuiltinSnapshotter).
 	Snapshotters map[string]string
+
+	// CRI, if not nil, turns containerd's CRI plugin on (WithCRI).
+	CRI *CRI
 }
 
 // New starts an Env for a test and tears it down when the test ends. It
@@ -105,10 +108,15 @@ func Start(parent string, opts ...Option) (_ *Env, err error) {
 	if e.Registry, err = StartRegistry(filepath.Join(dir, "registry")); err != nil {
 		return e, err
 	}
+	if e.CRI != nil {
+		if err := e.CRI.setUp(e); err != nil {
+			return e, err
+		}
+	}
 	if err := e.StartDaemon(); err != nil {
 		return e, err
 	}
-	if e.Containerd, err = StartContainerd(e.ContainerdRelease, filepath.Join(dir, "containerd"), e.DaemonSocket, e.Snapshotters); err != nil {
+	if e.Containerd, err = startContainerd(e.ContainerdRelease, filepath.Join(dir, "containerd"), e.DaemonSocket, e.Snapshotters, e.CRI); err != nil {
 		return e, err
 	}
 	return e, nil

@@ -1,0 +1,115 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// CRINamespace is the containerd namespace the CRI plugin keeps
+// Kubernetes' images and containers in.
+const CRINamespace = "k8s.io"
+
+// CRI is containerd's CRI plugin as a kubelet's node has it: images
+// unpacked with the lazypull snapshotter, which gets the CRI plugin's
+// snapshot labels; pods whose sandbox image (a pause program built here)
+// is in the Env's registry; registries configured by hosts.toml (plain
+// HTTP to the Env's); CNI configured with nothing (pods run in the host's
+// network namespace).
+type CRI struct {
+	SandboxImage string // set up by New
+	dir          string
+}
+
+// WithCRI turns containerd's CRI plugin on (see CRI).
+func WithCRI() Option {
+	return func(e *Env) error {
+		e.CRI = &CRI{}
+		return nil
+	}
+}
+
+// setUp builds the pause image and pushes it to the Env's registry, and
+// makes the plugin's directories.
+func (c *CRI) setUp(e *Env) error {
+	c.dir = filepath.Join(e.Dir, "cri")
+	for _, sub := range []string{"cni/bin", "cni/conf", "certs.d", "pause", "logs"} {
+		if err := os.MkdirAll(filepath.Join(c.dir, sub), 0o755); err != nil {
+			return err
+		}
+	}
+	pause := filepath.Join(c.dir, "pause", "pause")
+	if err := goBuild(pause, "./internal/testenv/pause", []string{"CGO_ENABLED=0"}); err != nil {
+		return err
+	}
+	data, err := os.ReadFile(pause)
+	if err != nil {
+		return err
+	}
+	img := Image{Layers: [][]Entry{{{Path: "pause", Type: '0', Mode: 0o755, Data: data}}}, Cmd: []string{"/pause"}}
+	layout := filepath.Join(c.dir, "pause", "oci")
+	if _, err := img.WriteOCILayout(layout, "v1"); err != nil {
+		return err
+	}
+	c.SandboxImage = e.Registry.Host + "/pause:v1"
+	return Push(context.Background(), layout, "v1", c.SandboxImage)
+}
+
+// LogDir is a directory for pods' logs.
+func (c *CRI) LogDir() string { return filepath.Join(c.dir, "logs") }
+
+// config is the plugin's part of containerd's configuration. A pod's
+// sandbox gets a negative oom_score_adj, which needs CAP_SYS_RESOURCE;
+// machines of this kind run tests without it: restrict_oom_score_adj keeps
+// the score where it is, as a rootless kubelet's node does.
+func (c *CRI) config(r ContainerdRelease) string {
+	hosts, cniBin, cniConf := filepath.Join(c.dir, "certs.d"), filepath.Join(c.dir, "cni/bin"), filepath.Join(c.dir, "cni/conf")
+	if r.Major < 2 {
+		return fmt.Sprintf(`
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "lazypull"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = %q
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = %q
+`, c.SandboxImage, cniBin, cniConf, hosts)
+	}
+	return fmt.Sprintf(`
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "lazypull"
+  disable_snapshot_annotations = false
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = %q
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = %q
+
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [%q]
+    conf_dir = %q
+`, c.SandboxImage, hosts, cniBin, cniConf)
+}
+
+// CRIClient dials the Env's containerd as the kubelet does: the CRI
+// runtime and image services on its socket.
+func (e *Env) CRIClient(t testing.TB) (runtimeapi.RuntimeServiceClient, runtimeapi.ImageServiceClient) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+e.Containerd.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+}
