@@ -16,9 +16,11 @@ import (
 // Kubernetes' images and containers in.
 const CRINamespace = "k8s.io"
 
-// CRI is containerd's CRI plugin as a kubelet's node has it: images
-// unpacked with the lazypull snapshotter, which gets the CRI plugin's
-// snapshot labels; pods whose sandbox image (a pause program built here)
+// CRI is containerd's CRI plugin as a kubelet's node has it, configured as
+// the README says: images unpacked with the lazypull snapshotter, which
+// gets the CRI plugin's snapshot labels (1.6: disable_snapshot_annotations
+// = false; 2.x: the transfer service, which labels layers for a proxy
+// snapshotter that exports enable_remote_snapshot_annotations); pods whose sandbox image (a pause program built here)
 // is in the Env's registry; registries configured by hosts.toml (plain
 // HTTP to the Env's); CNI configured with nothing (pods run in the host's
 // network namespace).
@@ -67,7 +69,8 @@ func (c *CRI) LogDir() string { return filepath.Join(c.dir, "logs") }
 // config is the plugin's part of containerd's configuration. A pod's
 // sandbox gets a negative oom_score_adj, which needs CAP_SYS_RESOURCE;
 // machines of this kind run tests without it: restrict_oom_score_adj keeps
-// the score where it is, as a rootless kubelet's node does.
+// the score where it is, as a rootless kubelet's node does. Snapshots'
+// usage is collected every second rather than ten.
 func (c *CRI) config(r ContainerdRelease) string {
 	hosts, cniBin, cniConf := filepath.Join(c.dir, "certs.d"), filepath.Join(c.dir, "cni/bin"), filepath.Join(c.dir, "cni/conf")
 	if r.Major < 2 {
@@ -75,6 +78,7 @@ func (c *CRI) config(r ContainerdRelease) string {
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
   restrict_oom_score_adj = true
+  stats_collect_period = 1
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "lazypull"
     disable_snapshot_annotations = false
@@ -88,7 +92,7 @@ func (c *CRI) config(r ContainerdRelease) string {
 	return fmt.Sprintf(`
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "lazypull"
-  disable_snapshot_annotations = false
+  stats_collect_period = 1
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = %q
   [plugins."io.containerd.cri.v1.images".registry]
