@@ -214,6 +214,20 @@ func (c *Cache) deleteEvicted(victims []detached) {
 	}
 }
 
+// Demote makes the entries for ds, those present, the first to go when the
+// cache is over its limit, now and after a restart: the chunks of a layer
+// no snapshot uses any more go before those of layers in use. One read
+// again is used as any other.
+func (c *Cache) Demote(ds []digest.Digest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range ds {
+		if e := c.index.get(d); e != nil {
+			c.index.demote(e)
+		}
+	}
+}
+
 // Hold keeps the entry for d, stored now or by a later Put, from eviction
 // until release is called (release may be called more than once). Eviction
 // already spares an entry in the Put that stores it, but the next Put of

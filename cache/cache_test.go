@@ -481,6 +481,30 @@ func TestRestartKeepsLRUOrder(t *testing.T) {
 	}
 }
 
+// Demoted entries (a layer no snapshot uses) go first, however recently
+// they were used, and still first after a restart.
+func TestDemotedGoFirst(t *testing.T) {
+	dir := t.TempDir()
+	const size = 1000
+	c := newCache(t, dir, WithMaxBytes(4*size))
+	a, b, cc, d := mustPut(t, c, blob(1, size)), mustPut(t, c, blob(2, size)), mustPut(t, c, blob(3, size)), mustPut(t, c, blob(4, size))
+	mustGet(t, c, cc, blob(3, size))
+	mustGet(t, c, d, blob(4, size)) // use order now: a, b, c, d
+	c.Demote([]digest.Digest{d, digest.FromString("not cached")})
+	mustPut(t, c, blob(5, size))
+	if c.Has(d) || !c.Has(a) {
+		t.Fatalf("the demoted entry stayed and the least recently used went: has d %v a %v", c.Has(d), c.Has(a))
+	}
+	c.Demote([]digest.Digest{cc})
+	c.Close()
+
+	c = newCache(t, dir, WithMaxBytes(4*size))
+	mustPut(t, c, blob(6, size))
+	if c.Has(cc) || !c.Has(a) || !c.Has(b) {
+		t.Fatalf("after a restart the demoted entry stayed: has c %v a %v b %v", c.Has(cc), c.Has(a), c.Has(b))
+	}
+}
+
 func TestEvictionOrder(t *testing.T) {
 	const size = 1000
 	c := newCache(t, t.TempDir(), WithMaxBytes(3*size))

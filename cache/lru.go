@@ -72,6 +72,17 @@ func (x *index) touch(e *entry, now time.Time) {
 	e.touched = true
 }
 
+// demote makes e the least recently used, now and, through the mtime Close
+// writes, after a restart.
+func (x *index) demote(e *entry) {
+	x.disk.MoveToBack(e.diskElem)
+	e.lastUse = demotedUse
+	e.touched = true
+}
+
+// demotedUse is a demoted entry's last use: older than any real one.
+var demotedUse = time.Unix(1, 0)
+
 // remove drops e from the index.
 func (x *index) remove(e *entry) {
 	x.disk.Remove(e.diskElem)

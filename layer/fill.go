@@ -183,17 +183,34 @@ func (l *Layer) writeContent(ctx context.Context, e *toc.Entry, w io.Writer) err
 // objects are in the composefs store): one copy on disk, not two. Reads
 // through the layer after it fetch again.
 func (l *Layer) ForgetCached() {
+	for _, d := range l.cacheKeys() {
+		l.cache.Remove(d)
+	}
+}
+
+// DemoteCached makes what the cache holds of the layer the first to go when
+// it is full: for a layer no snapshot uses any more. A chunk another layer
+// shares goes early too, and is fetched again if wanted.
+func (l *Layer) DemoteCached() {
+	l.cache.Demote(l.cacheKeys())
+}
+
+// cacheKeys are the cache entries the layer's data may be in: its chunks',
+// and the whole files it fills in place.
+func (l *Layer) cacheKeys() []digest.Digest {
+	var keys []digest.Digest
 	for _, e := range l.TOC().Entries() {
 		if e.Type != toc.TypeReg {
 			continue
 		}
 		if fills(e) {
-			l.cache.Remove(e.Digest())
+			keys = append(keys, e.Digest())
 		}
 		for _, c := range e.Chunks() {
 			if !c.Zero {
-				l.cache.Remove(c.Digest())
+				keys = append(keys, c.Digest())
 			}
 		}
 	}
+	return keys
 }

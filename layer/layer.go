@@ -64,6 +64,8 @@ type Cache interface {
 	Open(d digest.Digest) (*os.File, bool)
 	Has(d digest.Digest) bool
 	Remove(d digest.Digest) error
+	// Demote makes the entries the first to go when the cache is full.
+	Demote(ds []digest.Digest)
 }
 
 // defaultSpanSize is Options.SpanSize unless set.

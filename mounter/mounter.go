@@ -519,18 +519,27 @@ func (m *Mounter) Unmount(ctx context.Context, mountpoint string) error {
 		return err
 	}
 	defer unlock()
-	return m.unmount(mountpoint)
+	return m.unmount(mountpoint, true)
 }
 
-func (m *Mounter) unmount(mountpoint string) error {
+// unmount stops serving the layer at mountpoint; released says no snapshot
+// uses it any more (not so when the mounter closes: the next one serves
+// the same snapshots).
+func (m *Mounter) unmount(mountpoint string, released bool) error {
 	m.mu.Lock()
 	mt, ok := m.mounts[mountpoint]
 	delete(m.mounts, mountpoint)
+	unused := ok && released && m.mountedLocked(mt.layer.Descriptor().Digest) == nil
 	m.mu.Unlock()
 	if !ok {
 		return nil
 	}
 	metrics.MountedLayers.Dec()
+	if unused {
+		// No snapshot uses the layer now (its last was removed): when the
+		// cache is full, its chunks go before those of layers in use.
+		mt.layer.DemoteCached()
+	}
 	return m.drop(mountpoint, mt.fuse, mt.layer, mt.image, mt.entries)
 }
 
@@ -631,7 +640,7 @@ func (m *Mounter) Close() error {
 	m.bg.Wait()
 	var errs []error
 	for _, mp := range points {
-		errs = append(errs, m.unmount(mp))
+		errs = append(errs, m.unmount(mp, false))
 	}
 	m.mu.Lock()
 	opened := m.opening

@@ -1,6 +1,7 @@
 package mounter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -99,5 +100,51 @@ func TestMountWithCRILabels(t *testing.T) {
 	}
 	if err := m.Mount(ctx, mp, map[string]string{}); !errors.Is(err, errNotLazy) || !strings.Contains(err.Error(), "lazypull pull") {
 		t.Errorf("no labels: err = %v", err)
+	}
+}
+
+// TestUnmountDemotesTheLayer: once no snapshot uses a layer, its chunks are
+// the first the cache gives up when full, before older chunks of anything
+// still in use.
+func TestUnmountDemotesTheLayer(t *testing.T) {
+	testenv.NeedFUSE(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	ref, d := profiledImage(t, testenv.NewRegistry(t), dir)
+	c, err := cache.New(filepath.Join(dir, "cache"), cache.WithMaxBytes(400<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	older := bytes.Repeat([]byte("in use elsewhere"), 100<<10/16)
+	if err := c.Put(digest.FromBytes(older), older); err != nil {
+		t.Fatal(err)
+	}
+
+	m := New(c, Options{NoBackground: true, NoPrefetch: true})
+	defer m.Close()
+	mp := filepath.Join(dir, "mnt")
+	os.Mkdir(mp, 0o755)
+	if err := m.Mount(ctx, mp, map[string]string{labels.CRIImageRef: ref, labels.CRIDigest: d.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(filepath.Join(mp, "bin/a")); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := m.mountedLayer(d).TOC().Lookup("bin/a")
+	chunk := e.Chunks()[0].Digest()
+	if !c.Has(chunk) {
+		t.Fatal("reading bin/a cached nothing")
+	}
+	if err := m.Unmount(ctx, mp); err != nil {
+		t.Fatal(err)
+	}
+
+	newer := bytes.Repeat([]byte("a new layer's chunk"), 150<<10/19)
+	if err := c.Put(digest.FromBytes(newer), newer); err != nil {
+		t.Fatal(err)
+	}
+	if c.Has(chunk) || !c.Has(digest.FromBytes(older)) {
+		t.Errorf("over its limit, the cache kept the unmounted layer's chunk (%v) and gave up an older one in use (%v)", c.Has(chunk), !c.Has(digest.FromBytes(older)))
 	}
 }

@@ -3,8 +3,10 @@ package mounter
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -153,5 +155,54 @@ func TestMountFetchesWhatReferringProfilesRead(t *testing.T) {
 	}
 	if cachedFiles(m, c, d, "bin/a")["bin/a"] {
 		t.Error("bin/a, which no profile reads, was fetched")
+	}
+}
+
+// TestMountFetchesWhatEveryProfileRead: an image run by two workloads, each
+// with its profile: a mount fetches what either read, the first read of
+// each before the second of either (a layer shared by workloads fetches
+// what each starts with first).
+func TestMountFetchesWhatEveryProfileRead(t *testing.T) {
+	testenv.NeedFUSE(t)
+	dir := t.TempDir()
+	ref, d := profiledImage(t, testenv.NewRegistry(t), dir)
+	profiles := filepath.Join(dir, "profiles")
+	os.Mkdir(profiles, 0o700)
+	web := newProfile(d, profile.Read{Path: "bin/a", Length: 100}, profile.Read{Path: "bin/a", Offset: 30000, Length: 100})
+	job := newProfile(d, profile.Read{Path: "lib/c", Length: 10})
+	for name, p := range map[string]*profile.Profile{"web.json": web, "job.json": job} {
+		data, err := p.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(profiles, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	m, c, mp := mountProfiled(t, dir, ref, d, Options{ProfileDir: profiles})
+	m.mu.Lock()
+	fetched := m.mounts[mp].ahead
+	m.mu.Unlock()
+	if fetched == nil {
+		t.Fatal("the mount started no fetch of what the profiles read")
+	}
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	// (lib/b, small and between them in the blob, comes along.)
+	for name, cached := range cachedFiles(m, c, d, "bin/a", "lib/c") {
+		if !cached {
+			t.Errorf("%s, which a workload read, is not cached after the mount", name)
+		}
+	}
+
+	plan := planOf(context.Background(), map[string]*profile.Profile{"job": job, "web": web}, d, m.mountedLayer(d).TOC())
+	var got []string
+	for _, r := range plan {
+		got = append(got, fmt.Sprintf("%s@%d", r.Entry.Path(), r.Offset))
+	}
+	if want := []string{"lib/c@0", "bin/a@0", "bin/a@30000"}; !slices.Equal(got, want) {
+		t.Errorf("the plan of both workloads' profiles is %v; want %v (each one's first read, then each one's second)", got, want)
 	}
 }
