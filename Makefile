@@ -57,13 +57,14 @@ bench:
 
 # Time to first output of real images (python, gcc, java, and a 1 GiB data
 # image) through a 20 ms, 100 Mbit/s link: containerd's overlayfs full pull
-# against lazypull, and stargz-snapshotter when containerd-stargz-grpc is on
+# against lazypull (eStargz without and with a workload profile, and
+# zstd:chunked), and stargz-snapshotter when containerd-stargz-grpc is on
 # PATH. Builds the images from Debian packages the first time (cached).
 # Results: bench/results/<time>/{results.md,totals.png,results.json}.
 comma := ,
 BENCH_RUNS ?= 5
 BENCH_IMAGES ?= python,gcc,java,data
-BENCH_SCENARIOS ?= overlayfs,lazypull-estargz,lazypull-zstd$(if $(shell command -v containerd-stargz-grpc),$(comma)bench/scenarios/stargz-snapshotter.toml)
+BENCH_SCENARIOS ?= overlayfs,lazypull-estargz,lazypull-estargz-profiled,lazypull-zstd$(if $(shell command -v containerd-stargz-grpc),$(comma)bench/scenarios/stargz-snapshotter.toml)
 bench-images: deps build
 	$(GO) run ./bench/cmd/bench -n $(BENCH_RUNS) --images $(BENCH_IMAGES) --scenarios $(BENCH_SCENARIOS)
 
