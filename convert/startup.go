@@ -31,6 +31,9 @@ const (
 // no startup files first.
 var errTooBig = errors.New("too many files or whiteouts to search")
 
+// errFound stops a layer's walk once it found what it looked for.
+var errFound = errors.New("found")
+
 // defaultPath is the PATH a container gets when its config sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -248,6 +251,7 @@ func (c *converter) readFiles(ctx context.Context, layers []ocispec.Descriptor, 
 	}
 	out := make(map[string][]byte)
 	for i, names := range want {
+		left := len(names)
 		err := c.walkLayer(ctx, layers[i], func(h *tar.Header, r io.Reader) error {
 			p, ok := names["/"+toc.CleanTarName(h.Name)]
 			if !ok || h.Typeflag != tar.TypeReg || h.Size > maxStartupRead {
@@ -258,8 +262,18 @@ func (c *converter) readFiles(ctx context.Context, layers []ocispec.Descriptor, 
 				return err
 			}
 			out[p] = data
+			if left--; left == 0 {
+				// The rest of the layer need not be read (a later entry of
+				// the same name, rare, would win on disk: then the files
+				// first is a guess from the earlier one, which costs only
+				// a prefetch).
+				return errFound
+			}
 			return nil
 		})
+		if errors.Is(err, errFound) {
+			err = nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("layer %d (%s): %w", i, layers[i].Digest, err)
 		}
