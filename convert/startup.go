@@ -160,7 +160,6 @@ type treeNode struct {
 	layer    int
 	symlink  string // a symbolic link's target
 	hardlink string // a hard link's target, absolute, in the same layer
-	regular  bool
 }
 
 // Lookup makes the tree an elfdeps.Tree.
@@ -182,17 +181,15 @@ func (c *converter) readTree(ctx context.Context, layers []ocispec.Descriptor) (
 			}
 			p := "/" + name
 			dir, base := path.Split(p)
-			if strings.HasPrefix(base, ".wh.") {
+			if hidden, ok := strings.CutPrefix(base, toc.WhiteoutPrefix); ok {
 				if whiteouts++; whiteouts > maxWhiteouts {
 					return errTooBig
 				}
-			}
-			if base == ".wh..wh..opq" {
-				t.remove(path.Clean(dir), true, i)
-				return nil
-			}
-			if hidden, ok := strings.CutPrefix(base, ".wh."); ok {
-				t.remove(path.Join(dir, hidden), false, i)
+				if base == toc.OpaqueWhiteout {
+					t.remove(path.Clean(dir), true, i)
+				} else {
+					t.remove(path.Join(dir, hidden), false, i)
+				}
 				return nil
 			}
 			if len(t.nodes) >= maxTreeEntries {
@@ -204,8 +201,6 @@ func (c *converter) readTree(ctx context.Context, layers []ocispec.Descriptor) (
 				n.symlink = h.Linkname
 			case tar.TypeLink:
 				n.hardlink = "/" + toc.CleanTarName(h.Linkname)
-			case tar.TypeReg:
-				n.regular = true
 			}
 			t.nodes[p] = n
 			return nil

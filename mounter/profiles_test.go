@@ -79,6 +79,18 @@ func newProfile(d digest.Digest, reads ...profile.Read) *profile.Profile {
 	return &profile.Profile{SchemaVersion: 1, MediaType: profile.MediaType, Layers: []profile.Layer{{Digest: d}}, Reads: reads}
 }
 
+// writeProfile puts p in the profile directory dir as name.
+func writeProfile(t *testing.T, dir, name string, p *profile.Profile) {
+	t.Helper()
+	data, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestMountFetchesWhatProfilesRead: a layer that a workload profile in the
 // profile directory names fetches, at mount, the ranges the profile read
 // and nothing else (not the files the image marks); profiles that do not
@@ -90,17 +102,8 @@ func TestMountFetchesWhatProfilesRead(t *testing.T) {
 
 	profiles := filepath.Join(dir, "profiles")
 	os.Mkdir(profiles, 0o700)
-	write := func(name string, p *profile.Profile) {
-		data, err := p.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(profiles, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("run.json", newProfile(d, profile.Read{Path: "lib/b", Offset: 0, Length: 100}, profile.Read{Path: "bin/a", Offset: 1000, Length: 5000}))
-	write("other-image.json", newProfile(d, profile.Read{Path: "lib/c", Length: 10}, profile.Read{Path: "no/such/file", Length: 10}))
+	writeProfile(t, profiles, "run.json", newProfile(d, profile.Read{Path: "lib/b", Offset: 0, Length: 100}, profile.Read{Path: "bin/a", Offset: 1000, Length: 5000}))
+	writeProfile(t, profiles, "other-image.json", newProfile(d, profile.Read{Path: "lib/c", Length: 10}, profile.Read{Path: "no/such/file", Length: 10}))
 	os.WriteFile(filepath.Join(profiles, "garbage.json"), []byte("{not json"), 0o600)
 
 	m, c, mp := mountProfiled(t, dir, ref, d, Options{ProfileDir: profiles})
@@ -170,15 +173,8 @@ func TestMountFetchesWhatEveryProfileRead(t *testing.T) {
 	os.Mkdir(profiles, 0o700)
 	web := newProfile(d, profile.Read{Path: "bin/a", Length: 100}, profile.Read{Path: "bin/a", Offset: 30000, Length: 100})
 	job := newProfile(d, profile.Read{Path: "lib/c", Length: 10})
-	for name, p := range map[string]*profile.Profile{"web.json": web, "job.json": job} {
-		data, err := p.Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(profiles, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeProfile(t, profiles, "web.json", web)
+	writeProfile(t, profiles, "job.json", job)
 
 	m, c, mp := mountProfiled(t, dir, ref, d, Options{ProfileDir: profiles})
 	m.mu.Lock()

@@ -11,7 +11,6 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/lazypull/lazypull/fusefs"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -49,7 +48,7 @@ func testCRI(t *testing.T, containerd testenv.Option) {
 			if size == 0 || fetched*2 > size {
 				t.Errorf("after PullImage the mounted layers fetched %d of %d bytes", fetched, size)
 			}
-			if n := mountedLayers(t, env); n != 2 {
+			if n := len(stateFiles(env)); n != 2 {
 				t.Errorf("PullImage mounted %d layers lazily, want 2", n)
 			}
 
@@ -63,28 +62,13 @@ func testCRI(t *testing.T, containerd testenv.Option) {
 			if _, err := images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: pulled.ImageRef}}); err != nil {
 				t.Fatalf("CRI RemoveImage: %v", err)
 			}
-			for mountedLayers(t, env) > 0 {
+			for len(stateFiles(env)) > 0 {
 				if !sleep(ctx) {
-					t.Fatalf("%d layers still mounted after RemoveImage", mountedLayers(t, env))
+					t.Fatalf("%d layers still mounted after RemoveImage", len(stateFiles(env)))
 				}
 			}
 		})
 	}
-}
-
-// mountedLayers counts the snapshots whose layer is mounted lazily (with a
-// state file).
-func mountedLayers(t *testing.T, env *testenv.Env) int {
-	t.Helper()
-	n := 0
-	snaps, _ := filepath.Glob(filepath.Join(env.DaemonRoot, "snapshots", "*"))
-	for _, snap := range snaps {
-		// The state directory is hidden from listings: name it.
-		if states, err := os.ReadDir(filepath.Join(snap, "fs", fusefs.StateDirName)); err == nil {
-			n += len(states)
-		}
-	}
-	return n
 }
 
 // runPod runs ref's program in a pod of its own, in the host's network

@@ -113,31 +113,40 @@ func grepLog(t *testing.T, path, word string) string {
 // layerStates adds up the state files of every mounted layer.
 func layerStates(t *testing.T, env *testenv.Env) (fetched, size int64) {
 	t.Helper()
-	// The state directory is hidden from listings: name it.
+	for _, path := range stateFiles(env) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st fusefs.State
+		if err := json.Unmarshal(data, &st); err != nil {
+			t.Fatal(err)
+		}
+		fetched += st.FetchedBytes
+		size += st.Size
+	}
+	if size == 0 {
+		t.Fatal("no mounted layer has a state file")
+	}
+	return fetched, size
+}
+
+// stateFiles lists the state files of the lazily mounted layers, one each.
+func stateFiles(env *testenv.Env) []string {
+	var paths []string
 	snaps, _ := filepath.Glob(filepath.Join(env.DaemonRoot, "snapshots", "*"))
 	for _, snap := range snaps {
+		// The state directory is hidden from listings: name it.
 		dir := filepath.Join(snap, "fs", fusefs.StateDirName)
 		files, err := os.ReadDir(dir)
 		if err != nil {
 			continue // not a lazily mounted layer
 		}
 		for _, f := range files {
-			data, err := os.ReadFile(filepath.Join(dir, f.Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var st fusefs.State
-			if err := json.Unmarshal(data, &st); err != nil {
-				t.Fatal(err)
-			}
-			fetched += st.FetchedBytes
-			size += st.Size
+			paths = append(paths, filepath.Join(dir, f.Name()))
 		}
 	}
-	if size == 0 {
-		t.Fatal("no mounted layer has a state file")
-	}
-	return fetched, size
+	return paths
 }
 
 func freeAddr(t *testing.T) string {
