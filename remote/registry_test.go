@@ -28,7 +28,8 @@ func TestRequestsShareConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
+	closeProxy := sync.OnceValue(p.Close)
+	defer closeProxy()
 	ref = p.Addr() + ref[len(hostOf(t, ref)):]
 
 	ctx := context.Background()
@@ -60,6 +61,11 @@ func TestRequestsShareConnections(t *testing.T) {
 		if err := b.FetchAt(ctx, make([]byte, 100), 0); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The hook runs as a handler returns, which can be just after the
+	// client read the last byte; closing waits for every handler.
+	if err := closeProxy(); err != nil {
+		t.Fatal(err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
