@@ -72,10 +72,15 @@ var (
 )
 
 func (h *localHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return readLocal(h.f, h.node, dest, off)
+}
+
+// readLocal serves a read of node from f, a local file holding all of its bytes.
+func readLocal(f *os.File, node openedNode, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	defer metrics.ObserveFUSE("read", time.Now())
-	n, err := h.f.ReadAt(dest, off)
+	n, err := f.ReadAt(dest, off)
 	if err != nil && err != io.EOF {
-		return nil, h.node.readFailed(err)
+		return nil, node.readFailed(err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }

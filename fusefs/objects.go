@@ -332,7 +332,55 @@ func (o *objectFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	if local != nil {
 		return &localHandle{f: local, node: o}, fuse.FOPEN_KEEP_CACHE, 0
 	}
-	return &layerHandle{l: l, e: e, node: o}, fuse.FOPEN_KEEP_CACHE, 0
+	return &objectLayerHandle{layerHandle: layerHandle{l: l, e: e, node: o}, o: o}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// objectLayerHandle reads an object through a layer, until the layer
+// goes: a lazy layer settles (its objects go into the store) and is
+// released under the files opened through it, whose pages the kernel
+// may drop and read again at any time (a mapped program dies of SIGBUS
+// if that read fails). A read the layer cannot serve is served by the
+// store's copy, if it has one, and so is every read after it.
+type objectLayerHandle struct {
+	layerHandle
+	o *objectFile
+
+	mu    sync.Mutex
+	local *os.File // the store's copy, once the layer failed a read
+}
+
+func (h *objectLayerHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if local := h.stored(false); local != nil {
+		return readLocal(local, h.o, dest, off)
+	}
+	defer metrics.ObserveFUSE("read", time.Now())
+	n, err := h.l.ReadAt(ctx, h.e, dest, off)
+	if err == nil || err == io.EOF {
+		return fuse.ReadResultData(dest[:n]), 0
+	}
+	if local := h.stored(true); local != nil {
+		return readLocal(local, h.o, dest, off)
+	}
+	return nil, h.o.readFailed(err)
+}
+
+// stored is the store's copy the handle reads, looked for if look.
+func (h *objectLayerHandle) stored(look bool) *os.File {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.local == nil && look {
+		h.local, _ = h.o.fsys.stored(h.o.digest)
+	}
+	return h.local
+}
+
+func (h *objectLayerHandle) Release(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	if h.local != nil {
+		h.local.Close()
+	}
+	h.mu.Unlock()
+	return h.layerHandle.Release(ctx)
 }
 
 // resolve finds the object's bytes: a local file holding them all (the

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/composefs"
@@ -159,16 +160,7 @@ func TestObjectsUnderOverlay(t *testing.T) {
 	if big.hdr.Name != "data/big" {
 		t.Fatalf("entries[4] is %s", big.hdr.Name)
 	}
-	b, err := store.Lease(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Put(bytes.NewReader(big.data), digest.FromBytes(big.data)); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	storeObject(t, store, big.data)
 	opens, _ := m.Opens()
 	before := fuseReads(t)
 	// A new name for the same inode is not needed: the overlay opens the
@@ -327,5 +319,58 @@ func TestObjectsLyingLayer(t *testing.T) {
 		if has, err := n.store.Has(d); !has || err != nil {
 			t.Errorf("round %d: the object read whole is not in the store (%v)", round, err)
 		}
+	}
+}
+
+// TestObjectsOutliveTheirLayer: a file opened while its object came
+// through its layer (the page cache holds what was read) keeps reading
+// right after the layer settled: its object went into the store and the
+// layer was released. A mapped executable whose page faults failed then
+// would die of SIGBUS.
+func TestObjectsOutliveTheirLayer(t *testing.T) {
+	entries := lowerLayer()
+	st := lazyComposefs(t, entries, Options{Passthrough: true})
+	big := entries[4]
+	f, err := os.Open(filepath.Join(st.merged, big.hdr.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	head := make([]byte, 4096)
+	if _, err := f.ReadAt(head, 0); err != nil || !bytes.Equal(head, big.data[:len(head)]) {
+		t.Fatalf("the first page through the layer: %v, or other bytes", err)
+	}
+
+	// Settle, as the mounter does: the object goes into the store, the
+	// layer stops being served and is closed.
+	storeObject(t, st.store, big.data)
+	st.objects.Remove("layer")
+	st.layer.Close()
+
+	// What the page cache held goes, as under memory pressure.
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(big.data))
+	if n, err := f.ReadAt(got, 0); n != len(got) || !bytes.Equal(got, big.data) {
+		t.Errorf("the open file after its layer settled: %d of %d bytes, %v, or other bytes", n, len(got), err)
+	}
+	if n := st.objects.fsys.readErrors.Load(); n != 0 {
+		t.Errorf("%d reads failed, want 0: the store served them", n)
+	}
+}
+
+// storeObject puts data into store, as settling does.
+func storeObject(t *testing.T, store *objects.Store, data []byte) {
+	t.Helper()
+	b, err := store.Lease(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Put(bytes.NewReader(data), digest.FromBytes(data)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
 	}
 }
