@@ -95,7 +95,7 @@ func OpenBlob(ctx context.Context, ref string, desc ocispec.Descriptor, opts Opt
 // setHosts takes the registry's hosts, shared in the process; fresh
 // builds them anew, and with them fresh authorizers.
 func (b *Blob) setHosts(ctx context.Context, fresh bool) error {
-	hosts, err := sharedHosts.get(ctx, b.opts, b.refspec.Hostname(), fresh)
+	hosts, err := sharedHosts.get(ctx, b.opts, b.refspec.Hostname(), b.refspec.Locator, fresh)
 	if err != nil {
 		return fmt.Errorf("blob %s: hosts of %s: %w", b.desc.Digest, b.refspec.Hostname(), err)
 	}

@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/containerd/v2/pkg/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // DefaultHostsDir is where containerd keeps per-registry hosts.toml files.
@@ -39,17 +41,51 @@ type Options struct {
 // registry's WWW-Authenticate challenge: basic or bearer token. Its errors
 // never show a URL's query or userinfo.
 func NewResolver(ctx context.Context, opts Options) remotes.Resolver {
-	return redactingResolver{docker.NewResolver(docker.ResolverOptions{Hosts: configureHosts(ctx, opts)})}
+	return redactingResolver{&resolver{ctx: ctx, opts: opts, tracker: docker.NewInMemoryTracker()}}
+}
+
+// resolver is containerd's, made for each reference it is asked about:
+// the credentials of a registry's hosts may be the ones kept for the
+// reference's repository (KeepCredentials).
+type resolver struct {
+	ctx     context.Context
+	opts    Options
+	tracker docker.StatusTracker // one for all its pushers, as containerd's
+}
+
+func (r *resolver) forRef(ref string) remotes.Resolver {
+	return docker.NewResolver(docker.ResolverOptions{Hosts: configureHosts(r.ctx, r.opts, locatorOf(ref)), Tracker: r.tracker})
+}
+
+func (r *resolver) Resolve(ctx context.Context, ref string) (string, ocispec.Descriptor, error) {
+	return r.forRef(ref).Resolve(ctx, ref)
+}
+
+func (r *resolver) Fetcher(ctx context.Context, ref string) (remotes.Fetcher, error) {
+	return r.forRef(ref).Fetcher(ctx, ref)
+}
+
+func (r *resolver) Pusher(ctx context.Context, ref string) (remotes.Pusher, error) {
+	return r.forRef(ref).Pusher(ctx, ref)
+}
+
+// locatorOf is ref's host/repository, or "" if ref is none.
+func locatorOf(ref string) string {
+	spec, err := reference.Parse(ref)
+	if err != nil {
+		return ""
+	}
+	return spec.Locator
 }
 
 // configureHosts returns the hosts to reach a registry through (mirrors
 // first), as containerd configures them, with redirects that keep
 // credentials on the host they were configured for. The hosts of a
 // registry are built once per hostsTTL and shared in the process (see
-// sharedHosts).
-func configureHosts(ctx context.Context, opts Options) docker.RegistryHosts {
+// sharedHosts); those of a repository with kept credentials are its own.
+func configureHosts(ctx context.Context, opts Options, locator string) docker.RegistryHosts {
 	return func(host string) ([]docker.RegistryHost, error) {
-		return sharedHosts.get(ctx, opts, host, false)
+		return sharedHosts.get(ctx, opts, host, locator, false)
 	}
 }
 
@@ -71,8 +107,9 @@ const idleConnsPerHost = 32
 var sharedHosts = &hostsCache{byKey: make(map[hostsKey]cachedHosts)}
 
 type hostsKey struct {
-	opts Options
-	host string
+	opts    Options
+	host    string
+	locator string // set when credentials are kept for the repository
 }
 
 type cachedHosts struct {
@@ -85,17 +122,21 @@ type hostsCache struct {
 	byKey map[hostsKey]cachedHosts
 }
 
-// get returns the hosts of a registry, built anew when they are older than
-// hostsTTL or fresh is set (fresh authorizers: an expired token an
-// authorizer still trusts); those are shared from then on.
-func (c *hostsCache) get(ctx context.Context, opts Options, host string, fresh bool) ([]docker.RegistryHost, error) {
+// get returns the hosts of a registry, for the repository locator,
+// built anew when they are older than hostsTTL or fresh is set (fresh
+// authorizers: an expired token an authorizer still trusts); those are
+// shared from then on.
+func (c *hostsCache) get(ctx context.Context, opts Options, host, locator string, fresh bool) ([]docker.RegistryHost, error) {
 	key := hostsKey{opts: opts, host: host}
+	if kept.has(locator) {
+		key.locator = locator
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.byKey[key]; ok && !fresh && time.Since(e.built) < hostsTTL {
 		return e.hosts, nil
 	}
-	hosts, err := buildHosts(ctx, opts, host)
+	hosts, err := buildHosts(ctx, opts, host, key.locator)
 	if err != nil {
 		return nil, err
 	}
@@ -108,8 +149,10 @@ func (c *hostsCache) get(ctx context.Context, opts Options, host string, fresh b
 	return hosts, nil
 }
 
-func buildHosts(ctx context.Context, opts Options, host string) ([]docker.RegistryHost, error) {
-	hosts, err := config.ConfigureHosts(ctx, hostOptions(opts))(host)
+func buildHosts(ctx context.Context, opts Options, host, locator string) ([]docker.RegistryHost, error) {
+	hostOpts := hostOptions(opts)
+	hostOpts.Credentials = credentialsFor(opts, host, locator)
+	hosts, err := config.ConfigureHosts(ctx, hostOpts)(host)
 	if err != nil {
 		return nil, err
 	}
@@ -154,16 +197,15 @@ func keepHeadersOnHost(configured http.Header, next func(*http.Request, []*http.
 	}
 }
 
-// hostOptions turns Options into containerd's host configuration, shared
-// by the resolver and ranged blob reads.
+// hostOptions turns Options into containerd's host configuration, but for
+// credentials (credentialsFor).
 func hostOptions(opts Options) config.HostOptions {
 	hostsDir := opts.HostsDir
 	if hostsDir == "" {
 		hostsDir = DefaultHostsDir
 	}
 	hostOpts := config.HostOptions{
-		HostDir:     config.HostDirFromRoot(hostsDir),
-		Credentials: NewCredentials(opts.DockerConfigDir).Lookup,
+		HostDir: config.HostDirFromRoot(hostsDir),
 		UpdateClient: func(c *http.Client) error {
 			if tr, ok := c.Transport.(*http.Transport); ok {
 				tr.MaxIdleConnsPerHost = idleConnsPerHost

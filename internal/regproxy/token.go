@@ -28,6 +28,8 @@ type tokens struct {
 	required bool
 	lifetime time.Duration
 	issued   map[string]time.Time // token → expiry
+	user     string               // if set, a token is only for user and password
+	password string
 }
 
 // EnableTokenAuth makes the proxy demand "Authorization: Bearer <token>" on
@@ -37,6 +39,15 @@ func (p *Proxy) EnableTokenAuth() {
 	p.tokens.mu.Lock()
 	defer p.tokens.mu.Unlock()
 	p.tokens.required = true
+}
+
+// RequireCredentials makes the token endpoint issue tokens only to user
+// with password, as a private registry's does: basic auth on GET, or the
+// OAuth2 password grant on POST; others get 401.
+func (p *Proxy) RequireCredentials(user, password string) {
+	p.tokens.mu.Lock()
+	defer p.tokens.mu.Unlock()
+	p.tokens.user, p.tokens.password = user, password
 }
 
 // ExpireTokens invalidates every token issued so far, as a registry's token
@@ -88,6 +99,24 @@ func (t *tokens) check(r *http.Request) (ok bool, reason string) {
 	return true, ""
 }
 
+// allowed tells whether a token request carries the credentials required
+// (RequireCredentials), if any.
+func (t *tokens) allowed(r *http.Request) bool {
+	t.mu.Lock()
+	user, password := t.user, t.password
+	t.mu.Unlock()
+	if user == "" {
+		return true
+	}
+	if u, p, ok := r.BasicAuth(); ok {
+		return u == user && p == password
+	}
+	if r.Method == http.MethodPost && r.ParseForm() == nil && r.PostForm.Get("grant_type") == "password" {
+		return r.PostForm.Get("username") == user && r.PostForm.Get("password") == password
+	}
+	return false
+}
+
 func isOurToken(authorization string) bool {
 	tok, found := strings.CutPrefix(authorization, "Bearer ")
 	return found && strings.HasPrefix(strings.TrimSpace(tok), tokenPrefix)
@@ -96,6 +125,11 @@ func isOurToken(authorization string) bool {
 // serveToken answers a token request (GET, or the OAuth POST form) with the
 // JSON a registry's token server sends.
 func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request) {
+	if !p.tokens.allowed(r) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="regproxy"`)
+		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"wrong or no credentials"}]}`, http.StatusUnauthorized)
+		return
+	}
 	tok, lifetime := p.tokens.issue()
 	// Clients cache a token for expires_in seconds; 0 would mean forever.
 	expiresIn := max(1, int(math.Ceil(lifetime.Seconds())))
