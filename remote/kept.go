@@ -33,19 +33,29 @@ type keptCredentials struct {
 
 // KeepCredentials keeps user and secret (a password, or with no user an
 // identity token) for the repository of ref, replacing what was kept for
-// it. Empty ones forget it.
-func KeepCredentials(ref, user, secret string) error {
+// it; empty ones forget it. undo puts back what was kept before.
+func KeepCredentials(ref, user, secret string) (undo func(), err error) {
 	spec, err := reference.Parse(ref)
 	if err != nil {
-		return fmt.Errorf("keep credentials for %q: %w", ref, err)
+		return nil, fmt.Errorf("keep credentials for %q: %w", ref, err)
 	}
 	kept.mu.Lock()
 	defer kept.mu.Unlock()
+	before, had := kept.byRepo[spec.Locator]
+	undo = func() {
+		kept.mu.Lock()
+		defer kept.mu.Unlock()
+		if had {
+			kept.byRepo[spec.Locator] = before
+		} else {
+			delete(kept.byRepo, spec.Locator)
+		}
+	}
 	if user == "" && secret == "" {
 		delete(kept.byRepo, spec.Locator)
-		return nil
+		return undo, nil
 	}
-	if _, ok := kept.byRepo[spec.Locator]; !ok && len(kept.byRepo) >= maxKeptRepositories {
+	if !had && len(kept.byRepo) >= maxKeptRepositories {
 		var oldest string
 		for k, c := range kept.byRepo {
 			if oldest == "" || c.given.Before(kept.byRepo[oldest].given) {
@@ -55,7 +65,7 @@ func KeepCredentials(ref, user, secret string) error {
 		delete(kept.byRepo, oldest)
 	}
 	kept.byRepo[spec.Locator] = keptCredential{user: user, secret: secret, given: time.Now()}
-	return nil
+	return undo, nil
 }
 
 // has tells whether credentials are kept for locator (host/repository).

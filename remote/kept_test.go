@@ -46,10 +46,11 @@ func TestKeptCredentials(t *testing.T) {
 	if err := read(mine); err == nil {
 		t.Fatalf("%s read with no credentials", mine)
 	}
-	if err := KeepCredentials(mine, "tenant", "s3cret"); err != nil {
+	forget, err := KeepCredentials(mine, "tenant", "s3cret")
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { KeepCredentials(mine, "", "") })
+	t.Cleanup(forget)
 	if err := read(mine); err != nil {
 		t.Fatalf("%s with its kept credentials: %v", mine, err)
 	}

@@ -62,6 +62,12 @@ type Config struct {
 	// content store instead of the registry (see imageContent); "" turns
 	// that off.
 	ContainerdAddress string `toml:"containerd_address"`
+	// CRIImageServiceAddress, if set, is a unix socket where the process
+	// that fetches lazy layers serves the CRI image service for the
+	// kubelet (--image-service-endpoint), forwarded to containerd's CRI
+	// plugin at ContainerdAddress: the pull secrets the kubelet gives a
+	// pull then reach that image's lazy layers (see package cri).
+	CRIImageServiceAddress string `toml:"cri_image_service_address"`
 
 	Snapshotter SnapshotterConfig `toml:"snapshotter"`
 	Cache       CacheConfig       `toml:"cache"`
@@ -277,6 +283,9 @@ func (c Config) Validate() error {
 	}
 	if c.ContainerdAddress != "" && !filepath.IsAbs(c.ContainerdAddress) {
 		return fmt.Errorf("containerd_address %q: must be the absolute path of containerd's socket, or \"\" for none", c.ContainerdAddress)
+	}
+	if c.CRIImageServiceAddress != "" && (!filepath.IsAbs(c.CRIImageServiceAddress) || c.ContainerdAddress == "") {
+		return fmt.Errorf("cri_image_service_address %q: must be the absolute path of a unix socket, and needs containerd_address (where the CRI plugin is) set", c.CRIImageServiceAddress)
 	}
 	if err := c.checkEndpoints(); err != nil {
 		return err

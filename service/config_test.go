@@ -69,6 +69,8 @@ func TestLoadConfigErrorsNameTheProblem(t *testing.T) {
 		{`metrics_address = ":9110"`, `metrics_address ":9110": other hosts could reach it`},
 		{`metrics_address = "metrics.sock"`, "metrics_address: "},
 		{"metrics_allow_remote = true\ndebug_address = \"0.0.0.0:6060\"", `debug_address "0.0.0.0:6060": other hosts could reach it`},
+		{`cri_image_service_address = "cri.sock"`, `cri_image_service_address "cri.sock": must be the absolute path`},
+		{"containerd_address = \"\"\ncri_image_service_address = \"/run/cri.sock\"", "needs containerd_address"},
 		{"metrics_address = \"127.0.0.1:9110\"\ndebug_address = \"127.0.0.1:9110\"", "give profiles an address of their own"},
 	} {
 		path := writeConfig(t, tc.text)

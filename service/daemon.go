@@ -45,6 +45,8 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		if cfg.MetricsAddress != "" {
 			command = append(command, "--metrics-address", cfg.MetricsAddress)
 		}
+		// What flags set for the daemon holds for its manager too.
+		command = append(command, "--containerd-address="+cfg.ContainerdAddress, "--cri-image-service-address="+cfg.CRIImageServiceAddress)
 		client, err := fusemanager.Connect(ctx, cfg.Root, command, fusemanager.WithMountTimeout(mountTimeout(cfg)))
 		if err != nil {
 			return nil, nil, err
@@ -58,6 +60,10 @@ func openRemote(ctx context.Context, cfg Config) (snapshot.Remote, func(), error
 		return nil, nil, err
 	}
 	if err := serveMetrics(ctx, cfg, c); err != nil {
+		closeMounter()
+		return nil, nil, err
+	}
+	if err := serveCRI(ctx, cfg); err != nil {
 		closeMounter()
 		return nil, nil, err
 	}
@@ -125,6 +131,9 @@ func RunFUSEManager(ctx context.Context, cfg Config) error {
 	}
 	defer closeMounter()
 	if err := serveMetrics(ctx, cfg, c); err != nil {
+		return err
+	}
+	if err := serveCRI(ctx, cfg); err != nil {
 		return err
 	}
 	return fusemanager.Serve(ctx, cfg.Root, mnt, nil)

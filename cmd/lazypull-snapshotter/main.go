@@ -61,6 +61,7 @@ func main() {
 	logLevel := fs.String("log-level", service.DefaultLogLevel, "trace, debug, info, warn or error (overrides the config's log_level)")
 	metricsAddress := fs.String("metrics-address", "", "serve Prometheus metrics on `ADDR` (host:port or socket path; overrides the config's metrics_address)")
 	containerdAddress := fs.String("containerd-address", service.DefaultContainerd, "containerd's `socket`, where manifests and configs being pulled are read (overrides the config's containerd_address; \"\" for none)")
+	criAddress := fs.String("cri-image-service-address", "", "serve the CRI image service for the kubelet's --image-service-endpoint on this unix `socket`, forwarded to containerd; pull secrets then reach lazy layers (overrides the config's cri_image_service_address)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -89,6 +90,8 @@ func main() {
 			cfg.MetricsAddress = *metricsAddress
 		case "containerd-address":
 			cfg.ContainerdAddress = *containerdAddress
+		case "cri-image-service-address":
+			cfg.CRIImageServiceAddress = *criAddress
 		}
 	})
 	if err := cfg.Validate(); err != nil {

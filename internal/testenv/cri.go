@@ -26,6 +26,10 @@ const CRINamespace = "k8s.io"
 // network namespace).
 type CRI struct {
 	SandboxImage string // set up by New
+	// ImageService is the socket of our daemon's CRI image-service proxy
+	// (cri_image_service_address), where a kubelet configured as the
+	// README says sends its image calls.
+	ImageService string
 	dir          string
 }
 
@@ -41,6 +45,7 @@ func WithCRI() Option {
 // makes the plugin's directories.
 func (c *CRI) setUp(e *Env) error {
 	c.dir = filepath.Join(e.Dir, "cri")
+	c.ImageService = filepath.Join(c.dir, "image.sock")
 	for _, sub := range []string{"cni/bin", "cni/conf", "certs.d", "pause", "logs"} {
 		if err := os.MkdirAll(filepath.Join(c.dir, sub), 0o755); err != nil {
 			return err
@@ -103,14 +108,27 @@ func (c *CRI) config(r ContainerdRelease) string {
 `, c.SandboxImage, hosts, cniBin, cniConf)
 }
 
-// CRIClient dials the Env's containerd as the kubelet does: the CRI
-// runtime and image services on its socket.
+// CRIClient dials the Env's CRI as a kubelet configured as the README says
+// does: the runtime service on containerd's socket, the image service on
+// our daemon's proxy (--image-service-endpoint).
 func (e *Env) CRIClient(t testing.TB) (runtimeapi.RuntimeServiceClient, runtimeapi.ImageServiceClient) {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+e.Containerd.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return runtimeapi.NewRuntimeServiceClient(dialCRI(t, e.Containerd.Address)), runtimeapi.NewImageServiceClient(dialCRI(t, e.CRI.ImageService))
+}
+
+// ContainerdImageService dials containerd's own CRI image service, as a
+// kubelet with no --image-service-endpoint does.
+func (e *Env) ContainerdImageService(t testing.TB) runtimeapi.ImageServiceClient {
+	t.Helper()
+	return runtimeapi.NewImageServiceClient(dialCRI(t, e.Containerd.Address))
+}
+
+func dialCRI(t testing.TB, socket string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+	return conn
 }

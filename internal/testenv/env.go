@@ -162,6 +162,9 @@ func (e *Env) StartDaemon(extraArgs ...string) error {
 		// Where StartContainerd puts it (it starts after the daemon).
 		"--containerd-address", filepath.Join(e.Dir, "containerd", "containerd.sock"),
 	}, extraArgs...)
+	if e.CRI != nil {
+		args = append(args, "--cri-image-service-address", e.CRI.ImageService)
+	}
 	p, err := startProcess(e.Dir, filepath.Join(e.BinDir, "lazypull-snapshotter"), args...)
 	if err != nil {
 		return err

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lazypull/lazypull/internal/regproxy"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -57,17 +60,24 @@ func testCRI(t *testing.T, containerd testenv.Option) {
 				t.Errorf("the pod's container printed:\n%s\nwant:\n%s", out, testenv.HelloOutput)
 			}
 
-			// Removing the image lets containerd's GC remove its
-			// snapshots, and with them the lazy mounts.
-			if _, err := images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: pulled.ImageRef}}); err != nil {
-				t.Fatalf("CRI RemoveImage: %v", err)
-			}
-			for len(stateFiles(env)) > 0 {
-				if !sleep(ctx) {
-					t.Fatalf("%d layers still mounted after RemoveImage", len(stateFiles(env)))
-				}
-			}
+			removeImages(ctx, t, env, images, pulled.ImageRef)
 		})
+	}
+}
+
+// removeImages removes images through the CRI, and waits for containerd's
+// GC to remove their snapshots, and with them the lazy mounts.
+func removeImages(ctx context.Context, t *testing.T, env *testenv.Env, images runtimeapi.ImageServiceClient, refs ...string) {
+	t.Helper()
+	for _, ref := range refs {
+		if _, err := images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+			t.Fatalf("CRI RemoveImage %s: %v", ref, err)
+		}
+	}
+	for len(stateFiles(env)) > 0 {
+		if !sleep(ctx) {
+			t.Fatalf("%d layers still mounted after RemoveImage", len(stateFiles(env)))
+		}
 	}
 }
 
@@ -166,4 +176,79 @@ func criLog(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return out.String()
+}
+
+// TestCRIPullSecret: a private registry (tokens only for a user and
+// password) and a pull secret given to PullImage, as the kubelet gives
+// it. Through containerd's own image service the secret reaches only
+// containerd: the snapshotter cannot read the layers and they are
+// unpacked. Through our image-service proxy they mount lazily, and the
+// container's reads, after every token expired, authenticate again with
+// the kept secret. The secret is never written under our root or logged.
+func TestCRIPullSecret(t *testing.T) { testenv.ForEachContainerd(t, testCRIPullSecret) }
+
+func testCRIPullSecret(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd, testenv.WithCRI(), testenv.WithDaemonConfig("[fetch]\nbackground = false\nprefetch = false\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	plain, err := env.PushHello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"estargz", "zstdchunked"} {
+		if _, err := lazypull(t, env.BinDir, "convert", "-q", "--format", format, "docker://"+plain, "docker://"+env.Registry.Host+"/private/hello:"+format); err != nil {
+			t.Fatal(err)
+		}
+	}
+	private, err := regproxy.Start(env.Registry.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { private.Close() })
+	const user, password = "tenant", "s3cret-8f2c1e"
+	private.EnableTokenAuth()
+	private.RequireCredentials(user, password)
+	auth := &runtimeapi.AuthConfig{Username: user, Password: password}
+	rt, images := env.CRIClient(t)
+
+	// containerd's own image service: the pull works, nothing is lazy.
+	unpacked := private.Addr() + "/private/hello:zstdchunked"
+	ref := private.Addr() + "/private/hello:estargz"
+	defer removeImages(ctx, t, env, images, unpacked, ref)
+	if _, err := env.ContainerdImageService(t).PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: unpacked}, Auth: auth}); err != nil {
+		t.Fatalf("CRI PullImage %s from containerd: %v", unpacked, err)
+	}
+	if n := len(stateFiles(env)); n != 0 {
+		t.Errorf("with the secret given to containerd only, %d layers mounted lazily, want 0", n)
+	}
+
+	// Through the proxy: lazy, and the reads outlive the tokens.
+	if _, err := images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err == nil {
+		t.Fatalf("%s pulled with no secret", ref)
+	}
+	if _, err := images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}, Auth: auth}); err != nil {
+		t.Fatalf("CRI PullImage %s through the proxy: %v", ref, err)
+	}
+	if n := len(stateFiles(env)); n != 2 {
+		t.Errorf("with the secret given through the proxy, %d layers mounted lazily, want 2", n)
+	}
+	private.ExpireTokens()
+	tokens := private.Stats().ByKind[regproxy.Token]
+	if out := runPod(ctx, t, env, rt, ref, "private"); out != testenv.HelloOutput {
+		t.Errorf("the pod's container printed:\n%s\nwant:\n%s", out, testenv.HelloOutput)
+	}
+	if got := private.Stats().ByKind[regproxy.Token]; got <= tokens {
+		t.Errorf("the container's reads took no new token after the tokens expired (%d before, %d after)", tokens, got)
+	}
+
+	// Not on disk, not in a log.
+	filepath.WalkDir(env.Dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || strings.HasPrefix(path, filepath.Join(env.Dir, "registry")) {
+			return nil
+		}
+		if data, err := os.ReadFile(path); err == nil && bytes.Contains(data, []byte(password)) {
+			t.Errorf("the pull secret is in %s", path)
+		}
+		return nil
+	})
 }
