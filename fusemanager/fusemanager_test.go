@@ -90,6 +90,8 @@ func (f *fakeMounter) Usage(ctx context.Context, mountpoint string) (snapshots.U
 	return snapshots.Usage{}, nil
 }
 
+func (f *fakeMounter) Passthrough() (bool, string) { return false, "off in the fake" }
+
 func (f *fakeMounter) Layers() map[string]layer.Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -91,4 +91,8 @@ type LayerStatus struct {
 type StatusReply struct {
 	PID    int
 	Layers []LayerStatus
+	// Passthrough tells whether cached files are handed to the kernel;
+	// PassthroughNote says why.
+	Passthrough     bool
+	PassthroughNote string
 }

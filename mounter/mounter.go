@@ -41,6 +41,9 @@ type Options struct {
 	Blob     remote.BlobOptions
 	Layer    layer.Options
 	FUSE     fusefs.Options
+	// PassthroughNote says why FUSE.Passthrough is what it is, for
+	// lazypull status.
+	PassthroughNote string
 	// Composefs sets up the lazy composefs mode (MountComposefs).
 	Composefs ComposefsOptions
 	// PrefetchTimeout bounds how long a mount's prefetch of the files the
@@ -603,6 +606,12 @@ func (m *Mounter) Usage(ctx context.Context, mountpoint string) (snapshots.Usage
 		return snapshots.Usage{}, fmt.Errorf("no layer mounted at %s: %w", mountpoint, errdefs.ErrNotFound)
 	}
 	return snapshots.Usage{Size: mt.layer.Stats().CachedBytes, Inodes: mt.entries}, nil
+}
+
+// Passthrough tells whether cached files are handed to the kernel (FUSE
+// passthrough), and why.
+func (m *Mounter) Passthrough() (on bool, note string) {
+	return m.opts.FUSE.Passthrough, m.opts.PassthroughNote
 }
 
 // Layers reports every mounted layer's fetching.

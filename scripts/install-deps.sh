@@ -23,6 +23,10 @@ have fsverity        || missing+=(fsverity)
 # containers/storage, which format/interop tests against, builds its btrfs
 # driver with cgo.
 [[ -e /usr/include/btrfs/ioctl.h ]] || missing+=(libbtrfs-dev)
+# The rootless test runs containerd in containerd's rootless recipe:
+# rootlesskit makes the user namespace, uidmap maps the user's subuids.
+have rootlesskit     || missing+=(rootlesskit)
+have newuidmap       || missing+=(uidmap)
 
 if ((${#missing[@]})); then
 	if [[ $(id -u) != 0 ]]; then

@@ -17,6 +17,7 @@ import (
 
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
 	"github.com/containerd/log"
+	"github.com/moby/sys/userns"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/sirupsen/logrus"
 
@@ -335,13 +336,15 @@ func (c SnapshotterConfig) snapshotOpts() []snapshot.Opt {
 
 // mounterOptions turns the configuration into the mounter's options.
 func (c Config) mounterOptions() mounter.Options {
+	passthrough, note := c.passthrough()
 	opts := mounter.Options{
 		Registry:           remote.Options{HostsDir: c.Fetch.HostsDir},
 		Blob:               remote.BlobOptions{MaxRetries: c.Fetch.MaxRetries, RequestTimeout: c.Fetch.RequestTimeout.Duration, Parallel: c.Fetch.Parallel},
 		Layer:              layer.Options{Unverified: c.Fetch.AllowUnverified, SpoolDir: filepath.Join(c.Root, "verify")},
 		VerifyBeforeUse:    c.Fetch.VerifyBeforeUse,
 		MaxImageEntries:    c.Fetch.MaxImageEntries,
-		FUSE:               fusefs.Options{Passthrough: enabled(c.FUSE.Passthrough)},
+		FUSE:               fusefs.Options{Passthrough: passthrough},
+		PassthroughNote:    note,
 		PrefetchTimeout:    c.Fetch.PrefetchTimeout.Duration,
 		NoPrefetch:         !enabled(c.Fetch.Prefetch),
 		ProfileDir:         cmp.Or(c.Fetch.ProfileDir, filepath.Join(c.Root, "profiles")),
@@ -364,4 +367,19 @@ func (c Config) mounterOptions() mounter.Options {
 		}
 	}
 	return opts
+}
+
+// passthrough tells whether lazy layers hand cached files to the kernel
+// (FUSE passthrough), and why. The kernel lets only a process with
+// CAP_SYS_ADMIN in the initial user namespace register a backing file:
+// rootless, every attempt would fail and go-fuse would turn it off per
+// mount after the first failure.
+func (c Config) passthrough() (bool, string) {
+	switch {
+	case !enabled(c.FUSE.Passthrough):
+		return false, "off (fuse.passthrough = false): cached files are read through the FUSE manager"
+	case userns.RunningInUserNS():
+		return false, "off: in a user namespace (rootless) the kernel refuses it; cached files are read through the FUSE manager"
+	}
+	return true, "on where the kernel has it (Linux 6.9 or later): cached files are read by the kernel"
 }

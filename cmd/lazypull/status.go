@@ -99,6 +99,9 @@ func managerStatus(ctx context.Context, root string) (fusemanager.StatusReply, e
 
 func printLayers(st fusemanager.StatusReply) {
 	fmt.Printf("FUSE manager pid %d, %d layers mounted\n", st.PID, len(st.Layers))
+	if st.PassthroughNote != "" {
+		fmt.Printf("FUSE passthrough: %s\n", st.PassthroughNote)
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "LAYER\tSIZE\tFETCHED\tCACHED\tPROFILED\tREQUESTS\tERRORS\tVERIFIED\tMOUNTPOINT")
 	for _, l := range st.Layers {

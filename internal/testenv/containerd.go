@@ -185,6 +185,7 @@ type Containerd struct {
 	Version string // as the running daemon reports it
 	CtrPath string // the release's ctr, which Ctr runs
 	dir     string
+	inside  []string // the command prefix that runs ctr rootless, if containerd is
 	*Process
 }
 
@@ -194,12 +195,12 @@ type Containerd struct {
 // empty socket names one of containerd's own snapshotters (erofs), which
 // 2.x is then told to unpack into.
 func StartContainerd(r ContainerdRelease, dir, snapshotterSocket string, others map[string]string) (*Containerd, error) {
-	return startContainerd(r, dir, snapshotterSocket, others, nil)
+	return startContainerd(r, dir, snapshotterSocket, others, nil, nil)
 }
 
 // startContainerd is StartContainerd with the CRI plugin on, if cri is not
-// nil.
-func startContainerd(r ContainerdRelease, dir, snapshotterSocket string, others map[string]string, cri *CRI) (*Containerd, error) {
+// nil, and rootless if rl is not nil.
+func startContainerd(r ContainerdRelease, dir, snapshotterSocket string, others map[string]string, cri *CRI, rl *Rootless) (*Containerd, error) {
 	if err := r.Installed(); err != nil {
 		return nil, err
 	}
@@ -221,7 +222,11 @@ func startContainerd(r ContainerdRelease, dir, snapshotterSocket string, others 
 	if r.BinDir != "" {
 		env = []string{"PATH=" + r.BinDir + string(os.PathListSeparator) + os.Getenv("PATH")}
 	}
-	p, err := startProcessEnv(dir, env, bin, "--config", configPath, "--log-level", "info")
+	var wrap []string
+	if rl != nil {
+		wrap = rl.rootlesskit()
+	}
+	p, err := startWrapped(dir, env, wrap, bin, "--config", configPath, "--log-level", "info")
 	if err != nil {
 		return nil, err
 	}
@@ -229,6 +234,14 @@ func startContainerd(r ContainerdRelease, dir, snapshotterSocket string, others 
 	if err := p.waitUntil(60*time.Second, func() error { return dialUnix(c.Address) }); err != nil {
 		c.Stop()
 		return nil, err
+	}
+	if rl != nil {
+		// ctr runs in its namespaces, as the user: its FIFOs are
+		// where the shims look.
+		if c.inside, err = rl.inside(); err != nil {
+			c.Stop()
+			return nil, err
+		}
 	}
 	if err := c.check(); err != nil {
 		c.Stop()
@@ -282,8 +295,8 @@ func (c *Containerd) check() error {
 // CtrCommand is the release's ctr with args against this containerd in
 // Namespace, for a caller that reads its output as it comes.
 func (c *Containerd) CtrCommand(ctx context.Context, args ...string) *exec.Cmd {
-	full := append([]string{"--address", c.Address, "--namespace", Namespace}, args...)
-	cmd := exec.CommandContext(ctx, c.CtrPath, full...)
+	full := slices.Concat(c.inside, []string{c.CtrPath, "--address", c.Address, "--namespace", Namespace}, args)
+	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
 	// 2.x's ctr prints containerd's deprecations (cgroup v1 on this
 	// machine) before every error; check says them once.
 	cmd.Env = append(os.Environ(), "CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1")

@@ -42,6 +42,9 @@ type Env struct {
 
 	// CRI, if not nil, turns containerd's CRI plugin on (WithCRI).
 	CRI *CRI
+	// Rootless, if not nil, runs containerd and our daemon as an
+	// unprivileged user (WithRootless).
+	Rootless *Rootless
 }
 
 // New starts an Env for a test and tears it down when the test ends. It
@@ -113,10 +116,20 @@ func Start(parent string, opts ...Option) (_ *Env, err error) {
 			return e, err
 		}
 	}
+	if e.Rootless != nil {
+		// The daemon joins containerd's namespaces: containerd first.
+		if err := e.Rootless.setUp(e); err != nil {
+			return e, err
+		}
+		if e.Containerd, err = startContainerd(e.ContainerdRelease, filepath.Join(dir, "containerd"), e.DaemonSocket, e.Snapshotters, e.CRI, e.Rootless); err != nil {
+			return e, err
+		}
+		return e, e.StartDaemon()
+	}
 	if err := e.StartDaemon(); err != nil {
 		return e, err
 	}
-	if e.Containerd, err = startContainerd(e.ContainerdRelease, filepath.Join(dir, "containerd"), e.DaemonSocket, e.Snapshotters, e.CRI); err != nil {
+	if e.Containerd, err = startContainerd(e.ContainerdRelease, filepath.Join(dir, "containerd"), e.DaemonSocket, e.Snapshotters, e.CRI, nil); err != nil {
 		return e, err
 	}
 	return e, nil
@@ -165,7 +178,16 @@ func (e *Env) StartDaemon(extraArgs ...string) error {
 	if e.CRI != nil {
 		args = append(args, "--cri-image-service-address", e.CRI.ImageService)
 	}
-	p, err := startProcess(e.Dir, filepath.Join(e.BinDir, "lazypull-snapshotter"), args...)
+	var env, wrap []string
+	if e.Rootless != nil {
+		var err error
+		if wrap, err = e.Rootless.inside(); err != nil {
+			return err
+		}
+		// Its docker config is its own (root's home is closed to it).
+		env = []string{"HOME=" + e.Dir}
+	}
+	p, err := startWrapped(e.Dir, env, wrap, filepath.Join(e.BinDir, "lazypull-snapshotter"), args...)
 	if err != nil {
 		return err
 	}
@@ -229,6 +251,9 @@ func (e *Env) Close() error {
 	errs = append(errs, fusemanager.Stop(e.DaemonRoot, 15*time.Second))
 	if e.Registry != nil {
 		errs = append(errs, e.Registry.Stop(5*time.Second))
+	}
+	if e.Rootless != nil {
+		errs = append(errs, e.Rootless.close())
 	}
 	if leaked := MountsUnder(e.Dir); len(leaked) > 0 {
 		errs = append(errs, fmt.Errorf("mounts left under %s after shutdown (now unmounted): %s", e.Dir, strings.Join(leaked, ", ")))

@@ -65,6 +65,8 @@ var debianPackage = map[string]string{
 	"dump.erofs":      "erofs-utils",
 	"mkfs.erofs":      "erofs-utils",
 	"fsverity":        "fsverity",
+	"rootlesskit":     "rootlesskit",
+	"newuidmap":       "uidmap",
 }
 
 // lookPath finds a program, or says how to install it.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,12 +33,19 @@ func startProcess(dir, name string, args ...string) (*Process, error) {
 
 // startProcessEnv is startProcess with env (KEY=value) added to ours.
 func startProcessEnv(dir string, env []string, name string, args ...string) (*Process, error) {
+	return startWrapped(dir, env, nil, name, args...)
+}
+
+// startWrapped is startProcessEnv for name run through wrap (a command
+// prefix such as nsenter's), logged under name.
+func startWrapped(dir string, env, wrap []string, name string, args ...string) (*Process, error) {
 	logPath := filepath.Join(dir, filepath.Base(name)+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(name, args...)
+	argv := slices.Concat(wrap, []string{name}, args)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if env != nil {
 		cmd.Env = append(os.Environ(), env...)
