@@ -270,6 +270,14 @@ func (c *Client) PID() int {
 	return c.mgr.pid
 }
 
+// Started tells whether the manager the client is connected to is one it
+// started.
+func (c *Client) Started() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mgr.child != nil
+}
+
 // Close releases the client; the manager keeps serving.
 func (c *Client) Close() error { return nil }
 

@@ -27,6 +27,8 @@ have fsverity        || missing+=(fsverity)
 # rootlesskit makes the user namespace, uidmap maps the user's subuids.
 have rootlesskit     || missing+=(rootlesskit)
 have newuidmap       || missing+=(uidmap)
+# systemd-analyze checks the units under deploy/systemd.
+have systemd-analyze || missing+=(systemd)
 
 if ((${#missing[@]})); then
 	if [[ $(id -u) != 0 ]]; then

@@ -180,6 +180,20 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	// Release the layers after the snapshotter stops serving (defers run
 	// in reverse).
 	defer closeRemote()
+	serving := false
+	if client, ok := remote.(*fusemanager.Client); ok {
+		defer func() {
+			// A daemon that failed to start (a configuration the
+			// snapshotter refuses, a socket in use) stops the manager it
+			// started: no container can have used it, and it would
+			// serve on, unseen, until the next daemon on this root.
+			if !serving && client.Started() {
+				if err := fusemanager.Stop(cfg.Root, 10*time.Second); err != nil {
+					log.G(ctx).WithError(err).Error("failed to stop the FUSE manager this daemon started")
+				}
+			}
+		}()
+	}
 
 	opts := append(cfg.Snapshotter.snapshotOpts(), snapshot.WithRemote(remote))
 	if cfg.ContainerdAddress != "" {
@@ -243,6 +257,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	log.G(ctx).WithField("address", cfg.Address).WithField("root", cfg.Root).Info("lazypull-snapshotter is serving")
+	serving = true
 	if ready != nil {
 		close(ready)
 	}

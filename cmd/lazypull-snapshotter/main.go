@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 
@@ -27,7 +28,7 @@ mounted layers are served by a FUSE manager process that the daemon starts
 and that outlives it, so running containers survive a daemon restart.
 While the daemon runs, it starts a new manager if the manager dies, and
 mounts the lazy layers again for new containers (running ones lose them).
-To stop both, stop the daemon, then: kill $(cat ROOT/fusemanager.lock).
+To stop both, stop the daemon, then: lazypull-snapshotter --stop-fuse-manager.
 
 Examples:
   # with the defaults (config %[1]s)
@@ -35,6 +36,9 @@ Examples:
 
   # a private instance, chatty
   lazypull-snapshotter --root /tmp/lp --address /tmp/lp.sock --log-level debug
+
+  # after containerd stopped: unmount every lazy layer, stop the manager
+  lazypull-snapshotter --stop-fuse-manager
 
 Tell containerd about it in /etc/containerd/config.toml:
   [proxy_plugins.lazypull]
@@ -62,6 +66,7 @@ func main() {
 	metricsAddress := fs.String("metrics-address", "", "serve Prometheus metrics on `ADDR` (host:port or socket path; overrides the config's metrics_address)")
 	containerdAddress := fs.String("containerd-address", service.DefaultContainerd, "containerd's `socket`, where manifests and configs being pulled are read (overrides the config's containerd_address; \"\" for none)")
 	criAddress := fs.String("cri-image-service-address", "", "serve the CRI image service for the kubelet's --image-service-endpoint on this unix `socket`, forwarded to containerd; pull secrets then reach lazy layers (overrides the config's cri_image_service_address)")
+	stopManager := fs.Bool("stop-fuse-manager", false, "stop the FUSE manager serving the root (its lazy layers are unmounted: running containers lose them), wait until it exited, and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -96,6 +101,13 @@ func main() {
 	})
 	if err := cfg.Validate(); err != nil {
 		fatal(err)
+	}
+	if *stopManager {
+		// Its layers unmount as it exits; a minute is ample.
+		if err := fusemanager.Stop(cfg.Root, time.Minute); err != nil {
+			fatal(err)
+		}
+		return
 	}
 	if err := log.SetLevel(cfg.LogLevel); err != nil {
 		fatal(err)

@@ -67,6 +67,7 @@ var debianPackage = map[string]string{
 	"fsverity":        "fsverity",
 	"rootlesskit":     "rootlesskit",
 	"newuidmap":       "uidmap",
+	"systemd-analyze": "systemd",
 }
 
 // lookPath finds a program, or says how to install it.

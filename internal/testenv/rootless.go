@@ -1,11 +1,13 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -120,6 +122,17 @@ func (r *Rootless) inside() ([]string, error) {
 		return nil, fmt.Errorf("rootlesskit's child: %w", err)
 	}
 	return append(r.asUser(), "nsenter", "-U", "--preserve-credentials", "-m", "-t", strings.TrimSpace(string(b)), "--"), nil
+}
+
+// Command runs name with args as the user in the namespaces containerd
+// runs in, as the Env's daemon runs.
+func (r *Rootless) Command(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
+	wrap, err := r.inside()
+	if err != nil {
+		return nil, err
+	}
+	argv := slices.Concat(wrap, []string{name}, args)
+	return exec.CommandContext(ctx, argv[0], argv[1:]...), nil
 }
 
 // close puts /dev/fuse's mode back and removes the user if setUp made it.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -82,6 +83,18 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Errorf("second instance: exit %d, stderr %q; want %q", code, stderr, want)
 	}
 
+	// Another root on the same socket: refused once its manager is up,
+	// which it then stops.
+	other := filepath.Join(dir, "other")
+	code, stderr = daemon(t, bin, "--config", args[1], "--root", other, "--address", sock)
+	if code == 0 || !strings.Contains(stderr, sock) {
+		t.Errorf("a second daemon on a socket in use: exit %d, stderr %q", code, stderr)
+	}
+	if pid := managerRunning(other); pid != 0 {
+		t.Errorf("the refused daemon left its FUSE manager running (pid %d)", pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+
 	first.Process.Signal(syscall.SIGTERM)
 	if err := waitExit(first, 10*time.Second); err != nil {
 		t.Errorf("after SIGTERM: %v", err)
@@ -100,6 +113,67 @@ func TestDaemonLifecycle(t *testing.T) {
 	third.Process.Signal(syscall.SIGTERM)
 	if err := waitExit(third, 10*time.Second); err != nil {
 		t.Errorf("daemon started over a stale socket: %v", err)
+	}
+
+	// The manager outlived the three daemons; --stop-fuse-manager (the
+	// systemd unit's ExecStop) stops it and waits, and with none running
+	// has nothing to do.
+	if managerRunning(root) == 0 {
+		t.Fatal("no FUSE manager runs after the daemons stopped")
+	}
+	for range 2 {
+		if code, stderr := daemon(t, bin, "--stop-fuse-manager", "--root", root, "--config", args[1]); code != 0 {
+			t.Errorf("--stop-fuse-manager: exit %d, stderr %q", code, stderr)
+		}
+		if pid := managerRunning(root); pid != 0 {
+			t.Errorf("the FUSE manager (pid %d) runs after --stop-fuse-manager returned", pid)
+		}
+	}
+}
+
+// managerRunning is the pid of the FUSE manager serving root, or 0 if none
+// runs (a zombie's cmdline is empty).
+func managerRunning(root string) int {
+	b, err := os.ReadFile(fusemanager.PIDPath(root))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if pid == 0 || !bytes.Contains(cmdline, []byte(fusemanager.Subcommand)) {
+		return 0
+	}
+	return pid
+}
+
+// TestSystemdUnits checks the units under deploy/systemd with systemd's
+// own checker (keys, values, executables), pointed at the built binaries.
+func TestSystemdUnits(t *testing.T) {
+	analyze := testenv.NeedBinary(t, "systemd-analyze")
+	bin := buildCommands(t)
+	units, err := filepath.Glob("../../deploy/systemd/*.service")
+	if err != nil || len(units) != 2 {
+		t.Fatalf("units under deploy/systemd: %v %v", units, err)
+	}
+	dir := t.TempDir()
+	var paths []string
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(b, []byte("/usr/local/bin/lazypull-snapshotter")) {
+			t.Errorf("%s does not run /usr/local/bin/lazypull-snapshotter", u)
+		}
+		path := filepath.Join(dir, filepath.Base(u))
+		paths = append(paths, path)
+		os.WriteFile(path, bytes.ReplaceAll(b, []byte("/usr/local/bin/"), []byte(bin+"/")), 0o644)
+	}
+	// It warns about what it ignores (a misspelt key or value) and still
+	// exits 0: any output is a failure.
+	out, err := exec.Command(analyze, append([]string{"verify"}, paths...)...).CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
 

@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,5 +54,31 @@ func testRootless(t *testing.T, containerd testenv.Option) {
 	}
 	if !strings.Contains(status, "FUSE passthrough: off: in a user namespace") || !strings.Contains(status, "2 layers mounted") {
 		t.Errorf("lazypull status of the rootless daemon:\n%s", status)
+	}
+
+	// The composefs modes need metacopy, which overlayfs refuses with
+	// userxattr: a daemon configured for them says so and exits.
+	dir := filepath.Join(env.Dir, "composefs")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(dir, env.Rootless.UID, env.Rootless.GID)
+	config := filepath.Join(dir, "config.toml")
+	os.WriteFile(config, []byte("[composefs]\nenable = true\n"), 0o644)
+	// One that started instead would serve until this ends.
+	refuse, stop := context.WithTimeout(ctx, 30*time.Second)
+	defer stop()
+	cmd, err := env.Rootless.Command(refuse, filepath.Join(env.BinDir, "lazypull-snapshotter"),
+		"--config", config, "--root", filepath.Join(dir, "root"), "--address", filepath.Join(dir, "lazypull.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "the composefs mode needs real root") {
+		t.Errorf("a rootless daemon with composefs enabled: %v\n%s", err, b)
+	}
+	if pid := managerRunning(filepath.Join(dir, "root")); pid != 0 {
+		t.Errorf("the refused daemon left its FUSE manager running (pid %d)", pid)
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
