@@ -26,6 +26,11 @@ func (r *bench) coldState(ctx context.Context, img *Image, sc Scenario) error {
 	if err := RemoveImages(ctx, r.env.Containerd); err != nil {
 		return err
 	}
+	if r.kubelet != nil {
+		if err := r.kubelet.removeImages(ctx, r.env.DaemonRoot); err != nil {
+			return err
+		}
+	}
 	// Snapshots left in a lazy snapshotter would keep layers mounted and
 	// their chunks cached, and in any other its layers unpacked: a run
 	// after them would not be cold.

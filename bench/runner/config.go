@@ -169,6 +169,14 @@ type Config struct {
 	// Containerd is the containerd release to start: testenv's default
 	// (the 2.x one) when zero.
 	Containerd testenv.ContainerdRelease
+	// Rootless runs containerd and lazypull as an unprivileged user in
+	// containerd's rootless recipe (testenv.WithRootless): every scenario,
+	// the baseline included, and their containers without a cgroup.
+	Rootless bool
+	// CRI pulls and starts through containerd's CRI plugin, as a kubelet
+	// does (see kubelet): PullImage, then a pod's RunPodSandbox,
+	// CreateContainer and StartContainer until the ready line.
+	CRI bool
 }
 
 func (c Config) withDefaults() Config {

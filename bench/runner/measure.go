@@ -184,6 +184,8 @@ func (r *bench) imageBytes(ctx context.Context, img Image, sc Scenario) (int64, 
 
 func (r *bench) pull(ctx context.Context, sc Scenario, ref string) error {
 	switch {
+	case r.kubelet != nil:
+		return r.kubelet.pull(ctx, ref)
 	case len(sc.Pull) > 0:
 		args := expand(sc.Pull, map[string]string{"ref": ref, "containerd": r.env.Containerd.Address,
 			"namespace": testenv.Namespace, "snapshotter": sc.Snapshotter, "bin": r.env.BinDir})
@@ -209,7 +211,14 @@ func (r *bench) pull(ctx context.Context, sc Scenario, ref string) error {
 // runUntilReady starts the scenario's `ctr run --rm` of ref (see
 // RunUntilReady).
 func (r *bench) runUntilReady(ctx context.Context, sc Scenario, ref, name, ready string) (wait func() error, err error) {
+	if r.kubelet != nil {
+		return r.kubelet.runUntilReady(ctx, ref, name, ready)
+	}
 	args := []string{"run", "--rm"}
+	if r.cfg.Rootless {
+		// The user has no cgroup delegated to it (cgroup v1 here).
+		args = append(args, "--cgroup", "", "--cpu-shares", "0")
+	}
 	if sc.Snapshotter != "" {
 		args = append(args, "--snapshotter", sc.Snapshotter)
 	}

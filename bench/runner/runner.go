@@ -33,7 +33,19 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 	if cfg.DaemonConfig != "" {
 		opts = append(opts, testenv.WithDaemonConfig(cfg.DaemonConfig))
 	}
+	if cfg.Rootless {
+		opts = append(opts, testenv.WithRootless())
+	}
+	if cfg.CRI {
+		if cfg.Rootless {
+			return rep, errors.New("the CRI runs are not rootless")
+		}
+		opts = append(opts, testenv.WithCRI())
+	}
 	for _, sc := range cfg.Scenarios {
+		if cfg.CRI && (sc.external() || sc.builtin() || sc.Settles) {
+			return rep, fmt.Errorf("scenario %s: the CRI runs pull into lazypull, the CRI plugin's snapshotter (scenarios overlayfs and lazypull's FUSE mode only)", sc.Name)
+		}
 		switch {
 		case sc.external():
 			opts = append(opts, testenv.WithProxySnapshotter(sc.Snapshotter))
@@ -54,6 +66,12 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 		}
 	}()
 	rep.Containerd = env.Containerd.Version
+	if cfg.Rootless {
+		rep.Containerd += " (rootless)"
+	}
+	if cfg.CRI {
+		rep.Containerd += " through its CRI plugin (overlayfs: the image as built, unpacked by lazypull)"
+	}
 	proxy, err := regproxy.Start(env.Registry.Host, regproxy.WithRTT(cfg.RTT), regproxy.WithBandwidth(cfg.Bandwidth))
 	if err != nil {
 		return rep, err
@@ -64,6 +82,12 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 		}
 	}()
 	r := &bench{cfg: cfg, env: env, proxy: proxy, daemons: make(map[string]*daemon), imageSizes: make(map[string]int64)}
+	if cfg.CRI {
+		if r.kubelet, err = newKubelet(env); err != nil {
+			return rep, err
+		}
+		defer r.kubelet.close()
+	}
 	if r.metricsAddr, err = testenv.FreeLoopbackAddr(); err != nil {
 		return rep, err
 	}
@@ -138,6 +162,7 @@ type bench struct {
 	imageSizes map[string]int64
 	// metricsAddr is where lazypull's FUSE manager serves its metrics.
 	metricsAddr string
+	kubelet     *kubelet // with Config.CRI
 }
 
 // repo is where an image lives in the registry in a scenario's form.
@@ -264,6 +289,11 @@ func (r *bench) lazypull(ctx context.Context, args ...string) (string, error) {
 func (r *bench) finalClean(ctx context.Context) error {
 	if err := RemoveImages(ctx, r.env.Containerd); err != nil {
 		return err
+	}
+	if r.kubelet != nil {
+		if err := r.kubelet.removeImages(ctx, r.env.DaemonRoot); err != nil {
+			return err
+		}
 	}
 	if m := testenv.MountsUnder(r.env.Dir); len(m) > 0 {
 		fmt.Fprintf(os.Stderr, "bench: mounts still under %s before teardown (Close unmounts them): %v\n", r.env.Dir, m)

@@ -1,11 +1,16 @@
 package testenv
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -125,10 +130,103 @@ func (e *Env) ContainerdImageService(t testing.TB) runtimeapi.ImageServiceClient
 
 func dialCRI(t testing.TB, socket string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := DialCRI(socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// Pod is a pod of one container, started through the CRI as a kubelet
+// starts one.
+type Pod struct {
+	Name, SandboxID, ContainerID string
+	LogPath                      string // the container's CRI log
+}
+
+// StartPod runs ref's program (its image's entrypoint) in a pod of its
+// own, in the host's network namespace (no CNI), logging under logDir:
+// RunPodSandbox, CreateContainer, StartContainer. On error nothing of the
+// pod is left.
+func StartPod(ctx context.Context, rt runtimeapi.RuntimeServiceClient, logDir, name, ref string) (*Pod, error) {
+	dir := filepath.Join(logDir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	sandbox := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: name + "-uid", Namespace: "default"},
+		LogDirectory: dir,
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+		}},
+	}
+	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sandbox})
+	if err != nil {
+		return nil, fmt.Errorf("CRI RunPodSandbox %s: %w", name, err)
+	}
+	p := &Pod{Name: name, SandboxID: sb.PodSandboxId, LogPath: filepath.Join(dir, name+".log")}
+	created, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: p.SandboxID,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: name},
+			Image:    &runtimeapi.ImageSpec{Image: ref},
+			LogPath:  name + ".log",
+		},
+		SandboxConfig: sandbox,
+	})
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("CRI CreateContainer %s: %w", ref, err), p.Remove(rt))
+	}
+	p.ContainerID = created.ContainerId
+	if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: p.ContainerID}); err != nil {
+		return nil, errors.Join(fmt.Errorf("CRI StartContainer %s: %w", ref, err), p.Remove(rt))
+	}
+	return p, nil
+}
+
+// Exited tells whether the pod's container has exited, and how.
+func (p *Pod) Exited(ctx context.Context, rt runtimeapi.RuntimeServiceClient) (bool, *runtimeapi.ContainerStatus, error) {
+	st, err := rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: p.ContainerID})
+	if err != nil {
+		return false, nil, fmt.Errorf("CRI ContainerStatus %s: %w", p.Name, err)
+	}
+	return st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED, st.Status, nil
+}
+
+// Remove stops and removes the pod and its container.
+func (p *Pod) Remove(rt runtimeapi.RuntimeServiceClient) error {
+	// Its own context: the caller's may have ended.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.SandboxID}); err != nil {
+		return fmt.Errorf("CRI StopPodSandbox %s: %w", p.Name, err)
+	}
+	if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.SandboxID}); err != nil {
+		return fmt.Errorf("CRI RemovePodSandbox %s: %w", p.Name, err)
+	}
+	return nil
+}
+
+// DialCRI connects to a CRI service on a unix socket, as the kubelet does.
+func DialCRI(socket string) (*grpc.ClientConn, error) {
+	return grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+// CRIStdout returns what a container wrote to its standard output, from
+// its CRI log ("<time> <stream> <F|P> <text>" lines; P is part of a line).
+func CRIStdout(r io.Reader) (string, error) {
+	var out strings.Builder
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		fields := strings.SplitN(sc.Text(), " ", 4)
+		if len(fields) < 4 || fields[1] != "stdout" {
+			continue
+		}
+		out.WriteString(fields[3])
+		if fields[2] == "F" {
+			out.WriteString("\n")
+		}
+	}
+	return out.String(), sc.Err()
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io/fs"
@@ -85,52 +84,23 @@ func removeImages(ctx context.Context, t *testing.T, env *testenv.Env, images ru
 // namespace (no CNI), and returns what it printed; the pod is gone after.
 func runPod(ctx context.Context, t *testing.T, env *testenv.Env, rt runtimeapi.RuntimeServiceClient, ref, name string) string {
 	t.Helper()
-	logDir := filepath.Join(env.CRI.LogDir(), name)
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sandbox := &runtimeapi.PodSandboxConfig{
-		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: name + "-uid", Namespace: "default"},
-		LogDirectory: logDir,
-		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
-		}},
-	}
-	pod, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sandbox})
+	pod, err := testenv.StartPod(ctx, rt, env.CRI.LogDir(), name, ref)
 	if err != nil {
-		t.Fatalf("CRI RunPodSandbox: %v\ncontainerd says:\n%s", err, grepLog(t, env.Containerd.Log, "level=error"))
+		t.Fatalf("%v\ncontainerd says:\n%s", err, grepLog(t, env.Containerd.Log, "level=error"))
 	}
 	defer func() {
-		if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.PodSandboxId}); err != nil {
-			t.Errorf("CRI StopPodSandbox: %v", err)
-		}
-		if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.PodSandboxId}); err != nil {
-			t.Errorf("CRI RemovePodSandbox: %v", err)
+		if err := pod.Remove(rt); err != nil {
+			t.Error(err)
 		}
 	}()
-	created, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
-		PodSandboxId: pod.PodSandboxId,
-		Config: &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: name},
-			Image:    &runtimeapi.ImageSpec{Image: ref},
-			LogPath:  name + ".log",
-		},
-		SandboxConfig: sandbox,
-	})
-	if err != nil {
-		t.Fatalf("CRI CreateContainer: %v", err)
-	}
-	if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: created.ContainerId}); err != nil {
-		t.Fatalf("CRI StartContainer: %v", err)
-	}
 	for {
-		st, err := rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: created.ContainerId})
+		exited, st, err := pod.Exited(ctx, rt)
 		if err != nil {
-			t.Fatalf("CRI ContainerStatus: %v", err)
+			t.Fatal(err)
 		}
-		if st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
-			if st.Status.ExitCode != 0 {
-				t.Errorf("the container exited %d: %s %s", st.Status.ExitCode, st.Status.Reason, st.Status.Message)
+		if exited {
+			if st.ExitCode != 0 {
+				t.Errorf("the container exited %d: %s %s", st.ExitCode, st.Reason, st.Message)
 			}
 			break
 		}
@@ -138,7 +108,7 @@ func runPod(ctx context.Context, t *testing.T, env *testenv.Env, rt runtimeapi.R
 			t.Fatalf("the container did not exit: %v", ctx.Err())
 		}
 	}
-	return criLog(t, filepath.Join(logDir, name+".log"))
+	return criLog(t, pod.LogPath)
 }
 
 // sleep waits a moment between polls; false once ctx is done.
@@ -160,22 +130,11 @@ func criLog(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var out strings.Builder
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.SplitN(sc.Text(), " ", 4)
-		if len(fields) < 4 || fields[1] != "stdout" {
-			continue
-		}
-		out.WriteString(fields[3])
-		if fields[2] == "F" {
-			out.WriteString("\n")
-		}
-	}
-	if err := sc.Err(); err != nil {
+	out, err := testenv.CRIStdout(f)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return out.String()
+	return out
 }
 
 // TestCRIPullSecret: a private registry (tokens only for a user and

@@ -39,6 +39,8 @@ func main() {
 	footprint := flag.Bool("footprint", true, "after the runs, measure disk and page cache with all the images pulled into each of overlayfs's and lazypull's scenarios")
 	keepLogs := flag.Bool("keep-logs", false, "keep the daemons' logs under the results directory (else only when a run fails)")
 	containerd := flag.String("containerd", "2.x", "containerd `RELEASE` to start: 2.x ("+testenv.Containerd2.Name+", built by scripts/install-deps.sh) or 1.6 (Debian's)")
+	rootless := flag.Bool("rootless", false, "run containerd and lazypull as an unprivileged user in containerd's rootless recipe (rootlesskit); every scenario, overlayfs included")
+	cri := flag.Bool("cri", false, "pull and start through containerd's CRI plugin, as a kubelet does (PullImage through lazypull's image-service proxy, then a pod); scenarios overlayfs (the image as built, unpacked) and lazypull's FUSE mode; no footprint")
 	rerender := flag.String("rerender", "", "only rewrite results.md and totals.png of the results `DIR` from its results.json")
 	flag.Parse()
 
@@ -64,7 +66,10 @@ func main() {
 	if err != nil {
 		fail(fmt.Errorf("--containerd %s: %w", *containerd, err))
 	}
-	cfg := runner.Config{Runs: *runs, RTT: *rtt, Bandwidth: bps, Scenarios: scenarios, Progress: os.Stderr, Containerd: release, Footprint: *footprint}
+	cfg := runner.Config{Runs: *runs, RTT: *rtt, Bandwidth: bps, Scenarios: scenarios, Progress: os.Stderr, Containerd: release, Footprint: *footprint, Rootless: *rootless, CRI: *cri}
+	if *cri {
+		cfg.Footprint = false
+	}
 	if *daemonConfig != "" {
 		b, err := os.ReadFile(*daemonConfig)
 		if err != nil {
