@@ -29,14 +29,16 @@ func NewCredentials(dir string) *Credentials {
 }
 
 type dockerConfig struct {
-	Auths map[string]struct {
-		Auth          string `json:"auth"`
-		Username      string `json:"username"`
-		Password      string `json:"password"`
-		IdentityToken string `json:"identitytoken"`
-	} `json:"auths"`
-	CredHelpers map[string]string `json:"credHelpers"`
-	CredsStore  string            `json:"credsStore"`
+	Auths       map[string]dockerAuth `json:"auths"`
+	CredHelpers map[string]string     `json:"credHelpers"`
+	CredsStore  string                `json:"credsStore"`
+}
+
+type dockerAuth struct {
+	Auth          string `json:"auth"`
+	Username      string `json:"username"`
+	Password      string `json:"password"`
+	IdentityToken string `json:"identitytoken"`
 }
 
 // Lookup returns the username and secret for host; both empty when there
@@ -63,31 +65,54 @@ func (c *Credentials) Lookup(host string) (string, string, error) {
 			return runHelper(helper, key)
 		}
 	}
-	for _, key := range keys {
-		a, ok := cfg.Auths[key]
-		if !ok {
-			continue
+	if user, secret, found, err := lookupAuths(cfg.Auths, keys); found || err != nil {
+		if err != nil {
+			err = fmt.Errorf("docker config %s: %w", c.path, err)
 		}
-		if a.IdentityToken != "" {
-			return "", a.IdentityToken, nil
-		}
-		if a.Auth != "" {
-			raw, err := base64.StdEncoding.DecodeString(a.Auth)
-			if err != nil {
-				return "", "", fmt.Errorf("docker config %s: auth for %s is not base64: %w", c.path, key, err)
-			}
-			user, pass, ok := strings.Cut(string(raw), ":")
-			if !ok {
-				return "", "", fmt.Errorf("docker config %s: auth for %s is not user:password", c.path, key)
-			}
-			return user, pass, nil
-		}
-		return a.Username, a.Password, nil
+		return user, secret, err
 	}
 	if cfg.CredsStore != "" {
 		return runHelper(cfg.CredsStore, keys[0])
 	}
 	return "", "", nil
+}
+
+// LookupDockerConfigJSON returns host's credentials from data, a docker
+// config.json's content without credential helpers (a Kubernetes
+// kubernetes.io/dockerconfigjson secret's .dockerconfigjson).
+func LookupDockerConfigJSON(data []byte, host string) (user, secret string, found bool, err error) {
+	var cfg dockerConfig
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return "", "", false, err
+	}
+	return lookupAuths(cfg.Auths, configKeys(host))
+}
+
+// lookupAuths finds the first of keys in auths. An identity token comes
+// back as the secret with no username.
+func lookupAuths(auths map[string]dockerAuth, keys []string) (user, secret string, found bool, err error) {
+	for _, key := range keys {
+		a, ok := auths[key]
+		if !ok {
+			continue
+		}
+		if a.IdentityToken != "" {
+			return "", a.IdentityToken, true, nil
+		}
+		if a.Auth != "" {
+			raw, err := base64.StdEncoding.DecodeString(a.Auth)
+			if err != nil {
+				return "", "", true, fmt.Errorf("auth for %s is not base64: %w", key, err)
+			}
+			user, pass, ok := strings.Cut(string(raw), ":")
+			if !ok {
+				return "", "", true, fmt.Errorf("auth for %s is not user:password", key)
+			}
+			return user, pass, true, nil
+		}
+		return a.Username, a.Password, true, nil
+	}
+	return "", "", false, nil
 }
 
 // configKeys lists the keys docker config.json may file host under.

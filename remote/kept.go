@@ -87,7 +87,7 @@ func (k *keptCredentials) lookup(locator string) (string, string, bool) {
 // credentialsFor is the credentials lookup of the hosts of registry when
 // they serve repository locator: the credentials kept for it, given only
 // to the registry itself (not to a mirror hosts.toml puts in front of
-// it), else the docker config's.
+// it), else the docker config's, else the keychain's.
 func credentialsFor(opts Options, registry, locator string) func(host string) (string, string, error) {
 	fromConfig := NewCredentials(opts.DockerConfigDir).Lookup
 	return func(host string) (string, string, error) {
@@ -96,7 +96,12 @@ func credentialsFor(opts Options, registry, locator string) func(host string) (s
 				return user, secret, nil
 			}
 		}
-		return fromConfig(host)
+		user, secret, err := fromConfig(host)
+		if err != nil || user != "" || secret != "" || opts.Keychain == nil {
+			return user, secret, err
+		}
+		user, secret, _ = opts.Keychain.Lookup(host)
+		return user, secret, nil
 	}
 }
 

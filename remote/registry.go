@@ -34,6 +34,16 @@ type Options struct {
 	// DockerConfigDir holds config.json with credentials (default
 	// $DOCKER_CONFIG, else ~/.docker).
 	DockerConfigDir string
+	// Keychain, if not nil, is asked for a host's credentials when the
+	// docker config has none (a cluster's pull secrets: kubesecrets).
+	Keychain Keychain
+}
+
+// Keychain is a source of registry credentials by host.
+type Keychain interface {
+	// Lookup returns host's username and secret (an identity token with
+	// no username), and whether it has any.
+	Lookup(host string) (user, secret string, found bool)
 }
 
 // NewResolver returns a containerd resolver that fetches and pushes with

@@ -75,6 +75,22 @@ type Config struct {
 	Fetch       FetchConfig       `toml:"fetch"`
 	FUSE        FUSEConfig        `toml:"fuse"`
 	Composefs   ComposefsConfig   `toml:"composefs"`
+	// KubeconfigKeychain finds registry credentials in a cluster's image
+	// pull secrets (package kubesecrets).
+	KubeconfigKeychain KubeconfigKeychainConfig `toml:"kubeconfig_keychain"`
+}
+
+// KubeconfigKeychainConfig says whether and how the process that fetches
+// lazy layers reads a cluster's image pull secrets (type
+// kubernetes.io/dockerconfigjson) for registries the docker config has no
+// credentials for.
+type KubeconfigKeychainConfig struct {
+	Enable bool `toml:"enable"`
+	// KubeconfigPath is the kubeconfig ("" is the in-cluster
+	// configuration of a pod's service account).
+	KubeconfigPath string `toml:"kubeconfig_path"`
+	// Namespaces whose secrets are read (none: every namespace).
+	Namespaces []string `toml:"namespaces"`
 }
 
 // CacheConfig places and bounds the cache of fetched chunks.

@@ -25,6 +25,7 @@ import (
 	"github.com/lazypull/lazypull/composefs/objects"
 	"github.com/lazypull/lazypull/fusemanager"
 	"github.com/lazypull/lazypull/internal/unixsocket"
+	"github.com/lazypull/lazypull/kubesecrets"
 	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/snapshot"
 )
@@ -95,12 +96,23 @@ func newMounter(cfg Config) (*mounter.Mounter, *cache.Cache, func(), error) {
 		return nil, nil, nil, fmt.Errorf("open cache: %w", err)
 	}
 	opts := cfg.mounterOptions()
+	var keychain *kubesecrets.Keychain
+	if kc := cfg.KubeconfigKeychain; kc.Enable {
+		if keychain, err = kubesecrets.Watch(context.Background(), kubesecrets.Options{Kubeconfig: kc.KubeconfigPath, Namespaces: kc.Namespaces}); err != nil {
+			c.Close()
+			return nil, nil, nil, fmt.Errorf("kubeconfig_keychain: %w", err)
+		}
+		opts.Registry.Keychain = keychain
+	}
 	var store *objects.Store
 	if cfg.Composefs.Enable && cfg.Composefs.Lazy {
 		// The lazy composefs mode's objects are claimed and served by
 		// the process that serves the layers: the store is safe to
 		// share with the daemon's.
 		if store, err = objects.Open(context.Background(), composefsDir(cfg.Root), objects.WithBatchSync()); err != nil {
+			if keychain != nil {
+				keychain.Close()
+			}
 			c.Close()
 			return nil, nil, nil, fmt.Errorf("composefs: open the object store: %w", err)
 		}
@@ -113,6 +125,9 @@ func newMounter(cfg Config) (*mounter.Mounter, *cache.Cache, func(), error) {
 		}
 		if store != nil {
 			store.Close()
+		}
+		if keychain != nil {
+			keychain.Close()
 		}
 		c.Close()
 	}, nil
