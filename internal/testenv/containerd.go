@@ -331,7 +331,9 @@ func (c *Containerd) Stop() error {
 	}
 	err := c.Process.Stop(15 * time.Second)
 	// A shim is started with -address <our socket>; one left behind would
-	// keep the container's mounts alive.
-	killProcessesMentioning(c.Address)
+	// keep the container's mounts alive. Our FUSE manager names the socket
+	// too (--containerd-address): it stops by itself, unmounting its
+	// layers, and a SIGKILL would leave them mounted.
+	killProcessesMentioning("containerd-shim", c.Address)
 	return err
 }

@@ -159,8 +159,9 @@ func FreeLoopbackAddr() (string, error) {
 }
 
 // killProcessesMentioning kills (SIGKILL) every process whose command line
-// contains marker: the shims containerd leaves running name its socket.
-func killProcessesMentioning(marker string) []int {
+// contains all the markers: the shims containerd leaves running name its
+// socket (and so does our FUSE manager, which must not be killed).
+func killProcessesMentioning(markers ...string) []int {
 	entries, _ := os.ReadDir("/proc")
 	var killed []int
 	for _, e := range entries {
@@ -169,7 +170,7 @@ func killProcessesMentioning(marker string) []int {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !strings.Contains(string(cmdline), marker) {
+		if err != nil || !containsAll(string(cmdline), markers) {
 			continue
 		}
 		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil || !errors.Is(err, syscall.ESRCH) {
@@ -177,4 +178,13 @@ func killProcessesMentioning(marker string) []int {
 		}
 	}
 	return killed
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
