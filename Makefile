@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/lazypull/lazypull/version.Version=$(VERSION)
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps demo test fuzz bench bench-images vet clean
+.PHONY: all build deps demo test test-kube fuzz bench bench-images vet clean
 
 all: build
 
@@ -34,6 +34,13 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz FUZZTIME=10000x
+
+# The tests that need a real Kubernetes API server (the kubeconfig
+# keychain), built from Go modules by scripts/build-kube.sh: 10-20 minutes
+# and about 1.8 GB of modules the first time, hence not in `make test`.
+test-kube: deps
+	./scripts/build-kube.sh
+	$(GO) test -count=1 -tags apiserver -run 'TestKubeconfigKeychain' ./test/e2e
 
 # A short run of every fuzz target over untrusted input (the parsers of
 # TOCs, footers and chunks); the corpus in testdata/fuzz runs in `go test`.

@@ -90,7 +90,13 @@ func Watch(ctx context.Context, opts Options) (*Keychain, error) {
 	defer stop()
 	if !cache.WaitForCacheSync(waitCtx.Done(), synced...) {
 		log.G(ctx).WithField("server", cfg.Host).Warnf("pull secrets: not listed within %v; lookups find them once they are (can this kubeconfig list secrets?)", syncWait)
+		return k, nil
 	}
+	n := 0
+	for _, s := range k.stores {
+		n += len(s.List())
+	}
+	log.G(ctx).WithField("server", cfg.Host).WithField("namespaces", opts.Namespaces).Infof("pull secrets: watching %d", n)
 	return k, nil
 }
 

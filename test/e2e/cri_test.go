@@ -137,19 +137,12 @@ func criLog(t *testing.T, path string) string {
 	return out
 }
 
-// TestCRIPullSecret: a private registry (tokens only for a user and
-// password) and a pull secret given to PullImage, as the kubelet gives
-// it. Through containerd's own image service the secret reaches only
-// containerd: the snapshotter cannot read the layers and they are
-// unpacked. Through our image-service proxy they mount lazily, and the
-// container's reads, after every token expired, authenticate again with
-// the kept secret. The secret is never written under our root or logged.
-func TestCRIPullSecret(t *testing.T) { testenv.ForEachContainerd(t, testCRIPullSecret) }
-
-func testCRIPullSecret(t *testing.T, containerd testenv.Option) {
-	env := testenv.New(t, containerd, testenv.WithCRI(), testenv.WithDaemonConfig("[fetch]\nbackground = false\nprefetch = false\n"))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+// privateHello puts the hello image, as private/hello:estargz and
+// private/hello:zstdchunked (layers of their own: one's unpacked snapshots
+// cannot stand in for the other's), behind a registry proxy that gives
+// tokens only for user and password.
+func privateHello(ctx context.Context, t *testing.T, env *testenv.Env, user, password string) *regproxy.Proxy {
+	t.Helper()
 	plain, err := env.PushHello(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -164,9 +157,26 @@ func testCRIPullSecret(t *testing.T, containerd testenv.Option) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { private.Close() })
-	const user, password = "tenant", "s3cret-8f2c1e"
 	private.EnableTokenAuth()
 	private.RequireCredentials(user, password)
+	return private
+}
+
+// TestCRIPullSecret: a private registry (tokens only for a user and
+// password) and a pull secret given to PullImage, as the kubelet gives
+// it. Through containerd's own image service the secret reaches only
+// containerd: the snapshotter cannot read the layers and they are
+// unpacked. Through our image-service proxy they mount lazily, and the
+// container's reads, after every token expired, authenticate again with
+// the kept secret. The secret is never written under our root or logged.
+func TestCRIPullSecret(t *testing.T) { testenv.ForEachContainerd(t, testCRIPullSecret) }
+
+func testCRIPullSecret(t *testing.T, containerd testenv.Option) {
+	env := testenv.New(t, containerd, testenv.WithCRI(), testenv.WithDaemonConfig("[fetch]\nbackground = false\nprefetch = false\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const user, password = "tenant", "s3cret-8f2c1e"
+	private := privateHello(ctx, t, env, user, password)
 	auth := &runtimeapi.AuthConfig{Username: user, Password: password}
 	rt, images := env.CRIClient(t)
 
