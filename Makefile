@@ -51,7 +51,7 @@ FUZZTIME ?= 100000x
 FUZZ_TARGETS = ./format/toc:FuzzParse ./format/estargz:FuzzOpen ./format/estargz:FuzzParseFooter \
 	./format/zstdchunked:FuzzOpen ./format/zstdchunked:FuzzReadChunk ./format:FuzzAnnotations ./elfdeps:FuzzRead \
 	./convert:FuzzConvertLayer ./layer:FuzzLayerRead ./mounter:FuzzTargetFromLabels \
-	./composefs/objects:FuzzName ./profile:FuzzParse
+	./composefs/objects:FuzzName ./profile:FuzzParse ./remote:FuzzLookupDockerConfigJSON
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

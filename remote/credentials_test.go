@@ -46,3 +46,18 @@ echo "{\"Username\":\"helper-user\",\"Secret\":\"for-$host\"}"
 		t.Errorf("a bad auth entry gave no error")
 	}
 }
+
+// FuzzLookupDockerConfigJSON: a pull secret's content comes from whoever
+// can write secrets in a cluster; whatever it holds, the lookup returns an
+// error or credentials, never panics.
+func FuzzLookupDockerConfigJSON(f *testing.F) {
+	f.Add([]byte(`{"auths":{"r.example":{"auth":"dTpw"}}}`), "r.example")
+	f.Add([]byte(`{"auths":{"https://index.docker.io/v1/":{"identitytoken":"t"}}}`), "docker.io")
+	f.Add([]byte(`{"auths":{"r.example":{"auth":"bm9jb2xvbg=="}}}`), "r.example")
+	f.Fuzz(func(t *testing.T, data []byte, host string) {
+		user, secret, found, err := LookupDockerConfigJSON(data, host)
+		if (err != nil || !found) && (user != "" || secret != "") {
+			t.Errorf("credentials %q, %q with found=%v, err=%v", user, secret, found, err)
+		}
+	})
+}
