@@ -78,6 +78,10 @@ func Watch(ctx context.Context, opts Options) (*Keychain, error) {
 				o.FieldSelector = fields.OneTermEqualSelector("type", string(corev1.SecretTypeDockerConfigJson)).String()
 			}))
 		informer := factory.Core().V1().Secrets().Informer()
+		if err := informer.SetTransform(slim); err != nil {
+			cancel()
+			return nil, err
+		}
 		k.stores = append(k.stores, informer.GetStore())
 		synced = append(synced, informer.HasSynced)
 		k.done.Add(1)
@@ -98,6 +102,32 @@ func Watch(ctx context.Context, opts Options) (*Keychain, error) {
 	}
 	log.G(ctx).WithField("server", cfg.Host).WithField("namespaces", opts.Namespaces).Infof("pull secrets: watching %d", n)
 	return k, nil
+}
+
+// maxSecretConfig bounds the .dockerconfigjson kept of one secret: a
+// docker config with a few registries is a few hundred bytes, and whoever
+// may write secrets must not grow the process that serves every tenant's
+// layers (the API server allows 1 MiB a secret).
+const maxSecretConfig = 64 << 10
+
+// slim keeps of a secret only what lookups read (namespace, name,
+// version, the docker config if it is small enough): labels, annotations
+// and managed fields would otherwise be held for every secret watched.
+func slim(obj any) (any, error) {
+	sec, ok := obj.(*corev1.Secret)
+	if !ok {
+		return obj, nil // a deletion's tombstone
+	}
+	out := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: sec.Namespace, Name: sec.Name, ResourceVersion: sec.ResourceVersion, UID: sec.UID},
+		Type:       sec.Type,
+	}
+	if config := sec.Data[corev1.DockerConfigJsonKey]; len(config) <= maxSecretConfig {
+		out.Data = map[string][]byte{corev1.DockerConfigJsonKey: config}
+	} else {
+		log.L.Warnf("pull secret %s/%s: its docker config is %d bytes, over %d: ignored", sec.Namespace, sec.Name, len(config), maxSecretConfig)
+	}
+	return out, nil
 }
 
 // restConfig reads a kubeconfig file, or the in-cluster configuration.

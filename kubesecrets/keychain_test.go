@@ -3,6 +3,7 @@ package kubesecrets
 import (
 	"context"
 	"encoding/base64"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -52,6 +53,35 @@ func TestLookup(t *testing.T) {
 	store.Delete(pullSecret("a", "zz", ""))
 	if user, secret, _ := k.Lookup("registry.example:5000"); user != "bob" || secret != "b-pass" {
 		t.Errorf("after a/zz was deleted: %q, %q; want b/regcred's", user, secret)
+	}
+}
+
+// TestSlim: a watched secret keeps only what a lookup reads, and a docker
+// config over the bound is dropped, so a tenant's huge secrets cannot grow
+// the process.
+func TestSlim(t *testing.T) {
+	big := pullSecret("a", "big", `{"auths":{"r.example":{"auth":"`+basic("u", strings.Repeat("p", maxSecretConfig))+`"}}}`)
+	small := pullSecret("a", "small", `{"auths":{"r.example":{"auth":"`+basic("u", "p")+`"}}}`)
+	small.Labels = map[string]string{"team": "x"}
+	small.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 1<<20)}
+	small.Data["extra"] = make([]byte, 1<<20)
+	store := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	for _, s := range []*corev1.Secret{big, small} {
+		obj, err := slim(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		store.Add(obj)
+	}
+	for _, obj := range store.List() {
+		sec := obj.(*corev1.Secret)
+		if len(sec.Labels)+len(sec.Annotations) > 0 || len(sec.Data) > 1 || len(sec.Data[corev1.DockerConfigJsonKey]) > maxSecretConfig {
+			t.Errorf("secret %s kept %d labels, %d annotations, %d data keys, a %d-byte config", sec.Name, len(sec.Labels), len(sec.Annotations), len(sec.Data), len(sec.Data[corev1.DockerConfigJsonKey]))
+		}
+	}
+	k := &Keychain{stores: []cache.Store{store}, cancel: func() {}}
+	if user, secret, found := k.Lookup("r.example"); !found || user != "u" || secret != "p" {
+		t.Errorf("Lookup after slim = %q, %q, %v; want the small secret's u, p", user, secret, found)
 	}
 }
 
