@@ -90,7 +90,7 @@ func (f *fakeMounter) Usage(ctx context.Context, mountpoint string) (snapshots.U
 	return snapshots.Usage{}, nil
 }
 
-func (f *fakeMounter) Passthrough() (bool, string) { return false, "off in the fake" }
+func (f *fakeMounter) PassthroughNote() string { return "off in the fake" }
 
 func (f *fakeMounter) Layers() map[string]layer.Stats {
 	f.mu.Lock()

@@ -91,8 +91,7 @@ type LayerStatus struct {
 type StatusReply struct {
 	PID    int
 	Layers []LayerStatus
-	// Passthrough tells whether cached files are handed to the kernel;
-	// PassthroughNote says why.
-	Passthrough     bool
+	// PassthroughNote says whether cached files are handed to the kernel
+	// (FUSE passthrough), and why.
 	PassthroughNote string
 }

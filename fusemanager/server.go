@@ -28,7 +28,7 @@ type Mounter interface {
 	MountComposefs(ctx context.Context, mountpoint, image, owner string, labels map[string]string) error
 	Unmount(ctx context.Context, mountpoint string) error
 	Layers() map[string]layer.Stats
-	Passthrough() (on bool, note string)
+	PassthroughNote() string
 	Check(ctx context.Context, mountpoints []string) error
 	Usage(ctx context.Context, mountpoint string) (snapshots.Usage, error)
 	Close() error
@@ -186,7 +186,7 @@ func (s *service) Usage(args UnmountArgs, reply *snapshots.Usage) error {
 
 func (s *service) Status(_ Empty, reply *StatusReply) error {
 	reply.PID = os.Getpid()
-	reply.Passthrough, reply.PassthroughNote = s.m.Passthrough()
+	reply.PassthroughNote = s.m.PassthroughNote()
 	for mp, st := range s.m.Layers() {
 		reply.Layers = append(reply.Layers, LayerStatus{
 			Mountpoint: mp, Digest: st.Digest.String(), Size: st.Size, DataSize: st.DataSize,

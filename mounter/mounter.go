@@ -608,11 +608,9 @@ func (m *Mounter) Usage(ctx context.Context, mountpoint string) (snapshots.Usage
 	return snapshots.Usage{Size: mt.layer.Stats().CachedBytes, Inodes: mt.entries}, nil
 }
 
-// Passthrough tells whether cached files are handed to the kernel (FUSE
-// passthrough), and why.
-func (m *Mounter) Passthrough() (on bool, note string) {
-	return m.opts.FUSE.Passthrough, m.opts.PassthroughNote
-}
+// PassthroughNote says whether cached files are handed to the kernel
+// (FUSE passthrough), and why.
+func (m *Mounter) PassthroughNote() string { return m.opts.PassthroughNote }
 
 // Layers reports every mounted layer's fetching.
 func (m *Mounter) Layers() map[string]layer.Stats {
