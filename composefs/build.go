@@ -136,7 +136,7 @@ func BuildDir(ctx context.Context, dir string, store *objects.Store, owner, imag
 	}
 	// No object at all: nothing to check, a stack can require verity.
 	b.stats.Verity = b.verity || b.stats.Objects == 0
-	size, err := WriteImage(b.w, image)
+	size, err := WriteImage(b.w, image, true)
 	if err != nil {
 		return BuildStats{}, fmt.Errorf("composefs: build %s: %w", dir, err)
 	}
@@ -545,17 +545,19 @@ func (b *builder) getXattr(path, name string) ([]byte, error) {
 	}
 }
 
-// WriteImage writes the image to a temp file beside path, syncs it and
-// renames it into place, then syncs the directory: a crash leaves the
-// old image or the new one whole.
-func WriteImage(w *erofs.Writer, path string) (int64, error) {
+// WriteImage writes the image to a temp file beside path and renames it
+// into place. Synced (the file before the rename, the directory after), a
+// crash leaves the old image or the new one whole; unsynced, it may leave
+// a torn one, for a caller that writes the image again after a crash (a
+// lazy layer's, from its TOC, until SyncImage).
+func WriteImage(w *erofs.Writer, path string, synced bool) (int64, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
 	if err != nil {
 		return 0, err
 	}
 	tmp := f.Name()
 	n, err := w.WriteTo(f)
-	if err == nil {
+	if err == nil && synced {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -568,12 +570,38 @@ func WriteImage(w *erofs.Writer, path string) (int64, error) {
 		os.Remove(tmp)
 		return 0, fmt.Errorf("write image %s: %w", path, err)
 	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return 0, fmt.Errorf("write image %s: sync its directory: %w", path, err)
-		}
+	if !synced {
+		return n, nil
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return 0, fmt.Errorf("write image %s: sync its directory: %w", path, err)
 	}
 	return n, nil
+}
+
+// SyncImage makes an image WriteImage left unsynced durable: the file,
+// then its directory.
+func SyncImage(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("sync image: %w", err)
+	}
+	err = f.Sync()
+	f.Close()
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		return fmt.Errorf("sync image %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

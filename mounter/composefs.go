@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"time"
 
@@ -38,9 +37,9 @@ type composefsLayer struct {
 
 // MountComposefs serves the layer the labels name (as Mount finds it) in
 // the lazy composefs form: it writes the layer's metadata image to image
-// from its TOC, no file data fetched (unless an image is there already,
-// as when it is called again after a restart: the image is the same);
-// claims the objects the image names for owner in the store; and serves
+// from its TOC, no file data fetched (again when it is called after a
+// restart: the image is the same, and writing it anew mends one a crash
+// tore); claims the objects the image names for owner in the store; and serves
 // their data through the object filesystem, fetched on demand and in the
 // background as the FUSE mode fetches it, until the store holds them all
 // (see settle). A layer that settled before needs nothing more. The
@@ -70,35 +69,27 @@ func (m *Mounter) serveObjects(ctx context.Context, mountpoint string, l *layer.
 	defer func() {
 		log.G(ctx).WithField("layer", d).WithField("took", time.Since(start)).Debug("composefs: lazy layer's image written and objects claimed")
 	}()
-	if _, err := os.Lstat(cfs.image); errors.Is(err, fs.ErrNotExist) {
-		if _, err := tocimage.Write(ctx, l.TOC(), cfs.image, tocimage.Options{}); err != nil {
-			return fmt.Errorf("layer %s: metadata image: %w", d, err)
-		}
-	} else if err != nil {
+	// Neither the image nor the claim is synced: both are written again
+	// at every mount until the layer settles, which syncs them before it
+	// says so. Two fsyncs a layer would wait on the prefetch's writes.
+	if _, err := tocimage.Write(ctx, l.TOC(), cfs.image, tocimage.Options{Unsynced: true}); err != nil {
 		return fmt.Errorf("layer %s: metadata image: %w", d, err)
 	}
-	if err := claim(ctx, m.opts.Composefs.Store, cfs.owner, l.TOC()); err != nil {
+	if err := m.opts.Composefs.Store.Claim(ctx, cfs.owner, objectsOf(l.TOC())); err != nil {
 		return fmt.Errorf("layer %s: %w", d, err)
 	}
 	return m.addObjects(mountpoint, l)
 }
 
-// claim records that owner names every object of t, whether the store has
-// it yet or not: what is there stays, what comes is kept.
-func claim(ctx context.Context, store *objects.Store, owner string, t *toc.TOC) error {
-	batch, err := store.Batch(ctx, owner)
-	if err != nil {
-		return err
-	}
+// objectsOf lists the objects t's regular files name.
+func objectsOf(t *toc.TOC) []digest.Digest {
+	var ds []digest.Digest
 	for _, e := range t.Entries() {
 		if e.Type == toc.TypeReg && e.Size > 0 {
-			if err := batch.Add(e.Digest()); err != nil {
-				batch.Abort()
-				return fmt.Errorf("file %q: %w", e.Path(), err)
-			}
+			ds = append(ds, e.Digest())
 		}
 	}
-	return batch.Commit()
+	return ds
 }
 
 // addObjects serves l's objects, under mountpoint, mounting the object
@@ -174,6 +165,12 @@ func (m *Mounter) settle(mountpoint string, l *layer.Layer, cfs composefsLayer) 
 		if m.ctx.Err() == nil {
 			log.L.WithError(err).WithField("layer", d).Warn("composefs: cannot put a lazy layer's objects in the store; it stays on the object filesystem")
 		}
+		return
+	}
+	// The image and the claim were written unsynced: durable before the
+	// marker that says they will not be written again.
+	if err := errors.Join(composefs.SyncImage(cfs.image), m.opts.Composefs.Store.Sync()); err != nil {
+		log.L.WithError(err).WithField("layer", d).Warn("composefs: cannot sync a lazy layer's image and claim; it stays on the object filesystem")
 		return
 	}
 	if err := os.WriteFile(composefs.SettledMarker(cfs.image), nil, 0o600); err != nil {

@@ -29,9 +29,11 @@ const LabelNotLazy = "containerd.io/snapshot/lazypull.not-lazy-composefs"
 // The Remote that can (the mounter, or the FUSE manager for it) does it.
 type LazyComposefs interface {
 	// MountComposefs writes the metadata image of the layer the labels
-	// (a Prepare's) name to image (unless one is there: it is called
-	// again by Restore, and keeps what it serves), claims the objects it
-	// names for snapshot id, and serves their data through ObjectsDir.
+	// (a Prepare's) name to image (again when Restore calls it: the
+	// image may be in the page cache alone until the layer settles, and
+	// a crash may have torn it), claims the objects it names for
+	// snapshot id, and serves their data through ObjectsDir (keeping
+	// what it serves still).
 	// mountpoint is the snapshot's directory, where the snapshotter
 	// mounts the image: the Remote's Unmount and Check know the layer by
 	// it. Once every object is in the store (after the layer's

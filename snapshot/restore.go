@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -53,7 +54,10 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list remote snapshots: %w", err)
 	}
-	var errs []error
+	// Lazy layers first: their images are written again (one written
+	// unsynced before a crash may be torn), then mounted with the rest.
+	errs, failed := s.restoreLazy(ctx, lazy)
+	composefs = slices.DeleteFunc(composefs, func(id string) bool { return failed[id] })
 	if len(composefs) > 0 {
 		if s.composefs == nil {
 			// Turned off since: containers cannot stack on them. Say
@@ -67,7 +71,6 @@ func (s *Snapshotter) Restore(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, s.restoreLazy(ctx, lazy)...)
 	if s.remote == nil {
 		return errors.Join(errs...)
 	}
@@ -157,10 +160,11 @@ func (s *Snapshotter) parentIDs(ctx context.Context, parent string) ([]string, e
 }
 
 // restoreLazy has the lazy composefs layers served again (their images are
-// mounted by restoreComposefs): the LazyComposefs keeps what it serves
-// still, and serves again what a restart of its process lost.
-func (s *Snapshotter) restoreLazy(ctx context.Context, snaps []remoteSnap) []error {
-	var errs []error
+// mounted by restoreComposefs after): the LazyComposefs keeps what it
+// serves still, and serves again what a restart of its process lost. It
+// returns the ids it could not serve, marked broken.
+func (s *Snapshotter) restoreLazy(ctx context.Context, snaps []remoteSnap) (errs []error, failed map[string]bool) {
+	failed = make(map[string]bool)
 	for _, r := range snaps {
 		if s.settled([]string{r.id}) {
 			continue // all in the store: a composefs layer like any other
@@ -174,9 +178,10 @@ func (s *Snapshotter) restoreLazy(ctx context.Context, snaps []remoteSnap) []err
 		if err != nil {
 			s.markBroken(r.id, err)
 			errs = append(errs, err)
+			failed[r.id] = true
 			continue
 		}
 		log.G(ctx).WithField("snapshot", r.info.Name).Debug("lazy composefs snapshot restored")
 	}
-	return errs
+	return errs, failed
 }

@@ -176,8 +176,8 @@ func (b *Batch) Commit() error {
 	// lazy layer's claim does) has nothing to sync but its refs: syncfs
 	// would wait for every dirty page of the filesystem, the cache's too.
 	if b.s.opts.batchSync && len(b.dirs) > 0 {
-		if err := unix.Syncfs(int(b.s.rootDir.Fd())); err != nil {
-			return fmt.Errorf("objects: syncfs %s: %w", b.s.root, err)
+		if err := b.s.Sync(); err != nil {
+			return err
 		}
 	} else {
 		for dir := range b.dirs {
@@ -187,7 +187,7 @@ func (b *Batch) Commit() error {
 		}
 	}
 	if b.owner != "" {
-		if err := b.s.writeRefs(b.owner, b.pins); err != nil {
+		if err := b.s.writeRefs(b.owner, b.pins, true); err != nil {
 			return err
 		}
 	}

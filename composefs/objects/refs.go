@@ -39,8 +39,9 @@ func validOwner(owner string) error {
 // writeRefs replaces refs/<owner> with the set, atomically: written whole
 // to a temp file and synced, renamed into place, the directory synced. A
 // crash leaves the old file or the new one, and perhaps a temp file, which
-// GC removes.
-func (s *Store) writeRefs(owner string, set map[digest.Digest]struct{}) error {
+// GC removes. Unsynced (a Claim), a crash may also leave an empty file or
+// none.
+func (s *Store) writeRefs(owner string, set map[digest.Digest]struct{}, synced bool) error {
 	var buf bytes.Buffer
 	buf.WriteString(refsHeader + "\n")
 	for _, d := range sortedDigests(set) {
@@ -53,7 +54,7 @@ func (s *Store) writeRefs(owner string, set map[digest.Digest]struct{}) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(buf.Bytes())
-	if err == nil {
+	if err == nil && synced {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -66,7 +67,44 @@ func (s *Store) writeRefs(owner string, set map[digest.Digest]struct{}) error {
 		os.Remove(tmp)
 		return fmt.Errorf("objects: refs of %q: %w", owner, err)
 	}
+	if !synced {
+		return nil
+	}
 	return syncDir(s.refsDir())
+}
+
+// Claim records that owner names each of ds, present or yet to come, as a
+// Batch that only Adds does, but leaves its refs file unsynced: for an
+// owner that claims again whenever it is served (a lazily pulled layer,
+// until it settles), for whom a crash costs a claim made again, never an
+// object it counted on. Sync makes such claims durable. An fsync each
+// would cost a lazy pull some 10-30 ms a layer, more while its fetches
+// fill the page cache.
+func (s *Store) Claim(ctx context.Context, owner string, ds []digest.Digest) error {
+	// A batch for the lock it holds: no GC that read the old refs sweeps
+	// what the new ones name.
+	b, err := s.Batch(ctx, owner)
+	if err != nil {
+		return err
+	}
+	defer b.Abort()
+	set := make(map[digest.Digest]struct{}, len(ds))
+	for _, d := range ds {
+		if _, err := parseDigest(d); err != nil {
+			return err
+		}
+		set[d] = struct{}{}
+	}
+	return s.writeRefs(owner, set, false)
+}
+
+// Sync makes everything written to the store's filesystem durable
+// (syncfs): Claims, and objects written by batches since their commit.
+func (s *Store) Sync() error {
+	if err := unix.Syncfs(int(s.rootDir.Fd())); err != nil {
+		return fmt.Errorf("objects: syncfs %s: %w", s.root, err)
+	}
+	return nil
 }
 
 // Refs returns the digests owner names (fs.ErrNotExist if it has no

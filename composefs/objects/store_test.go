@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -275,6 +276,43 @@ func TestRefsAndGC(t *testing.T) {
 	mustHave(t, s, nil, map[string][]byte{"shared": shared})
 	if u, _ := s.Usage(ctx); u.Objects != 0 {
 		t.Errorf("Usage after all released = %+v", u)
+	}
+}
+
+// TestClaim: a claim names objects present and to come, keeps the present
+// ones from GC as a batch's refs do, replaces the owner's earlier claim
+// and refuses what is no digest.
+func TestClaim(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	present, later, dropped := content(4000, 4), content(100, 5), content(200, 6)
+	lease, _ := s.Lease(ctx)
+	put(t, lease, present)
+	put(t, lease, dropped)
+	lease.Commit()
+
+	if err := s.Claim(ctx, "lazy", []digest.Digest{sha(present), sha(later), sha(present)}); err != nil {
+		t.Fatal(err)
+	}
+	refs, err := s.Refs("lazy")
+	if want := sortedDigests(map[digest.Digest]struct{}{sha(present): {}, sha(later): {}}); err != nil || !slices.Equal(refs, want) {
+		t.Errorf("refs after the claim = %v, %v; want %v", refs, err, want)
+	}
+	if res, err := s.GC(ctx); err != nil || res.Objects != 1 {
+		t.Errorf("GC = %+v, %v; want the one object no claim names", res, err)
+	}
+	mustHave(t, s, map[string][]byte{"present": present}, map[string][]byte{"dropped": dropped})
+	if err := s.Claim(ctx, "lazy", []digest.Digest{"sha256:../../etc/passwd"}); err == nil {
+		t.Error("a claim of a path that is no digest was taken")
+	}
+	if err := s.Claim(ctx, "lazy", nil); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.GC(ctx); err != nil || res.Objects != 1 {
+		t.Errorf("GC after an empty claim = %+v, %v; want the object the first named", res, err)
+	}
+	if err := s.Sync(); err != nil {
+		t.Error(err)
 	}
 }
 

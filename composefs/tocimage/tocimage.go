@@ -38,6 +38,9 @@ type Options struct {
 	// when it is known (the object is in the store); the file's metacopy
 	// xattr then names it, and overlayfs checks it with verity=require.
 	Verity func(d digest.Digest) (verity.Sum, bool)
+	// Unsynced leaves the image in the page cache (composefs.WriteImage):
+	// for a caller that writes it again from the TOC after a crash.
+	Unsynced bool
 }
 
 // Write writes the image of the layer t describes to path (replacing it
@@ -48,7 +51,7 @@ func Write(ctx context.Context, t *toc.TOC, path string, opts Options) (Stats, e
 	if err != nil {
 		return st, err
 	}
-	st.Size, err = composefs.WriteImage(w, path)
+	st.Size, err = composefs.WriteImage(w, path, !opts.Unsynced)
 	return st, err
 }
 
