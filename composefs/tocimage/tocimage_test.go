@@ -96,7 +96,7 @@ func testLayer(t *testing.T) []byte {
 
 // parse converts a tar layer to eStargz and parses its TOC, as a lazy
 // pull gets it.
-func parse(t *testing.T, layer []byte) *toc.TOC {
+func parse(t testing.TB, layer []byte) *toc.TOC {
 	t.Helper()
 	var blob bytes.Buffer
 	w := estargz.NewWriter(&blob, estargz.WithChunkSize(64<<10))
