@@ -178,6 +178,16 @@ func NewWriter() *Writer {
 	return &Writer{xindex: map[string]uint32{}}
 }
 
+// Grow makes room for n more entries, and for as many distinct xattrs (a
+// composefs image's files each have their own redirect): a caller that
+// knows how many it will add (a TOC's) saves the copies of growing tables.
+func (w *Writer) Grow(n int) {
+	w.nodes = slices.Grow(w.nodes, n)
+	if len(w.xindex) == 0 {
+		w.xindex = make(map[string]uint32, n)
+	}
+}
+
 // Add adds one entry. It checks the entry on its own (names, type, sizes,
 // xattrs); what depends on other entries (duplicates, parents, hard-link
 // targets) is checked when the image is written.

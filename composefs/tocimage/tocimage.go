@@ -47,6 +47,7 @@ type Options struct {
 // whole, or leaving what was there).
 func Write(ctx context.Context, t *toc.TOC, path string, opts Options) (Stats, error) {
 	w := erofs.NewWriter()
+	w.Grow(t.Len() + 1) // the root too
 	st, err := add(ctx, w, t, opts)
 	if err != nil {
 		return st, err
