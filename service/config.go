@@ -26,14 +26,15 @@ import (
 	"github.com/lazypull/lazypull/layer"
 	"github.com/lazypull/lazypull/mounter"
 	"github.com/lazypull/lazypull/remote"
+	"github.com/lazypull/lazypull/service/status"
 	"github.com/lazypull/lazypull/snapshot"
 )
 
 // Defaults, as a fresh install uses them.
 const (
 	DefaultConfigPath = "/etc/lazypull/config.toml"
-	DefaultAddress    = "/run/lazypull/lazypull.sock"
-	DefaultRoot       = "/var/lib/lazypull"
+	DefaultAddress    = status.DefaultAddress
+	DefaultRoot       = status.DefaultRoot
 	DefaultLogLevel   = "info"
 	DefaultContainerd = "/run/containerd/containerd.sock"
 )

@@ -27,6 +27,7 @@ import (
 	"github.com/lazypull/lazypull/internal/unixsocket"
 	"github.com/lazypull/lazypull/kubesecrets"
 	"github.com/lazypull/lazypull/mounter"
+	"github.com/lazypull/lazypull/service/status"
 	"github.com/lazypull/lazypull/snapshot"
 )
 
@@ -109,7 +110,7 @@ func newMounter(cfg Config) (*mounter.Mounter, *cache.Cache, func(), error) {
 		// The lazy composefs mode's objects are claimed and served by
 		// the process that serves the layers: the store is safe to
 		// share with the daemon's.
-		if store, err = objects.Open(context.Background(), composefsDir(cfg.Root), objects.WithBatchSync()); err != nil {
+		if store, err = objects.Open(context.Background(), status.StoreDir(cfg.Root), objects.WithBatchSync()); err != nil {
 			if keychain != nil {
 				keychain.Close()
 			}
@@ -217,7 +218,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		opts = append(opts, snapshot.WithImageContent(content.add))
 	}
 	if cfg.Composefs.Enable {
-		layers, err := composefs.OpenLayers(ctx, composefsDir(cfg.Root))
+		layers, err := composefs.OpenLayers(ctx, status.StoreDir(cfg.Root))
 		if err != nil {
 			return err
 		}

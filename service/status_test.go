@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/lazypull/lazypull/internal/testenv"
+	"github.com/lazypull/lazypull/service/status"
 )
 
 // TestComposefsStatus: the status of a daemon in the composefs mode names
@@ -58,7 +59,7 @@ func TestComposefsStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st, err := Composefs(context.Background(), cfg.Root, cfg.Address)
+	st, err := status.Composefs(context.Background(), cfg.Root, cfg.Address)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/lazypull/lazypull/fusemanager"
 	"github.com/lazypull/lazypull/internal/progress"
-	"github.com/lazypull/lazypull/service"
+	"github.com/lazypull/lazypull/service/status"
 )
 
 var statusCommand = &cli.Command{
@@ -28,8 +28,8 @@ Examples:
   lazypull status
   lazypull status --root /var/lib/lazypull --address /run/lazypull/lazypull.sock --json`,
 	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "root", Value: service.DefaultRoot, Usage: "the snapshotter's state `DIR`"},
-		&cli.StringFlag{Name: "address", Value: service.DefaultAddress, Usage: "the snapshotter's `SOCKET`"},
+		&cli.StringFlag{Name: "root", Value: status.DefaultRoot, Usage: "the snapshotter's state `DIR`"},
+		&cli.StringFlag{Name: "address", Value: status.DefaultAddress, Usage: "the snapshotter's `SOCKET`"},
 		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
 	},
 	Action: func(c *cli.Context) error {
@@ -52,7 +52,7 @@ Examples:
 			out.StatusReply = st
 		}
 		if noDaemon == nil {
-			st, err := service.Composefs(ctx, root, address)
+			st, err := status.Composefs(ctx, root, address)
 			if err != nil {
 				errs = append(errs, err)
 			} else {
@@ -81,7 +81,7 @@ Examples:
 // was (its fields at the top), and the composefs mode's.
 type statusOutput struct {
 	fusemanager.StatusReply
-	Composefs *service.ComposefsStatus `json:",omitempty"`
+	Composefs *status.ComposefsStatus `json:",omitempty"`
 }
 
 func managerStatus(ctx context.Context, root string) (fusemanager.StatusReply, error) {
@@ -123,7 +123,7 @@ func printLayers(st fusemanager.StatusReply) {
 	}
 }
 
-func printComposefs(st service.ComposefsStatus) {
+func printComposefs(st status.ComposefsStatus) {
 	tw := tabwriter.NewWriter(os.Stdout, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "SNAPSHOT\tKIND\tCOMPOSEFS")
 	for _, s := range st.Snapshots {

@@ -1,4 +1,10 @@
-package service
+// Package status reads what `lazypull status` shows of a running
+// lazypull-snapshotter: its snapshots, through its socket, and the
+// composefs object store under its root. It runs in the CLI, so it must
+// not import the daemon (package service): the daemon's Kubernetes and
+// CRI dependencies would add some 20 ms to the start of every lazypull
+// command, `lazypull pull` included.
+package status
 
 import (
 	"context"
@@ -61,9 +67,16 @@ type StoreStatus struct {
 	Verity string
 }
 
-// composefsDir is where the daemon keeps the composefs object store (as
-// Run opens it).
-func composefsDir(root string) string { return filepath.Join(root, "composefs") }
+// The daemon's default socket and root (the service package's defaults),
+// here for the commands that read them without the daemon.
+const (
+	DefaultAddress = "/run/lazypull/lazypull.sock"
+	DefaultRoot    = "/var/lib/lazypull"
+)
+
+// StoreDir is where the daemon rooted at root keeps the composefs object
+// store.
+func StoreDir(root string) string { return filepath.Join(root, "composefs") }
 
 // Composefs asks the daemon serving containerd's snapshots API on address
 // for its snapshots, and reads the object store under root. The metadata
@@ -87,7 +100,7 @@ func Composefs(ctx context.Context, root, address string) (ComposefsStatus, erro
 	}
 	settled, _ := filepath.Glob(composefs.SettledMarker(filepath.Join(root, "snapshots", "*", "layer.erofs")))
 	st.Settled = len(settled)
-	st.Store, err = storeStatus(ctx, composefsDir(root))
+	st.Store, err = storeStatus(ctx, StoreDir(root))
 	return st, err
 }
 
