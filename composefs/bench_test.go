@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -39,14 +38,7 @@ import (
 // target is ≥ 0.9) and composefs/overlay. None asserts a time.
 func BenchmarkStatTree(b *testing.B) {
 	testenv.NeedRoot(b)
-	n := 50000
-	if v := os.Getenv("LAZYPULL_BENCH_FILES"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
-			b.Fatalf("LAZYPULL_BENCH_FILES=%q: want a positive integer", v)
-		}
-	}
-	names := statTreeNames(n)
+	names := statTreeNames(testenv.EnvInt(b, "LAZYPULL_BENCH_FILES", 50000))
 	parent := benchParent(b)
 	local, layer := filepath.Join(parent, "local"), filepath.Join(parent, "layer")
 	writeStatTree(b, local, names)
@@ -78,17 +70,17 @@ func BenchmarkStatTree(b *testing.B) {
 		var tLocal, tPlain, tStack, tImage time.Duration
 		for b.Loop() {
 			s.unmount(b)
-			dropAllCaches(b)
+			dropCaches(b)
 			tLocal += stat(b, local)
-			dropAllCaches(b)
+			dropCaches(b)
 			s.mountPlain(b)
 			tPlain += stat(b, plain)
 			s.unmount(b)
-			dropAllCaches(b)
+			dropCaches(b)
 			s.mount(b)
 			tStack += stat(b, stack)
 			s.unmount(b)
-			dropAllCaches(b)
+			dropCaches(b)
 			s.mount(b)
 			tImage += stat(b, meta)
 		}
@@ -244,17 +236,6 @@ func walkStatAll(b *testing.B, root string, files int) time.Duration {
 	return elapsed
 }
 
-// dropAllCaches writes dirty data out and drops the page cache, dentries
-// and inodes, so that the next stat reads the disk (the image file, the
-// plain tree's inode tables).
-func dropAllCaches(b *testing.B) {
-	b.Helper()
-	unix.Sync()
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
-		b.Fatalf("drop the kernel's caches: %v", err)
-	}
-}
-
 func reportStatTree(b *testing.B, files int, tLocal, tPlain, tStack, tImage time.Duration) {
 	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 / float64(files*b.N) }
 	b.ReportMetric(per(tImage), "image-µs/stat")
@@ -264,4 +245,13 @@ func reportStatTree(b *testing.B, files int, tLocal, tPlain, tStack, tImage time
 	b.ReportMetric(per(tLocal), "local-µs/stat")
 	b.ReportMetric(tLocal.Seconds()/tStack.Seconds(), "composefs/local")
 	b.ReportMetric(tPlain.Seconds()/tStack.Seconds(), "composefs/overlay")
+}
+
+// dropCaches drops the kernel's caches (testenv.DropCaches), so that the
+// next stat reads the disk: the image file, the plain tree's inode tables.
+func dropCaches(b *testing.B) {
+	b.Helper()
+	if err := testenv.DropCaches(); err != nil {
+		b.Fatal(err)
+	}
 }

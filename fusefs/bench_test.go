@@ -44,19 +44,6 @@ import (
 	"github.com/lazypull/lazypull/remote"
 )
 
-// envInt reads a positive size from the environment, or gives def.
-func envInt(b *testing.B, name string, def int) int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		b.Fatalf("%s=%q: want a positive integer", name, v)
-	}
-	return n
-}
-
 // dropCaches empties the kernel's caches so that the next access reads the
 // disk (what "3" drops: page cache, dentries and inodes; "1" only the page
 // cache). Without /proc/sys/vm/drop_caches it drops the named files' pages.
@@ -216,7 +203,7 @@ func (lm *liveMounts) close() error {
 // passthrough.
 func BenchmarkCachedRead(b *testing.B) {
 	testenv.NeedFUSE(b)
-	size := int64(envInt(b, "LAZYPULL_BENCH_MB", 1024)) << 20
+	size := int64(testenv.EnvInt(b, "LAZYPULL_BENCH_MB", 1024)) << 20
 	dir := b.TempDir()
 
 	// Incompressible data, so the cache and the local copy are the same
@@ -456,7 +443,7 @@ func (tf treeFiles) statAll(b *testing.B, root string) time.Duration {
 // caches. Target: lazypull/local ≥ 0.5.
 func BenchmarkStatTree(b *testing.B) {
 	testenv.NeedFUSE(b)
-	tf := newTreeFiles(envInt(b, "LAZYPULL_BENCH_FILES", 50000), 1)
+	tf := newTreeFiles(testenv.EnvInt(b, "LAZYPULL_BENCH_FILES", 50000), 1)
 	dir := b.TempDir()
 	bl := writeBlob(b, filepath.Join(dir, "blob"), tf.writeTar)
 	localRoot := filepath.Join(dir, "local")
@@ -576,7 +563,7 @@ func BenchmarkMountReady(b *testing.B) {
 	testenv.NeedFUSE(b)
 	testenv.NeedBinary(b, "docker-registry")
 	const rtt, bandwidth = 20 * time.Millisecond, 100_000_000
-	tf := newTreeFiles(envInt(b, "LAZYPULL_BENCH_FILES", 50000), 2)
+	tf := newTreeFiles(testenv.EnvInt(b, "LAZYPULL_BENCH_FILES", 50000), 2)
 	dir := b.TempDir()
 	bl := writeBlob(b, filepath.Join(dir, "blob"), tf.writeTar)
 	reg := testenv.NewRegistry(b)
@@ -675,7 +662,7 @@ func download(b *testing.B, url string, size int64) time.Duration {
 func BenchmarkMemoryPerLayer(b *testing.B) {
 	testenv.NeedFUSE(b)
 	const layers = 3
-	n := envInt(b, "LAZYPULL_BENCH_FILES", 50000)
+	n := testenv.EnvInt(b, "LAZYPULL_BENCH_FILES", 50000)
 	dir := b.TempDir()
 	var tfs []treeFiles
 	var bls []benchLayer

@@ -149,7 +149,7 @@ func run(ctx context.Context, name, cache string, rtt time.Duration, bps int64, 
 	if err := runner.RestartEmpty(env, nil); err != nil {
 		return err
 	}
-	if err := runner.DropPageCache(); err != nil {
+	if err := testenv.DropCaches(); err != nil {
 		return err
 	}
 	step("lazily with the profile: lazypull pull " + lazy + ", then ctr run --snapshotter lazypull")

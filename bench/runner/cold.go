@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/lazypull/lazypull/fusemanager"
 	"github.com/lazypull/lazypull/internal/testenv"
 )
@@ -73,7 +71,7 @@ func (r *bench) coldState(ctx context.Context, img *Image, sc Scenario) error {
 			return err
 		}
 	}
-	return DropPageCache()
+	return testenv.DropCaches()
 }
 
 // RestartEmpty stops lazypull's daemon and its FUSE manager, empties its
@@ -130,16 +128,6 @@ func RemoveImages(ctx context.Context, c *testenv.Containerd) error {
 		if _, err := c.Ctr(ctx, args...); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// DropPageCache writes dirty pages out and drops the clean ones, so that no
-// run reads what the previous one left in memory.
-func DropPageCache() error {
-	unix.Sync()
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
-		return fmt.Errorf("drop the page cache: %w", err)
 	}
 	return nil
 }

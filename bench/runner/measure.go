@@ -82,7 +82,7 @@ func (r *bench) measure(ctx context.Context, img Image, sc Scenario, iteration i
 	}
 	// A warm start: the image is there (for a lazy snapshotter, mounted
 	// and cached), the page cache dropped.
-	if err := DropPageCache(); err != nil {
+	if err := testenv.DropCaches(); err != nil {
 		return res, err
 	}
 	ops = r.fuseOps(sc)

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/lazypull/lazypull/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -88,7 +89,7 @@ func (r *bench) footprint(ctx context.Context, imgs []Image, sc Scenario) (Footp
 		}
 		fp.ObjectBytes = objects.fileBytes
 	}
-	if err := DropPageCache(); err != nil {
+	if err := testenv.DropCaches(); err != nil {
 		return fp, err
 	}
 	for _, img := range imgs {

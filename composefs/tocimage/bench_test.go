@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -59,13 +58,7 @@ func BenchmarkWrite(b *testing.B) {
 // host's filesystem). None asserts a time.
 func BenchmarkStatTree(b *testing.B) {
 	testenv.NeedRoot(b)
-	n := 50000
-	if v := os.Getenv("LAZYPULL_BENCH_FILES"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
-			b.Fatalf("LAZYPULL_BENCH_FILES=%q: want a positive integer", v)
-		}
-	}
+	n := testenv.EnvInt(b, "LAZYPULL_BENCH_FILES", 50000)
 	dir := b.TempDir()
 	local := filepath.Join(dir, "local")
 	var layer bytes.Buffer
@@ -131,9 +124,8 @@ func BenchmarkStatTree(b *testing.B) {
 		return time.Since(start)
 	}
 	dropCaches := func() {
-		unix.Sync()
-		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
-			b.Fatalf("drop the kernel's caches: %v", err)
+		if err := testenv.DropCaches(); err != nil {
+			b.Fatal(err)
 		}
 	}
 	var tLocal, tStack, tImage time.Duration
