@@ -152,6 +152,9 @@ type Stats struct {
 	// ProfiledBytes are the compressed bytes of the members that
 	// workload profiles asked for (FetchRanges).
 	ProfiledBytes int64
+	// EarlyBytes are the bytes the layer's fetches took from a fetch
+	// started before it was open (Early), not from the registry.
+	EarlyBytes int64
 	// Verification is where the check of the layer against its image
 	// stands (see Expect).
 	Verification Verification
@@ -473,6 +476,9 @@ func (l *Layer) Stats() Stats {
 		FetchedBytes: l.fetched.Load(), Requests: l.requests.Load(), CachedBytes: l.cachedData.Load(),
 		ChunksFetched: l.chunks.Load(), Errors: l.errCount.Load(), ProfiledBytes: l.profiled.Load(),
 	}
+	if e, ok := l.fetcher.(*Early); ok {
+		s.EarlyBytes = e.taken.Load()
+	}
 	s.Verification, _ = l.Verification()
 	l.mu.Lock()
 	if l.lastErr != nil {
@@ -491,6 +497,9 @@ func (l *Layer) Close() {
 		l.mu.Unlock()
 		l.cancel()
 		l.wg.Wait()
+		if e, ok := l.fetcher.(*Early); ok {
+			e.Close()
+		}
 		if l.spool != nil {
 			l.spool.close()
 		}

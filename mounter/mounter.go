@@ -167,8 +167,10 @@ func (m *Mounter) gate(ref string) *layer.Gate {
 }
 
 // openRemote opens a layer of image img from its registry, to be verified
-// against expect.
-func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect) (*layer.Layer, error) {
+// against expect. What workload profiles recorded of its blob is fetched
+// as soon as its tail is in, and those of the layers opened with it
+// (after, if not nil).
+func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect, after *layer.TailsFirst) (_ *layer.Layer, err error) {
 	blob, err := remote.OpenBlob(ctx, img.ref, desc, m.opts.Registry, m.opts.Blob)
 	if err != nil {
 		return nil, err
@@ -191,7 +193,18 @@ func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Des
 	}
 	opts.Gate = m.gate(img.ref)
 	opts.OnMiss = m.hints.onMiss(img, desc.Digest)
-	l, err := layer.Open(ctx, desc, blob, m.cache, opts)
+	var f layer.Fetcher = blob
+	if spans := m.profiles.spans(ctx, desc.Digest); len(spans) > 0 || after != nil {
+		// What the profiles read crosses the link while the TOC is parsed.
+		early := layer.FetchEarly(m.ctx, blob, desc.Digest, spans, m.opts.Layer.Parallel, after)
+		defer func() {
+			if err != nil {
+				early.Close()
+			}
+		}()
+		f = early
+	}
+	l, err := layer.Open(ctx, desc, f, m.cache, opts)
 	var tocErr *toc.Error
 	if err != nil && capped && errors.As(err, &tocErr) {
 		return nil, fmt.Errorf("%w: the lazy layers of %s may hold %d more TOC entries ([fetch] max_image_entries); this layer is unpacked instead: %w", errNotLazy, img.ref, remaining, err)
@@ -378,7 +391,7 @@ func (m *Mounter) openLayer(ctx context.Context, img imageKey, desc ocispec.Desc
 			return o.layer, o.key, nil
 		}
 	}
-	l, err := m.openRemote(ctx, img, desc, expect)
+	l, err := m.openRemote(ctx, img, desc, expect, nil)
 	return l, img, err
 }
 
@@ -392,13 +405,20 @@ func (m *Mounter) preopen(key imageKey, img *image) {
 	if m.closed {
 		return
 	}
+	var batch []int // the layers to open, by index
+	var digests []digest.Digest
 	for i, desc := range img.layers {
 		if _, ok := format.KindOf(desc); !ok {
 			continue
 		}
-		if _, busy := m.opening[desc.Digest]; busy || m.mountedLocked(desc.Digest) != nil {
+		if _, busy := m.opening[desc.Digest]; busy || m.mountedLocked(desc.Digest) != nil || slices.Contains(digests, desc.Digest) {
 			continue
 		}
+		batch, digests = append(batch, i), append(digests, desc.Digest)
+	}
+	tails := layer.NewTailsFirst(digests)
+	for _, i := range batch {
+		desc := img.layers[i]
 		o := &open{key: key, done: make(chan struct{})}
 		if len(img.diffIDs) == len(img.layers) {
 			o.expect = layer.Expect{DiffID: img.diffIDs[i]}
@@ -408,7 +428,9 @@ func (m *Mounter) preopen(key imageKey, img *image) {
 		go func() {
 			defer m.bg.Done()
 			defer close(o.done)
-			if o.layer, o.err = m.openRemote(m.ctx, key, desc, o.expect); o.err != nil {
+			o.layer, o.err = m.openRemote(m.ctx, key, desc, o.expect, tails)
+			tails.Arrived(desc.Digest) // if it failed before its tail
+			if o.err != nil {
 				m.dropPreopened(desc.Digest, o) // a failure is not kept
 				return
 			}

@@ -1,6 +1,7 @@
 package mounter
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -74,6 +75,72 @@ func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest
 		}
 	}
 	return out
+}
+
+// spans returns the blob spans of layer d that the directory's profiles
+// recorded (see spansOf).
+func (ps *profiles) spans(ctx context.Context, d digest.Digest) []layer.Span {
+	if ps == nil {
+		return nil
+	}
+	return spansOf(ps.load(ctx), d)
+}
+
+// maxEarlySpans bounds the spans of one layer fetched before its TOC: a
+// profile may list many more (it is not trusted), and the rest is fetched
+// by its plan once the TOC is read.
+const maxEarlySpans = 4096
+
+// spansOf returns the blob spans of layer d that the profiles recorded,
+// interleaved in first-touch order as planOf interleaves their ranges,
+// each byte once.
+func spansOf(ps map[string]*profile.Profile, d digest.Digest) []layer.Span {
+	var lists [][]profile.Span
+	for _, from := range slices.Sorted(maps.Keys(ps)) {
+		if s := ps[from].Spans(d); len(s) > 0 {
+			lists = append(lists, s)
+		}
+	}
+	var out, covered []layer.Span // covered: sorted, disjoint
+	for i := 0; len(lists) > 0 && len(out) < maxEarlySpans; i++ {
+		lists = slices.DeleteFunc(lists, func(s []profile.Span) bool { return i >= len(s) })
+		for _, l := range lists {
+			for _, s := range uncovered(covered, layer.Span{Offset: l[i].Offset, Length: l[i].Length}) {
+				out = append(out, s)
+				covered = insertSpan(covered, s)
+			}
+		}
+	}
+	return out[:min(len(out), maxEarlySpans)]
+}
+
+// uncovered returns the parts of s that covered (sorted, disjoint) does
+// not hold.
+func uncovered(covered []layer.Span, s layer.Span) []layer.Span {
+	var out []layer.Span
+	at, end := s.Offset, s.Offset+s.Length
+	for _, c := range covered {
+		if c.Offset+c.Length <= at {
+			continue
+		}
+		if c.Offset >= end {
+			break
+		}
+		if c.Offset > at {
+			out = append(out, layer.Span{Offset: at, Length: c.Offset - at})
+		}
+		at = c.Offset + c.Length
+	}
+	if at < end {
+		out = append(out, layer.Span{Offset: at, Length: end - at})
+	}
+	return out
+}
+
+// insertSpan adds s, which covered does not overlap, keeping it sorted.
+func insertSpan(covered []layer.Span, s layer.Span) []layer.Span {
+	i, _ := slices.BinarySearchFunc(covered, s.Offset, func(c layer.Span, off int64) int { return cmp.Compare(c.Offset, off) })
+	return slices.Insert(covered, i, s)
 }
 
 // load returns the profiles in the directory by path, parsing the

@@ -15,6 +15,7 @@ import (
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/internal/testenv"
 	"github.com/lazypull/lazypull/labels"
+	"github.com/lazypull/lazypull/layer"
 	"github.com/lazypull/lazypull/profile"
 	"github.com/lazypull/lazypull/profile/artifact"
 	"github.com/lazypull/lazypull/remote"
@@ -126,6 +127,48 @@ func TestMountFetchesWhatProfilesRead(t *testing.T) {
 	}
 }
 
+// TestMountFetchesProfiledSpansEarly: a profile that recorded where its
+// reads lie in the blob (spans) has them fetched before the layer is open,
+// and the layer's fetch of the profile's ranges takes them from there.
+func TestMountFetchesProfiledSpansEarly(t *testing.T) {
+	testenv.NeedFUSE(t)
+	dir := t.TempDir()
+	ref, d := profiledImage(t, testenv.NewRegistry(t), dir)
+	profiles := filepath.Join(dir, "profiles")
+	os.Mkdir(profiles, 0o700)
+	p := newProfile(d, profile.Read{Path: "lib/c", Length: 10}, profile.Read{Path: "bin/a", Offset: 1000, Length: 5000})
+
+	// Where the reads lie, as a recording finds them.
+	first, _, _ := mountProfiled(t, filepath.Join(dir, "first"), ref, d, Options{})
+	l := first.mountedLayer(d)
+	ranges, err := p.Plan(d, l.TOC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want int64
+	for _, s := range l.Spans(ranges) {
+		p.Layers[0].Spans = append(p.Layers[0].Spans, profile.Span{Offset: s.Offset, Length: s.Length})
+		want += s.Length
+	}
+	writeProfile(t, profiles, "run.json", p)
+
+	m, c, mp := mountProfiled(t, filepath.Join(dir, "second"), ref, d, Options{ProfileDir: profiles, NoProfileReferrers: true})
+	m.mu.Lock()
+	fetched := m.mounts[mp].ahead
+	m.mu.Unlock()
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	for name, cached := range cachedFiles(m, c, d, "bin/a", "lib/c") {
+		if !cached {
+			t.Errorf("%s not cached after the mount", name)
+		}
+	}
+	if got := m.mountedLayer(d).Stats().EarlyBytes; got != want || want == 0 {
+		t.Errorf("the layer took %d bytes from the early fetch; want the spans' %d", got, want)
+	}
+}
+
 // TestMountFetchesWhatReferringProfilesRead: a profile pushed as an
 // artifact referring to the image (profile push; Distribution 2.8: the
 // referrers tag schema) is found after the image's manifest, without the
@@ -200,5 +243,32 @@ func TestMountFetchesWhatEveryProfileRead(t *testing.T) {
 	}
 	if want := []string{"lib/c@0", "bin/a@0", "bin/a@30000"}; !slices.Equal(got, want) {
 		t.Errorf("the plan of both workloads' profiles is %v; want %v (each one's first read, then each one's second)", got, want)
+	}
+}
+
+// TestSpansOfSeveralProfiles: the spans several profiles recorded of a
+// layer are interleaved by rank, each byte once, and bounded in number.
+func TestSpansOfSeveralProfiles(t *testing.T) {
+	d := digest.FromString("layer")
+	withSpans := func(spans ...profile.Span) *profile.Profile {
+		p := newProfile(d)
+		p.Layers[0].Spans = spans
+		return p
+	}
+	ps := map[string]*profile.Profile{
+		"a": withSpans(profile.Span{Offset: 100, Length: 100}, profile.Span{Offset: 1000, Length: 10}),
+		"b": withSpans(profile.Span{Offset: 150, Length: 100}, profile.Span{Offset: 0, Length: 300}, profile.Span{Offset: 5000, Length: 1}),
+		"c": newProfile(digest.FromString("another layer")),
+	}
+	want := []layer.Span{{Offset: 100, Length: 100}, {Offset: 200, Length: 50}, {Offset: 1000, Length: 10}, {Offset: 0, Length: 100}, {Offset: 250, Length: 50}, {Offset: 5000, Length: 1}}
+	if got := spansOf(ps, d); !slices.Equal(got, want) {
+		t.Errorf("spans %v; want %v", got, want)
+	}
+	var many []profile.Span
+	for i := range 2 * maxEarlySpans {
+		many = append(many, profile.Span{Offset: int64(i) * 10, Length: 5})
+	}
+	if got := spansOf(map[string]*profile.Profile{"many": withSpans(many...)}, d); len(got) != maxEarlySpans {
+		t.Errorf("%d spans of a profile that lists %d; want at most %d", len(got), len(many), maxEarlySpans)
 	}
 }

@@ -60,6 +60,20 @@ type Workload struct {
 // Layer is one layer of the profiled image.
 type Layer struct {
 	Digest digest.Digest `json:"digest"`
+	// Spans are the byte ranges of the layer's blob that hold the chunks
+	// its reads fall in, in first-touch order, as a node requests them.
+	// With them a node fetches what the workload reads as soon as it
+	// knows the image, before it has the layer's TOC; it verifies those
+	// bytes by the TOC like any it fetches, so a wrong span costs bytes,
+	// never trust. Optional: without them, the reads are fetched once the
+	// TOC is read.
+	Spans []Span `json:"spans,omitempty"`
+}
+
+// Span is a byte range of a layer's blob.
+type Span struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
 }
 
 // Read is a range of one file of one layer, and the chunks it falls in
@@ -105,6 +119,14 @@ func (p *Profile) Validate() error {
 	for i, l := range p.Layers {
 		if err := l.Digest.Validate(); err != nil {
 			return fmt.Errorf("profile: layer %d: %w", i, err)
+		}
+		if len(l.Spans) > MaxReads {
+			return fmt.Errorf("profile: layer %d: %d spans, more than the %d allowed", i, len(l.Spans), MaxReads)
+		}
+		for _, s := range l.Spans {
+			if s.Offset < 0 || s.Length <= 0 || s.Offset > (1<<62)-s.Length {
+				return fmt.Errorf("profile: layer %d: span %d+%d", i, s.Offset, s.Length)
+			}
 		}
 	}
 	for i, r := range p.Reads {
@@ -162,8 +184,8 @@ func (p *Profile) Paths() []string {
 
 // ForLayers returns p for the same image in another form (converted):
 // layers are its layers, in the order of p's, which must be as many. The
-// reads keep their files and ranges, not their chunks, which the other
-// form may cut differently.
+// reads keep their files and ranges, not their chunks or the layers'
+// spans, which the other form cuts and places differently.
 func (p *Profile) ForLayers(layers []digest.Digest) (*Profile, error) {
 	if len(layers) != len(p.Layers) {
 		return nil, fmt.Errorf("profile: it names %d layers, the image has %d: recorded on another image", len(p.Layers), len(layers))
@@ -179,6 +201,17 @@ func (p *Profile) ForLayers(layers []digest.Digest) (*Profile, error) {
 		q.Reads[i] = r
 	}
 	return &q, nil
+}
+
+// Spans returns the spans p recorded of the layer with digest d (none if
+// it does not name it, or recorded none).
+func (p *Profile) Spans(d digest.Digest) []Span {
+	for _, l := range p.Layers {
+		if l.Digest == d {
+			return l.Spans
+		}
+	}
+	return nil
 }
 
 // MissingLayers lists the layers p names that are not among layers (an

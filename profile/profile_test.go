@@ -142,6 +142,9 @@ func TestParseRefuses(t *testing.T) {
 		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `"}],"reads":[{"layer":0,"path":"a","offset":-1,"length":1}]}`, "range"},
 		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `"}],"reads":[{"layer":0,"path":"a","offset":4611686018427387904,"length":1}]}`, "range"},
 		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","extra":1}`, "unknown field"},
+		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":-5,"length":10}]}]}`, "span -5+10"},
+		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":5,"length":0}]}]}`, "span 5+0"},
+		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":4611686018427387904,"length":1}]}]}`, "span"},
 	} {
 		if _, err := Parse([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Parse(%s) = %v; want an error with %q", c.doc, err, c.want)
@@ -158,6 +161,7 @@ func FuzzParse(f *testing.F) {
 	tc, d := testTOC(f)
 	f.Add([]byte(`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `"}],"reads":[{"layer":0,"path":"bin/big","offset":0,"length":10}]}`))
 	f.Add([]byte(`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `"}],"reads":[{"layer":0,"path":"bin/also","offset":65536,"length":100000,"chunks":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}]}`))
+	f.Add([]byte(`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":0,"length":4096},{"offset":9000,"length":1}]}],"reads":[{"layer":0,"path":"bin/big","offset":0,"length":10}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse(data)
 		if err != nil {
@@ -180,7 +184,7 @@ func FuzzParse(f *testing.F) {
 // may cut them otherwise), and refuses an image of another layer count.
 func TestForLayers(t *testing.T) {
 	a, b := digest.FromString("a"), digest.FromString("b")
-	p := &Profile{SchemaVersion: 1, MediaType: MediaType, Layers: []Layer{{Digest: a}},
+	p := &Profile{SchemaVersion: 1, MediaType: MediaType, Layers: []Layer{{Digest: a, Spans: []Span{{Offset: 10, Length: 20}}}},
 		Reads: []Read{{Path: "x", Length: 1, Chunks: []digest.Digest{a}}, {Path: "y", Length: 1}, {Path: "x", Offset: 9, Length: 1}}}
 	q, err := p.ForLayers([]digest.Digest{b})
 	if err != nil {
@@ -188,6 +192,10 @@ func TestForLayers(t *testing.T) {
 	}
 	if q.Layers[0].Digest != b || q.Reads[0].Chunks != nil || q.Reads[2].Offset != 9 || p.Reads[0].Chunks == nil || p.Layers[0].Digest != a {
 		t.Errorf("ForLayers = %+v (from %+v)", q, p)
+	}
+	// The spans are where the chunks lie in a's blob, not in b's.
+	if q.Spans(b) != nil || len(p.Spans(a)) != 1 || p.Spans(b) != nil {
+		t.Errorf("spans: of b %v after ForLayers, of a %v before", q.Spans(b), p.Spans(a))
 	}
 	if got := p.Paths(); !slices.Equal(got, []string{"x", "y"}) {
 		t.Errorf("Paths = %v; want [x y]", got)

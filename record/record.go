@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -117,7 +118,21 @@ func Run(ctx context.Context, ref transport.Ref, opts Options) (*profile.Profile
 		digests = append(digests, desc.Digest)
 		tocs = append(tocs, r.tocs[desc.Digest])
 	}
-	return r.rec.Profile(w, digests, tocs), nil
+	p := r.rec.Profile(w, digests, tocs)
+	// Where the reads' chunks lie in each blob, for a node to fetch them
+	// before it has the TOC.
+	for _, l := range r.layers {
+		d := l.Descriptor().Digest
+		ranges, err := p.Plan(d, l.TOC())
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: the profile just recorded does not fit it: %w", d, err)
+		}
+		i := slices.IndexFunc(p.Layers, func(pl profile.Layer) bool { return pl.Digest == d })
+		for _, s := range l.Spans(ranges) {
+			p.Layers[i].Spans = append(p.Layers[i].Spans, profile.Span{Offset: s.Offset, Length: s.Length})
+		}
+	}
+	return p, nil
 }
 
 // run is one recording: what it mounted, to undo.

@@ -85,6 +85,13 @@ func TestRecord(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Errorf("the profile does not validate: %v", err)
 	}
+	// Where the reads lie in each blob, for a node to fetch before it
+	// has the TOC.
+	for i, l := range p.Layers {
+		if len(l.Spans) == 0 {
+			t.Errorf("layer %d (%s): no spans recorded", i, l.Digest)
+		}
+	}
 	for _, r := range p.Reads {
 		t.Logf("layer %d %s: %d bytes at %d, %d chunks", r.Layer, r.Path, r.Length, r.Offset, len(r.Chunks))
 	}

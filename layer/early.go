@@ -1,0 +1,387 @@
+package layer
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/format/toc"
+)
+
+// Span is a byte range of a layer's blob.
+type Span struct {
+	Offset, Length int64
+}
+
+// Spans returns the blob's byte ranges that hold the chunks of ranges (a
+// workload profile's plan), as FetchRanges would request them: members
+// near each other joined, in the order of the first range that needs
+// each. A node that knows them can fetch them before it has this TOC
+// (Early).
+func (l *Layer) Spans(ranges []toc.Range) []Span {
+	runs := l.runsOf(ranges)
+	out := make([]Span, len(runs))
+	for i, r := range runs {
+		off := l.members[r.from].off
+		out[i] = Span{Offset: off, Length: l.members[r.to-1].end() - off}
+	}
+	return out
+}
+
+// Early fetches spans of a blob before its layer is open: those a workload
+// profile names (Layer.Spans, recorded with it), so that they cross the
+// link while the TOC is parsed and the layer mounted, instead of after.
+// It is the layer's Fetcher: a fetch that falls wholly in spans it has
+// (or is fetching) waits for them and takes their bytes, once; any other
+// goes to the blob. Its spans start when its first fetch, the layer's
+// tail with the TOC, has arrived: they never slow the mount.
+//
+// It holds raw blob bytes and trusts them no more than the registry's:
+// the layer verifies every chunk it decodes from them. What nobody took
+// is dropped after earlyKeep, and the bytes held in the process are
+// bounded (earlyMaxBytes): spans past it are fetched by the layer later.
+type Early struct {
+	f        Fetcher
+	layer    digest.Digest // for the log
+	parallel int
+	spans    []Span
+	after    *TailsFirst // nil: its own tail only
+
+	start sync.Once
+	ctx   context.Context
+	stop  context.CancelFunc
+
+	taken atomic.Int64 // bytes handed out from pieces
+
+	mu      sync.Mutex
+	pieces  []*piece // by offset, disjoint
+	dropped bool     // earlyKeep is over: no pieces any more
+}
+
+// piece is one request of an Early fetch, and its bytes until all have
+// been taken.
+type piece struct {
+	off  int64
+	data []byte
+	done chan struct{} // closed when data is in, or err set
+	err  error
+	// taken are the parts already handed out, sorted and merged: a part
+	// is never handed out twice (a second fetch of it, after its chunks
+	// failed to verify, goes to the registry).
+	taken []Span
+	// released: its bytes no longer count against earlyMaxBytes, and it
+	// is out of Early.pieces (a fetch that took it still copies from it).
+	released bool
+}
+
+// earlyPieceSize bounds one request of an Early fetch: small enough that
+// the first ranked bytes arrive first, large enough that a round trip
+// per request costs little (as the profiled fetch's spans, measured).
+const earlyPieceSize = 2 << 20
+
+// earlyKeep is how long an Early fetch keeps what its layer did not take
+// (it did not open, or its profile did not fit).
+const earlyKeep = time.Minute
+
+// earlyMaxBytes bounds the bytes all Early fetches of the process hold.
+const earlyMaxBytes = 256 << 20
+
+var earlyHeld atomic.Int64
+
+// FetchEarly returns f, fetching spans (in the order given; each checked
+// against f's size) ahead, parallel requests at once, as soon as the
+// first fetch through it (the layer's tail) has arrived, and, if after is
+// not nil, the tails of the layers opened with it; parallel 0 is
+// Options.Parallel's default. layer names the blob. ctx bounds the early
+// requests.
+func FetchEarly(ctx context.Context, f Fetcher, layer digest.Digest, spans []Span, parallel int, after *TailsFirst) *Early {
+	if parallel <= 0 {
+		parallel = Options{}.withDefaults().Parallel
+	}
+	ctx, stop := context.WithTimeout(ctx, earlyKeep)
+	e := &Early{f: f, layer: layer, parallel: parallel, after: after, ctx: ctx, stop: stop}
+	size := f.Size()
+	for _, s := range spans {
+		if s.Offset < 0 || s.Length <= 0 || s.Offset > size || s.Length > size-s.Offset {
+			continue // not of this blob: the profile's spans are not trusted
+		}
+		e.spans = append(e.spans, s)
+	}
+	context.AfterFunc(ctx, e.drop)
+	return e
+}
+
+// Close stops the early requests and lets go of what they brought: the
+// layer closes it with itself.
+func (e *Early) Close() {
+	e.after.Arrived(e.layer) // or it would hold the others back
+	e.stop()
+	e.drop()
+}
+
+// Size is the blob's.
+func (e *Early) Size() int64 { return e.f.Size() }
+
+// FetchAt fills p with the bytes at off: from the early pieces when they
+// hold all of them, else from the blob.
+func (e *Early) FetchAt(ctx context.Context, p []byte, off int64) error {
+	defer e.start.Do(e.launchAfterTails)
+	end := off + int64(len(p))
+	parts := e.take(off, end)
+	if parts == nil {
+		return e.f.FetchAt(ctx, p, off)
+	}
+	for _, pc := range parts {
+		select {
+		case <-pc.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if pc.err != nil {
+			return e.f.FetchAt(ctx, p, off)
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, pc := range parts {
+		from, to := max(off, pc.off), min(end, pc.end())
+		copy(p[from-off:to-off], pc.data[from-pc.off:to-pc.off])
+		if spanLen(pc.taken) == int64(len(pc.data)) {
+			e.release(pc) // all of it handed out
+		}
+	}
+	e.taken.Add(end - off)
+	return nil
+}
+
+func (pc *piece) end() int64 { return pc.off + int64(len(pc.data)) }
+
+// take returns the pieces that hold [off, end) between them and marks
+// that range taken from them, or nil (nothing marked) when they do not
+// hold all of it or part of it was taken before.
+func (e *Early) take(off, end int64) []*piece {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(e.pieces, off, func(pc *piece, off int64) int {
+		if pc.end() <= off {
+			return -1
+		}
+		return 1
+	})
+	var parts []*piece
+	at := off
+	for ; i < len(e.pieces) && at < end; i++ {
+		pc := e.pieces[i]
+		if pc.off > at || overlaps(pc.taken, at, min(end, pc.end())) {
+			return nil
+		}
+		parts = append(parts, pc)
+		at = pc.end()
+	}
+	if at < end {
+		return nil
+	}
+	for _, pc := range parts {
+		pc.taken = addSpan(pc.taken, max(off, pc.off), min(end, pc.end()))
+	}
+	return parts
+}
+
+// launchAfterTails launches the early requests once the tails of the
+// layers opened with this one have arrived too.
+func (e *Early) launchAfterTails() {
+	if len(e.spans) == 0 {
+		e.after.Arrived(e.layer)
+		return
+	}
+	if e.after == nil {
+		e.launch()
+		return
+	}
+	e.after.Arrived(e.layer)
+	go func() {
+		select {
+		case <-e.after.ready:
+			e.launch()
+		case <-e.ctx.Done():
+		}
+	}()
+}
+
+// TailsFirst holds back the early fetches of layers opened together (an
+// image's, at its first mount) until every one of them has its tail: the
+// TOCs, which each mount waits for, get the link before the profiled
+// bytes do.
+type TailsFirst struct {
+	mu      sync.Mutex
+	pending map[digest.Digest]bool
+	ready   chan struct{}
+}
+
+// NewTailsFirst waits for the tails of layers.
+func NewTailsFirst(layers []digest.Digest) *TailsFirst {
+	t := &TailsFirst{pending: make(map[digest.Digest]bool), ready: make(chan struct{})}
+	for _, d := range layers {
+		t.pending[d] = true
+	}
+	if len(t.pending) == 0 {
+		close(t.ready)
+	}
+	return t
+}
+
+// Arrived says that layer d has its tail, or will not fetch one (its open
+// failed); again is harmless. A nil TailsFirst waits for nothing.
+func (t *TailsFirst) Arrived(d digest.Digest) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.pending[d] {
+		delete(t.pending, d)
+		if len(t.pending) == 0 {
+			close(t.ready)
+		}
+	}
+}
+
+// launch starts the early requests: the spans cut into pieces, in order,
+// parallel at once, each taking its bytes from the process's bound.
+func (e *Early) launch() {
+	var pieces []*piece
+	for _, s := range e.spans {
+		for off, end := s.Offset, s.Offset+s.Length; off < end; off += earlyPieceSize {
+			n := min(end-off, earlyPieceSize)
+			if earlyHeld.Add(n) > earlyMaxBytes {
+				earlyHeld.Add(-n)
+				break
+			}
+			pieces = append(pieces, &piece{off: off, data: make([]byte, n), done: make(chan struct{})})
+		}
+	}
+	if len(pieces) == 0 {
+		return
+	}
+	sorted := slices.Clone(pieces)
+	slices.SortFunc(sorted, func(a, b *piece) int { return cmp.Compare(a.off, b.off) })
+	// The spans do not overlap (the mounter merges several profiles'):
+	// should they, the first of overlapping pieces is kept.
+	keep := make(map[*piece]bool, len(sorted))
+	kept := sorted[:0]
+	for _, pc := range sorted {
+		if n := len(kept); n == 0 || pc.off >= kept[n-1].end() {
+			kept = append(kept, pc)
+			keep[pc] = true
+		}
+	}
+	sorted = kept
+	e.mu.Lock()
+	if e.dropped {
+		e.mu.Unlock()
+		for _, pc := range sorted {
+			earlyHeld.Add(-int64(len(pc.data)))
+		}
+		return
+	}
+	e.pieces = sorted
+	e.mu.Unlock()
+	began := time.Now()
+	slots := make(chan struct{}, e.parallel)
+	var fetched atomic.Int64
+	var wg sync.WaitGroup
+	for _, pc := range pieces {
+		if !keep[pc] {
+			earlyHeld.Add(-int64(len(pc.data)))
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case slots <- struct{}{}:
+			case <-e.ctx.Done():
+				pc.err = e.ctx.Err()
+				close(pc.done)
+				return // drop released it
+			}
+			pc.err = e.f.FetchAt(e.ctx, pc.data, pc.off)
+			<-slots
+			if pc.err == nil {
+				fetched.Add(int64(len(pc.data)))
+			} else {
+				e.mu.Lock()
+				e.release(pc) // what waits on it goes to the blob
+				e.mu.Unlock()
+			}
+			close(pc.done)
+		}()
+	}
+	go func() {
+		wg.Wait()
+		log.G(e.ctx).WithFields(log.Fields{"layer": e.layer, "bytes": fetched.Load(), "requests": len(sorted), "took": time.Since(began)}).Debug("fetched a profile's spans before the layer asked")
+	}()
+}
+
+// release lets go of a piece: nothing new takes from it, and its bytes
+// go with the last fetch that took some. e.mu is held.
+func (e *Early) release(pc *piece) {
+	if pc.released {
+		return
+	}
+	pc.released = true
+	earlyHeld.Add(-int64(len(pc.data)))
+	e.pieces = slices.DeleteFunc(e.pieces, func(q *piece) bool { return q == pc })
+}
+
+// drop lets go of every piece, once earlyKeep is over (its context ends,
+// and with it the requests still running).
+func (e *Early) drop() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dropped = true
+	for _, pc := range slices.Clone(e.pieces) {
+		e.release(pc)
+	}
+}
+
+// overlaps reports whether any of spans (sorted, merged) meets [off, end).
+func overlaps(spans []Span, off, end int64) bool {
+	for _, s := range spans {
+		if s.Offset < end && off < s.Offset+s.Length {
+			return true
+		}
+	}
+	return false
+}
+
+// addSpan adds [off, end) to spans (sorted, disjoint), merging it with the
+// spans it touches.
+func addSpan(spans []Span, off, end int64) []Span {
+	out := spans[:0:0]
+	for _, s := range spans {
+		switch {
+		case s.Offset+s.Length < off || end < s.Offset:
+			out = append(out, s)
+		default:
+			off, end = min(off, s.Offset), max(end, s.Offset+s.Length)
+		}
+	}
+	out = append(out, Span{off, end - off})
+	slices.SortFunc(out, func(a, b Span) int { return cmp.Compare(a.Offset, b.Offset) })
+	return out
+}
+
+func spanLen(spans []Span) int64 {
+	var n int64
+	for _, s := range spans {
+		n += s.Length
+	}
+	return n
+}

@@ -1,0 +1,195 @@
+package layer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/format/toc"
+)
+
+// TestEarlyFetchFeedsTheLayer: a layer opened through an Early fetch of
+// the spans its profile recorded (Layer.Spans) gets every profiled chunk
+// from those requests: its own fetch of the profile's ranges, and the
+// reads after, request nothing more from the blob, and what they read is
+// the files' bytes.
+func TestEarlyFetchFeedsTheLayer(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+
+	// The spans, as a recording would have found them.
+	rec, _ := openLayer(t, blob, desc)
+	lookup := func(l *Layer, i int) *toc.Entry {
+		e, _ := l.TOC().Lookup(files[i].name)
+		return e
+	}
+	plan := func(l *Layer) []toc.Range {
+		return []toc.Range{{Entry: lookup(l, 9), Offset: 200000, Length: 10000}, {Entry: lookup(l, 3), Offset: 0, Length: 100}, {Entry: lookup(l, 4), Offset: 0, Length: 300000}}
+	}
+	spans := rec.Spans(plan(rec))
+	if len(spans) != 2 {
+		t.Fatalf("spans %v; want a's chunk, then b's and c's together", spans)
+	}
+
+	f := &blobFetcher{data: blob, corrupt: -1}
+	early := FetchEarly(context.Background(), f, desc.Digest, spans, 0, nil)
+	l, err := Open(context.Background(), desc, early, newTestCache(t), Options{TailSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	if err := <-l.FetchRanges(plan(l)); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range plan(l) {
+		p := make([]byte, r.Length)
+		if _, err := l.ReadAt(context.Background(), r.Entry, p, r.Offset); err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(files, func(f file) bool { return f.name == r.Entry.Path() })
+		if !bytes.Equal(p, files[i].data[r.Offset:r.Offset+r.Length]) {
+			t.Fatalf("%s: the bytes read differ from the file's", r.Entry.Path())
+		}
+	}
+	// The tail (the first request), then the spans, and nothing else.
+	f.mu.Lock()
+	want := f.ranges[0][1] - f.ranges[0][0]
+	f.mu.Unlock()
+	for _, s := range spans {
+		want += s.Length
+	}
+	if got := f.fetchedBytes(); got != want {
+		t.Errorf("fetched %d bytes from the blob; want %d (tail and spans): %v", got, want, f.ranges)
+	}
+	if o := f.overlaps(); len(o) > 0 {
+		t.Errorf("bytes fetched twice: %v", o)
+	}
+	if got := l.Stats().EarlyBytes; got != want-(f.ranges[0][1]-f.ranges[0][0]) {
+		t.Errorf("stats: %d bytes taken from the early fetch; want the spans' %d", got, want-(f.ranges[0][1]-f.ranges[0][0]))
+	}
+}
+
+// TestEarlyHandsOutOnce: bytes from early pieces are handed out once; a
+// second fetch of them (after they failed to verify) and a fetch that
+// pieces do not hold wholly go to the blob. The pieces' bytes count
+// against the process's bound until taken.
+func TestEarlyHandsOutOnce(t *testing.T) {
+	data := make([]byte, 6<<20)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	f := &blobFetcher{data: data, corrupt: -1}
+	base := earlyHeld.Load()
+	// A span of three pieces, one past the blob (refused), a negative one.
+	e := FetchEarly(context.Background(), f, "sha256:x", []Span{{1 << 20, 4<<20 + 100}, {6 << 20, 1}, {-1, 10}}, 2, nil)
+	t.Cleanup(e.Close)
+	fetch := func(off, n int64) {
+		t.Helper()
+		p := make([]byte, n)
+		if err := e.FetchAt(context.Background(), p, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(p, data[off:off+n]) {
+			t.Fatalf("bytes at %d+%d differ from the blob's", off, n)
+		}
+	}
+	fetch(6<<20-100, 100) // the tail: the pieces start after it
+	requests := func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.ranges) }
+	waitFor(t, "the three pieces", func() bool { return requests() == 4 })
+	if held := earlyHeld.Load() - base; held != 4<<20+100 {
+		t.Errorf("%d bytes held; want the span's %d", held, 4<<20+100)
+	}
+
+	fetch(3<<20-10, 20) // across two pieces
+	fetch(1<<20, 100)
+	if n := requests(); n != 4 {
+		t.Fatalf("%d requests; the pieces held those bytes", n)
+	}
+	fetch(3<<20, 10)   // taken already: from the blob
+	fetch(1<<20-5, 10) // not all in pieces: from the blob
+	if n := requests(); n != 6 {
+		t.Fatalf("%d requests; want 2 more, to the blob", n)
+	}
+	fetch(5<<20, 100) // the last piece, all of it: released
+	if held := earlyHeld.Load() - base; held != 4<<20 {
+		t.Errorf("%d bytes held; want %d once the last piece was taken", held, 4<<20)
+	}
+	e.Close()
+	if held := earlyHeld.Load() - base; held != 0 {
+		t.Errorf("%d bytes held after Close", held)
+	}
+	fetch(1<<20+200, 100) // after Close: from the blob
+	if n := requests(); n != 7 {
+		t.Fatalf("%d requests; want 7", n)
+	}
+}
+
+// failingFetcher fails the requests at one offset, once.
+type failingFetcher struct {
+	*blobFetcher
+	mu     sync.Mutex
+	failAt int64
+}
+
+func (f *failingFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
+	f.mu.Lock()
+	fail := off == f.failAt
+	if fail {
+		f.failAt = -1
+	}
+	f.mu.Unlock()
+	if fail {
+		return errors.New("registry went away")
+	}
+	return f.blobFetcher.FetchAt(ctx, p, off)
+}
+
+// TestEarlyPieceFailureFallsBack: a fetch waiting on a piece whose request
+// failed gets its bytes from the blob.
+func TestEarlyPieceFailureFallsBack(t *testing.T) {
+	data := bytes.Repeat([]byte("lazypull"), 1<<16)
+	f := &failingFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, failAt: 1000}
+	e := FetchEarly(context.Background(), f, "sha256:x", []Span{{1000, 5000}}, 1, nil)
+	t.Cleanup(e.Close)
+	p := make([]byte, 10)
+	if err := e.FetchAt(context.Background(), p, 0); err != nil {
+		t.Fatal(err)
+	}
+	p = make([]byte, 4000)
+	if err := e.FetchAt(context.Background(), p, 2000); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p, data[2000:6000]) {
+		t.Fatal("bytes differ from the blob's")
+	}
+}
+
+// TestEarlyWaitsForTheOtherTails: the spans of a layer opened with others
+// are not requested before every one of them has its tail.
+func TestEarlyWaitsForTheOtherTails(t *testing.T) {
+	data := bytes.Repeat([]byte("tails first"), 1<<14)
+	f := &blobFetcher{data: data, corrupt: -1}
+	var a, b digest.Digest = "sha256:a", "sha256:b"
+	tails := NewTailsFirst([]digest.Digest{a, b})
+	e := FetchEarly(context.Background(), f, a, []Span{{0, 1000}}, 1, tails)
+	t.Cleanup(e.Close)
+	p := make([]byte, 10)
+	if err := e.FetchAt(context.Background(), p, int64(len(data))-10); err != nil {
+		t.Fatal(err)
+	}
+	requests := func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.ranges) }
+	time.Sleep(50 * time.Millisecond)
+	if n := requests(); n != 1 {
+		t.Fatalf("%d requests before b's tail; want only a's tail", n)
+	}
+	tails.Arrived(b)
+	waitFor(t, "a's span", func() bool { return requests() == 2 })
+}
