@@ -3,6 +3,7 @@ package layer
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -68,16 +69,18 @@ type Early struct {
 // been taken.
 type piece struct {
 	off  int64
-	data []byte
+	n    int64
+	data []byte        // its n bytes, once in
 	done chan struct{} // closed when data is in, or err set
 	err  error
 	// taken are the parts already handed out, sorted and merged: a part
 	// is never handed out twice (a second fetch of it, after its chunks
 	// failed to verify, goes to the registry).
 	taken []Span
-	// released: its bytes no longer count against earlyMaxBytes, and it
-	// is out of Early.pieces (a fetch that took it still copies from it).
-	released bool
+	// counted: its n bytes count against earlyMaxBytes (from when its
+	// request starts), until it is released. released: it is out of
+	// Early.pieces (a fetch that took it still copies from it).
+	counted, released bool
 }
 
 // earlyPieceSize bounds one request of an Early fetch: small enough that
@@ -152,7 +155,7 @@ func (e *Early) FetchAt(ctx context.Context, p []byte, off int64) error {
 	for _, pc := range parts {
 		from, to := max(off, pc.off), min(end, pc.end())
 		copy(p[from-off:to-off], pc.data[from-pc.off:to-pc.off])
-		if spanLen(pc.taken) == int64(len(pc.data)) {
+		if spanLen(pc.taken) == pc.n {
 			e.release(pc) // all of it handed out
 		}
 	}
@@ -160,7 +163,7 @@ func (e *Early) FetchAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
-func (pc *piece) end() int64 { return pc.off + int64(len(pc.data)) }
+func (pc *piece) end() int64 { return pc.off + pc.n }
 
 // take returns the pieces that hold [off, end) between them and marks
 // that range taken from them, or nil (nothing marked) when they do not
@@ -252,27 +255,19 @@ func (t *TailsFirst) Arrived(d digest.Digest) {
 	}
 }
 
-// launch starts the early requests: the spans cut into pieces, in order,
-// parallel at once, each taking its bytes from the process's bound.
+// launch starts the early requests: the spans cut into pieces, fetched
+// in order, parallel at once.
 func (e *Early) launch() {
-	var pieces []*piece
+	var order []*piece
 	for _, s := range e.spans {
 		for off, end := s.Offset, s.Offset+s.Length; off < end; off += earlyPieceSize {
-			n := min(end-off, earlyPieceSize)
-			if earlyHeld.Add(n) > earlyMaxBytes {
-				earlyHeld.Add(-n)
-				break
-			}
-			pieces = append(pieces, &piece{off: off, data: make([]byte, n), done: make(chan struct{})})
+			order = append(order, &piece{off: off, n: min(end-off, earlyPieceSize), done: make(chan struct{})})
 		}
 	}
-	if len(pieces) == 0 {
-		return
-	}
-	sorted := slices.Clone(pieces)
-	slices.SortFunc(sorted, func(a, b *piece) int { return cmp.Compare(a.off, b.off) })
 	// The spans do not overlap (the mounter merges several profiles'):
 	// should they, the first of overlapping pieces is kept.
+	sorted := slices.Clone(order)
+	slices.SortStableFunc(sorted, func(a, b *piece) int { return cmp.Compare(a.off, b.off) })
 	keep := make(map[*piece]bool, len(sorted))
 	kept := sorted[:0]
 	for _, pc := range sorted {
@@ -281,52 +276,70 @@ func (e *Early) launch() {
 			keep[pc] = true
 		}
 	}
-	sorted = kept
+	order = slices.DeleteFunc(order, func(pc *piece) bool { return !keep[pc] })
+	if len(order) == 0 {
+		return
+	}
 	e.mu.Lock()
 	if e.dropped {
 		e.mu.Unlock()
-		for _, pc := range sorted {
-			earlyHeld.Add(-int64(len(pc.data)))
-		}
 		return
 	}
-	e.pieces = sorted
+	e.pieces = kept
 	e.mu.Unlock()
 	began := time.Now()
-	slots := make(chan struct{}, e.parallel)
-	var fetched atomic.Int64
+	var next, fetched atomic.Int64
 	var wg sync.WaitGroup
-	for _, pc := range pieces {
-		if !keep[pc] {
-			earlyHeld.Add(-int64(len(pc.data)))
-			continue
-		}
+	for range min(e.parallel, len(order)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			select {
-			case slots <- struct{}{}:
-			case <-e.ctx.Done():
-				pc.err = e.ctx.Err()
-				close(pc.done)
-				return // drop released it
+			for k := next.Add(1) - 1; k < int64(len(order)); k = next.Add(1) - 1 {
+				if e.fetchPiece(order[k]) {
+					fetched.Add(order[k].n)
+				}
 			}
-			pc.err = e.f.FetchAt(e.ctx, pc.data, pc.off)
-			<-slots
-			if pc.err == nil {
-				fetched.Add(int64(len(pc.data)))
-			} else {
-				e.mu.Lock()
-				e.release(pc) // what waits on it goes to the blob
-				e.mu.Unlock()
-			}
-			close(pc.done)
 		}()
 	}
 	go func() {
 		wg.Wait()
-		log.G(e.ctx).WithFields(log.Fields{"layer": e.layer, "bytes": fetched.Load(), "requests": len(sorted), "took": time.Since(began)}).Debug("fetched a profile's spans before the layer asked")
+		log.G(e.ctx).WithFields(log.Fields{"layer": e.layer, "bytes": fetched.Load(), "requests": len(order), "took": time.Since(began)}).Debug("fetched a profile's spans before the layer asked")
 	}()
+}
+
+// errEarlyFull fails a piece that the process's bound has no room for.
+var errEarlyFull = errors.New("the early fetches hold as many bytes as they may")
+
+// fetchPiece fetches one piece into memory it takes from the process's
+// bound, and reports whether it did. A piece it could not fetch is
+// released: what waits on it goes to the blob.
+func (e *Early) fetchPiece(pc *piece) (ok bool) {
+	defer close(pc.done)
+	if pc.err = e.ctx.Err(); pc.err == nil && earlyHeld.Add(pc.n) > earlyMaxBytes {
+		earlyHeld.Add(-pc.n)
+		pc.err = errEarlyFull
+	}
+	e.mu.Lock()
+	if pc.err == nil && pc.released { // dropped before its turn
+		earlyHeld.Add(-pc.n)
+		pc.err = context.Canceled
+	}
+	if pc.err != nil {
+		e.release(pc)
+		e.mu.Unlock()
+		return false
+	}
+	pc.counted = true
+	e.mu.Unlock()
+	data := make([]byte, pc.n)
+	if pc.err = e.f.FetchAt(e.ctx, data, pc.off); pc.err != nil {
+		e.mu.Lock()
+		e.release(pc)
+		e.mu.Unlock()
+		return false
+	}
+	pc.data = data
+	return true
 }
 
 // release lets go of a piece: nothing new takes from it, and its bytes
@@ -336,7 +349,9 @@ func (e *Early) release(pc *piece) {
 		return
 	}
 	pc.released = true
-	earlyHeld.Add(-int64(len(pc.data)))
+	if pc.counted {
+		earlyHeld.Add(-pc.n)
+	}
 	e.pieces = slices.DeleteFunc(e.pieces, func(q *piece) bool { return q == pc })
 }
 
