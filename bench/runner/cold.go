@@ -41,20 +41,24 @@ func (r *bench) coldState(ctx context.Context, img *Image, sc Scenario) error {
 	}
 	err := RestartEmpty(r.env, func() error {
 		// The daemon's profile directory ([fetch] profile_dir's default)
-		// holds the image's profile in a profiled scenario, nothing else.
+		// holds the image's profiles in a profiled scenario (its
+		// workload's, or those the scenario names), nothing else.
 		profiles := filepath.Join(r.env.DaemonRoot, "profiles")
 		if err := os.RemoveAll(profiles); err != nil {
 			return err
 		}
-		if sc.Profiled && img != nil {
-			data, err := os.ReadFile(r.profilePath(*img, sc))
+		for i, args := range sc.profiled() {
+			if img == nil {
+				break
+			}
+			data, err := os.ReadFile(r.profilePath(*img, sc, args))
 			if err != nil {
 				return err
 			}
 			if err := os.MkdirAll(profiles, 0o700); err != nil {
 				return err
 			}
-			if err := os.WriteFile(filepath.Join(profiles, img.Name+".json"), data, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(profiles, fmt.Sprintf("%s-%d.json", img.Name, i)), data, 0o600); err != nil {
 				return err
 			}
 		}

@@ -3,6 +3,7 @@ package runner
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -58,6 +59,35 @@ type Scenario struct {
 	// and each run's daemon finds that profile in its profile directory:
 	// its layers fetch what the workload read, in its order.
 	Profiled bool `toml:"profiled"`
+	// Images, if set, are the only images the scenario runs on: its Args
+	// are one image's workload.
+	Images []string `toml:"images"`
+	// Args, if set, replace the image's command in the runs (and in the
+	// recording of its profile): another workload of the image, which
+	// prints the image's ready line too.
+	Args []string `toml:"args"`
+	// ProfileArgs (profiled scenarios) are the workloads, each as its
+	// args (empty: the image's command), whose profiles the daemon's
+	// profile directory holds in each run, as if they travelled with the
+	// image together; by default, the run's own.
+	ProfileArgs [][]string `toml:"profile_args"`
+}
+
+// runsOn tells whether the scenario runs on the image named img.
+func (s Scenario) runsOn(img string) bool {
+	return len(s.Images) == 0 || slices.Contains(s.Images, img)
+}
+
+// profiled lists the workloads (their args) whose profiles a run of the
+// scenario has.
+func (s Scenario) profiled() [][]string {
+	if !s.Profiled {
+		return nil
+	}
+	if len(s.ProfileArgs) > 0 {
+		return s.ProfileArgs
+	}
+	return [][]string{s.Args}
 }
 
 // external tells whether the runner starts the scenario's daemon.

@@ -212,6 +212,9 @@ func (r *bench) pull(ctx context.Context, sc Scenario, ref string) error {
 // RunUntilReady).
 func (r *bench) runUntilReady(ctx context.Context, sc Scenario, ref, name, ready string) (wait func() error, err error) {
 	if r.kubelet != nil {
+		if len(sc.Args) > 0 {
+			return nil, fmt.Errorf("scenario %s: args are not run through the CRI", sc.Name)
+		}
 		return r.kubelet.runUntilReady(ctx, ref, name, ready)
 	}
 	args := []string{"run", "--rm"}
@@ -222,7 +225,7 @@ func (r *bench) runUntilReady(ctx context.Context, sc Scenario, ref, name, ready
 	if sc.Snapshotter != "" {
 		args = append(args, "--snapshotter", sc.Snapshotter)
 	}
-	return RunUntilReady(ctx, r.env.Containerd, append(args, ref, name), ready)
+	return RunUntilReady(ctx, r.env.Containerd, append(append(args, ref, name), sc.Args...), ready)
 }
 
 // RunUntilReady runs the started containerd's own ctr with args (in

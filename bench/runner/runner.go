@@ -121,6 +121,9 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 	for i := 1; i <= cfg.Runs; i++ {
 		for _, img := range imgs {
 			for _, sc := range cfg.Scenarios {
+				if !sc.runsOn(img.Name) {
+					continue
+				}
 				res, err := r.measure(ctx, img, sc, i)
 				if err != nil {
 					if !cfg.KeepLogs {
@@ -202,8 +205,11 @@ func (r *bench) publish(ctx context.Context, img Image) error {
 		fmt.Fprintf(r.cfg.Progress, "setup %s: %s in %v\n", img.Name, dst, time.Since(start).Round(time.Millisecond))
 	}
 	for _, sc := range r.cfg.Scenarios {
-		if sc.Profiled {
-			if err := r.recordProfile(ctx, img, sc); err != nil {
+		if !sc.runsOn(img.Name) {
+			continue
+		}
+		for _, args := range sc.profiled() {
+			if err := r.recordProfile(ctx, img, sc, args); err != nil {
 				return err
 			}
 		}
@@ -211,16 +217,21 @@ func (r *bench) publish(ctx context.Context, img Image) error {
 	return nil
 }
 
-// profilePath is where the profile of img's workload in sc's form is kept
-// between runs.
-func (r *bench) profilePath(img Image, sc Scenario) string {
-	return filepath.Join(r.env.Dir, "profiles", img.Name+"-"+sc.Format+".json")
+// profilePath is where the profile of img's workload args (nil: its
+// command) in sc's form is kept between runs.
+func (r *bench) profilePath(img Image, sc Scenario, args []string) string {
+	name := img.Name + "-" + sc.Format
+	if len(args) > 0 {
+		name += "-" + digest.FromString(strings.Join(args, "\x00")).Encoded()[:12]
+	}
+	return filepath.Join(r.env.Dir, "profiles", name+".json")
 }
 
-// recordProfile records img's workload in sc's form once, straight from
-// the registry (not through the shaped link), until its ready line.
-func (r *bench) recordProfile(ctx context.Context, img Image, sc Scenario) error {
-	p := r.profilePath(img, sc)
+// recordProfile records img's workload args (nil: its command) in sc's
+// form once, straight from the registry (not through the shaped link),
+// until its ready line.
+func (r *bench) recordProfile(ctx context.Context, img Image, sc Scenario, args []string) error {
+	p := r.profilePath(img, sc, args)
 	if _, err := os.Stat(p); err == nil {
 		return nil // the same form, for another scenario
 	}
@@ -228,8 +239,8 @@ func (r *bench) recordProfile(ctx context.Context, img Image, sc Scenario) error
 		return err
 	}
 	start := time.Now()
-	if _, err := r.lazypull(ctx, "profile", "record", "--quiet", "--plain-http", "--address", r.env.Containerd.Address,
-		"--namespace", testenv.Namespace, "--wait-for", img.Ready, "-o", p, "docker://"+r.env.Registry.Host+"/"+repo(img, sc)); err != nil {
+	if _, err := r.lazypull(ctx, append([]string{"profile", "record", "--quiet", "--plain-http", "--address", r.env.Containerd.Address,
+		"--namespace", testenv.Namespace, "--wait-for", img.Ready, "-o", p, "docker://" + r.env.Registry.Host + "/" + repo(img, sc)}, args...)...); err != nil {
 		return err
 	}
 	data, err := os.ReadFile(p)
@@ -246,8 +257,12 @@ func (r *bench) recordProfile(ctx context.Context, img Image, sc Scenario) error
 			chunks[c] = true
 		}
 	}
-	fmt.Fprintf(r.cfg.Progress, "setup %s: recorded its workload's profile (%s) in %v: %d reads of %d files, %.1f MB of file data in %d chunks\n",
-		img.Name, sc.Format, time.Since(start).Round(time.Millisecond), len(prof.Reads), len(prof.Paths()), float64(prof.Bytes())/1e6, len(chunks))
+	workload := "its workload's"
+	if len(args) > 0 {
+		workload = fmt.Sprintf("the workload %q's", strings.Join(args, " "))
+	}
+	fmt.Fprintf(r.cfg.Progress, "setup %s: recorded %s profile (%s) in %v: %d reads of %d files, %.1f MB of file data in %d chunks\n",
+		img.Name, workload, sc.Format, time.Since(start).Round(time.Millisecond), len(prof.Reads), len(prof.Paths()), float64(prof.Bytes())/1e6, len(chunks))
 	return nil
 }
 

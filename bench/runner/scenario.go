@@ -31,6 +31,14 @@ func LoadScenario(path string) (Scenario, error) {
 	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&sc); err != nil {
+		var unknown *toml.StrictMissingError
+		if errors.As(err, &unknown) {
+			var keys []string
+			for _, e := range unknown.Errors {
+				keys = append(keys, strings.Join(e.Key(), "."))
+			}
+			return Scenario{}, fmt.Errorf("scenario %s: unknown keys %s (see Scenario in bench/runner/config.go)", path, strings.Join(keys, ", "))
+		}
 		return Scenario{}, fmt.Errorf("scenario %s: %w", path, err)
 	}
 	switch {
@@ -40,6 +48,10 @@ func LoadScenario(path string) (Scenario, error) {
 		return Scenario{}, fmt.Errorf("scenario %s: format %q: want \"\", estargz or zstdchunked", path, sc.Format)
 	case sc.external() && (sc.Snapshotter == "" || sc.Snapshotter == "lazypull" || sc.Snapshotter == "overlayfs"):
 		return Scenario{}, fmt.Errorf("scenario %s: a daemon needs a snapshotter name of its own (not %q)", path, sc.Snapshotter)
+	case len(sc.Args) > 0 && len(sc.Images) == 0:
+		return Scenario{}, fmt.Errorf("scenario %s: args are one image's workload: say which in images", path)
+	case len(sc.ProfileArgs) > 0 && !sc.Profiled:
+		return Scenario{}, fmt.Errorf("scenario %s: profile_args without profiled = true", path)
 	}
 	return sc, nil
 }

@@ -156,3 +156,30 @@ func TestDaemonRestarts(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestLoadScenario: the scenario files in bench/scenarios load, and one
+// that says what cannot be run is refused with what is wrong.
+func TestLoadScenario(t *testing.T) {
+	files, err := filepath.Glob("../scenarios/*.toml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scenario files: %v", err)
+	}
+	for _, f := range files {
+		if _, err := LoadScenario(f); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, c := range []struct{ doc, want string }{
+		{`name = "Upper"`, "lower-case"},
+		{"name = \"x\"\nformat = \"tar\"", "format"},
+		{"name = \"x\"\nargs = [\"python3\"]", "say which in images"},
+		{"name = \"x\"\nprofile_args = [[]]", "profile_args without profiled"},
+		{"name = \"x\"\nunknown = 1", "unknown"},
+	} {
+		path := filepath.Join(t.TempDir(), "s.toml")
+		os.WriteFile(path, []byte(c.doc), 0o644)
+		if _, err := LoadScenario(path); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("LoadScenario(%q) = %v; want an error with %q", c.doc, err, c.want)
+		}
+	}
+}

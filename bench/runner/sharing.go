@@ -48,8 +48,9 @@ type Footprint struct {
 // footprintScenario tells whether Footprint measures sc: containerd's own
 // snapshotters' and lazypull's scenarios (the lazy ones once their
 // background fetch has ended, their disk the chunk cache), not other
-// daemons', whose roots it does not know.
-func footprintScenario(sc Scenario) bool { return !sc.external() }
+// daemons', whose roots it does not know, nor those of one image's
+// workload (Images), which do not run every image.
+func footprintScenario(sc Scenario) bool { return !sc.external() && len(sc.Images) == 0 }
 
 // footprint pulls every image in sc from a cold state, measures the disk
 // its snapshotter uses, runs each image's workload once from a dropped page
