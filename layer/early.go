@@ -60,9 +60,11 @@ type Early struct {
 
 	taken atomic.Int64 // bytes handed out from pieces
 
-	mu      sync.Mutex
-	pieces  []*piece // by offset, disjoint
-	dropped bool     // earlyKeep is over: no pieces any more
+	mu       sync.Mutex
+	pieces   []*piece // by offset, disjoint
+	launched bool
+	direct   SpanSet // what the layer fetched itself before the launch
+	dropped  bool    // earlyKeep is over: no pieces any more
 }
 
 // piece is one request of an Early fetch, and its bytes until all have
@@ -76,7 +78,7 @@ type piece struct {
 	// taken are the parts already handed out, sorted and merged: a part
 	// is never handed out twice (a second fetch of it, after its chunks
 	// failed to verify, goes to the registry).
-	taken []Span
+	taken SpanSet
 	// counted: its n bytes count against earlyMaxBytes (from when its
 	// request starts), until it is released. released: it is out of
 	// Early.pieces (a fetch that took it still copies from it).
@@ -155,7 +157,7 @@ func (e *Early) FetchAt(ctx context.Context, p []byte, off int64) error {
 	for _, pc := range parts {
 		from, to := max(off, pc.off), min(end, pc.end())
 		copy(p[from-off:to-off], pc.data[from-pc.off:to-pc.off])
-		if spanLen(pc.taken) == pc.n {
+		if pc.taken.Bytes() == pc.n {
 			e.release(pc) // all of it handed out
 		}
 	}
@@ -167,10 +169,15 @@ func (pc *piece) end() int64 { return pc.off + pc.n }
 
 // take returns the pieces that hold [off, end) between them and marks
 // that range taken from them, or nil (nothing marked) when they do not
-// hold all of it or part of it was taken before.
+// hold all of it or part of it was taken before. Before the launch, it
+// notes the range as one the layer fetches itself.
 func (e *Early) take(off, end int64) []*piece {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if !e.launched {
+		e.direct.Add(Span{Offset: off, Length: end - off})
+		return nil
+	}
 	i, _ := slices.BinarySearchFunc(e.pieces, off, func(pc *piece, off int64) int {
 		if pc.end() <= off {
 			return -1
@@ -181,7 +188,7 @@ func (e *Early) take(off, end int64) []*piece {
 	at := off
 	for ; i < len(e.pieces) && at < end; i++ {
 		pc := e.pieces[i]
-		if pc.off > at || overlaps(pc.taken, at, min(end, pc.end())) {
+		if pc.off > at || pc.taken.Overlaps(Span{Offset: at, Length: min(end, pc.end()) - at}) {
 			return nil
 		}
 		parts = append(parts, pc)
@@ -191,7 +198,8 @@ func (e *Early) take(off, end int64) []*piece {
 		return nil
 	}
 	for _, pc := range parts {
-		pc.taken = addSpan(pc.taken, max(off, pc.off), min(end, pc.end()))
+		from := max(off, pc.off)
+		pc.taken.Add(Span{Offset: from, Length: min(end, pc.end()) - from})
 	}
 	return parts
 }
@@ -256,37 +264,31 @@ func (t *TailsFirst) Arrived(d digest.Digest) {
 }
 
 // launch starts the early requests: the spans cut into pieces, fetched
-// in order, parallel at once.
+// in order, parallel at once; not the bytes an earlier span holds, nor
+// those the layer fetched itself before (a big TOC of another layer kept
+// the launch waiting while this one opened).
 func (e *Early) launch() {
-	var order []*piece
-	for _, s := range e.spans {
-		for off, end := s.Offset, s.Offset+s.Length; off < end; off += earlyPieceSize {
-			order = append(order, &piece{off: off, n: min(end-off, earlyPieceSize), done: make(chan struct{})})
-		}
-	}
-	// The spans do not overlap (the mounter merges several profiles'):
-	// should they, the first of overlapping pieces is kept.
-	sorted := slices.Clone(order)
-	slices.SortStableFunc(sorted, func(a, b *piece) int { return cmp.Compare(a.off, b.off) })
-	keep := make(map[*piece]bool, len(sorted))
-	kept := sorted[:0]
-	for _, pc := range sorted {
-		if n := len(kept); n == 0 || pc.off >= kept[n-1].end() {
-			kept = append(kept, pc)
-			keep[pc] = true
-		}
-	}
-	order = slices.DeleteFunc(order, func(pc *piece) bool { return !keep[pc] })
-	if len(order) == 0 {
-		return
-	}
 	e.mu.Lock()
 	if e.dropped {
 		e.mu.Unlock()
 		return
 	}
-	e.pieces = kept
+	e.launched = true
+	skip := slices.Clone(e.direct)
+	var order []*piece
+	for _, s := range e.spans {
+		for _, part := range skip.Missing(s) {
+			skip.Add(part)
+			for off, end := part.Offset, part.Offset+part.Length; off < end; off += earlyPieceSize {
+				order = append(order, &piece{off: off, n: min(end-off, earlyPieceSize), done: make(chan struct{})})
+			}
+		}
+	}
+	e.pieces = slices.SortedFunc(slices.Values(order), func(a, b *piece) int { return cmp.Compare(a.off, b.off) })
 	e.mu.Unlock()
+	if len(order) == 0 {
+		return
+	}
 	began := time.Now()
 	var next, fetched atomic.Int64
 	var wg sync.WaitGroup
@@ -366,36 +368,60 @@ func (e *Early) drop() {
 	}
 }
 
-// overlaps reports whether any of spans (sorted, merged) meets [off, end).
-func overlaps(spans []Span, off, end int64) bool {
-	for _, s := range spans {
-		if s.Offset < end && off < s.Offset+s.Length {
+// SpanSet is a set of byte ranges: sorted, disjoint, touching ones merged.
+type SpanSet []Span
+
+// Overlaps reports whether the set holds any byte of x.
+func (set SpanSet) Overlaps(x Span) bool {
+	for _, s := range set {
+		if s.Offset < x.Offset+x.Length && x.Offset < s.Offset+s.Length {
 			return true
 		}
 	}
 	return false
 }
 
-// addSpan adds [off, end) to spans (sorted, disjoint), merging it with the
-// spans it touches.
-func addSpan(spans []Span, off, end int64) []Span {
-	out := spans[:0:0]
-	for _, s := range spans {
-		switch {
-		case s.Offset+s.Length < off || end < s.Offset:
-			out = append(out, s)
-		default:
-			off, end = min(off, s.Offset), max(end, s.Offset+s.Length)
+// Missing returns the parts of x the set does not hold, in order.
+func (set SpanSet) Missing(x Span) []Span {
+	var out []Span
+	at, end := x.Offset, x.Offset+x.Length
+	for _, s := range set {
+		if s.Offset+s.Length <= at {
+			continue
 		}
+		if s.Offset >= end {
+			break
+		}
+		if s.Offset > at {
+			out = append(out, Span{Offset: at, Length: s.Offset - at})
+		}
+		at = s.Offset + s.Length
 	}
-	out = append(out, Span{off, end - off})
-	slices.SortFunc(out, func(a, b Span) int { return cmp.Compare(a.Offset, b.Offset) })
+	if at < end {
+		out = append(out, Span{Offset: at, Length: end - at})
+	}
 	return out
 }
 
-func spanLen(spans []Span) int64 {
+// Add puts x in the set, merged with the spans it overlaps or touches.
+func (set *SpanSet) Add(x Span) {
+	off, end := x.Offset, x.Offset+x.Length
+	out := (*set)[:0:0]
+	for _, s := range *set {
+		if s.Offset+s.Length < off || end < s.Offset {
+			out = append(out, s)
+			continue
+		}
+		off, end = min(off, s.Offset), max(end, s.Offset+s.Length)
+	}
+	i, _ := slices.BinarySearchFunc(out, off, func(s Span, off int64) int { return cmp.Compare(s.Offset, off) })
+	*set = slices.Insert(out, i, Span{Offset: off, Length: end - off})
+}
+
+// Bytes is how many bytes the set holds.
+func (set SpanSet) Bytes() int64 {
 	var n int64
-	for _, s := range spans {
+	for _, s := range set {
 		n += s.Length
 	}
 	return n

@@ -190,6 +190,17 @@ func TestEarlyWaitsForTheOtherTails(t *testing.T) {
 	if n := requests(); n != 1 {
 		t.Fatalf("%d requests before b's tail; want only a's tail", n)
 	}
+	// Meanwhile a's layer opened and fetched part of the span itself.
+	p = make([]byte, 400)
+	if err := e.FetchAt(context.Background(), p, 100); err != nil {
+		t.Fatal(err)
+	}
 	tails.Arrived(b)
-	waitFor(t, "a's span", func() bool { return requests() == 2 })
+	waitFor(t, "the rest of a's span", func() bool { return requests() == 4 })
+	o := f.overlaps()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(o) > 0 || len(f.ranges) != 4 || f.ranges[1] != [2]int64{100, 500} || !slices.Contains(f.ranges[2:], [2]int64{0, 100}) || !slices.Contains(f.ranges[2:], [2]int64{500, 1000}) {
+		t.Errorf("requests %v (overlapping: %v); want a's tail, [100, 500) by the layer, then [0, 100) and [500, 1000)", f.ranges, o)
+	}
 }

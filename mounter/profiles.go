@@ -1,7 +1,6 @@
 package mounter
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -101,46 +100,18 @@ func spansOf(ps map[string]*profile.Profile, d digest.Digest) []layer.Span {
 			lists = append(lists, s)
 		}
 	}
-	var out, covered []layer.Span // covered: sorted, disjoint
+	var out []layer.Span
+	var covered layer.SpanSet
 	for i := 0; len(lists) > 0 && len(out) < maxEarlySpans; i++ {
 		lists = slices.DeleteFunc(lists, func(s []profile.Span) bool { return i >= len(s) })
 		for _, l := range lists {
-			for _, s := range uncovered(covered, layer.Span{Offset: l[i].Offset, Length: l[i].Length}) {
+			for _, s := range covered.Missing(layer.Span{Offset: l[i].Offset, Length: l[i].Length}) {
 				out = append(out, s)
-				covered = insertSpan(covered, s)
+				covered.Add(s)
 			}
 		}
 	}
 	return out[:min(len(out), maxEarlySpans)]
-}
-
-// uncovered returns the parts of s that covered (sorted, disjoint) does
-// not hold.
-func uncovered(covered []layer.Span, s layer.Span) []layer.Span {
-	var out []layer.Span
-	at, end := s.Offset, s.Offset+s.Length
-	for _, c := range covered {
-		if c.Offset+c.Length <= at {
-			continue
-		}
-		if c.Offset >= end {
-			break
-		}
-		if c.Offset > at {
-			out = append(out, layer.Span{Offset: at, Length: c.Offset - at})
-		}
-		at = c.Offset + c.Length
-	}
-	if at < end {
-		out = append(out, layer.Span{Offset: at, Length: end - at})
-	}
-	return out
-}
-
-// insertSpan adds s, which covered does not overlap, keeping it sorted.
-func insertSpan(covered []layer.Span, s layer.Span) []layer.Span {
-	i, _ := slices.BinarySearchFunc(covered, s.Offset, func(c layer.Span, off int64) int { return cmp.Compare(c.Offset, off) })
-	return slices.Insert(covered, i, s)
 }
 
 // load returns the profiles in the directory by path, parsing the
