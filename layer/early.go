@@ -371,14 +371,31 @@ func (e *Early) drop() {
 // SpanSet is a set of byte ranges: sorted, disjoint, touching ones merged.
 type SpanSet []Span
 
+// NewSpanSet returns the set of spans (empty ones left out).
+func NewSpanSet(spans []Span) SpanSet {
+	sorted := slices.DeleteFunc(slices.Clone(spans), func(s Span) bool { return s.Length <= 0 })
+	slices.SortFunc(sorted, func(a, b Span) int { return cmp.Compare(a.Offset, b.Offset) })
+	var set SpanSet
+	for _, s := range sorted {
+		if n := len(set); n > 0 && s.Offset <= set[n-1].Offset+set[n-1].Length {
+			set[n-1].Length = max(set[n-1].Offset+set[n-1].Length, s.Offset+s.Length) - set[n-1].Offset
+			continue
+		}
+		set = append(set, s)
+	}
+	return set
+}
+
 // Overlaps reports whether the set holds any byte of x.
 func (set SpanSet) Overlaps(x Span) bool {
-	for _, s := range set {
-		if s.Offset < x.Offset+x.Length && x.Offset < s.Offset+s.Length {
-			return true
+	// The first span that ends after x starts: ends grow with offsets.
+	i, _ := slices.BinarySearchFunc(set, x.Offset, func(s Span, off int64) int {
+		if s.Offset+s.Length <= off {
+			return -1
 		}
-	}
-	return false
+		return 1
+	})
+	return i < len(set) && set[i].Offset < x.Offset+x.Length && x.Length > 0
 }
 
 // Missing returns the parts of x the set does not hold, in order.

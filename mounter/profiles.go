@@ -50,10 +50,10 @@ func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) []toc
 }
 
 // planOf returns the ranges of layer d (its TOC t) that the profiles (by
-// where they come from) read, interleaved in first-touch order (the first
-// range of each, then the second, …): a layer shared by several profiled
-// workloads fetches what each starts with first. A profile that does not
-// fit the layer is left out with a warning.
+// where they come from) read, in the order sharedFirst gives: a layer
+// shared by several profiled workloads fetches first what any of them
+// needs, then what each starts with. A profile that does not fit the
+// layer is left out with a warning.
 func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest, t *toc.TOC) []toc.Range {
 	var plans [][]toc.Range
 	for _, from := range slices.Sorted(maps.Keys(ps)) {
@@ -66,11 +66,61 @@ func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest
 			plans = append(plans, plan)
 		}
 	}
-	var out []toc.Range
-	for i := 0; len(plans) > 0; i++ {
-		plans = slices.DeleteFunc(plans, func(p []toc.Range) bool { return i >= len(p) })
-		for _, p := range plans {
-			out = append(out, p[i])
+	return sharedFirst(plans, func(r toc.Range) (any, layer.Span) {
+		return r.Entry, layer.Span{Offset: r.Offset, Length: r.Length}
+	})
+}
+
+// sharedFirst orders what several profiles read of a layer: first what
+// another of them read too (whichever workload runs needs it), then the
+// rest; each part interleaved in first-touch order (the first of each
+// profile, then the second, …). where says what an item covers: a span
+// of something (a file, or the blob).
+func sharedFirst[T any](lists [][]T, where func(T) (any, layer.Span)) []T {
+	if len(lists) < 2 {
+		return interleave(lists)
+	}
+	sets := make([]map[any]layer.SpanSet, len(lists))
+	for i, l := range lists {
+		spans := make(map[any][]layer.Span)
+		for _, x := range l {
+			k, s := where(x)
+			spans[k] = append(spans[k], s)
+		}
+		sets[i] = make(map[any]layer.SpanSet, len(spans))
+		for k, ss := range spans {
+			sets[i][k] = layer.NewSpanSet(ss)
+		}
+	}
+	shared, rest := make([][]T, len(lists)), make([][]T, len(lists))
+	for i, l := range lists {
+		for _, x := range l {
+			k, s := where(x)
+			elsewhere := false
+			for j := range lists {
+				if j != i && sets[j][k].Overlaps(s) {
+					elsewhere = true
+					break
+				}
+			}
+			if elsewhere {
+				shared[i] = append(shared[i], x)
+			} else {
+				rest[i] = append(rest[i], x)
+			}
+		}
+	}
+	return append(interleave(shared), interleave(rest)...)
+}
+
+// interleave takes the first item of each list, then the second, ….
+func interleave[T any](lists [][]T) []T {
+	lists = slices.Clone(lists)
+	var out []T
+	for i := 0; len(lists) > 0; i++ {
+		lists = slices.DeleteFunc(lists, func(l []T) bool { return i >= len(l) })
+		for _, l := range lists {
+			out = append(out, l[i])
 		}
 	}
 	return out
@@ -91,24 +141,31 @@ func (ps *profiles) spans(ctx context.Context, d digest.Digest) []layer.Span {
 const maxEarlySpans = 4096
 
 // spansOf returns the blob spans of layer d that the profiles recorded,
-// interleaved in first-touch order as planOf interleaves their ranges,
-// each byte once.
+// in the order sharedFirst gives (as planOf orders their ranges), each
+// byte once.
 func spansOf(ps map[string]*profile.Profile, d digest.Digest) []layer.Span {
-	var lists [][]profile.Span
+	var lists [][]layer.Span
 	for _, from := range slices.Sorted(maps.Keys(ps)) {
-		if s := ps[from].Spans(d); len(s) > 0 {
-			lists = append(lists, s)
+		var l []layer.Span
+		for _, s := range ps[from].Spans(d) {
+			if len(l) == maxEarlySpans {
+				break
+			}
+			l = append(l, layer.Span{Offset: s.Offset, Length: s.Length})
+		}
+		if len(l) > 0 {
+			lists = append(lists, l)
 		}
 	}
 	var out []layer.Span
 	var covered layer.SpanSet
-	for i := 0; len(lists) > 0 && len(out) < maxEarlySpans; i++ {
-		lists = slices.DeleteFunc(lists, func(s []profile.Span) bool { return i >= len(s) })
-		for _, l := range lists {
-			for _, s := range covered.Missing(layer.Span{Offset: l[i].Offset, Length: l[i].Length}) {
-				out = append(out, s)
-				covered.Add(s)
-			}
+	for _, s := range sharedFirst(lists, func(s layer.Span) (any, layer.Span) { return nil, s }) {
+		if len(out) >= maxEarlySpans {
+			break
+		}
+		for _, m := range covered.Missing(s) {
+			out = append(out, m)
+			covered.Add(m)
 		}
 	}
 	return out[:min(len(out), maxEarlySpans)]

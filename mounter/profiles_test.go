@@ -247,7 +247,9 @@ func TestMountFetchesWhatEveryProfileRead(t *testing.T) {
 }
 
 // TestSpansOfSeveralProfiles: the spans several profiles recorded of a
-// layer are interleaved by rank, each byte once, and bounded in number.
+// layer come in the order planOf gives ranges (what several read first,
+// then the rest, each interleaved by rank), each byte once, and bounded
+// in number.
 func TestSpansOfSeveralProfiles(t *testing.T) {
 	d := digest.FromString("layer")
 	withSpans := func(spans ...profile.Span) *profile.Profile {
@@ -260,7 +262,8 @@ func TestSpansOfSeveralProfiles(t *testing.T) {
 		"b": withSpans(profile.Span{Offset: 150, Length: 100}, profile.Span{Offset: 0, Length: 300}, profile.Span{Offset: 5000, Length: 1}),
 		"c": newProfile(digest.FromString("another layer")),
 	}
-	want := []layer.Span{{Offset: 100, Length: 100}, {Offset: 200, Length: 50}, {Offset: 1000, Length: 10}, {Offset: 0, Length: 100}, {Offset: 250, Length: 50}, {Offset: 5000, Length: 1}}
+	// What both read first ([0, 300)), interleaved; then a's own, b's own.
+	want := []layer.Span{{Offset: 100, Length: 100}, {Offset: 200, Length: 50}, {Offset: 0, Length: 100}, {Offset: 250, Length: 50}, {Offset: 1000, Length: 10}, {Offset: 5000, Length: 1}}
 	if got := spansOf(ps, d); !slices.Equal(got, want) {
 		t.Errorf("spans %v; want %v", got, want)
 	}
@@ -270,5 +273,24 @@ func TestSpansOfSeveralProfiles(t *testing.T) {
 	}
 	if got := spansOf(map[string]*profile.Profile{"many": withSpans(many...)}, d); len(got) != maxEarlySpans {
 		t.Errorf("%d spans of a profile that lists %d; want at most %d", len(got), len(many), maxEarlySpans)
+	}
+}
+
+// TestSharedFirst: what another profile reads too comes first (of the same
+// file, overlapping), then the rest; each part interleaved by rank.
+func TestSharedFirst(t *testing.T) {
+	type read struct {
+		file     string
+		off, len int64
+	}
+	where := func(r read) (any, layer.Span) { return r.file, layer.Span{Offset: r.off, Length: r.len} }
+	web := []read{{"bin/web", 0, 100}, {"lib/libc", 0, 4096}, {"etc/web.conf", 0, 10}}
+	job := []read{{"bin/job", 0, 50}, {"lib/libc", 1000, 100}, {"etc/web.conf", 10, 10}}
+	want := []read{{"lib/libc", 0, 4096}, {"lib/libc", 1000, 100}, {"bin/web", 0, 100}, {"bin/job", 0, 50}, {"etc/web.conf", 0, 10}, {"etc/web.conf", 10, 10}}
+	if got := sharedFirst([][]read{web, job}, where); !slices.Equal(got, want) {
+		t.Errorf("sharedFirst = %v; want %v", got, want)
+	}
+	if got := sharedFirst([][]read{web}, where); !slices.Equal(got, web) {
+		t.Errorf("sharedFirst of one profile = %v; want it as it is", got)
 	}
 }
