@@ -420,6 +420,19 @@ func (set SpanSet) Missing(x Span) []Span {
 	return out
 }
 
+// Within returns the parts of x the set holds, in order.
+func (set SpanSet) Within(x Span) []Span {
+	var out []Span
+	end := x.Offset + x.Length
+	for _, s := range set {
+		from, to := max(s.Offset, x.Offset), min(s.Offset+s.Length, end)
+		if from < to {
+			out = append(out, Span{Offset: from, Length: to - from})
+		}
+	}
+	return out
+}
+
 // Add puts x in the set, merged with the spans it overlaps or touches.
 func (set *SpanSet) Add(x Span) {
 	off, end := x.Offset, x.Offset+x.Length

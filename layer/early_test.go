@@ -204,3 +204,38 @@ func TestEarlyWaitsForTheOtherTails(t *testing.T) {
 		t.Errorf("requests %v (overlapping: %v); want a's tail, [100, 500) by the layer, then [0, 100) and [500, 1000)", f.ranges, o)
 	}
 }
+
+// TestSpanSet: a set merges what overlaps or touches, and answers which
+// parts of a span it holds and which it lacks.
+func TestSpanSet(t *testing.T) {
+	set := NewSpanSet([]Span{{50, 10}, {0, 10}, {10, 5}, {55, 20}, {100, 0}})
+	if want := (SpanSet{{0, 15}, {50, 25}}); !slices.Equal(set, want) {
+		t.Fatalf("NewSpanSet = %v; want %v", set, want)
+	}
+	for _, c := range []struct {
+		x        Span
+		overlaps bool
+		within   []Span
+		missing  []Span
+	}{
+		{Span{15, 35}, false, nil, []Span{{15, 35}}},
+		{Span{14, 2}, true, []Span{{14, 1}}, []Span{{15, 1}}},
+		{Span{5, 60}, true, []Span{{5, 10}, {50, 15}}, []Span{{15, 35}}},
+		{Span{74, 10}, true, []Span{{74, 1}}, []Span{{75, 9}}},
+		{Span{75, 10}, false, nil, []Span{{75, 10}}},
+	} {
+		if got := set.Overlaps(c.x); got != c.overlaps {
+			t.Errorf("Overlaps(%v) = %v", c.x, got)
+		}
+		if got := set.Within(c.x); !slices.Equal(got, c.within) {
+			t.Errorf("Within(%v) = %v; want %v", c.x, got, c.within)
+		}
+		if got := set.Missing(c.x); !slices.Equal(got, c.missing) {
+			t.Errorf("Missing(%v) = %v; want %v", c.x, got, c.missing)
+		}
+	}
+	set.Add(Span{15, 35})
+	if want := (SpanSet{{0, 75}}); !slices.Equal(set, want) || set.Bytes() != 75 {
+		t.Errorf("after Add: %v (%d bytes); want %v", set, set.Bytes(), want)
+	}
+}

@@ -66,17 +66,20 @@ func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest
 			plans = append(plans, plan)
 		}
 	}
-	return sharedFirst(plans, func(r toc.Range) (any, layer.Span) {
-		return r.Entry, layer.Span{Offset: r.Offset, Length: r.Length}
-	})
+	return sharedFirst(plans,
+		func(r toc.Range) (any, layer.Span) { return r.Entry, layer.Span{Offset: r.Offset, Length: r.Length} },
+		func(e any, s layer.Span) toc.Range {
+			return toc.Range{Entry: e.(*toc.Entry), Offset: s.Offset, Length: s.Length}
+		})
 }
 
-// sharedFirst orders what several profiles read of a layer: first what
-// another of them read too (whichever workload runs needs it), then the
-// rest; each part interleaved in first-touch order (the first of each
-// profile, then the second, …). where says what an item covers: a span
-// of something (a file, or the blob).
-func sharedFirst[T any](lists [][]T, where func(T) (any, layer.Span)) []T {
+// sharedFirst orders what several profiles read of a layer: first the
+// bytes another of them read too (whichever workload runs needs them),
+// then the rest; each part interleaved in first-touch order (the first of
+// each profile, then the second, …). An item is a span of something (a
+// file, or the blob: key); cut makes one of a part of it, where the shared
+// bytes begin or end.
+func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut func(key any, s layer.Span) T) []T {
 	if len(lists) < 2 {
 		return interleave(lists)
 	}
@@ -84,7 +87,7 @@ func sharedFirst[T any](lists [][]T, where func(T) (any, layer.Span)) []T {
 	for i, l := range lists {
 		spans := make(map[any][]layer.Span)
 		for _, x := range l {
-			k, s := where(x)
+			k, s := item(x)
 			spans[k] = append(spans[k], s)
 		}
 		sets[i] = make(map[any]layer.SpanSet, len(spans))
@@ -95,18 +98,19 @@ func sharedFirst[T any](lists [][]T, where func(T) (any, layer.Span)) []T {
 	shared, rest := make([][]T, len(lists)), make([][]T, len(lists))
 	for i, l := range lists {
 		for _, x := range l {
-			k, s := where(x)
-			elsewhere := false
+			k, s := item(x)
+			var held []layer.Span
 			for j := range lists {
-				if j != i && sets[j][k].Overlaps(s) {
-					elsewhere = true
-					break
+				if j != i {
+					held = append(held, sets[j][k].Within(s)...)
 				}
 			}
-			if elsewhere {
-				shared[i] = append(shared[i], x)
-			} else {
-				rest[i] = append(rest[i], x)
+			both := layer.NewSpanSet(held)
+			for _, p := range both {
+				shared[i] = append(shared[i], cut(k, p))
+			}
+			for _, p := range both.Missing(s) {
+				rest[i] = append(rest[i], cut(k, p))
 			}
 		}
 	}
@@ -159,7 +163,9 @@ func spansOf(ps map[string]*profile.Profile, d digest.Digest) []layer.Span {
 	}
 	var out []layer.Span
 	var covered layer.SpanSet
-	for _, s := range sharedFirst(lists, func(s layer.Span) (any, layer.Span) { return nil, s }) {
+	blob := func(s layer.Span) (any, layer.Span) { return nil, s }
+	span := func(_ any, s layer.Span) layer.Span { return s }
+	for _, s := range sharedFirst(lists, blob, span) {
 		if len(out) >= maxEarlySpans {
 			break
 		}

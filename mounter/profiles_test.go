@@ -247,9 +247,9 @@ func TestMountFetchesWhatEveryProfileRead(t *testing.T) {
 }
 
 // TestSpansOfSeveralProfiles: the spans several profiles recorded of a
-// layer come in the order planOf gives ranges (what several read first,
-// then the rest, each interleaved by rank), each byte once, and bounded
-// in number.
+// layer come in the order planOf gives ranges (the bytes several read
+// first, then the rest, each interleaved by rank), each byte once, and
+// bounded in number.
 func TestSpansOfSeveralProfiles(t *testing.T) {
 	d := digest.FromString("layer")
 	withSpans := func(spans ...profile.Span) *profile.Profile {
@@ -262,8 +262,9 @@ func TestSpansOfSeveralProfiles(t *testing.T) {
 		"b": withSpans(profile.Span{Offset: 150, Length: 100}, profile.Span{Offset: 0, Length: 300}, profile.Span{Offset: 5000, Length: 1}),
 		"c": newProfile(digest.FromString("another layer")),
 	}
-	// What both read first ([0, 300)), interleaved; then a's own, b's own.
-	want := []layer.Span{{Offset: 100, Length: 100}, {Offset: 200, Length: 50}, {Offset: 0, Length: 100}, {Offset: 250, Length: 50}, {Offset: 1000, Length: 10}, {Offset: 5000, Length: 1}}
+	// The bytes both read first ([100, 200)); then the rest interleaved:
+	// a's second, b's first and second less what came before, b's third.
+	want := []layer.Span{{Offset: 100, Length: 100}, {Offset: 1000, Length: 10}, {Offset: 200, Length: 50}, {Offset: 0, Length: 100}, {Offset: 250, Length: 50}, {Offset: 5000, Length: 1}}
 	if got := spansOf(ps, d); !slices.Equal(got, want) {
 		t.Errorf("spans %v; want %v", got, want)
 	}
@@ -276,21 +277,24 @@ func TestSpansOfSeveralProfiles(t *testing.T) {
 	}
 }
 
-// TestSharedFirst: what another profile reads too comes first (of the same
-// file, overlapping), then the rest; each part interleaved by rank.
+// TestSharedFirst: the bytes another profile reads too come first (of the
+// same file), then the rest; each part interleaved by rank.
 func TestSharedFirst(t *testing.T) {
 	type read struct {
 		file     string
 		off, len int64
 	}
-	where := func(r read) (any, layer.Span) { return r.file, layer.Span{Offset: r.off, Length: r.len} }
+	item := func(r read) (any, layer.Span) { return r.file, layer.Span{Offset: r.off, Length: r.len} }
+	cut := func(k any, s layer.Span) read { return read{k.(string), s.Offset, s.Length} }
 	web := []read{{"bin/web", 0, 100}, {"lib/libc", 0, 4096}, {"etc/web.conf", 0, 10}}
 	job := []read{{"bin/job", 0, 50}, {"lib/libc", 1000, 100}, {"etc/web.conf", 10, 10}}
-	want := []read{{"lib/libc", 0, 4096}, {"lib/libc", 1000, 100}, {"bin/web", 0, 100}, {"bin/job", 0, 50}, {"etc/web.conf", 0, 10}, {"etc/web.conf", 10, 10}}
-	if got := sharedFirst([][]read{web, job}, where); !slices.Equal(got, want) {
+	// libc's bytes that both read, then each one's own (web's libc cut
+	// around job's), each part interleaved by rank.
+	want := []read{{"lib/libc", 1000, 100}, {"lib/libc", 1000, 100}, {"bin/web", 0, 100}, {"bin/job", 0, 50}, {"lib/libc", 0, 1000}, {"etc/web.conf", 10, 10}, {"lib/libc", 1100, 2996}, {"etc/web.conf", 0, 10}}
+	if got := sharedFirst([][]read{web, job}, item, cut); !slices.Equal(got, want) {
 		t.Errorf("sharedFirst = %v; want %v", got, want)
 	}
-	if got := sharedFirst([][]read{web}, where); !slices.Equal(got, web) {
+	if got := sharedFirst([][]read{web}, item, cut); !slices.Equal(got, web) {
 		t.Errorf("sharedFirst of one profile = %v; want it as it is", got)
 	}
 }
