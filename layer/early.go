@@ -133,50 +133,68 @@ func (e *Early) Close() {
 // Size is the blob's.
 func (e *Early) Size() int64 { return e.f.Size() }
 
-// FetchAt fills p with the bytes at off: from the early pieces when they
-// hold all of them, else from the blob.
+// FetchAt fills p with the bytes at off: from the early pieces that
+// hold them, fetched or on their way; the rest from the blob at once, as
+// are the bytes of a piece whose request has not started (a read does not
+// wait for the early fetch's order: it takes that piece's turn).
 func (e *Early) FetchAt(ctx context.Context, p []byte, off int64) error {
 	defer e.start.Do(e.launchAfterTails)
-	end := off + int64(len(p))
-	parts := e.take(off, end)
-	if parts == nil {
-		return e.f.FetchAt(ctx, p, off)
-	}
-	for _, pc := range parts {
+	segs := e.take(off, off+int64(len(p)))
+	for i, sg := range segs {
+		if sg.pc == nil {
+			continue
+		}
 		select {
-		case <-pc.done:
+		case <-sg.pc.done:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if pc.err != nil {
-			return e.f.FetchAt(ctx, p, off)
+		if sg.pc.err != nil {
+			segs[i].pc = nil // from the blob after all
 		}
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, pc := range parts {
-		from, to := max(off, pc.off), min(end, pc.end())
-		copy(p[from-off:to-off], pc.data[from-pc.off:to-pc.off])
-		if pc.taken.Bytes() == pc.n {
-			e.release(pc) // all of it handed out
+	var fromPieces int64
+	for _, sg := range segs {
+		dst := p[sg.from-off : sg.to-off]
+		if sg.pc == nil {
+			if err := e.f.FetchAt(ctx, dst, sg.from); err != nil {
+				return err
+			}
+			continue
 		}
+		copy(dst, sg.pc.data[sg.from-sg.pc.off:sg.to-sg.pc.off])
+		fromPieces += sg.to - sg.from
+		e.mu.Lock()
+		if sg.pc.taken.Bytes() == sg.pc.n {
+			e.release(sg.pc) // all of it handed out
+		}
+		e.mu.Unlock()
 	}
-	e.taken.Add(end - off)
+	e.taken.Add(fromPieces)
 	return nil
 }
 
 func (pc *piece) end() int64 { return pc.off + pc.n }
 
-// take returns the pieces that hold [off, end) between them and marks
-// that range taken from them, or nil (nothing marked) when they do not
-// hold all of it or part of it was taken before. Before the launch, it
-// notes the range as one the layer fetches itself.
-func (e *Early) take(off, end int64) []*piece {
+// segment is a part [from, to) of a fetch, and the piece it comes from
+// (nil: the blob).
+type segment struct {
+	pc       *piece
+	from, to int64
+}
+
+// take cuts [off, end) into segments: the parts that pieces whose
+// requests have started hold (marked taken from them), and the rest,
+// which comes from the blob: parts no piece holds, parts taken before
+// (a second fetch, after its chunks failed to verify), and the parts of
+// pieces still queued, which leave the queue. Before the launch, the
+// whole range is noted as one the layer fetches itself.
+func (e *Early) take(off, end int64) []segment {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.launched {
 		e.direct.Add(Span{Offset: off, Length: end - off})
-		return nil
+		return []segment{{nil, off, end}}
 	}
 	i, _ := slices.BinarySearchFunc(e.pieces, off, func(pc *piece, off int64) int {
 		if pc.end() <= off {
@@ -184,24 +202,44 @@ func (e *Early) take(off, end int64) []*piece {
 		}
 		return 1
 	})
-	var parts []*piece
-	at := off
-	for ; i < len(e.pieces) && at < end; i++ {
-		pc := e.pieces[i]
-		if pc.off > at || pc.taken.Overlaps(Span{Offset: at, Length: min(end, pc.end()) - at}) {
-			return nil
+	var segs []segment
+	var stolen []*piece
+	add := func(pc *piece, from, to int64) {
+		if n := len(segs); n > 0 && pc == nil && segs[n-1].pc == nil && segs[n-1].to == from {
+			segs[n-1].to = to
+			return
 		}
-		parts = append(parts, pc)
-		at = pc.end()
+		segs = append(segs, segment{pc, from, to})
 	}
-	if at < end {
-		return nil
+	for at := off; at < end; {
+		if i >= len(e.pieces) || e.pieces[i].off >= end {
+			add(nil, at, end)
+			break
+		}
+		pc := e.pieces[i]
+		if pc.off > at {
+			add(nil, at, pc.off)
+			at = pc.off
+		}
+		to := min(end, pc.end())
+		part := Span{Offset: at, Length: to - at}
+		switch {
+		case pc.taken.Overlaps(part):
+			add(nil, at, to)
+		case !pc.counted:
+			add(nil, at, to)
+			stolen = append(stolen, pc)
+		default:
+			pc.taken.Add(part)
+			add(pc, at, to)
+		}
+		at = to
+		i++
 	}
-	for _, pc := range parts {
-		from := max(off, pc.off)
-		pc.taken.Add(Span{Offset: from, Length: min(end, pc.end()) - from})
+	for _, pc := range stolen {
+		e.release(pc) // its request will not run
 	}
-	return parts
+	return segs
 }
 
 // launchAfterTails launches the early requests once the tails of the

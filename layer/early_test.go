@@ -239,3 +239,59 @@ func TestSpanSet(t *testing.T) {
 		t.Errorf("after Add: %v (%d bytes); want %v", set, set.Bytes(), want)
 	}
 }
+
+// gatedFetcher holds the requests at one offset until open is closed.
+type gatedFetcher struct {
+	*blobFetcher
+	at   int64
+	open chan struct{}
+}
+
+func (f *gatedFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
+	if off == f.at {
+		<-f.open
+	}
+	return f.blobFetcher.FetchAt(ctx, p, off)
+}
+
+// TestEarlyReadTakesAQueuedPiecesTurn: a fetch of bytes whose piece has
+// not started (the early requests are busy with others) gets them from
+// the blob at once, and that piece is not requested after.
+func TestEarlyReadTakesAQueuedPiecesTurn(t *testing.T) {
+	data := make([]byte, 5<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	f := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 0, open: make(chan struct{})}
+	e := FetchEarly(context.Background(), f, "sha256:x", []Span{{0, 4 << 20}}, 1, nil)
+	t.Cleanup(e.Close)
+	p := make([]byte, 10)
+	if err := e.FetchAt(context.Background(), p, int64(len(data))-10); err != nil {
+		t.Fatal(err)
+	}
+	// The first piece's request is held at the gate: the second waits
+	// its turn behind it.
+	p = make([]byte, 100)
+	done := make(chan error, 1)
+	go func() { done <- e.FetchAt(context.Background(), p, 2<<20+10) }()
+	select {
+	case err := <-done:
+		if err != nil || !bytes.Equal(p, data[2<<20+10:2<<20+110]) {
+			t.Fatalf("fetch: %v, bytes equal: %v", err, bytes.Equal(p, data[2<<20+10:2<<20+110]))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the fetch waited for the early requests' order")
+	}
+	close(f.open)
+	waitFor(t, "the first piece", func() bool { f.mu.Lock(); defer f.mu.Unlock(); return len(f.ranges) == 3 })
+	p = make([]byte, 100)
+	if err := e.FetchAt(context.Background(), p, 100); err != nil || !bytes.Equal(p, data[100:200]) {
+		t.Fatalf("fetch from the first piece: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.ranges) != 3 || !slices.Contains(f.ranges, [2]int64{2<<20 + 10, 2<<20 + 110}) || slices.Contains(f.ranges, [2]int64{2 << 20, 4 << 20}) {
+		t.Errorf("requests %v; want the tail, the first piece and the read, not the second piece", f.ranges)
+	}
+}
