@@ -138,8 +138,15 @@ func (e *Early) Size() int64 { return e.f.Size() }
 // are the bytes of a piece whose request has not started (a read does not
 // wait for the early fetch's order: it takes that piece's turn).
 func (e *Early) FetchAt(ctx context.Context, p []byte, off int64) error {
+	return e.fetch(ctx, p, off, true)
+}
+
+// fetch is FetchAt; without steal, it waits for queued pieces as for
+// those on their way (the layer's own paced fetches, which would only
+// double the requests in flight).
+func (e *Early) fetch(ctx context.Context, p []byte, off int64, steal bool) error {
 	defer e.start.Do(e.launchAfterTails)
-	segs := e.take(off, off+int64(len(p)))
+	segs := e.take(off, off+int64(len(p)), steal)
 	for i, sg := range segs {
 		if sg.pc == nil {
 			continue
@@ -186,10 +193,10 @@ type segment struct {
 // take cuts [off, end) into segments: the parts that pieces whose
 // requests have started hold (marked taken from them), and the rest,
 // which comes from the blob: parts no piece holds, parts taken before
-// (a second fetch, after its chunks failed to verify), and the parts of
-// pieces still queued, which leave the queue. Before the launch, the
+// (a second fetch, after its chunks failed to verify), and, if steal, the
+// parts of pieces still queued, which leave the queue. Before the launch, the
 // whole range is noted as one the layer fetches itself.
-func (e *Early) take(off, end int64) []segment {
+func (e *Early) take(off, end int64, steal bool) []segment {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.launched {
@@ -226,7 +233,7 @@ func (e *Early) take(off, end int64) []segment {
 		switch {
 		case pc.taken.Overlaps(part):
 			add(nil, at, to)
-		case !pc.counted:
+		case !pc.counted && steal:
 			add(nil, at, to)
 			stolen = append(stolen, pc)
 		default:

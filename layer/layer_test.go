@@ -674,3 +674,30 @@ func fetchedIn(rs [][2]int64) int64 {
 	}
 	return n
 }
+
+// TestFetchRangesInPhases: a later phase's members never join an earlier
+// phase's request, however near, and what an earlier phase fetched is
+// not fetched again.
+func TestFetchRangesInPhases(t *testing.T) {
+	files := testFiles()
+	blob, desc := buildBlob(t, files)
+	f := &blobFetcher{data: blob, corrupt: -1}
+	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 64 << 10, Parallel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	b, _ := l.TOC().Lookup(files[3].name) // b and c are adjacent in the blob
+	c, _ := l.TOC().Lookup(files[4].name)
+	opened := len(f.ranges)
+	first := []toc.Range{{Entry: b, Offset: 0, Length: 100}}
+	then := []toc.Range{{Entry: c, Offset: 0, Length: 10}, {Entry: b, Offset: 0, Length: 100}}
+	if err := <-l.FetchRanges(first, then); err != nil {
+		t.Fatal(err)
+	}
+	got := f.ranges[opened:]
+	within := func(r [2]int64, ch toc.Chunk) bool { return r[0] <= ch.Offset && ch.EndOffset <= r[1] }
+	if len(got) != 2 || !within(got[0], b.Chunks()[0]) || within(got[0], c.Chunks()[0]) || !within(got[1], c.Chunks()[0]) || within(got[1], b.Chunks()[0]) {
+		t.Errorf("requests %v; want b's first chunk alone, then c's", got)
+	}
+}

@@ -264,7 +264,7 @@ func (l *Layer) fetchRuns(ctx context.Context, runs []run, why string, p pace) e
 				// fetched: what it bounds is the memory they take.
 				defer l.gate.releaseBackground()
 			}
-			l.fetchSpanThen(ctx, spanStart, end, cl, why, free)
+			l.fetchSpanThen(ctx, spanStart, end, cl, why, free, true)
 		}) {
 			if p.yield {
 				l.gate.releaseBackground()

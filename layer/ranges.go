@@ -3,6 +3,7 @@ package layer
 import (
 	"cmp"
 	"context"
+	"maps"
 	"slices"
 
 	"github.com/lazypull/lazypull/format/toc"
@@ -16,15 +17,16 @@ const maxRunGap = 64 << 10
 // FetchRanges fetches, in the background but ahead of background work,
 // the chunks that hold ranges of the layer's regular files (from its TOC,
 // hard links resolved), in the order given: a workload profile's
-// first-touch order. Members adjacent in the blob, or nearly, go in one
-// request (up to SpanSize), Parallel requests at once, each run in the
-// order of its first-ranked member; a read that wants a chunk meanwhile
-// joins the request that brings it, or fetches it itself if its turn has
-// not come. The channel gets the outcome: nil once all are cached, or the
-// first error.
-func (l *Layer) FetchRanges(ranges []toc.Range) <-chan error {
+// first-touch order; phase after phase (what several profiles read, then
+// the rest). Members adjacent in the blob, or nearly, go in one request
+// (up to SpanSize) if they are of one phase, Parallel requests at once,
+// each run in the order of its first-ranked member; a read that wants a
+// chunk meanwhile joins the request that brings it, or fetches it itself
+// if its turn has not come. The channel gets the outcome: nil once all
+// are cached, or the first error.
+func (l *Layer) FetchRanges(phases ...[]toc.Range) <-chan error {
 	res := make(chan error, 1)
-	runs := l.runsOf(ranges)
+	runs := l.runsOf(phases...)
 	if len(runs) == 0 {
 		res <- nil
 		return res
@@ -43,9 +45,42 @@ func (l *Layer) FetchRanges(ranges []toc.Range) <-chan error {
 	return res
 }
 
-// runsOf turns ranges into runs of members, ranked by the first range
-// that needs each.
-func (l *Layer) runsOf(ranges []toc.Range) []run {
+// runsOf turns the ranges of each phase into runs of members, ranked by
+// the first range that needs each, phase after phase: a member an earlier
+// phase needs is not fetched again, and no run of a later phase spans it.
+func (l *Layer) runsOf(phases ...[]toc.Range) []run {
+	earlier := make(map[int]bool)
+	var out []run
+	for _, ranges := range phases {
+		rank := l.rankMembers(ranges, earlier)
+		members := slices.Sorted(maps.Keys(rank))
+		type ranked struct {
+			run
+			rank int
+		}
+		var runs []ranked
+		for _, k := range members {
+			if n := len(runs); n > 0 && l.members[k].off-l.members[runs[n-1].to-1].end() <= maxRunGap && !l.spansAny(runs[n-1].to, k, earlier) {
+				runs[n-1].to = k + 1
+				runs[n-1].rank = min(runs[n-1].rank, rank[k])
+				continue
+			}
+			runs = append(runs, ranked{run{k, k + 1}, rank[k]})
+		}
+		slices.SortStableFunc(runs, func(a, b ranked) int { return cmp.Compare(a.rank, b.rank) })
+		for _, r := range runs {
+			out = append(out, r.run)
+		}
+		for k := range rank {
+			earlier[k] = true
+		}
+	}
+	return out
+}
+
+// rankMembers ranks the members that hold ranges (not those of skip) by
+// the first range that needs each.
+func (l *Layer) rankMembers(ranges []toc.Range, skip map[int]bool) map[int]int {
 	rank := make(map[int]int)
 	for _, r := range ranges {
 		e, end := r.Entry, r.Offset+r.Length
@@ -62,33 +97,20 @@ func (l *Layer) runsOf(ranges []toc.Range) []run {
 			if k >= len(l.members) || l.members[k].off != c.Offset {
 				continue // not a chunk of this layer's TOC
 			}
-			if _, seen := rank[k]; !seen {
+			if _, seen := rank[k]; !seen && !skip[k] {
 				rank[k] = len(rank)
 			}
 		}
 	}
-	members := make([]int, 0, len(rank))
-	for k := range rank {
-		members = append(members, k)
-	}
-	slices.Sort(members)
-	type ranked struct {
-		run
-		rank int
-	}
-	var runs []ranked
-	for _, k := range members {
-		if n := len(runs); n > 0 && l.members[k].off-l.members[runs[n-1].to-1].end() <= maxRunGap {
-			runs[n-1].to = k + 1
-			runs[n-1].rank = min(runs[n-1].rank, rank[k])
-			continue
+	return rank
+}
+
+// spansAny reports whether a member in [from, to) is one of set.
+func (l *Layer) spansAny(from, to int, set map[int]bool) bool {
+	for k := from; k < to; k++ {
+		if set[k] {
+			return true
 		}
-		runs = append(runs, ranked{run{k, k + 1}, rank[k]})
 	}
-	slices.SortStableFunc(runs, func(a, b ranked) int { return cmp.Compare(a.rank, b.rank) })
-	out := make([]run, len(runs))
-	for i, r := range runs {
-		out[i] = r.run
-	}
-	return out
+	return false
 }

@@ -17,14 +17,17 @@ import (
 // request, verifies and caches their chunks, and releases the claim. why
 // names the file or the work the fetch is for, in the debug log.
 func (l *Layer) fetchSpan(ctx context.Context, k, end int, cl *call, why string) {
-	l.fetchSpanThen(ctx, k, end, cl, why, nil)
+	l.fetchSpanThen(ctx, k, end, cl, why, nil, false)
 }
 
 // fetchSpanThen is fetchSpan that calls arrived (if not nil) once the
 // bytes are in, before it verifies and caches them: a caller pacing its
-// requests starts the next while this one is decoded. Whatever happens,
-// even a panic, the claim is released and its waiters wake.
-func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why string, arrived func()) {
+// requests starts the next while this one is decoded. inTurn: the fetch is
+// one of a paced series (a profile's, the background's), which waits for
+// an early fetch's pieces in their order; a read's takes their turn.
+// Whatever happens, even a panic, the claim is released and its waiters
+// wake.
+func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why string, arrived func(), inTurn bool) {
 	l.mu.Lock()
 	last := k
 	for last+1 < end && l.inflight[last+1] == cl {
@@ -50,7 +53,11 @@ func (l *Layer) fetchSpanThen(ctx context.Context, k, end int, cl *call, why str
 		if fetchEnd > start {
 			l.requests.Add(1)
 			began := time.Now()
-			err = l.fetcher.FetchAt(ctx, buf[:fetchEnd-start], start)
+			if e, ok := l.fetcher.(*Early); ok {
+				err = e.fetch(ctx, buf[:fetchEnd-start], start, !inTurn)
+			} else {
+				err = l.fetcher.FetchAt(ctx, buf[:fetchEnd-start], start)
+			}
 			log.G(ctx).WithFields(log.Fields{"layer": l.desc.Digest, "for": why, "offset": start, "bytes": fetchEnd - start,
 				"members": last + 1 - k, "took": time.Since(began)}).Debug("fetched")
 			if err != nil {

@@ -327,8 +327,8 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 	// reads join the fetches that bring what they want.
 	var ahead <-chan error
 	if plan := m.profiles.plan(ctx, desc.Digest, l.TOC()); len(plan) > 0 {
-		ahead = l.FetchRanges(plan)
-		log.G(ctx).WithField("layer", desc.Digest).WithField("ranges", len(plan)).Info("fetching what the workload profiles read")
+		ahead = l.FetchRanges(plan...)
+		log.G(ctx).WithField("layer", desc.Digest).WithField("ranges", rangesIn(plan)).Info("fetching what the workload profiles read")
 	} else if !m.opts.NoPrefetch {
 		ahead = l.StartPrefetch(m.opts.PrefetchTimeout)
 	}

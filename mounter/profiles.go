@@ -42,7 +42,7 @@ func newProfiles(dir string) *profiles {
 
 // plan returns the ranges of layer d (its TOC t) that the directory's
 // profiles read (see planOf).
-func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) []toc.Range {
+func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) [][]toc.Range {
 	if ps == nil {
 		return nil
 	}
@@ -50,11 +50,11 @@ func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) []toc
 }
 
 // planOf returns the ranges of layer d (its TOC t) that the profiles (by
-// where they come from) read, in the order sharedFirst gives: a layer
+// where they come from) read, in the phases sharedFirst gives: a layer
 // shared by several profiled workloads fetches first what any of them
-// needs, then what each starts with. A profile that does not fit the
-// layer is left out with a warning.
-func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest, t *toc.TOC) []toc.Range {
+// needs, then the rest. A profile that does not fit the layer is left out
+// with a warning.
+func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest, t *toc.TOC) [][]toc.Range {
 	var plans [][]toc.Range
 	for _, from := range slices.Sorted(maps.Keys(ps)) {
 		plan, err := ps[from].Plan(d, t)
@@ -66,22 +66,29 @@ func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest
 			plans = append(plans, plan)
 		}
 	}
-	return sharedFirst(plans,
+	shared, rest := sharedFirst(plans,
 		func(r toc.Range) (any, layer.Span) { return r.Entry, layer.Span{Offset: r.Offset, Length: r.Length} },
 		func(e any, s layer.Span) toc.Range {
 			return toc.Range{Entry: e.(*toc.Entry), Offset: s.Offset, Length: s.Length}
 		})
+	var phases [][]toc.Range
+	for _, p := range [][]toc.Range{shared, rest} {
+		if len(p) > 0 {
+			phases = append(phases, p)
+		}
+	}
+	return phases
 }
 
-// sharedFirst orders what several profiles read of a layer: first the
-// bytes another of them read too (whichever workload runs needs them),
-// then the rest; each part interleaved in first-touch order (the first of
-// each profile, then the second, …). An item is a span of something (a
+// sharedFirst splits what several profiles read of a layer: the bytes
+// another of them read too (whichever workload runs needs them), and the
+// rest; each part interleaved in first-touch order (the first of each
+// profile, then the second, …). One profile's reads are all "shared". An item is a span of something (a
 // file, or the blob: key); cut makes one of a part of it, where the shared
 // bytes begin or end.
-func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut func(key any, s layer.Span) T) []T {
+func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut func(key any, s layer.Span) T) (shared, rest []T) {
 	if len(lists) < 2 {
-		return interleave(lists)
+		return interleave(lists), nil
 	}
 	sets := make([]map[any]layer.SpanSet, len(lists))
 	for i, l := range lists {
@@ -95,7 +102,7 @@ func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut f
 			sets[i][k] = layer.NewSpanSet(ss)
 		}
 	}
-	shared, rest := make([][]T, len(lists)), make([][]T, len(lists))
+	both, own := make([][]T, len(lists)), make([][]T, len(lists))
 	for i, l := range lists {
 		for _, x := range l {
 			k, s := item(x)
@@ -105,16 +112,25 @@ func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut f
 					held = append(held, sets[j][k].Within(s)...)
 				}
 			}
-			both := layer.NewSpanSet(held)
-			for _, p := range both {
-				shared[i] = append(shared[i], cut(k, p))
+			elsewhere := layer.NewSpanSet(held)
+			for _, p := range elsewhere {
+				both[i] = append(both[i], cut(k, p))
 			}
-			for _, p := range both.Missing(s) {
-				rest[i] = append(rest[i], cut(k, p))
+			for _, p := range elsewhere.Missing(s) {
+				own[i] = append(own[i], cut(k, p))
 			}
 		}
 	}
-	return append(interleave(shared), interleave(rest)...)
+	return interleave(both), interleave(own)
+}
+
+// rangesIn counts the ranges of a plan's phases, for the log.
+func rangesIn(phases [][]toc.Range) int {
+	n := 0
+	for _, p := range phases {
+		n += len(p)
+	}
+	return n
 }
 
 // interleave takes the first item of each list, then the second, ….
@@ -165,7 +181,8 @@ func spansOf(ps map[string]*profile.Profile, d digest.Digest) []layer.Span {
 	var covered layer.SpanSet
 	blob := func(s layer.Span) (any, layer.Span) { return nil, s }
 	span := func(_ any, s layer.Span) layer.Span { return s }
-	for _, s := range sharedFirst(lists, blob, span) {
+	shared, rest := sharedFirst(lists, blob, span)
+	for _, s := range append(shared, rest...) {
 		if len(out) >= maxEarlySpans {
 			break
 		}
@@ -254,7 +271,7 @@ func (m *Mounter) fetchReferred(img *image, l *layer.Layer) {
 	}
 	d := l.Descriptor().Digest
 	if plan := planOf(m.ctx, ps, d, l.TOC()); len(plan) > 0 {
-		l.FetchRanges(plan)
-		log.G(m.ctx).WithField("layer", d).WithField("ranges", len(plan)).Info("fetching what the workload profiles that travel with the image read")
+		l.FetchRanges(plan...)
+		log.G(m.ctx).WithField("layer", d).WithField("ranges", rangesIn(plan)).Info("fetching what the workload profiles that travel with the image read")
 	}
 }
