@@ -1,6 +1,7 @@
 package mounter
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -52,7 +53,7 @@ func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) [][]t
 // planOf returns the ranges of layer d (its TOC t) that the profiles (by
 // where they come from) read, in the phases sharedFirst gives: a layer
 // shared by several profiled workloads fetches first what any of them
-// needs, then the rest. A profile that does not fit the layer is left out
+// needs, then what each alone read, the shortest first. A profile that does not fit the layer is left out
 // with a warning.
 func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest, t *toc.TOC) [][]toc.Range {
 	var plans [][]toc.Range
@@ -66,31 +67,32 @@ func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest
 			plans = append(plans, plan)
 		}
 	}
-	shared, rest := sharedFirst(plans,
+	shared, own := sharedFirst(plans,
 		func(r toc.Range) (any, layer.Span) { return r.Entry, layer.Span{Offset: r.Offset, Length: r.Length} },
 		func(e any, s layer.Span) toc.Range {
 			return toc.Range{Entry: e.(*toc.Entry), Offset: s.Offset, Length: s.Length}
 		})
-	var phases [][]toc.Range
-	for _, p := range [][]toc.Range{shared, rest} {
-		if len(p) > 0 {
-			phases = append(phases, p)
-		}
+	if len(shared) == 0 {
+		return own
 	}
-	return phases
+	return append([][]toc.Range{shared}, own...)
 }
 
 // sharedFirst splits what several profiles read of a layer: the bytes
-// another of them read too (whichever workload runs needs them), and the
-// rest; each part interleaved in first-touch order (the first of each
-// profile, then the second, …). One profile's reads are all "shared". An item is a span of something (a
-// file, or the blob: key); cut makes one of a part of it, where the shared
-// bytes begin or end.
-func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut func(key any, s layer.Span) T) (shared, rest []T) {
+// another of them read too (whichever workload runs needs them),
+// interleaved in first-touch order (the first of each profile, then the
+// second, …); then what each alone read, in its order, the profile that
+// read the fewest bytes first: the shortest start is over soonest, and a
+// longer one waits for little more than it would alone. One profile's
+// reads are all "shared". An item is a span of something (a file, or the
+// blob: key); cut makes one of a part of it, where shared bytes begin or
+// end.
+func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut func(key any, s layer.Span) T) (shared []T, own [][]T) {
 	if len(lists) < 2 {
 		return interleave(lists), nil
 	}
 	sets := make([]map[any]layer.SpanSet, len(lists))
+	total := make([]int64, len(lists))
 	for i, l := range lists {
 		spans := make(map[any][]layer.Span)
 		for _, x := range l {
@@ -100,9 +102,11 @@ func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut f
 		sets[i] = make(map[any]layer.SpanSet, len(spans))
 		for k, ss := range spans {
 			sets[i][k] = layer.NewSpanSet(ss)
+			total[i] += sets[i][k].Bytes()
 		}
 	}
-	both, own := make([][]T, len(lists)), make([][]T, len(lists))
+	both := make([][]T, len(lists))
+	own = make([][]T, len(lists))
 	for i, l := range lists {
 		for _, x := range l {
 			k, s := item(x)
@@ -121,7 +125,18 @@ func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut f
 			}
 		}
 	}
-	return interleave(both), interleave(own)
+	order := make([]int, len(lists))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(total[a], total[b]) })
+	var sorted [][]T
+	for _, i := range order {
+		if len(own[i]) > 0 {
+			sorted = append(sorted, own[i])
+		}
+	}
+	return interleave(both), sorted
 }
 
 // rangesIn counts the ranges of a plan's phases, for the log.
@@ -181,8 +196,8 @@ func spansOf(ps map[string]*profile.Profile, d digest.Digest) []layer.Span {
 	var covered layer.SpanSet
 	blob := func(s layer.Span) (any, layer.Span) { return nil, s }
 	span := func(_ any, s layer.Span) layer.Span { return s }
-	shared, rest := sharedFirst(lists, blob, span)
-	for _, s := range append(shared, rest...) {
+	shared, own := sharedFirst(lists, blob, span)
+	for _, s := range slices.Concat(append([][]layer.Span{shared}, own...)...) {
 		if len(out) >= maxEarlySpans {
 			break
 		}

@@ -205,9 +205,8 @@ func TestMountFetchesWhatReferringProfilesRead(t *testing.T) {
 }
 
 // TestMountFetchesWhatEveryProfileRead: an image run by two workloads, each
-// with its profile: a mount fetches what either read, the first read of
-// each before the second of either (a layer shared by workloads fetches
-// what each starts with first).
+// with its profile: a mount fetches what either read, what both read
+// first (nothing here), then each one's own, the one of fewer bytes first.
 func TestMountFetchesWhatEveryProfileRead(t *testing.T) {
 	testenv.NeedFUSE(t)
 	dir := t.TempDir()
@@ -237,15 +236,15 @@ func TestMountFetchesWhatEveryProfileRead(t *testing.T) {
 	}
 
 	plan := planOf(context.Background(), map[string]*profile.Profile{"job": job, "web": web}, d, m.mountedLayer(d).TOC())
-	if len(plan) != 1 {
-		t.Fatalf("%d phases; want one (nothing is read by both)", len(plan))
+	if len(plan) != 2 {
+		t.Fatalf("%d phases; want two: nothing is read by both, then each one's own", len(plan))
 	}
 	var got []string
-	for _, r := range plan[0] {
+	for _, r := range slices.Concat(plan...) {
 		got = append(got, fmt.Sprintf("%s@%d", r.Entry.Path(), r.Offset))
 	}
 	if want := []string{"lib/c@0", "bin/a@0", "bin/a@30000"}; !slices.Equal(got, want) {
-		t.Errorf("the plan of both workloads' profiles is %v; want %v (each one's first read, then each one's second)", got, want)
+		t.Errorf("the plan of both workloads' profiles is %v; want %v (the one that read fewer bytes first, each in its order)", got, want)
 	}
 }
 
@@ -265,8 +264,8 @@ func TestSpansOfSeveralProfiles(t *testing.T) {
 		"b": withSpans(profile.Span{Offset: 150, Length: 100}, profile.Span{Offset: 0, Length: 300}, profile.Span{Offset: 5000, Length: 1}),
 		"c": newProfile(digest.FromString("another layer")),
 	}
-	// The bytes both read first ([100, 200)); then the rest interleaved:
-	// a's second, b's first and second less what came before, b's third.
+	// The bytes both read first ([100, 200)); then a's own (fewer bytes),
+	// then b's, less what came before.
 	want := []layer.Span{{Offset: 100, Length: 100}, {Offset: 1000, Length: 10}, {Offset: 200, Length: 50}, {Offset: 0, Length: 100}, {Offset: 250, Length: 50}, {Offset: 5000, Length: 1}}
 	if got := spansOf(ps, d); !slices.Equal(got, want) {
 		t.Errorf("spans %v; want %v", got, want)
@@ -281,7 +280,8 @@ func TestSpansOfSeveralProfiles(t *testing.T) {
 }
 
 // TestSharedFirst: the bytes another profile reads too come first (of the
-// same file), then the rest; each part interleaved by rank.
+// same file), interleaved by rank; then each profile's own, the one of
+// fewer bytes first.
 func TestSharedFirst(t *testing.T) {
 	type read struct {
 		file     string
@@ -291,14 +291,15 @@ func TestSharedFirst(t *testing.T) {
 	cut := func(k any, s layer.Span) read { return read{k.(string), s.Offset, s.Length} }
 	web := []read{{"bin/web", 0, 100}, {"lib/libc", 0, 4096}, {"etc/web.conf", 0, 10}}
 	job := []read{{"bin/job", 0, 50}, {"lib/libc", 1000, 100}, {"etc/web.conf", 10, 10}}
-	// libc's bytes that both read, then each one's own (web's libc cut
-	// around job's), each part interleaved by rank.
-	want := []read{{"lib/libc", 1000, 100}, {"lib/libc", 1000, 100}, {"bin/web", 0, 100}, {"bin/job", 0, 50}, {"lib/libc", 0, 1000}, {"etc/web.conf", 10, 10}, {"lib/libc", 1100, 2996}, {"etc/web.conf", 0, 10}}
-	shared, rest := sharedFirst([][]read{web, job}, item, cut)
-	if got := append(shared, rest...); !slices.Equal(got, want) || len(shared) != 2 {
-		t.Errorf("sharedFirst = %v then %v; want %v, the first two shared", shared, rest, want)
+	// libc's bytes that both read, interleaved by rank; then job's own,
+	// the fewer bytes, in its order; then web's (its libc cut around
+	// job's).
+	want := []read{{"lib/libc", 1000, 100}, {"lib/libc", 1000, 100}, {"bin/job", 0, 50}, {"etc/web.conf", 10, 10}, {"bin/web", 0, 100}, {"lib/libc", 0, 1000}, {"lib/libc", 1100, 2996}, {"etc/web.conf", 0, 10}}
+	shared, own := sharedFirst([][]read{web, job}, item, cut)
+	if got := slices.Concat(append([][]read{shared}, own...)...); !slices.Equal(got, want) || len(shared) != 2 || len(own) != 2 {
+		t.Errorf("sharedFirst = %v then %v; want %v: the first two shared, then job's, then web's", shared, own, want)
 	}
-	if got, rest := sharedFirst([][]read{web}, item, cut); !slices.Equal(got, web) || rest != nil {
+	if got, own := sharedFirst([][]read{web}, item, cut); !slices.Equal(got, web) || own != nil {
 		t.Errorf("sharedFirst of one profile = %v; want it as it is", got)
 	}
 }
