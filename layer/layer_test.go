@@ -111,8 +111,17 @@ func buildBlob(t *testing.T, files []file, opts ...estargz.WriterOption) ([]byte
 
 func openLayer(t *testing.T, blob []byte, desc ocispec.Descriptor) (*Layer, *blobFetcher) {
 	t.Helper()
+	return openLayerWith(t, blob, desc, Options{})
+}
+
+// openLayerWith is openLayer with opts (a 64 KiB tail unless they say).
+func openLayerWith(t *testing.T, blob []byte, desc ocispec.Descriptor, opts Options) (*Layer, *blobFetcher) {
+	t.Helper()
+	if opts.TailSize == 0 {
+		opts.TailSize = 64 << 10
+	}
 	f := &blobFetcher{data: blob, corrupt: -1}
-	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 64 << 10})
+	l, err := Open(context.Background(), desc, f, newTestCache(t), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,13 +633,8 @@ func newCacheAt(t *testing.T, dir string) *cache.Cache {
 func TestFetchRanges(t *testing.T) {
 	files := testFiles()
 	blob, desc := buildBlob(t, files)
-	f := &blobFetcher{data: blob, corrupt: -1}
 	// One request at a time: their order is the plan's.
-	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 64 << 10, Parallel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
+	l, f := openLayerWith(t, blob, desc, Options{Parallel: 1})
 	lookup := func(i int) *toc.Entry {
 		e, _ := l.TOC().Lookup(files[i].name)
 		return e
@@ -681,12 +685,7 @@ func fetchedIn(rs [][2]int64) int64 {
 func TestFetchRangesInPhases(t *testing.T) {
 	files := testFiles()
 	blob, desc := buildBlob(t, files)
-	f := &blobFetcher{data: blob, corrupt: -1}
-	l, err := Open(context.Background(), desc, f, newTestCache(t), Options{TailSize: 64 << 10, Parallel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
+	l, f := openLayerWith(t, blob, desc, Options{Parallel: 1})
 	b, _ := l.TOC().Lookup(files[3].name) // b and c are adjacent in the blob
 	c, _ := l.TOC().Lookup(files[4].name)
 	opened := len(f.ranges)
