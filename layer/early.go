@@ -38,10 +38,13 @@ func (l *Layer) Spans(ranges []toc.Range) []Span {
 // Early fetches spans of a blob before its layer is open: those a workload
 // profile names (Layer.Spans, recorded with it), so that they cross the
 // link while the TOC is parsed and the layer mounted, instead of after.
-// It is the layer's Fetcher: a fetch that falls wholly in spans it has
-// (or is fetching) waits for them and takes their bytes, once; any other
-// goes to the blob. Its spans start when its first fetch, the layer's
-// tail with the TOC, has arrived: they never slow the mount.
+// It is the layer's Fetcher: a fetch takes the parts that pieces on their
+// way or in hold, each byte once, and the rest from the blob. A read
+// fetches the bytes of a piece still queued itself (that piece leaves the
+// queue); the layer's paced fetches wait for it in its turn. Its spans
+// start when its first fetch, the layer's tail with the TOC, has arrived
+// (and, with TailsFirst, those of the layers opened with it): they never
+// slow the mount.
 //
 // It holds raw blob bytes and trusts them no more than the registry's:
 // the layer verifies every chunk it decodes from them. What nobody took
@@ -49,7 +52,7 @@ func (l *Layer) Spans(ranges []toc.Range) []Span {
 // bounded (earlyMaxBytes): spans past it are fetched by the layer later.
 type Early struct {
 	f        Fetcher
-	layer    digest.Digest // for the log
+	layer    digest.Digest // its blob: for TailsFirst and the log
 	parallel int
 	spans    []Span
 	after    *TailsFirst // nil: its own tail only
