@@ -97,8 +97,10 @@ const earlyPieceSize = 2 << 20
 // (it did not open, or its profile did not fit).
 const earlyKeep = time.Minute
 
-// earlyMaxBytes bounds the bytes all Early fetches of the process hold.
-const earlyMaxBytes = 256 << 20
+// earlyMaxBytes bounds the bytes all Early fetches of the process hold:
+// a workload's start reads tens of MB; a profile of a whole data set is
+// fetched ahead only as far as its layer keeps up.
+const earlyMaxBytes = 64 << 20
 
 var earlyHeld atomic.Int64
 
@@ -166,22 +168,33 @@ func (e *Early) fetch(ctx context.Context, p []byte, off int64, steal bool) erro
 	var fromPieces int64
 	for _, sg := range segs {
 		dst := p[sg.from-off : sg.to-off]
-		if sg.pc == nil {
-			if err := e.f.FetchAt(ctx, dst, sg.from); err != nil {
-				return err
-			}
+		if sg.pc != nil && e.copyOut(dst, sg) {
+			fromPieces += sg.to - sg.from
 			continue
 		}
-		copy(dst, sg.pc.data[sg.from-sg.pc.off:sg.to-sg.pc.off])
-		fromPieces += sg.to - sg.from
-		e.mu.Lock()
-		if sg.pc.taken.Bytes() == sg.pc.n {
-			e.release(sg.pc) // all of it handed out
+		if err := e.f.FetchAt(ctx, dst, sg.from); err != nil {
+			return err
 		}
-		e.mu.Unlock()
 	}
 	e.taken.Add(fromPieces)
 	return nil
+}
+
+// copyOut copies segment sg of its piece into dst, and releases the
+// piece once all of it is handed out; false if the piece let go of its
+// bytes meanwhile (earlyKeep ran out): they come from the blob then.
+func (e *Early) copyOut(dst []byte, sg segment) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	pc := sg.pc
+	if pc.data == nil {
+		return false
+	}
+	copy(dst, pc.data[sg.from-pc.off:sg.to-pc.off])
+	if pc.taken.Bytes() == pc.n {
+		e.release(pc) // all of it handed out
+	}
+	return true
 }
 
 func (pc *piece) end() int64 { return pc.off + pc.n }
@@ -382,23 +395,25 @@ func (e *Early) fetchPiece(pc *piece) (ok bool) {
 	pc.counted = true
 	e.mu.Unlock()
 	data := make([]byte, pc.n)
-	if pc.err = e.f.FetchAt(e.ctx, data, pc.off); pc.err != nil {
-		e.mu.Lock()
-		e.release(pc)
-		e.mu.Unlock()
+	pc.err = e.f.FetchAt(e.ctx, data, pc.off)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if pc.err != nil || pc.released {
+		e.release(pc) // what waits on it goes to the blob
 		return false
 	}
 	pc.data = data
 	return true
 }
 
-// release lets go of a piece: nothing new takes from it, and its bytes
-// go with the last fetch that took some. e.mu is held.
+// release lets go of a piece and its bytes: nothing takes from it any
+// more (a fetch that took part of it and has not copied it yet gets those
+// bytes from the blob). e.mu is held.
 func (e *Early) release(pc *piece) {
 	if pc.released {
 		return
 	}
-	pc.released = true
+	pc.released, pc.data = true, nil
 	if pc.counted {
 		earlyHeld.Add(-pc.n)
 	}
