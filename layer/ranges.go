@@ -60,7 +60,7 @@ func (l *Layer) runsOf(phases ...[]toc.Range) []run {
 		}
 		var runs []ranked
 		for _, k := range members {
-			if n := len(runs); n > 0 && l.members[k].off-l.members[runs[n-1].to-1].end() <= maxRunGap && !l.spansAny(runs[n-1].to, k, earlier) {
+			if n := len(runs); n > 0 && l.members[k].off-l.members[runs[n-1].to-1].end() <= maxRunGap && !anyIn(runs[n-1].to, k, earlier) {
 				runs[n-1].to = k + 1
 				runs[n-1].rank = min(runs[n-1].rank, rank[k])
 				continue
@@ -105,8 +105,8 @@ func (l *Layer) rankMembers(ranges []toc.Range, skip map[int]bool) map[int]int {
 	return rank
 }
 
-// spansAny reports whether a member in [from, to) is one of set.
-func (l *Layer) spansAny(from, to int, set map[int]bool) bool {
+// anyIn reports whether a member in [from, to) is one of set.
+func anyIn(from, to int, set map[int]bool) bool {
 	for k := from; k < to; k++ {
 		if set[k] {
 			return true

@@ -43,6 +43,19 @@ func profiledImage(t *testing.T, reg *testenv.Registry, dir string) (string, dig
 	return ref, layers[0].Digest
 }
 
+// profiledSetup is profiledImage in a temporary directory, with an empty
+// profile directory in it; it returns the directory, the image's
+// reference and layer, and the profile directory.
+func profiledSetup(t *testing.T) (dir, ref string, d digest.Digest, profiles string) {
+	t.Helper()
+	testenv.NeedFUSE(t)
+	dir = t.TempDir()
+	ref, d = profiledImage(t, testenv.NewRegistry(t), dir)
+	profiles = filepath.Join(dir, "profiles")
+	os.Mkdir(profiles, 0o700)
+	return dir, ref, d, profiles
+}
+
 // mountProfiled mounts layer d of ref with opts (no background fetch) and
 // a cache of its own; it returns the mounter and the cache.
 func mountProfiled(t *testing.T, dir, ref string, d digest.Digest, opts Options) (*Mounter, *cache.Cache, string) {
@@ -97,12 +110,7 @@ func writeProfile(t *testing.T, dir, name string, p *profile.Profile) {
 // and nothing else (not the files the image marks); profiles that do not
 // parse or do not fit the layer are left out, and the mount works.
 func TestMountFetchesWhatProfilesRead(t *testing.T) {
-	testenv.NeedFUSE(t)
-	dir := t.TempDir()
-	ref, d := profiledImage(t, testenv.NewRegistry(t), dir)
-
-	profiles := filepath.Join(dir, "profiles")
-	os.Mkdir(profiles, 0o700)
+	dir, ref, d, profiles := profiledSetup(t)
 	writeProfile(t, profiles, "run.json", newProfile(d, profile.Read{Path: "lib/b", Offset: 0, Length: 100}, profile.Read{Path: "bin/a", Offset: 1000, Length: 5000}))
 	writeProfile(t, profiles, "other-image.json", newProfile(d, profile.Read{Path: "lib/c", Length: 10}, profile.Read{Path: "no/such/file", Length: 10}))
 	os.WriteFile(filepath.Join(profiles, "garbage.json"), []byte("{not json"), 0o600)
@@ -131,11 +139,7 @@ func TestMountFetchesWhatProfilesRead(t *testing.T) {
 // reads lie in the blob (spans) has them fetched before the layer is open,
 // and the layer's fetch of the profile's ranges takes them from there.
 func TestMountFetchesProfiledSpansEarly(t *testing.T) {
-	testenv.NeedFUSE(t)
-	dir := t.TempDir()
-	ref, d := profiledImage(t, testenv.NewRegistry(t), dir)
-	profiles := filepath.Join(dir, "profiles")
-	os.Mkdir(profiles, 0o700)
+	dir, ref, d, profiles := profiledSetup(t)
 	p := newProfile(d, profile.Read{Path: "lib/c", Length: 10}, profile.Read{Path: "bin/a", Offset: 1000, Length: 5000})
 
 	// Where the reads lie, as a recording finds them.
@@ -208,11 +212,7 @@ func TestMountFetchesWhatReferringProfilesRead(t *testing.T) {
 // with its profile: a mount fetches what either read, what both read
 // first (nothing here), then each one's own, the one of fewer bytes first.
 func TestMountFetchesWhatEveryProfileRead(t *testing.T) {
-	testenv.NeedFUSE(t)
-	dir := t.TempDir()
-	ref, d := profiledImage(t, testenv.NewRegistry(t), dir)
-	profiles := filepath.Join(dir, "profiles")
-	os.Mkdir(profiles, 0o700)
+	dir, ref, d, profiles := profiledSetup(t)
 	web := newProfile(d, profile.Read{Path: "bin/a", Length: 100}, profile.Read{Path: "bin/a", Offset: 30000, Length: 100})
 	job := newProfile(d, profile.Read{Path: "lib/c", Length: 10})
 	writeProfile(t, profiles, "web.json", web)
