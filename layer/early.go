@@ -47,8 +47,8 @@ func (l *Layer) Spans(ranges []toc.Range) []Span {
 // slow the mount.
 //
 // It holds raw blob bytes and trusts them no more than the registry's:
-// the layer verifies every chunk it decodes from them. What nobody took
-// is dropped after earlyKeep, and the bytes held in the process are
+// the layer verifies every chunk it decodes from them. Once its layer
+// has taken nothing for earlyKeep, it stops and drops what it holds; the bytes held in the process are
 // bounded (earlyMaxBytes): spans past it are fetched by the layer later.
 type Early struct {
 	f        Fetcher
@@ -60,6 +60,7 @@ type Early struct {
 	start sync.Once
 	ctx   context.Context
 	stop  context.CancelFunc
+	idle  *time.Timer // stops it earlyKeep after the last take
 
 	taken atomic.Int64 // bytes handed out from pieces
 
@@ -82,6 +83,9 @@ type piece struct {
 	// is never handed out twice (a second fetch of it, after its chunks
 	// failed to verify, goes to the registry).
 	taken SpanSet
+	// takers are the fetches that took a part and have not copied it
+	// yet: the piece keeps its bytes until the last has.
+	takers int
 	// counted: its n bytes count against earlyMaxBytes (from when its
 	// request starts), until it is released. released: it is out of
 	// Early.pieces (a fetch that took it still copies from it).
@@ -93,8 +97,11 @@ type piece struct {
 // per request costs little (as the profiled fetch's spans, measured).
 const earlyPieceSize = 2 << 20
 
-// earlyKeep is how long an Early fetch keeps what its layer did not take
-// (it did not open, or its profile did not fit).
+// earlyKeep is how long an Early fetch goes on while its layer takes
+// nothing from it (it did not open, or its profile did not fit). A layer
+// that keeps taking keeps it going: a profile of a whole data set is
+// fetched for minutes, and cutting it off midway wasted the pieces on
+// their way and those held.
 const earlyKeep = time.Minute
 
 // earlyMaxBytes bounds the bytes all Early fetches of the process hold:
@@ -114,8 +121,9 @@ func FetchEarly(ctx context.Context, f Fetcher, layer digest.Digest, spans []Spa
 	if parallel <= 0 {
 		parallel = Options{}.withDefaults().Parallel
 	}
-	ctx, stop := context.WithTimeout(ctx, earlyKeep)
+	ctx, stop := context.WithCancel(ctx)
 	e := &Early{f: f, layer: layer, parallel: parallel, after: after, ctx: ctx, stop: stop}
+	e.idle = time.AfterFunc(earlyKeep, stop)
 	size := f.Size()
 	for _, s := range spans {
 		if s.Offset < 0 || s.Length <= 0 || s.Offset > size || s.Length > size-s.Offset {
@@ -131,6 +139,7 @@ func FetchEarly(ctx context.Context, f Fetcher, layer digest.Digest, spans []Spa
 // layer closes it with itself.
 func (e *Early) Close() {
 	e.after.Arrived(e.layer) // or it would hold the others back
+	e.idle.Stop()
 	e.stop()
 	e.drop()
 }
@@ -159,20 +168,23 @@ func (e *Early) fetch(ctx context.Context, p []byte, off int64, steal bool) erro
 		select {
 		case <-sg.pc.done:
 		case <-ctx.Done():
+			e.leave(segs)
 			return ctx.Err()
 		}
 		if sg.pc.err != nil {
+			e.leave(segs[i : i+1])
 			segs[i].pc = nil // from the blob after all
 		}
 	}
 	var fromPieces int64
-	for _, sg := range segs {
+	for i, sg := range segs {
 		dst := p[sg.from-off : sg.to-off]
 		if sg.pc != nil && e.copyOut(dst, sg) {
 			fromPieces += sg.to - sg.from
 			continue
 		}
 		if err := e.f.FetchAt(ctx, dst, sg.from); err != nil {
+			e.leave(segs[i+1:])
 			return err
 		}
 	}
@@ -180,19 +192,35 @@ func (e *Early) fetch(ctx context.Context, p []byte, off int64, steal bool) erro
 	return nil
 }
 
-// copyOut copies segment sg of its piece into dst, and releases the
-// piece once all of it is handed out; false if the piece let go of its
-// bytes meanwhile (earlyKeep ran out): they come from the blob then.
+// leave gives up the parts of segs taken from pieces, uncopied: the
+// fetch ended first.
+func (e *Early) leave(segs []segment) {
+	for _, sg := range segs {
+		if sg.pc != nil {
+			e.copyOut(nil, sg)
+		}
+	}
+}
+
+// copyOut copies segment sg of its piece into dst (nil: it is not
+// wanted after all), and releases the piece once all of it is handed out
+// and copied; false if the piece let go of its bytes meanwhile (earlyKeep
+// ran out): they come from the blob then.
 func (e *Early) copyOut(dst []byte, sg segment) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	pc := sg.pc
+	pc.takers--
 	if pc.data == nil {
 		return false
 	}
 	copy(dst, pc.data[sg.from-pc.off:sg.to-pc.off])
-	if pc.taken.Bytes() == pc.n {
-		e.release(pc) // all of it handed out
+	if pc.takers == 0 && pc.taken.Bytes() == pc.n {
+		// All of it handed out and copied. Not before: a fetch that took
+		// a part and copies later would find the bytes gone, and fetch
+		// them again (the data image's 2 MiB pieces across its 4 MiB
+		// chunks lost 150 MB that way).
+		e.release(pc)
 	}
 	return true
 }
@@ -215,6 +243,9 @@ type segment struct {
 func (e *Early) take(off, end int64, steal bool) []segment {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if !e.dropped {
+		e.idle.Reset(earlyKeep)
+	}
 	if !e.launched {
 		e.direct.Add(Span{Offset: off, Length: end - off})
 		return []segment{{nil, off, end}}
@@ -254,6 +285,7 @@ func (e *Early) take(off, end int64, steal bool) []segment {
 			stolen = append(stolen, pc)
 		default:
 			pc.taken.Add(part)
+			pc.takers++
 			add(pc, at, to)
 		}
 		at = to
@@ -420,8 +452,8 @@ func (e *Early) release(pc *piece) {
 	e.pieces = slices.DeleteFunc(e.pieces, func(q *piece) bool { return q == pc })
 }
 
-// drop lets go of every piece, once earlyKeep is over (its context ends,
-// and with it the requests still running).
+// drop lets go of every piece, once its context ends (Close, or earlyKeep
+// without a take), and with it the requests still running.
 func (e *Early) drop() {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -240,18 +240,74 @@ func TestSpanSet(t *testing.T) {
 	}
 }
 
-// gatedFetcher holds the requests at one offset until open is closed.
+// gatedFetcher holds the requests at one offset until open is closed;
+// reached (if not nil) is closed when the first of them arrives.
 type gatedFetcher struct {
 	*blobFetcher
-	at   int64
-	open chan struct{}
+	at      int64
+	open    chan struct{}
+	reached chan struct{}
+	once    sync.Once
 }
 
 func (f *gatedFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
 	if off == f.at {
+		if f.reached != nil {
+			f.once.Do(func() { close(f.reached) })
+		}
 		<-f.open
 	}
 	return f.blobFetcher.FetchAt(ctx, p, off)
+}
+
+// TestEarlyPieceServesEveryTaker: two fetches that took the two halves of
+// a piece on its way both get their bytes from it, whichever copies
+// first: the piece keeps its bytes until the last taker has copied.
+func TestEarlyPieceServesEveryTaker(t *testing.T) {
+	data := make([]byte, 3<<20)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	const at = 1 << 20
+	f := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: at, open: make(chan struct{}), reached: make(chan struct{})}
+	e := FetchEarly(context.Background(), f, "sha256:x", []Span{{at, 1 << 20}}, 1, nil)
+	t.Cleanup(e.Close)
+	tail := make([]byte, 10)
+	if err := e.FetchAt(context.Background(), tail, int64(len(data))-10); err != nil {
+		t.Fatal(err)
+	}
+	<-f.reached // the piece's request is on its way, held at the gate
+	halves := [2][2]int64{{at, at + 1<<19}, {at + 1<<19, at + 1<<20}}
+	errs := make(chan error, 2)
+	for _, h := range halves {
+		go func() {
+			p := make([]byte, h[1]-h[0])
+			err := e.fetch(context.Background(), p, h[0], false)
+			if err == nil && !bytes.Equal(p, data[h[0]:h[1]]) {
+				err = errors.New("bytes differ from the blob's")
+			}
+			errs <- err
+		}()
+	}
+	waitFor(t, "both halves taken", func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.pieces) == 1 && e.pieces[0].taken.Bytes() == 1<<20
+	})
+	close(f.open)
+	for range halves {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.ranges) != 2 {
+		t.Errorf("requests %v; want the tail and the piece: both halves come from the piece", f.ranges)
+	}
+	if got := e.taken.Load(); got != 1<<20 {
+		t.Errorf("%d bytes taken from the piece; want all %d", got, 1<<20)
+	}
 }
 
 // TestEarlyReadTakesAQueuedPiecesTurn: a fetch of bytes whose piece has
