@@ -20,17 +20,31 @@ type Span struct {
 	Offset, Length int64
 }
 
+// EarlySpan is a span an Early fetch requests, and its place among those
+// of all the layers of its EarlyGroup: by Phase, then by Rank.
+type EarlySpan struct {
+	Span
+	// Phase: 0 and 1 start as soon as a request is free; a later phase
+	// waits until the requests of phases 1 and on before it are done, so
+	// that they have the link to themselves (a profile's own bytes, when
+	// an image has several workloads' profiles).
+	Phase int
+	// Rank orders spans within a phase: when the workload first touched
+	// them, comparable across layers.
+	Rank int
+}
+
 // Spans returns the blob's byte ranges that hold the chunks of ranges (a
 // workload profile's plan), as FetchRanges would request them: members
 // near each other joined, in the order of the first range that needs
-// each. A node that knows them can fetch them before it has this TOC
-// (Early).
-func (l *Layer) Spans(ranges []toc.Range) []Span {
+// each, which is its Rank (an index in ranges). A node that knows them
+// can fetch them before it has this TOC (Early).
+func (l *Layer) Spans(ranges []toc.Range) []EarlySpan {
 	runs := l.runsOf(ranges)
-	out := make([]Span, len(runs))
+	out := make([]EarlySpan, len(runs))
 	for i, r := range runs {
 		off := l.members[r.from].off
-		out[i] = Span{Offset: off, Length: l.members[r.to-1].end() - off}
+		out[i] = EarlySpan{Span: Span{Offset: off, Length: l.members[r.to-1].end() - off}, Rank: r.rank}
 	}
 	return out
 }
@@ -42,20 +56,20 @@ func (l *Layer) Spans(ranges []toc.Range) []Span {
 // way or in hold, each byte once, and the rest from the blob. A read
 // fetches the bytes of a piece still queued itself (that piece leaves the
 // queue); the layer's paced fetches wait for it in its turn. Its spans
-// start when its first fetch, the layer's tail with the TOC, has arrived
-// (and, with TailsFirst, those of the layers opened with it): they never
-// slow the mount.
+// start when its first fetch, the layer's tail with the TOC, has arrived,
+// and those of the other layers of its EarlyGroup: they never slow the
+// mount. The group requests the pieces of all its layers in one order.
 //
 // It holds raw blob bytes and trusts them no more than the registry's:
-// the layer verifies every chunk it decodes from them. Once its layer
-// has taken nothing for earlyKeep, it stops and drops what it holds; the bytes held in the process are
-// bounded (earlyMaxBytes): spans past it are fetched by the layer later.
+// the layer verifies every chunk it decodes from them. Once its layer has
+// taken nothing for earlyKeep, it stops and drops what it holds. The
+// bytes held in the process are bounded (earlyMaxBytes): spans past it
+// are fetched by the layer later.
 type Early struct {
-	f        Fetcher
-	layer    digest.Digest // its blob: for TailsFirst and the log
-	parallel int
-	spans    []Span
-	after    *TailsFirst // nil: its own tail only
+	f     Fetcher
+	layer digest.Digest // its blob: for its group and the log
+	spans []EarlySpan
+	group *EarlyGroup
 
 	start sync.Once
 	ctx   context.Context
@@ -69,16 +83,24 @@ type Early struct {
 	launched bool
 	direct   SpanSet // what the layer fetched itself before the launch
 	dropped  bool    // earlyKeep is over: no pieces any more
+
+	// For the log: when the launch began, the pieces not done yet, and
+	// the bytes fetched.
+	began   time.Time
+	left    atomic.Int64
+	fetched atomic.Int64
 }
 
 // piece is one request of an Early fetch, and its bytes until all have
 // been taken.
 type piece struct {
-	off  int64
-	n    int64
-	data []byte        // its n bytes, once in
-	done chan struct{} // closed when data is in, or err set
-	err  error
+	off int64
+	n   int64
+	// phase and rank: its span's (EarlySpan), for its group's order.
+	phase, rank int
+	data        []byte        // its n bytes, once in
+	done        chan struct{} // closed when data is in, or err set
+	err         error
 	// taken are the parts already handed out, sorted and merged: a part
 	// is never handed out twice (a second fetch of it, after its chunks
 	// failed to verify, goes to the registry).
@@ -111,18 +133,17 @@ const earlyMaxBytes = 64 << 20
 
 var earlyHeld atomic.Int64
 
-// FetchEarly returns f, fetching spans (in the order given; each checked
-// against f's size) ahead, parallel requests at once, as soon as the
-// first fetch through it (the layer's tail) has arrived, and, if after is
-// not nil, the tails of the layers opened with it; parallel 0 is
-// Options.Parallel's default. layer names the blob. ctx bounds the early
-// requests.
-func FetchEarly(ctx context.Context, f Fetcher, layer digest.Digest, spans []Span, parallel int, after *TailsFirst) *Early {
-	if parallel <= 0 {
-		parallel = Options{}.withDefaults().Parallel
+// FetchEarly returns f, fetching spans (each checked against f's size)
+// ahead, in the order and with the requests of group (nil: a group of its
+// own, of Options.Parallel's default), as soon as the first fetch through
+// it (the layer's tail) has arrived, and those of the other layers of the
+// group. layer names the blob. ctx bounds the early requests.
+func FetchEarly(ctx context.Context, f Fetcher, layer digest.Digest, spans []EarlySpan, group *EarlyGroup) *Early {
+	if group == nil {
+		group = NewEarlyGroup([]digest.Digest{layer}, 0)
 	}
 	ctx, stop := context.WithCancel(ctx)
-	e := &Early{f: f, layer: layer, parallel: parallel, after: after, ctx: ctx, stop: stop}
+	e := &Early{f: f, layer: layer, group: group, ctx: ctx, stop: stop}
 	e.idle = time.AfterFunc(earlyKeep, stop)
 	size := f.Size()
 	for _, s := range spans {
@@ -138,7 +159,7 @@ func FetchEarly(ctx context.Context, f Fetcher, layer digest.Digest, spans []Spa
 // Close stops the early requests and lets go of what they brought: the
 // layer closes it with itself.
 func (e *Early) Close() {
-	e.after.Arrived(e.layer) // or it would hold the others back
+	e.group.Arrived(e.layer) // or it would hold the others back
 	e.idle.Stop()
 	e.stop()
 	e.drop()
@@ -298,68 +319,30 @@ func (e *Early) take(off, end int64, steal bool) []segment {
 }
 
 // launchAfterTails launches the early requests once the tails of the
-// layers opened with this one have arrived too.
+// other layers of its group have arrived too: at once if they have.
 func (e *Early) launchAfterTails() {
+	e.group.Arrived(e.layer)
 	if len(e.spans) == 0 {
-		e.after.Arrived(e.layer)
 		return
 	}
-	if e.after == nil {
+	select {
+	case <-e.group.ready:
 		e.launch()
-		return
-	}
-	e.after.Arrived(e.layer)
-	go func() {
-		select {
-		case <-e.after.ready:
-			e.launch()
-		case <-e.ctx.Done():
-		}
-	}()
-}
-
-// TailsFirst holds back the early fetches of layers opened together (an
-// image's, at its first mount) until every one of them has its tail: the
-// TOCs, which each mount waits for, get the link before the profiled
-// bytes do.
-type TailsFirst struct {
-	mu      sync.Mutex
-	pending map[digest.Digest]bool
-	ready   chan struct{}
-}
-
-// NewTailsFirst waits for the tails of layers.
-func NewTailsFirst(layers []digest.Digest) *TailsFirst {
-	t := &TailsFirst{pending: make(map[digest.Digest]bool), ready: make(chan struct{})}
-	for _, d := range layers {
-		t.pending[d] = true
-	}
-	if len(t.pending) == 0 {
-		close(t.ready)
-	}
-	return t
-}
-
-// Arrived says that layer d has its tail, or will not fetch one (its open
-// failed); again is harmless. A nil TailsFirst waits for nothing.
-func (t *TailsFirst) Arrived(d digest.Digest) {
-	if t == nil {
-		return
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.pending[d] {
-		delete(t.pending, d)
-		if len(t.pending) == 0 {
-			close(t.ready)
-		}
+	default:
+		go func() {
+			select {
+			case <-e.group.ready:
+				e.launch()
+			case <-e.ctx.Done():
+			}
+		}()
 	}
 }
 
-// launch starts the early requests: the spans cut into pieces, fetched
-// in order, parallel at once; not the bytes an earlier span holds, nor
-// those the layer fetched itself before (a big TOC of another layer kept
-// the launch waiting while this one opened).
+// launch cuts the spans into pieces and hands them to the group to fetch;
+// not the bytes an earlier span holds, nor those the layer fetched itself
+// before (a big TOC of another layer kept the launch waiting while this
+// one opened).
 func (e *Early) launch() {
 	e.mu.Lock()
 	if e.dropped {
@@ -370,36 +353,29 @@ func (e *Early) launch() {
 	skip := slices.Clone(e.direct)
 	var order []*piece
 	for _, s := range e.spans {
-		for _, part := range skip.Missing(s) {
+		for _, part := range skip.Missing(s.Span) {
 			skip.Add(part)
 			for off, end := part.Offset, part.Offset+part.Length; off < end; off += earlyPieceSize {
-				order = append(order, &piece{off: off, n: min(end-off, earlyPieceSize), done: make(chan struct{})})
+				order = append(order, &piece{off: off, n: min(end-off, earlyPieceSize), phase: s.Phase, rank: s.Rank, done: make(chan struct{})})
 			}
 		}
 	}
 	e.pieces = slices.SortedFunc(slices.Values(order), func(a, b *piece) int { return cmp.Compare(a.off, b.off) })
+	e.began = time.Now()
+	e.left.Store(int64(len(order)))
 	e.mu.Unlock()
-	if len(order) == 0 {
-		return
+	e.group.add(e, order)
+}
+
+// pieceDone counts a piece out: the log says what the launch fetched once
+// all are done.
+func (e *Early) pieceDone(pc *piece, fetched bool) {
+	if fetched {
+		e.fetched.Add(pc.n)
 	}
-	began := time.Now()
-	var next, fetched atomic.Int64
-	var wg sync.WaitGroup
-	for range min(e.parallel, len(order)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := next.Add(1) - 1; k < int64(len(order)); k = next.Add(1) - 1 {
-				if e.fetchPiece(order[k]) {
-					fetched.Add(order[k].n)
-				}
-			}
-		}()
+	if e.left.Add(-1) == 0 {
+		log.G(e.ctx).WithFields(log.Fields{"layer": e.layer, "bytes": e.fetched.Load(), "took": time.Since(e.began)}).Debug("fetched a profile's spans before the layer asked")
 	}
-	go func() {
-		wg.Wait()
-		log.G(e.ctx).WithFields(log.Fields{"layer": e.layer, "bytes": fetched.Load(), "requests": len(order), "took": time.Since(began)}).Debug("fetched a profile's spans before the layer asked")
-	}()
 }
 
 // errEarlyFull fails a piece that the process's bound has no room for.

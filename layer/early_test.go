@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -39,7 +40,7 @@ func TestEarlyFetchFeedsTheLayer(t *testing.T) {
 	}
 
 	f := &blobFetcher{data: blob, corrupt: -1}
-	early := FetchEarly(context.Background(), f, desc.Digest, spans, 0, nil)
+	early := FetchEarly(context.Background(), f, desc.Digest, spans, nil)
 	l, err := Open(context.Background(), desc, early, newTestCache(t), Options{TailSize: 64 << 10})
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +90,7 @@ func TestEarlyHandsOutOnce(t *testing.T) {
 	f := &blobFetcher{data: data, corrupt: -1}
 	base := earlyHeld.Load()
 	// A span of three pieces, one past the blob (refused), a negative one.
-	e := FetchEarly(context.Background(), f, "sha256:x", []Span{{1 << 20, 4<<20 + 100}, {6 << 20, 1}, {-1, 10}}, 2, nil)
+	e := FetchEarly(context.Background(), f, "sha256:x", inOrder(Span{1 << 20, 4<<20 + 100}, Span{6 << 20, 1}, Span{-1, 10}), alone("sha256:x", 2))
 	t.Cleanup(e.Close)
 	fetch := func(off, n int64) {
 		t.Helper()
@@ -157,7 +158,7 @@ func (f *failingFetcher) FetchAt(ctx context.Context, p []byte, off int64) error
 func TestEarlyPieceFailureFallsBack(t *testing.T) {
 	data := bytes.Repeat([]byte("lazypull"), 1<<16)
 	f := &failingFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, failAt: 1000}
-	e := FetchEarly(context.Background(), f, "sha256:x", []Span{{1000, 5000}}, 1, nil)
+	e := FetchEarly(context.Background(), f, "sha256:x", inOrder(Span{1000, 5000}), alone("sha256:x", 1))
 	t.Cleanup(e.Close)
 	p := make([]byte, 10)
 	if err := e.FetchAt(context.Background(), p, 0); err != nil {
@@ -178,8 +179,8 @@ func TestEarlyWaitsForTheOtherTails(t *testing.T) {
 	data := bytes.Repeat([]byte("tails first"), 1<<14)
 	f := &blobFetcher{data: data, corrupt: -1}
 	var a, b digest.Digest = "sha256:a", "sha256:b"
-	tails := NewTailsFirst([]digest.Digest{a, b})
-	e := FetchEarly(context.Background(), f, a, []Span{{0, 1000}}, 1, tails)
+	tails := NewEarlyGroup([]digest.Digest{a, b}, 1)
+	e := FetchEarly(context.Background(), f, a, inOrder(Span{0, 1000}), tails)
 	t.Cleanup(e.Close)
 	p := make([]byte, 10)
 	if err := e.FetchAt(context.Background(), p, int64(len(data))-10); err != nil {
@@ -203,6 +204,20 @@ func TestEarlyWaitsForTheOtherTails(t *testing.T) {
 	if len(o) > 0 || len(f.ranges) != 4 || f.ranges[1] != [2]int64{100, 500} || !slices.Contains(f.ranges[2:], [2]int64{0, 100}) || !slices.Contains(f.ranges[2:], [2]int64{500, 1000}) {
 		t.Errorf("requests %v (overlapping: %v); want a's tail, [100, 500) by the layer, then [0, 100) and [500, 1000)", f.ranges, o)
 	}
+}
+
+// inOrder ranks spans in the order given, in one phase.
+func inOrder(spans ...Span) []EarlySpan {
+	out := make([]EarlySpan, len(spans))
+	for i, s := range spans {
+		out[i] = EarlySpan{Span: s, Rank: i}
+	}
+	return out
+}
+
+// alone is the group of one layer's Early fetch, parallel requests at once.
+func alone(layer digest.Digest, parallel int) *EarlyGroup {
+	return NewEarlyGroup([]digest.Digest{layer}, parallel)
 }
 
 // TestSpanSet: a set merges what overlaps or touches, and answers which
@@ -270,7 +285,7 @@ func TestEarlyPieceServesEveryTaker(t *testing.T) {
 	}
 	const at = 1 << 20
 	f := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: at, open: make(chan struct{}), reached: make(chan struct{})}
-	e := FetchEarly(context.Background(), f, "sha256:x", []Span{{at, 1 << 20}}, 1, nil)
+	e := FetchEarly(context.Background(), f, "sha256:x", inOrder(Span{at, 1 << 20}), alone("sha256:x", 1))
 	t.Cleanup(e.Close)
 	tail := make([]byte, 10)
 	if err := e.FetchAt(context.Background(), tail, int64(len(data))-10); err != nil {
@@ -319,7 +334,7 @@ func TestEarlyReadTakesAQueuedPiecesTurn(t *testing.T) {
 		data[i] = byte(i * 7)
 	}
 	f := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 0, open: make(chan struct{})}
-	e := FetchEarly(context.Background(), f, "sha256:x", []Span{{0, 4 << 20}}, 1, nil)
+	e := FetchEarly(context.Background(), f, "sha256:x", inOrder(Span{0, 4 << 20}), alone("sha256:x", 1))
 	t.Cleanup(e.Close)
 	p := make([]byte, 10)
 	if err := e.FetchAt(context.Background(), p, int64(len(data))-10); err != nil {
@@ -350,4 +365,77 @@ func TestEarlyReadTakesAQueuedPiecesTurn(t *testing.T) {
 	if len(f.ranges) != 3 || !slices.Contains(f.ranges, [2]int64{2<<20 + 10, 2<<20 + 110}) || slices.Contains(f.ranges, [2]int64{2 << 20, 4 << 20}) {
 		t.Errorf("requests %v; want the tail, the first piece and the read, not the second piece", f.ranges)
 	}
+}
+
+// loggedFetcher notes each request in a log shared with other fetchers.
+type loggedFetcher struct {
+	Fetcher
+	name string
+	mu   *sync.Mutex
+	log  *[]string
+}
+
+func (f *loggedFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
+	f.mu.Lock()
+	*f.log = append(*f.log, fmt.Sprintf("%s@%d", f.name, off))
+	f.mu.Unlock()
+	return f.Fetcher.FetchAt(ctx, p, off)
+}
+
+// TestEarlyGroupOrdersAcrossLayers: the pieces of an image's layers are
+// requested in one order, by rank, whichever layer holds them.
+func TestEarlyGroupOrdersAcrossLayers(t *testing.T) {
+	data := bytes.Repeat([]byte("one order"), 1<<12)
+	var mu sync.Mutex
+	var requests []string
+	gate := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 0, open: make(chan struct{}), reached: make(chan struct{})}
+	fa := &loggedFetcher{gate, "a", &mu, &requests}
+	fb := &loggedFetcher{&blobFetcher{data: data, corrupt: -1}, "b", &mu, &requests}
+	var a, b digest.Digest = "sha256:a", "sha256:b"
+	g := NewEarlyGroup([]digest.Digest{a, b}, 1)
+	ea := FetchEarly(context.Background(), fa, a, []EarlySpan{{Span: Span{0, 100}, Rank: 0}, {Span: Span{1000, 100}, Rank: 2}}, g)
+	eb := FetchEarly(context.Background(), fb, b, []EarlySpan{{Span: Span{0, 100}, Rank: 1}}, g)
+	t.Cleanup(ea.Close)
+	t.Cleanup(eb.Close)
+	tail := make([]byte, 10)
+	for _, e := range []*Early{eb, ea} {
+		if err := e.FetchAt(context.Background(), tail, int64(len(data))-10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-gate.reached // a's first piece is on its way; the rest wait their turn
+	waitFor(t, "both layers' pieces queued", func() bool { g.mu.Lock(); defer g.mu.Unlock(); return len(g.queue) == 2 })
+	close(gate.open)
+	waitFor(t, "every piece", func() bool { mu.Lock(); defer mu.Unlock(); return len(requests) == 5 })
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"b@36854", "a@36854", "a@0", "b@0", "a@1000"}; !slices.Equal(requests, want) {
+		t.Errorf("requests %v; want %v: the tails, then by rank across the layers", requests, want)
+	}
+}
+
+// TestEarlyGroupPhases: pieces of phase 0 and 1 share the requests; those
+// of a later phase wait until phase 1's are done, with requests free.
+func TestEarlyGroupPhases(t *testing.T) {
+	data := bytes.Repeat([]byte("phases"), 1<<12)
+	var mu sync.Mutex
+	var requests []string
+	gate := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 1000, open: make(chan struct{}), reached: make(chan struct{})}
+	f := &loggedFetcher{gate, "a", &mu, &requests}
+	spans := []EarlySpan{{Span: Span{0, 100}, Phase: 0}, {Span: Span{1000, 100}, Phase: 1}, {Span: Span{2000, 100}, Phase: 1}, {Span: Span{3000, 100}, Phase: 2}}
+	e := FetchEarly(context.Background(), f, "sha256:a", spans, alone("sha256:a", 3))
+	t.Cleanup(e.Close)
+	if err := e.FetchAt(context.Background(), make([]byte, 10), int64(len(data))-10); err != nil {
+		t.Fatal(err)
+	}
+	<-gate.reached
+	waitFor(t, "phases 0 and 1", func() bool { mu.Lock(); defer mu.Unlock(); return len(requests) == 4 })
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	if slices.Contains(requests, "a@3000") {
+		t.Errorf("requests %v: phase 2 started while phase 1 was on its way", requests)
+	}
+	mu.Unlock()
+	close(gate.open)
+	waitFor(t, "phase 2", func() bool { mu.Lock(); defer mu.Unlock(); return slices.Contains(requests, "a@3000") })
 }

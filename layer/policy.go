@@ -194,11 +194,12 @@ type pace struct {
 // itself rather than wait in the queue. It keeps no fetched data: the
 // spans' chunks go to the cache (and to readers waiting for them).
 func (l *Layer) fetchRange(ctx context.Context, from, to int, why string, p pace) error {
-	return l.fetchRuns(ctx, []run{{from, to}}, why, p)
+	return l.fetchRuns(ctx, []run{{from: from, to: to}}, why, p)
 }
 
-// run is the members [from, to).
-type run struct{ from, to int }
+// run is the members [from, to); rank orders the runs of a plan
+// (runsOf).
+type run struct{ from, to, rank int }
 
 // fetchRuns is fetchRange for several runs of members, in the order given,
 // sharing the pace's parallel slots: a span never crosses a run's end.

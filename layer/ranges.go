@@ -46,31 +46,26 @@ func (l *Layer) FetchRanges(phases ...[]toc.Range) <-chan error {
 }
 
 // runsOf turns the ranges of each phase into runs of members, ranked by
-// the first range that needs each, phase after phase: a member an earlier
-// phase needs is not fetched again, and no run of a later phase spans it.
+// the first range that needs each (its index among the phase's ranges),
+// phase after phase: a member an earlier phase needs is not fetched
+// again, and no run of a later phase spans it.
 func (l *Layer) runsOf(phases ...[]toc.Range) []run {
 	earlier := make(map[int]bool)
 	var out []run
 	for _, ranges := range phases {
 		rank := l.rankMembers(ranges, earlier)
 		members := slices.Sorted(maps.Keys(rank))
-		type ranked struct {
-			run
-			rank int
-		}
-		var runs []ranked
+		var runs []run
 		for _, k := range members {
 			if n := len(runs); n > 0 && l.members[k].off-l.members[runs[n-1].to-1].end() <= maxRunGap && !anyIn(runs[n-1].to, k, earlier) {
 				runs[n-1].to = k + 1
 				runs[n-1].rank = min(runs[n-1].rank, rank[k])
 				continue
 			}
-			runs = append(runs, ranked{run{k, k + 1}, rank[k]})
+			runs = append(runs, run{from: k, to: k + 1, rank: rank[k]})
 		}
-		slices.SortStableFunc(runs, func(a, b ranked) int { return cmp.Compare(a.rank, b.rank) })
-		for _, r := range runs {
-			out = append(out, r.run)
-		}
+		slices.SortStableFunc(runs, func(a, b run) int { return cmp.Compare(a.rank, b.rank) })
+		out = append(out, runs...)
 		for k := range rank {
 			earlier[k] = true
 		}
@@ -79,10 +74,10 @@ func (l *Layer) runsOf(phases ...[]toc.Range) []run {
 }
 
 // rankMembers ranks the members that hold ranges (not those of skip) by
-// the first range that needs each.
+// the first range that needs each: its index in ranges.
 func (l *Layer) rankMembers(ranges []toc.Range, skip map[int]bool) map[int]int {
 	rank := make(map[int]int)
-	for _, r := range ranges {
+	for ri, r := range ranges {
 		e, end := r.Entry, r.Offset+r.Length
 		first, ok := e.ChunkAt(r.Offset)
 		if !ok || e.Type != toc.TypeReg {
@@ -98,7 +93,7 @@ func (l *Layer) rankMembers(ranges []toc.Range, skip map[int]bool) map[int]int {
 				continue // not a chunk of this layer's TOC
 			}
 			if _, seen := rank[k]; !seen && !skip[k] {
-				rank[k] = len(rank)
+				rank[k] = ri
 			}
 		}
 	}

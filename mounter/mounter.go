@@ -169,8 +169,8 @@ func (m *Mounter) gate(ref string) *layer.Gate {
 // openRemote opens a layer of image img from its registry, to be verified
 // against expect. What workload profiles recorded of its blob is fetched
 // as soon as its tail is in, and those of the layers opened with it
-// (after, if not nil).
-func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect, after *layer.TailsFirst) (_ *layer.Layer, err error) {
+// (group, if not nil), in one order with theirs.
+func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect, group *layer.EarlyGroup) (_ *layer.Layer, err error) {
 	blob, err := remote.OpenBlob(ctx, img.ref, desc, m.opts.Registry, m.opts.Blob)
 	if err != nil {
 		return nil, err
@@ -194,9 +194,12 @@ func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Des
 	opts.Gate = m.gate(img.ref)
 	opts.OnMiss = m.hints.onMiss(img, desc.Digest)
 	var f layer.Fetcher = blob
-	if spans := m.profiles.spans(ctx, desc.Digest); len(spans) > 0 || after != nil {
+	if spans := m.profiles.spans(ctx, desc.Digest); len(spans) > 0 || group != nil {
 		// What the profiles read crosses the link while the TOC is parsed.
-		early := layer.FetchEarly(m.ctx, blob, desc.Digest, spans, m.opts.Layer.Parallel, after)
+		if group == nil {
+			group = layer.NewEarlyGroup([]digest.Digest{desc.Digest}, m.opts.Layer.Parallel)
+		}
+		early := layer.FetchEarly(m.ctx, blob, desc.Digest, spans, group)
 		defer func() {
 			if err != nil {
 				early.Close()
@@ -416,7 +419,7 @@ func (m *Mounter) preopen(key imageKey, img *image) {
 		}
 		batch, digests = append(batch, i), append(digests, desc.Digest)
 	}
-	tails := layer.NewTailsFirst(digests)
+	tails := layer.NewEarlyGroup(digests, m.opts.Layer.Parallel)
 	for _, i := range batch {
 		desc := img.layers[i]
 		o := &open{key: key, done: make(chan struct{})}

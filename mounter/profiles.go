@@ -53,11 +53,12 @@ func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) [][]t
 // planOf returns the ranges of layer d (its TOC t) that the profiles (by
 // where they come from) read, in the phases sharedFirst gives: a layer
 // shared by several profiled workloads fetches first what any of them
-// needs, then what each alone read, the shortest first. A profile that does not fit the layer is left out
-// with a warning.
+// needs, then what each alone read, the workload that read the fewest
+// bytes first (bySize). A profile that does not fit the layer is left
+// out with a warning.
 func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest, t *toc.TOC) [][]toc.Range {
 	var plans [][]toc.Range
-	for _, from := range slices.Sorted(maps.Keys(ps)) {
+	for _, from := range bySize(ps) {
 		plan, err := ps[from].Plan(d, t)
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("profile", from).Warn("a workload profile does not fit the layer it names; it is not used for it")
@@ -69,30 +70,38 @@ func planOf(ctx context.Context, ps map[string]*profile.Profile, d digest.Digest
 	}
 	shared, own := sharedFirst(plans,
 		func(r toc.Range) (any, layer.Span) { return r.Entry, layer.Span{Offset: r.Offset, Length: r.Length} },
-		func(e any, s layer.Span) toc.Range {
-			return toc.Range{Entry: e.(*toc.Entry), Offset: s.Offset, Length: s.Length}
+		func(r toc.Range, s layer.Span) toc.Range {
+			return toc.Range{Entry: r.Entry, Offset: s.Offset, Length: s.Length}
 		})
+	phases := slices.DeleteFunc(own, func(p []toc.Range) bool { return len(p) == 0 })
 	if len(shared) == 0 {
-		return own
+		return phases
 	}
-	return append([][]toc.Range{shared}, own...)
+	return append([][]toc.Range{shared}, phases...)
+}
+
+// bySize returns the names of profiles, the one that read the fewest bytes
+// first (then by name): the shortest start is over soonest, and a longer
+// one waits for little more than it would alone. Every layer of an image
+// orders its phases so.
+func bySize(ps map[string]*profile.Profile) []string {
+	return slices.SortedFunc(maps.Keys(ps), func(a, b string) int {
+		return cmp.Or(cmp.Compare(ps[a].Bytes(), ps[b].Bytes()), cmp.Compare(a, b))
+	})
 }
 
 // sharedFirst splits what several profiles read of a layer: the bytes
 // another of them read too (whichever workload runs needs them),
 // interleaved in first-touch order (the first of each profile, then the
-// second, …); then what each alone read, in its order, the profile that
-// read the fewest bytes first: the shortest start is over soonest, and a
-// longer one waits for little more than it would alone. One profile's
-// reads are all "shared". An item is a span of something (a file, or the
-// blob: key); cut makes one of a part of it, where shared bytes begin or
-// end.
-func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut func(key any, s layer.Span) T) (shared []T, own [][]T) {
+// second, …); then what each alone read, in its order (own, one list per
+// profile, as lists). One profile's reads are all "shared". An item is a
+// span of something (key: a file, or the blob); cut makes one of a part
+// of it, where shared bytes begin or end.
+func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut func(x T, s layer.Span) T) (shared []T, own [][]T) {
 	if len(lists) < 2 {
 		return interleave(lists), nil
 	}
 	sets := make([]map[any]layer.SpanSet, len(lists))
-	total := make([]int64, len(lists))
 	for i, l := range lists {
 		spans := make(map[any][]layer.Span)
 		for _, x := range l {
@@ -102,7 +111,6 @@ func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut f
 		sets[i] = make(map[any]layer.SpanSet, len(spans))
 		for k, ss := range spans {
 			sets[i][k] = layer.NewSpanSet(ss)
-			total[i] += sets[i][k].Bytes()
 		}
 	}
 	both := make([][]T, len(lists))
@@ -118,25 +126,14 @@ func sharedFirst[T any](lists [][]T, item func(T) (key any, s layer.Span), cut f
 			}
 			elsewhere := layer.NewSpanSet(held)
 			for _, p := range elsewhere {
-				both[i] = append(both[i], cut(k, p))
+				both[i] = append(both[i], cut(x, p))
 			}
 			for _, p := range elsewhere.Missing(s) {
-				own[i] = append(own[i], cut(k, p))
+				own[i] = append(own[i], cut(x, p))
 			}
 		}
 	}
-	order := make([]int, len(lists))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(total[a], total[b]) })
-	var sorted [][]T
-	for _, i := range order {
-		if len(own[i]) > 0 {
-			sorted = append(sorted, own[i])
-		}
-	}
-	return interleave(both), sorted
+	return interleave(both), own
 }
 
 // rangesIn counts the ranges of a plan's phases, for the log.
@@ -163,7 +160,7 @@ func interleave[T any](lists [][]T) []T {
 
 // spans returns the blob spans of layer d that the directory's profiles
 // recorded (see spansOf).
-func (ps *profiles) spans(ctx context.Context, d digest.Digest) []layer.Span {
+func (ps *profiles) spans(ctx context.Context, d digest.Digest) []layer.EarlySpan {
 	if ps == nil {
 		return nil
 	}
@@ -176,37 +173,50 @@ func (ps *profiles) spans(ctx context.Context, d digest.Digest) []layer.Span {
 const maxEarlySpans = 4096
 
 // spansOf returns the blob spans of layer d that the profiles recorded,
-// in the order sharedFirst gives (as planOf orders their ranges), each
-// byte once.
-func spansOf(ps map[string]*profile.Profile, d digest.Digest) []layer.Span {
-	var lists [][]layer.Span
-	for _, from := range slices.Sorted(maps.Keys(ps)) {
-		var l []layer.Span
-		for _, s := range ps[from].Spans(d) {
+// each byte once, placed as planOf orders their ranges: phase 0 what
+// several read, then phase 1 + i what the i-th profile (bySize) alone
+// read. Within a phase, a span ranks by the first read that needs it
+// (the profile's Span.Read; without it, by its place in the layer's
+// list), so the spans of all layers of an image take one order.
+func spansOf(ps map[string]*profile.Profile, d digest.Digest) []layer.EarlySpan {
+	var lists [][]layer.EarlySpan
+	var phase []int // of each list's own bytes
+	for i, from := range bySize(ps) {
+		var l []layer.EarlySpan
+		for j, s := range ps[from].Spans(d) {
 			if len(l) == maxEarlySpans {
 				break
 			}
-			l = append(l, layer.Span{Offset: s.Offset, Length: s.Length})
+			rank := j
+			if s.Read != nil {
+				rank = *s.Read
+			}
+			l = append(l, layer.EarlySpan{Span: layer.Span{Offset: s.Offset, Length: s.Length}, Rank: rank})
 		}
 		if len(l) > 0 {
-			lists = append(lists, l)
+			lists, phase = append(lists, l), append(phase, 1+i)
 		}
 	}
-	var out []layer.Span
+	blob := func(s layer.EarlySpan) (any, layer.Span) { return nil, s.Span }
+	part := func(s layer.EarlySpan, p layer.Span) layer.EarlySpan { s.Span = p; return s }
+	shared, own := sharedFirst(lists, blob, part)
+	for i := range own {
+		for j := range own[i] {
+			own[i][j].Phase = phase[i]
+		}
+	}
+	var out []layer.EarlySpan
 	var covered layer.SpanSet
-	blob := func(s layer.Span) (any, layer.Span) { return nil, s }
-	span := func(_ any, s layer.Span) layer.Span { return s }
-	shared, own := sharedFirst(lists, blob, span)
-	for _, s := range slices.Concat(append([][]layer.Span{shared}, own...)...) {
-		if len(out) >= maxEarlySpans {
-			break
-		}
-		for _, m := range covered.Missing(s) {
-			out = append(out, m)
+	for _, s := range slices.Concat(append([][]layer.EarlySpan{shared}, own...)...) {
+		for _, m := range covered.Missing(s.Span) {
+			if len(out) == maxEarlySpans {
+				return out
+			}
 			covered.Add(m)
+			out = append(out, part(s, m))
 		}
 	}
-	return out[:min(len(out), maxEarlySpans)]
+	return out
 }
 
 // load returns the profiles in the directory by path, parsing the

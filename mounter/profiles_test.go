@@ -264,9 +264,13 @@ func TestSpansOfSeveralProfiles(t *testing.T) {
 		"b": withSpans(profile.Span{Offset: 150, Length: 100}, profile.Span{Offset: 0, Length: 300}, profile.Span{Offset: 5000, Length: 1}),
 		"c": newProfile(digest.FromString("another layer")),
 	}
-	// The bytes both read first ([100, 200)); then a's own (fewer bytes),
-	// then b's, less what came before.
-	want := []layer.Span{{Offset: 100, Length: 100}, {Offset: 1000, Length: 10}, {Offset: 200, Length: 50}, {Offset: 0, Length: 100}, {Offset: 250, Length: 50}, {Offset: 5000, Length: 1}}
+	// The bytes both read first ([100, 200)); then a's own (a and b read
+	// as many bytes: by name), then b's, less what came before. Their
+	// spans name no reads: each ranks by its place in its list.
+	span := func(off, n int64, phase, rank int) layer.EarlySpan {
+		return layer.EarlySpan{Span: layer.Span{Offset: off, Length: n}, Phase: phase, Rank: rank}
+	}
+	want := []layer.EarlySpan{span(100, 100, 0, 0), span(1000, 10, 1, 1), span(200, 50, 2, 0), span(0, 100, 2, 1), span(250, 50, 2, 1), span(5000, 1, 2, 2)}
 	if got := spansOf(ps, d); !slices.Equal(got, want) {
 		t.Errorf("spans %v; want %v", got, want)
 	}
@@ -280,24 +284,22 @@ func TestSpansOfSeveralProfiles(t *testing.T) {
 }
 
 // TestSharedFirst: the bytes another profile reads too come first (of the
-// same file), interleaved by rank; then each profile's own, the one of
-// fewer bytes first.
+// same file), interleaved by rank; then each profile's own.
 func TestSharedFirst(t *testing.T) {
 	type read struct {
 		file     string
 		off, len int64
 	}
 	item := func(r read) (any, layer.Span) { return r.file, layer.Span{Offset: r.off, Length: r.len} }
-	cut := func(k any, s layer.Span) read { return read{k.(string), s.Offset, s.Length} }
+	cut := func(r read, s layer.Span) read { return read{r.file, s.Offset, s.Length} }
 	web := []read{{"bin/web", 0, 100}, {"lib/libc", 0, 4096}, {"etc/web.conf", 0, 10}}
 	job := []read{{"bin/job", 0, 50}, {"lib/libc", 1000, 100}, {"etc/web.conf", 10, 10}}
-	// libc's bytes that both read, interleaved by rank; then job's own,
-	// the fewer bytes, in its order; then web's (its libc cut around
-	// job's).
-	want := []read{{"lib/libc", 1000, 100}, {"lib/libc", 1000, 100}, {"bin/job", 0, 50}, {"etc/web.conf", 10, 10}, {"bin/web", 0, 100}, {"lib/libc", 0, 1000}, {"lib/libc", 1100, 2996}, {"etc/web.conf", 0, 10}}
+	// libc's bytes that both read, interleaved by rank; then web's own
+	// (its libc cut around job's), in its order; then job's.
+	want := []read{{"lib/libc", 1000, 100}, {"lib/libc", 1000, 100}, {"bin/web", 0, 100}, {"lib/libc", 0, 1000}, {"lib/libc", 1100, 2996}, {"etc/web.conf", 0, 10}, {"bin/job", 0, 50}, {"etc/web.conf", 10, 10}}
 	shared, own := sharedFirst([][]read{web, job}, item, cut)
 	if got := slices.Concat(append([][]read{shared}, own...)...); !slices.Equal(got, want) || len(shared) != 2 || len(own) != 2 {
-		t.Errorf("sharedFirst = %v then %v; want %v: the first two shared, then job's, then web's", shared, own, want)
+		t.Errorf("sharedFirst = %v then %v; want %v: the first two shared, then web's, then job's", shared, own, want)
 	}
 	if got, own := sharedFirst([][]read{web}, item, cut); !slices.Equal(got, web) || own != nil {
 		t.Errorf("sharedFirst of one profile = %v; want it as it is", got)

@@ -74,6 +74,11 @@ type Layer struct {
 type Span struct {
 	Offset int64 `json:"offset"`
 	Length int64 `json:"length"`
+	// Read is the index in Profile.Reads of the first read that needs the
+	// span: it orders the spans of all layers in one, as the workload
+	// touched them. Optional: without it, a node takes each layer's spans
+	// in their order, the layers side by side.
+	Read *int `json:"read,omitempty"`
 }
 
 // Read is a range of one file of one layer, and the chunks it falls in
@@ -126,6 +131,9 @@ func (p *Profile) Validate() error {
 		for _, s := range l.Spans {
 			if s.Offset < 0 || s.Length <= 0 || s.Offset > (1<<62)-s.Length {
 				return fmt.Errorf("profile: layer %d: span %d+%d", i, s.Offset, s.Length)
+			}
+			if s.Read != nil && (*s.Read < 0 || *s.Read >= len(p.Reads)) {
+				return fmt.Errorf("profile: layer %d: span %d+%d names read %d of %d", i, s.Offset, s.Length, *s.Read, len(p.Reads))
 			}
 		}
 	}

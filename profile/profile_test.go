@@ -145,6 +145,8 @@ func TestParseRefuses(t *testing.T) {
 		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":-5,"length":10}]}]}`, "span -5+10"},
 		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":5,"length":0}]}]}`, "span 5+0"},
 		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":4611686018427387904,"length":1}]}]}`, "span"},
+		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":0,"length":1,"read":1}]}],"reads":[{"layer":0,"path":"a","offset":0,"length":1}]}`, "names read 1 of 1"},
+		{`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":0,"length":1,"read":-1}]}]}`, "names read -1 of 0"},
 	} {
 		if _, err := Parse([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Parse(%s) = %v; want an error with %q", c.doc, err, c.want)
@@ -162,6 +164,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `"}],"reads":[{"layer":0,"path":"bin/big","offset":0,"length":10}]}`))
 	f.Add([]byte(`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `"}],"reads":[{"layer":0,"path":"bin/also","offset":65536,"length":100000,"chunks":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}]}`))
 	f.Add([]byte(`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":0,"length":4096},{"offset":9000,"length":1}]}],"reads":[{"layer":0,"path":"bin/big","offset":0,"length":10}]}`))
+	f.Add([]byte(`{"schemaVersion":1,"mediaType":"` + MediaType + `","layers":[{"digest":"` + string(d) + `","spans":[{"offset":0,"length":4096,"read":0},{"offset":9000,"length":1,"read":1}]}],"reads":[{"layer":0,"path":"bin/big","offset":0,"length":10},{"layer":0,"path":"bin/big","offset":9000,"length":1}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse(data)
 		if err != nil {

@@ -128,8 +128,17 @@ func Run(ctx context.Context, ref transport.Ref, opts Options) (*profile.Profile
 			return nil, fmt.Errorf("layer %s: the profile just recorded does not fit it: %w", d, err)
 		}
 		i := slices.IndexFunc(p.Layers, func(pl profile.Layer) bool { return pl.Digest == d })
+		// The plan's ranges are the layer's reads, in order: a span's rank
+		// (its first range) names the read.
+		var reads []int
+		for j, r := range p.Reads {
+			if r.Layer == i {
+				reads = append(reads, j)
+			}
+		}
 		for _, s := range l.Spans(ranges) {
-			p.Layers[i].Spans = append(p.Layers[i].Spans, profile.Span{Offset: s.Offset, Length: s.Length})
+			read := reads[s.Rank]
+			p.Layers[i].Spans = append(p.Layers[i].Spans, profile.Span{Offset: s.Offset, Length: s.Length, Read: &read})
 		}
 	}
 	return p, nil

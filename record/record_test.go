@@ -87,10 +87,20 @@ func TestRecord(t *testing.T) {
 	}
 	// Where the reads lie in each blob, for a node to fetch before it
 	// has the TOC.
+	// Each names the first read that needs it, a read of its layer: the
+	// first span of layer 0 is hello's start, the image's first read.
 	for i, l := range p.Layers {
 		if len(l.Spans) == 0 {
 			t.Errorf("layer %d (%s): no spans recorded", i, l.Digest)
 		}
+		for _, s := range l.Spans {
+			if s.Read == nil || p.Reads[*s.Read].Layer != i {
+				t.Errorf("layer %d: span %d+%d names read %v, not one of the layer's", i, s.Offset, s.Length, s.Read)
+			}
+		}
+	}
+	if s := p.Layers[0].Spans; len(s) > 0 && s[0].Read != nil && *s[0].Read != hello {
+		t.Errorf("layer 0's first span names read %d; want hello's (%d)", *s[0].Read, hello)
 	}
 	for _, r := range p.Reads {
 		t.Logf("layer %d %s: %d bytes at %d, %d chunks", r.Layer, r.Path, r.Length, r.Offset, len(r.Chunks))
