@@ -25,9 +25,11 @@ type Span struct {
 type EarlySpan struct {
 	Span
 	// Phase: 0 and 1 start as soon as a request is free; a later phase
-	// waits until the requests of phases 1 and on before it are done, so
-	// that they have the link to themselves (a profile's own bytes, when
-	// an image has several workloads' profiles).
+	// waits until the requests of every phase before it are done, so that
+	// those have the link to themselves. With several workloads' profiles
+	// of an image, phase 0 is what more than one read, and 1, 2, … each
+	// one's own: the smallest workload's bytes (0 and 1) come first,
+	// undisturbed.
 	Phase int
 	// Rank orders spans within a phase: when the workload first touched
 	// them, comparable across layers.

@@ -415,12 +415,13 @@ func TestEarlyGroupOrdersAcrossLayers(t *testing.T) {
 }
 
 // TestEarlyGroupPhases: pieces of phase 0 and 1 share the requests; those
-// of a later phase wait until phase 1's are done, with requests free.
+// of a later phase wait until the earlier phases' are done, with requests
+// free.
 func TestEarlyGroupPhases(t *testing.T) {
 	data := bytes.Repeat([]byte("phases"), 1<<12)
 	var mu sync.Mutex
 	var requests []string
-	gate := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 1000, open: make(chan struct{}), reached: make(chan struct{})}
+	gate := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 0, open: make(chan struct{}), reached: make(chan struct{})}
 	f := &loggedFetcher{gate, "a", &mu, &requests}
 	spans := []EarlySpan{{Span: Span{0, 100}, Phase: 0}, {Span: Span{1000, 100}, Phase: 1}, {Span: Span{2000, 100}, Phase: 1}, {Span: Span{3000, 100}, Phase: 2}}
 	e := FetchEarly(context.Background(), f, "sha256:a", spans, alone("sha256:a", 3))
@@ -433,7 +434,7 @@ func TestEarlyGroupPhases(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	mu.Lock()
 	if slices.Contains(requests, "a@3000") {
-		t.Errorf("requests %v: phase 2 started while phase 1 was on its way", requests)
+		t.Errorf("requests %v: phase 2 started while phase 0 was on its way", requests)
 	}
 	mu.Unlock()
 	close(gate.open)

@@ -106,10 +106,10 @@ func (g *EarlyGroup) work() {
 	}
 }
 
-// held reports whether pieces of phase p must wait: those of phases 1 to
-// p-1 are not all done. g.mu is held.
+// held reports whether pieces of phase p must wait: p is 2 or later and
+// the pieces of an earlier phase are not all done. g.mu is held.
 func (g *EarlyGroup) held(p int) bool {
-	for q := 1; q < p; q++ {
+	for q := 0; q < p && p >= 2; q++ {
 		if g.open[q] > 0 {
 			return true
 		}
