@@ -104,6 +104,20 @@ func TOCStart(desc ocispec.Descriptor) (int64, bool) {
 	return off, true
 }
 
+// PrefetchEnd tells, from the descriptor's annotations, where the files
+// the blob holds to fetch first end (they start at 0): a node fetches them
+// while it reads the TOC. A hint, within the blob's size or absent.
+func PrefetchEnd(desc ocispec.Descriptor) (int64, bool) {
+	if kind, _ := KindOf(desc); kind != EStargz {
+		return 0, false
+	}
+	end, ok := parseOffset(desc.Annotations[estargz.PrefetchEndAnnotation])
+	if !ok || end <= 0 || end > desc.Size {
+		return 0, false
+	}
+	return end, true
+}
+
 func parseOffset(s string) (int64, bool) {
 	n, err := strconv.ParseInt(s, 10, 64)
 	return n, err == nil

@@ -135,6 +135,9 @@ const earlyMaxBytes = 64 << 20
 
 var earlyHeld atomic.Int64
 
+// EarlyHeld is how many bytes the Early fetches of the process hold.
+func EarlyHeld() int64 { return earlyHeld.Load() }
+
 // FetchEarly returns f, fetching spans (each checked against f's size)
 // ahead, in the order and with the requests of group (nil: a group of its
 // own, of Options.Parallel's default), as soon as the first fetch through

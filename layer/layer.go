@@ -168,6 +168,9 @@ type Layer struct {
 	fetcher Fetcher
 	cache   Cache
 	opts    Options
+	// aheadStarted: a fetch ahead (a profile's, or the prefetch) has
+	// started, the one an Early fetcher's spans were for.
+	aheadStarted atomic.Bool
 
 	members   []member   // compressed members (gzip) or frames (zstd), by offset
 	refs      []chunkRef // the members' chunks, member by member

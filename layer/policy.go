@@ -106,6 +106,7 @@ func (l *Layer) readAhead(e *toc.Entry, from int) {
 // Prefetch fetches the files the image marks as needed first (before the
 // prefetch landmark), waiting at most timeout.
 func (l *Layer) Prefetch(ctx context.Context, timeout time.Duration) error {
+	defer l.earlyFor()()
 	end, ok := l.blob.PrefetchEnd()
 	if !ok || end == 0 {
 		return nil
@@ -116,6 +117,20 @@ func (l *Layer) Prefetch(ctx context.Context, timeout time.Duration) error {
 	defer stop()
 	last := sort.Search(len(l.members), func(k int) bool { return l.members[k].off >= end })
 	return l.fetchRange(ctx, 0, last, "prefetch", pace{parallel: l.opts.Parallel, span: l.opts.SpanSize})
+}
+
+// earlyFor returns what the fetch ahead (a profile's, or the prefetch)
+// calls once it is over. The first one is what the layer's Early spans
+// were for: then the Early ends, as what it has not handed out (bytes
+// between chunks, spans the TOC does not need) would only be held, or
+// fetched, for nothing. A later one (the profiles found with the image's
+// referrers) does nothing.
+func (l *Layer) earlyFor() (over func()) {
+	e, ok := l.fetcher.(*Early)
+	if !ok || !l.aheadStarted.CompareAndSwap(false, true) {
+		return func() {}
+	}
+	return e.Close
 }
 
 // StartPrefetch runs Prefetch in the background, ahead of background

@@ -34,10 +34,13 @@ func (l *Layer) FetchRanges(phases ...[]toc.Range) <-chan error {
 	for _, r := range runs {
 		l.profiled.Add(l.members[r.to-1].end() - l.members[r.from].off)
 	}
+	over := l.earlyFor()
 	l.gate.enter()
 	if !l.spawn("profiled fetch", func(ctx context.Context) {
 		defer l.gate.leave()
-		res <- l.fetchRuns(ctx, runs, "profile", pace{parallel: l.opts.Parallel, span: l.opts.SpanSize})
+		err := l.fetchRuns(ctx, runs, "profile", pace{parallel: l.opts.Parallel, span: l.opts.SpanSize})
+		over()
+		res <- err
 	}) {
 		l.gate.leave()
 		res <- errClosed

@@ -194,7 +194,13 @@ func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Des
 	opts.Gate = m.gate(img.ref)
 	opts.OnMiss = m.hints.onMiss(img, desc.Digest)
 	var f layer.Fetcher = blob
-	if spans := m.profiles.spans(ctx, desc.Digest); len(spans) > 0 || group != nil {
+	spans := m.profiles.spans(ctx, desc.Digest)
+	if end, ok := format.PrefetchEnd(desc); ok && len(spans) == 0 && !m.opts.NoPrefetch {
+		// No profile: the files the image marks to fetch first (what its
+		// mount's prefetch fetches) cross the link while the TOC is parsed.
+		spans = []layer.EarlySpan{{Span: layer.Span{Length: end}}}
+	}
+	if len(spans) > 0 || group != nil {
 		// What the profiles read crosses the link while the TOC is parsed.
 		if group == nil {
 			group = layer.NewEarlyGroup([]digest.Digest{desc.Digest}, m.opts.Layer.Parallel)

@@ -13,6 +13,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/convert"
+	"github.com/lazypull/lazypull/format"
 	"github.com/lazypull/lazypull/internal/testenv"
 	"github.com/lazypull/lazypull/labels"
 	"github.com/lazypull/lazypull/layer"
@@ -170,6 +172,52 @@ func TestMountFetchesProfiledSpansEarly(t *testing.T) {
 	}
 	if got := m.mountedLayer(d).Stats().EarlyBytes; got != want || want == 0 {
 		t.Errorf("the layer took %d bytes from the early fetch; want the spans' %d", got, want)
+	}
+}
+
+// TestMountFetchesPrefetchEarly: without a profile, the files the image
+// marks to fetch first (its command, before the prefetch landmark; the
+// layer descriptor's prefetch-end annotation says where they end) come
+// from the requests that start before the layer is open: the mount's
+// prefetch takes all of them there.
+func TestMountFetchesPrefetchEarly(t *testing.T) {
+	dir, plain, _, _ := profiledSetup(t)
+	ctx := context.Background()
+	// The image again, its command first, as convert puts it by default.
+	ref := plain + "-startup"
+	src, _ := transport.Open(ctx, transport.Ref{Transport: transport.OCI, Name: filepath.Join(dir, "oci"), Tag: "v1"}, remote.Options{})
+	dst, _ := transport.Open(ctx, transport.Ref{Transport: transport.Docker, Name: ref}, remote.Options{})
+	if _, err := convert.Image(ctx, src, dst, convert.Options{Format: convert.EStargz, PrioritizedFiles: []string{"bin/a"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, img, err := fetchImage(ctx, imageKey{ref: ref}, remote.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := img.Manifest.Layers[0].Digest
+	end, ok := format.PrefetchEnd(img.Manifest.Layers[0])
+	if !ok {
+		t.Fatalf("the converted layer's descriptor names no prefetch end: %v", img.Manifest.Layers[0].Annotations)
+	}
+	m, c, mp := mountProfiled(t, dir, ref, d, Options{NoProfileReferrers: true})
+	m.mu.Lock()
+	fetched := m.mounts[mp].ahead
+	m.mu.Unlock()
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	if !cachedFiles(m, c, d, "bin/a")["bin/a"] {
+		t.Error("bin/a, the image's command, is not cached after the mount")
+	}
+	// Everything the layer fetched after its tail (the TOC) came from
+	// the early requests, and those hold nothing after the prefetch.
+	tocStart, _ := format.TOCStart(img.Manifest.Layers[0])
+	st := m.mountedLayer(d).Stats()
+	if want := st.FetchedBytes - (st.Size - tocStart); st.EarlyBytes != want || want <= 0 || want > end {
+		t.Errorf("the layer took %d bytes from the early fetch; want the %d it fetched after its tail, within the prefetch area's %d", st.EarlyBytes, want, end)
+	}
+	if held := layer.EarlyHeld(); held != 0 {
+		t.Errorf("the early fetches still hold %d bytes after the prefetch", held)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -235,7 +236,7 @@ func TestPlainGzipTar(t *testing.T) {
 
 func TestPrioritizedOrder(t *testing.T) {
 	files := sampleLayer()
-	blob, _ := build(t, makeTar(t, files), WithPrioritizedFiles([]string{"bin/hard", "usr/lib/deep/missing/parents.txt"}))
+	blob, res := build(t, makeTar(t, files), WithPrioritizedFiles([]string{"bin/hard", "usr/lib/deep/missing/parents.txt"}))
 	r := open(t, blob)
 	var order []string
 	for _, e := range r.TOC().Entries() {
@@ -253,14 +254,17 @@ func TestPrioritizedOrder(t *testing.T) {
 	if !ok || end <= parents.Chunks()[0].Offset {
 		t.Errorf("prefetch end %d (%v) does not follow the prioritized files", end, ok)
 	}
-	if _, ok := open(t, build2(t, files)).PrefetchEnd(); ok {
+	// The descriptor says as much, for a node that has not read the TOC.
+	if got := res.Annotations[PrefetchEndAnnotation]; got != strconv.FormatInt(end, 10) {
+		t.Errorf("annotation %s = %q; want the landmark's offset %d", PrefetchEndAnnotation, got, end)
+	}
+	plain, plainRes := build(t, makeTar(t, files))
+	if _, ok := open(t, plain).PrefetchEnd(); ok {
 		t.Errorf("a layer without prioritized files has a prefetch area")
 	}
-}
-
-func build2(t *testing.T, files []testFile) []byte {
-	blob, _ := build(t, makeTar(t, files))
-	return blob
+	if got, ok := plainRes.Annotations[PrefetchEndAnnotation]; ok {
+		t.Errorf("a layer without prioritized files has annotation %s = %q", PrefetchEndAnnotation, got)
+	}
 }
 
 func TestDeterministic(t *testing.T) {

@@ -38,6 +38,11 @@ const (
 	// nothing else, in its first request. It is only a hint: the footer
 	// and the TOC digest are checked as always.
 	TOCOffsetAnnotation = "io.github.lazypull.estargz.toc-offset"
+	// PrefetchEndAnnotation (lazypull's own) holds where the files to
+	// fetch first end (the prefetch landmark's member), so that a node
+	// fetches them while it reads the TOC. Only a hint: the layer takes
+	// those bytes by its TOC and checks every chunk.
+	PrefetchEndAnnotation = "io.github.lazypull.estargz.prefetch-end"
 )
 
 // FooterSize is the size of the eStargz footer; legacyFooterSize that of

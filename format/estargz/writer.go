@@ -363,6 +363,11 @@ func (w *Writer) Close() (Result, error) {
 		UncompressedSizeAnnotation: strconv.FormatInt(res.UncompressedSize, 10),
 		TOCOffsetAnnotation:        strconv.FormatInt(tocOffset, 10),
 	}
+	for _, e := range w.entries {
+		if e.Name == PrefetchLandmark {
+			res.Annotations[PrefetchEndAnnotation] = strconv.FormatInt(e.Offset, 10)
+		}
+	}
 	return res, nil
 }
 
