@@ -166,11 +166,12 @@ func (m *Mounter) gate(ref string) *layer.Gate {
 	return g
 }
 
-// openRemote opens a layer of image img from its registry, to be verified
-// against expect. What workload profiles recorded of its blob is fetched
-// as soon as its tail is in, and those of the layers opened with it
-// (group, if not nil), in one order with theirs.
-func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect, group *layer.EarlyGroup) (_ *layer.Layer, err error) {
+// openRemote opens a layer of image img (whose layers are layers) from its
+// registry, to be verified against expect. What the image's workload
+// profiles recorded of its blob is fetched as soon as its tail is in, and
+// those of the layers opened with it (group, if not nil), in one order
+// with theirs.
+func (m *Mounter) openRemote(ctx context.Context, img imageKey, layers []ocispec.Descriptor, desc ocispec.Descriptor, expect layer.Expect, group *layer.EarlyGroup) (_ *layer.Layer, err error) {
 	blob, err := remote.OpenBlob(ctx, img.ref, desc, m.opts.Registry, m.opts.Blob)
 	if err != nil {
 		return nil, err
@@ -194,7 +195,7 @@ func (m *Mounter) openRemote(ctx context.Context, img imageKey, desc ocispec.Des
 	opts.Gate = m.gate(img.ref)
 	opts.OnMiss = m.hints.onMiss(img, desc.Digest)
 	var f layer.Fetcher = blob
-	spans := m.profiles.spans(ctx, desc.Digest)
+	spans := m.profiles.spans(ctx, desc.Digest, layers)
 	if end, ok := format.PrefetchEnd(desc); ok && len(spans) == 0 && !m.opts.NoPrefetch {
 		// No profile: the files the image marks to fetch first (what its
 		// mount's prefetch fetches) cross the link while the TOC is parsed.
@@ -311,7 +312,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 	// The image's other layers will be asked for next: open them now.
 	m.preopen(key, img)
 
-	l, held, err := m.openLayer(ctx, key, desc, expect)
+	l, held, err := m.openLayer(ctx, key, img.layers, desc, expect)
 	if err != nil {
 		return err
 	}
@@ -335,7 +336,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 	// Neither is waited for: the container starts meanwhile, and its
 	// reads join the fetches that bring what they want.
 	var ahead <-chan error
-	if plan := m.profiles.plan(ctx, desc.Digest, l.TOC()); len(plan) > 0 {
+	if plan := m.profiles.plan(ctx, desc.Digest, l.TOC(), img.layers); len(plan) > 0 {
 		ahead = l.FetchRanges(plan...)
 		log.G(ctx).WithField("layer", desc.Digest).WithField("ranges", rangesIn(plan)).Info("fetching what the workload profiles read")
 	} else if !m.opts.NoPrefetch {
@@ -380,7 +381,7 @@ func (m *Mounter) mount(ctx context.Context, mountpoint string, labels map[strin
 // openLayer opens a layer, or takes the one preopen opened for the same
 // expectation.
 // It returns the image whose bound the layer's entries are held against.
-func (m *Mounter) openLayer(ctx context.Context, img imageKey, desc ocispec.Descriptor, expect layer.Expect) (*layer.Layer, imageKey, error) {
+func (m *Mounter) openLayer(ctx context.Context, img imageKey, layers []ocispec.Descriptor, desc ocispec.Descriptor, expect layer.Expect) (*layer.Layer, imageKey, error) {
 	m.mu.Lock()
 	o, ok := m.opening[desc.Digest]
 	m.mu.Unlock()
@@ -400,7 +401,7 @@ func (m *Mounter) openLayer(ctx context.Context, img imageKey, desc ocispec.Desc
 			return o.layer, o.key, nil
 		}
 	}
-	l, err := m.openRemote(ctx, img, desc, expect, nil)
+	l, err := m.openRemote(ctx, img, layers, desc, expect, nil)
 	return l, img, err
 }
 
@@ -437,7 +438,7 @@ func (m *Mounter) preopen(key imageKey, img *image) {
 		go func() {
 			defer m.bg.Done()
 			defer close(o.done)
-			o.layer, o.err = m.openRemote(m.ctx, key, desc, o.expect, tails)
+			o.layer, o.err = m.openRemote(m.ctx, key, img.layers, desc, o.expect, tails)
 			tails.Arrived(desc.Digest) // if it failed before its tail
 			if o.err != nil {
 				m.dropPreopened(desc.Digest, o) // a failure is not kept

@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazypull/lazypull/format/toc"
 	"github.com/lazypull/lazypull/layer"
@@ -41,13 +42,30 @@ func newProfiles(dir string) *profiles {
 	return &profiles{dir: dir, parsed: make(map[string]parsedProfile)}
 }
 
-// plan returns the ranges of layer d (its TOC t) that the directory's
-// profiles read (see planOf).
-func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC) [][]toc.Range {
+// plan returns the ranges of layer d (its TOC t) of an image (its
+// layers) that the directory's profiles of that image read (see planOf).
+func (ps *profiles) plan(ctx context.Context, d digest.Digest, t *toc.TOC, image []ocispec.Descriptor) [][]toc.Range {
 	if ps == nil {
 		return nil
 	}
-	return planOf(ctx, ps.load(ctx), d, t)
+	return planOf(ctx, ofImage(ps.load(ctx), image), d, t)
+}
+
+// ofImage returns the profiles that every layer they name is a layer of
+// image: those of its workloads. A profile of another image that shares
+// a base layer with it is not, and neither its bytes nor its order are
+// this image's business: on a node that runs many tenants' images, one
+// image's profile must not slow another's start.
+func ofImage(ps map[string]*profile.Profile, image []ocispec.Descriptor) map[string]*profile.Profile {
+	out := make(map[string]*profile.Profile)
+	for name, p := range ps {
+		if !slices.ContainsFunc(p.Layers, func(l profile.Layer) bool {
+			return !slices.ContainsFunc(image, func(desc ocispec.Descriptor) bool { return desc.Digest == l.Digest })
+		}) {
+			out[name] = p
+		}
+	}
+	return out
 }
 
 // planOf returns the ranges of layer d (its TOC t) that the profiles (by
@@ -158,13 +176,13 @@ func interleave[T any](lists [][]T) []T {
 	return out
 }
 
-// spans returns the blob spans of layer d that the directory's profiles
-// recorded (see spansOf).
-func (ps *profiles) spans(ctx context.Context, d digest.Digest) []layer.EarlySpan {
+// spans returns the blob spans of layer d of an image (its layers) that
+// the directory's profiles of that image recorded (see spansOf).
+func (ps *profiles) spans(ctx context.Context, d digest.Digest, image []ocispec.Descriptor) []layer.EarlySpan {
 	if ps == nil {
 		return nil
 	}
-	return spansOf(ps.load(ctx), d)
+	return spansOf(ofImage(ps.load(ctx), image), d)
 }
 
 // maxEarlySpans bounds the spans of one layer fetched before its TOC: a

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazypull/lazypull/cache"
 	"github.com/lazypull/lazypull/convert"
@@ -351,5 +353,29 @@ func TestSharedFirst(t *testing.T) {
 	}
 	if got, own := sharedFirst([][]read{web}, item, cut); !slices.Equal(got, web) || own != nil {
 		t.Errorf("sharedFirst of one profile = %v; want it as it is", got)
+	}
+}
+
+// TestProfilesOfImage: of the profiles in the directory, an image uses
+// those whose every layer is one of its own: not another image's that
+// shares its base layer.
+func TestProfilesOfImage(t *testing.T) {
+	base, app, other := digest.FromString("base"), digest.FromString("app"), digest.FromString("other app")
+	withLayers := func(ds ...digest.Digest) *profile.Profile {
+		p := newProfile(ds[0])
+		for _, d := range ds[1:] {
+			p.Layers = append(p.Layers, profile.Layer{Digest: d})
+		}
+		return p
+	}
+	ps := map[string]*profile.Profile{
+		"app":   withLayers(base, app),
+		"other": withLayers(base, other),
+		"base":  withLayers(base),
+	}
+	image := []ocispec.Descriptor{{Digest: base}, {Digest: app}}
+	got := slices.Sorted(maps.Keys(ofImage(ps, image)))
+	if want := []string{"app", "base"}; !slices.Equal(got, want) {
+		t.Errorf("the image's profiles are %v; want %v", got, want)
 	}
 }
