@@ -700,3 +700,52 @@ func TestFetchRangesInPhases(t *testing.T) {
 		t.Errorf("requests %v; want b's first chunk alone, then c's", got)
 	}
 }
+
+// TestSmallFileBurstsWiden: a small file missed soon after another below
+// the same directory (not a top-level one) comes with the small files of
+// that directory within burstWindow, not only those of its own; files
+// outside it do not come.
+func TestSmallFileBurstsWiden(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		return b
+	}
+	var files []file
+	for _, pkg := range []string{"p", "q", "r"} {
+		for i := range 12 {
+			files = append(files, file{fmt.Sprintf("usr/lib/%s/m%d.py", pkg, i), random(3000)})
+		}
+	}
+	files = append(files, file{"usr/share/z.txt", random(3000)})
+	blob, desc := buildBlob(t, files)
+	l, f := openLayer(t, blob, desc)
+	opened := len(f.ranges)
+
+	if _, err := readFile(t, l, "usr/lib/p/m6.py"); err != nil {
+		t.Fatal(err)
+	}
+	if got := fetchedFiles(l); got["usr/lib/q/m11.py"] || got["usr/lib/r/m0.py"] {
+		t.Fatal("files of other directories came with the first small file")
+	}
+	if _, err := readFile(t, l, "usr/lib/q/m6.py"); err != nil {
+		t.Fatal(err)
+	}
+	got := fetchedFiles(l)
+	for _, pkg := range []string{"p", "q", "r"} {
+		for i := range 12 {
+			if name := fmt.Sprintf("usr/lib/%s/m%d.py", pkg, i); !got[name] {
+				t.Errorf("%s, a small file of usr/lib, did not come with the burst", name)
+			}
+		}
+	}
+	if got["usr/share/z.txt"] {
+		t.Error("usr/share/z.txt, outside usr/lib, came along")
+	}
+	if n := len(f.ranges) - opened; n != 2 {
+		t.Errorf("%d requests; want 2: one per miss", n)
+	}
+}
