@@ -2,7 +2,6 @@ package layer
 
 import (
 	"sort"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -50,23 +49,14 @@ func (l *Layer) claimAround(k, lo, end int, want digest.Digest) (cl *call, mine 
 // file of a directory (a header, a module, a locale) usually reads others
 // of it soon, and each on-demand request costs a round trip, while
 // neighbourWindow bytes more cost a fraction of one on a typical link.
-//
-// A burst of them is a tree being read (a compiler's headers, an
-// interpreter's modules across packages): a small file missed soon after
-// another (burstGap) below the same directory, not the root nor a
-// top-level one, comes with the small files of that directory within
-// burstWindow instead, a few round trips instead of one per file.
 const (
 	smallMember     = 32 << 10
 	neighbourWindow = 32 << 10 // on each side
-	burstWindow     = 256 << 10
-	burstGap        = 500 * time.Millisecond
 )
 
 // neighbours returns the members [lo, hi) to fetch with member k, which
 // holds a chunk of e: k alone, or with the small members around it that
-// hold files of e's directory (or below it), within neighbourWindow; or
-// of a wider one within burstWindow (burst).
+// hold files of e's directory (or below it), within neighbourWindow.
 func (l *Layer) neighbours(e *toc.Entry, k int) (lo, hi int) {
 	m := l.members[k]
 	if m.size > smallMember {
@@ -75,10 +65,6 @@ func (l *Layer) neighbours(e *toc.Entry, k int) (lo, hi int) {
 	dir := e.Parent()
 	if dir == nil || dir.Parent() == nil {
 		return k, k + 1 // the root's files are not one package
-	}
-	window := int64(neighbourWindow)
-	if tree := l.burst(dir); tree != nil {
-		dir, window = tree, burstWindow
 	}
 	near := func(j int) bool {
 		if l.members[j].size > smallMember {
@@ -92,36 +78,13 @@ func (l *Layer) neighbours(e *toc.Entry, k int) (lo, hi int) {
 		return true
 	}
 	lo, hi = k, k+1
-	for lo > 0 && m.off-l.members[lo-1].off <= window && near(lo-1) {
+	for lo > 0 && m.off-l.members[lo-1].off <= neighbourWindow && near(lo-1) {
 		lo--
 	}
-	for hi < len(l.members) && l.members[hi].end()-m.end() <= window && near(hi) {
+	for hi < len(l.members) && l.members[hi].end()-m.end() <= neighbourWindow && near(hi) {
 		hi++
 	}
 	return lo, hi
-}
-
-// burst notes a small file of dir missed, and returns the directory it
-// and the one missed before share, if that was within burstGap and the
-// directory is neither the root nor a top-level one; else nil.
-func (l *Layer) burst(dir *toc.Entry) *toc.Entry {
-	now := time.Now()
-	l.missMu.Lock()
-	prev, at := l.lastMiss, l.lastMissAt
-	l.lastMiss, l.lastMissAt = dir, now
-	l.missMu.Unlock()
-	if prev == nil || prev == dir || now.Sub(at) > burstGap {
-		return nil
-	}
-	for a := prev; a != nil; a = a.Parent() {
-		if a == dir || dir.Within(a) {
-			if a.Parent() == nil || a.Parent().Parent() == nil {
-				return nil
-			}
-			return a
-		}
-	}
-	return nil
 }
 
 // memberOf returns the index of the member that holds chunk c (not a

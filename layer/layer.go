@@ -25,7 +25,6 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -216,12 +215,6 @@ type Layer struct {
 	bgDone    chan struct{}
 	closeOnce sync.Once
 	cacheWarn sync.Once // logs the first chunk the cache would not take
-
-	// The directory of the last small file a read missed, and when: a
-	// burst of them widens what comes along (neighbours).
-	missMu     sync.Mutex
-	lastMiss   *toc.Entry
-	lastMissAt time.Time
 }
 
 // tailPiece is the end of a member that the first read brought.
