@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lazypull/lazypull/cache"
+	"github.com/lazypull/lazypull/layer"
 	"github.com/lazypull/lazypull/metrics"
 )
 
@@ -15,7 +16,7 @@ import (
 // configuration says, until ctx is done.
 func serveMetrics(ctx context.Context, cfg Config, c *cache.Cache) error {
 	if cfg.MetricsAddress != "" {
-		opts := []metrics.Option{metrics.WithCollectors(cacheCollector{c})}
+		opts := []metrics.Option{metrics.WithCollectors(cacheCollector{c}, earlyHeld)}
 		if cfg.MetricsAllowRemote {
 			opts = append(opts, metrics.AllowRemote())
 		}
@@ -53,6 +54,14 @@ func (c Config) checkEndpoints() error {
 	}
 	return nil
 }
+
+// earlyHeld is what the early fetches hold in memory: the bytes of
+// profiles' spans and startup files requested before their layers are
+// open, not yet taken.
+var earlyHeld = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	Name: "lazypull_early_held_bytes",
+	Help: "Bytes fetched ahead of a layer's open (workload profiles' spans, startup files) held in memory until the layer takes them; 64 MiB at most.",
+}, func() float64 { return float64(layer.EarlyHeld()) })
 
 // cacheCollector exports the chunk cache's counters at each scrape.
 type cacheCollector struct{ c *cache.Cache }

@@ -48,7 +48,7 @@ func TestServeMetricsAndDebug(t *testing.T) {
 	if err := serveMetrics(ctx, cfg, c); err != nil {
 		t.Fatal(err)
 	}
-	if code, body := getSocket(t, cfg.MetricsAddress, "/metrics"); code != http.StatusOK || !strings.Contains(body, "lazypull_cache_bytes") {
+	if code, body := getSocket(t, cfg.MetricsAddress, "/metrics"); code != http.StatusOK || !strings.Contains(body, "lazypull_cache_bytes") || !strings.Contains(body, "lazypull_early_held_bytes 0") {
 		t.Errorf("/metrics: %d %q", code, body)
 	}
 	if code, _ := getSocket(t, cfg.MetricsAddress, "/debug/pprof/"); code != http.StatusNotFound {
