@@ -256,7 +256,7 @@ func TestSpanSet(t *testing.T) {
 }
 
 // gatedFetcher holds the requests at one offset until open is closed;
-// reached (if not nil) is closed when the first of them arrives.
+// reached is closed when the first of them arrives.
 type gatedFetcher struct {
 	*blobFetcher
 	at      int64
@@ -265,11 +265,14 @@ type gatedFetcher struct {
 	once    sync.Once
 }
 
+// gateAt serves data, holding the requests at offset at.
+func gateAt(data []byte, at int64) *gatedFetcher {
+	return &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: at, open: make(chan struct{}), reached: make(chan struct{})}
+}
+
 func (f *gatedFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
 	if off == f.at {
-		if f.reached != nil {
-			f.once.Do(func() { close(f.reached) })
-		}
+		f.once.Do(func() { close(f.reached) })
 		<-f.open
 	}
 	return f.blobFetcher.FetchAt(ctx, p, off)
@@ -284,7 +287,7 @@ func TestEarlyPieceServesEveryTaker(t *testing.T) {
 		data[i] = byte(i * 13)
 	}
 	const at = 1 << 20
-	f := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: at, open: make(chan struct{}), reached: make(chan struct{})}
+	f := gateAt(data, at)
 	e := FetchEarly(context.Background(), f, "sha256:x", inOrder(Span{at, 1 << 20}), alone("sha256:x", 1))
 	t.Cleanup(e.Close)
 	tail := make([]byte, 10)
@@ -333,7 +336,7 @@ func TestEarlyReadTakesAQueuedPiecesTurn(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i * 7)
 	}
-	f := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 0, open: make(chan struct{})}
+	f := gateAt(data, 0)
 	e := FetchEarly(context.Background(), f, "sha256:x", inOrder(Span{0, 4 << 20}), alone("sha256:x", 1))
 	t.Cleanup(e.Close)
 	p := make([]byte, 10)
@@ -367,18 +370,33 @@ func TestEarlyReadTakesAQueuedPiecesTurn(t *testing.T) {
 	}
 }
 
-// loggedFetcher notes each request in a log shared with other fetchers.
+// requestLog notes the requests of several fetchers, in order, as
+// "name@offset".
+type requestLog struct {
+	mu   sync.Mutex
+	list []string
+}
+
+// of returns f, its requests noted under name.
+func (r *requestLog) of(name string, f Fetcher) Fetcher { return &loggedFetcher{f, name, r} }
+
+// requests returns the requests so far.
+func (r *requestLog) requests() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.list)
+}
+
 type loggedFetcher struct {
 	Fetcher
 	name string
-	mu   *sync.Mutex
-	log  *[]string
+	log  *requestLog
 }
 
 func (f *loggedFetcher) FetchAt(ctx context.Context, p []byte, off int64) error {
-	f.mu.Lock()
-	*f.log = append(*f.log, fmt.Sprintf("%s@%d", f.name, off))
-	f.mu.Unlock()
+	f.log.mu.Lock()
+	f.log.list = append(f.log.list, fmt.Sprintf("%s@%d", f.name, off))
+	f.log.mu.Unlock()
 	return f.Fetcher.FetchAt(ctx, p, off)
 }
 
@@ -386,11 +404,9 @@ func (f *loggedFetcher) FetchAt(ctx context.Context, p []byte, off int64) error 
 // requested in one order, by rank, whichever layer holds them.
 func TestEarlyGroupOrdersAcrossLayers(t *testing.T) {
 	data := bytes.Repeat([]byte("one order"), 1<<12)
-	var mu sync.Mutex
-	var requests []string
-	gate := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 0, open: make(chan struct{}), reached: make(chan struct{})}
-	fa := &loggedFetcher{gate, "a", &mu, &requests}
-	fb := &loggedFetcher{&blobFetcher{data: data, corrupt: -1}, "b", &mu, &requests}
+	var log requestLog
+	gate := gateAt(data, 0)
+	fa, fb := log.of("a", gate), log.of("b", &blobFetcher{data: data, corrupt: -1})
 	var a, b digest.Digest = "sha256:a", "sha256:b"
 	g := NewEarlyGroup([]digest.Digest{a, b}, 1)
 	ea := FetchEarly(context.Background(), fa, a, []EarlySpan{{Span: Span{0, 100}, Rank: 0}, {Span: Span{1000, 100}, Rank: 2}}, g)
@@ -406,10 +422,8 @@ func TestEarlyGroupOrdersAcrossLayers(t *testing.T) {
 	<-gate.reached // a's first piece is on its way; the rest wait their turn
 	waitFor(t, "both layers' pieces queued", func() bool { g.mu.Lock(); defer g.mu.Unlock(); return len(g.queue) == 2 })
 	close(gate.open)
-	waitFor(t, "every piece", func() bool { mu.Lock(); defer mu.Unlock(); return len(requests) == 5 })
-	mu.Lock()
-	defer mu.Unlock()
-	if want := []string{"b@36854", "a@36854", "a@0", "b@0", "a@1000"}; !slices.Equal(requests, want) {
+	waitFor(t, "every piece", func() bool { return len(log.requests()) == 5 })
+	if requests, want := log.requests(), []string{"b@36854", "a@36854", "a@0", "b@0", "a@1000"}; !slices.Equal(requests, want) {
 		t.Errorf("requests %v; want %v: the tails, then by rank across the layers", requests, want)
 	}
 }
@@ -419,10 +433,9 @@ func TestEarlyGroupOrdersAcrossLayers(t *testing.T) {
 // free.
 func TestEarlyGroupPhases(t *testing.T) {
 	data := bytes.Repeat([]byte("phases"), 1<<12)
-	var mu sync.Mutex
-	var requests []string
-	gate := &gatedFetcher{blobFetcher: &blobFetcher{data: data, corrupt: -1}, at: 0, open: make(chan struct{}), reached: make(chan struct{})}
-	f := &loggedFetcher{gate, "a", &mu, &requests}
+	var log requestLog
+	gate := gateAt(data, 0)
+	f := log.of("a", gate)
 	spans := []EarlySpan{{Span: Span{0, 100}, Phase: 0}, {Span: Span{1000, 100}, Phase: 1}, {Span: Span{2000, 100}, Phase: 1}, {Span: Span{3000, 100}, Phase: 2}}
 	e := FetchEarly(context.Background(), f, "sha256:a", spans, alone("sha256:a", 3))
 	t.Cleanup(e.Close)
@@ -430,13 +443,11 @@ func TestEarlyGroupPhases(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-gate.reached
-	waitFor(t, "phases 0 and 1", func() bool { mu.Lock(); defer mu.Unlock(); return len(requests) == 4 })
+	waitFor(t, "phases 0 and 1", func() bool { return len(log.requests()) == 4 })
 	time.Sleep(50 * time.Millisecond)
-	mu.Lock()
-	if slices.Contains(requests, "a@3000") {
+	if requests := log.requests(); slices.Contains(requests, "a@3000") {
 		t.Errorf("requests %v: phase 2 started while phase 0 was on its way", requests)
 	}
-	mu.Unlock()
 	close(gate.open)
-	waitFor(t, "phase 2", func() bool { mu.Lock(); defer mu.Unlock(); return slices.Contains(requests, "a@3000") })
+	waitFor(t, "phase 2", func() bool { return slices.Contains(log.requests(), "a@3000") })
 }
