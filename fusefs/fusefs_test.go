@@ -143,6 +143,14 @@ func openLayer(t *testing.T, entries []entry, c *cache.Cache) *layer.Layer {
 // openLayerBlob is openLayer, and the file its blob is read from.
 func openLayerBlob(t *testing.T, entries []entry, c *cache.Cache) (*layer.Layer, string) {
 	t.Helper()
+	blobFile, desc := writeLayer(t, entries)
+	return openBlob(t, blobFile, desc, c), blobFile.Name()
+}
+
+// writeLayer writes entries as an eStargz blob (1 MiB chunks) in a file
+// of its own, and returns it and the blob's descriptor.
+func writeLayer(t *testing.T, entries []entry) (*os.File, ocispec.Descriptor) {
+	t.Helper()
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
 	for _, e := range entries {
@@ -153,8 +161,7 @@ func openLayerBlob(t *testing.T, entries []entry, c *cache.Cache) (*layer.Layer,
 		tw.Write(e.data)
 	}
 	tw.Close()
-	dir := t.TempDir()
-	blobFile, err := os.Create(filepath.Join(dir, "blob"))
+	blobFile, err := os.Create(filepath.Join(t.TempDir(), "blob"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,8 +174,7 @@ func openLayerBlob(t *testing.T, entries []entry, c *cache.Cache) (*layer.Layer,
 		t.Fatal(err)
 	}
 	blob, _ := os.ReadFile(blobFile.Name())
-	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob)), Annotations: res.Annotations}
-	return openBlob(t, blobFile, desc, c), blobFile.Name()
+	return blobFile, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob)), Annotations: res.Annotations}
 }
 
 // openBlob opens the layer desc describes, its blob read from f.

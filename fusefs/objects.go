@@ -95,7 +95,7 @@ func sumOf(d digest.Digest) ([sha256.Size]byte, bool) {
 func MountObjects(mountpoint string, store ObjectStore, opts Options) (*MountedObjects, error) {
 	fsys := &objectFS{store: store, passthrough: opts.Passthrough, layers: make(map[string]*objectLayer)}
 	// Objects appear as layers are added: no negative entries.
-	server, err := mountRO(mountpoint, &objectRoot{fsys: fsys}, "lazypull-objects", 0, opts.Debug)
+	server, err := mountRO(mountpoint, &objectRoot{fsys: fsys}, "lazypull-objects", 0, opts)
 	if err != nil {
 		return nil, fmt.Errorf("mount the object filesystem at %s: %w", mountpoint, err)
 	}

@@ -170,6 +170,10 @@ type FUSEConfig struct {
 	// OpaqueXattr is "trusted", "user", "both", or "auto" (default):
 	// user when the overlay mounts use userxattr, else trusted.
 	OpaqueXattr string `toml:"opaque_xattr"`
+	// ReadAheadKiB is the kernel's read-ahead on each layer's mount, in
+	// KiB (default fusefs.DefaultReadAheadKiB). Workload profiles record
+	// what a start read with it: record them with the value nodes use.
+	ReadAheadKiB int `toml:"read_ahead_kb"`
 	// Manager serves the layers from a separate, long-lived process so
 	// that running containers keep them when the daemon restarts or
 	// crashes (default true).
@@ -319,6 +323,9 @@ func (c Config) Validate() error {
 	if c.Cache.MaxBytes != nil && *c.Cache.MaxBytes < 0 || c.Fetch.MaxRetries < 0 || c.Fetch.Parallel < 0 {
 		return errors.New("cache sizes, fetch.max_retries and fetch.parallel cannot be negative")
 	}
+	if c.FUSE.ReadAheadKiB < 0 || c.FUSE.ReadAheadKiB > 16<<10 {
+		return fmt.Errorf("fuse.read_ahead_kb %d: want 0 (the default, %d) to %d", c.FUSE.ReadAheadKiB, fusefs.DefaultReadAheadKiB, 16<<10)
+	}
 	if c.Cache.Dir != "" && !filepath.IsAbs(c.Cache.Dir) {
 		return fmt.Errorf("cache.dir %q: must be an absolute path", c.Cache.Dir)
 	}
@@ -360,7 +367,7 @@ func (c Config) mounterOptions() mounter.Options {
 		Layer:              layer.Options{Unverified: c.Fetch.AllowUnverified, SpoolDir: filepath.Join(c.Root, "verify")},
 		VerifyBeforeUse:    c.Fetch.VerifyBeforeUse,
 		MaxImageEntries:    c.Fetch.MaxImageEntries,
-		FUSE:               fusefs.Options{Passthrough: passthrough},
+		FUSE:               fusefs.Options{Passthrough: passthrough, ReadAheadKiB: c.FUSE.ReadAheadKiB},
 		PassthroughNote:    note,
 		PrefetchTimeout:    c.Fetch.PrefetchTimeout.Duration,
 		NoPrefetch:         !enabled(c.Fetch.Prefetch),

@@ -37,6 +37,8 @@ log_level = "debug"
 async_remove = true
 upperdir_label = true
 mount_options = ["volatile"]
+[fuse]
+read_ahead_kb = 128
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -46,8 +48,12 @@ mount_options = ["volatile"]
 	want.Root = "/srv/lazypull"
 	want.LogLevel = "debug"
 	want.Snapshotter = SnapshotterConfig{AsyncRemove: true, UpperdirLabel: true, MountOptions: []string{"volatile"}}
+	want.FUSE.ReadAheadKiB = 128
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got %+v, want %+v", cfg, want)
+	}
+	if got := cfg.mounterOptions().FUSE.ReadAheadKiB; got != 128 {
+		t.Errorf("the mounts' read-ahead is %d KiB, want the configured 128", got)
 	}
 	if n := len(cfg.Snapshotter.snapshotOpts()); n != 3 {
 		t.Errorf("%d snapshotter options, want 3", n)
@@ -65,6 +71,7 @@ func TestLoadConfigErrorsNameTheProblem(t *testing.T) {
 		{"[snapshotter]\nmount_options = [\"upperdir=/x\"]", `"upperdir=/x" is set per snapshot`},
 		{"root = ", "line 1"},
 		{"[cache]\nmax_bytes = -1", "cannot be negative"},
+		{"[fuse]\nread_ahead_kb = -4", "fuse.read_ahead_kb -4: want 0 (the default, 64) to 16384"},
 		{`metrics_address = "0.0.0.0:9110"`, "set metrics_allow_remote = true"},
 		{`metrics_address = ":9110"`, `metrics_address ":9110": other hosts could reach it`},
 		{`metrics_address = "metrics.sock"`, "metrics_address: "},
