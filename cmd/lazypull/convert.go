@@ -39,7 +39,7 @@ Examples:
   lazypull convert --profile app.json docker://r.example/app:1.0 docker://r.example/app:1.0-esgz`,
 	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "format", Value: string(convert.EStargz), Usage: "layer format: estargz or zstdchunked"},
-		&cli.IntFlag{Name: "chunk-size", Usage: "split files into chunks of at most `BYTES`", DefaultText: "4 MiB"},
+		&cli.IntFlag{Name: "chunk-size", Usage: "split files into chunks of at most `BYTES`; once a layer has 32768 chunks, its later files get 4 MiB ones", DefaultText: "64 KiB"},
 		&cli.IntFlag{Name: "min-chunk-size", Usage: "eStargz: let files under `BYTES` share a gzip member with their neighbours", DefaultText: "off"},
 		&cli.IntFlag{Name: "compression-level", Usage: "gzip 1-9 or zstd 1-4 `LEVEL`", DefaultText: "the format's"},
 		&cli.StringFlag{Name: "prioritized-files", Usage: "`FILE` listing paths (one per line) a workload reads first; they go first, for prefetch"},

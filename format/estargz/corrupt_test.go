@@ -277,3 +277,33 @@ func withDigest(c toc.Chunk, d digest.Digest) toc.Chunk {
 	}
 	return c
 }
+
+// TestLargeChunksPastTheBudget: once a layer's files took
+// toc.SmallChunkBudget chunks, the next file that would pass it goes into
+// toc.LargeChunkSize chunks, so that no layer's TOC outgrows the limits.
+func TestLargeChunksPastTheBudget(t *testing.T) {
+	small := make([]byte, (toc.SmallChunkBudget-8)*16)
+	for i := range small {
+		small[i] = byte(i * 7)
+	}
+	past := bytes.Repeat([]byte("past"), 9*16/4) // nine chunks of 16 bytes: one past the budget
+	files := []testFile{reg("small", small), reg("past", past)}
+	blob, res := build(t, makeTar(t, files), WithChunkSize(16))
+	r := open(t, blob, WithTOCDigest(res.TOCDigest))
+	for _, tc := range []struct {
+		name   string
+		data   []byte
+		chunks int
+	}{{"small", small, toc.SmallChunkBudget - 8}, {"past", past, 1}} {
+		e, ok := r.TOC().Lookup(tc.name)
+		if !ok {
+			t.Fatalf("%s: not in the TOC", tc.name)
+		}
+		if n := len(e.Chunks()); n != tc.chunks {
+			t.Errorf("%s: %d chunks, want %d", tc.name, n, tc.chunks)
+		}
+		if got := readAll(t, r, tc.name); !bytes.Equal(got, tc.data) {
+			t.Errorf("%s: content differs", tc.name)
+		}
+	}
+}

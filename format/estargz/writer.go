@@ -22,8 +22,11 @@ import (
 )
 
 // DefaultChunkSize is the largest piece of a file that one gzip member
-// holds, as in the reference implementation.
-const DefaultChunkSize = 4 << 20
+// holds (toc.FileChunkSize says when a layer's later files get larger
+// ones). The reference implementation's is 4 MiB; gzip's window is 32
+// KiB, so that 64 KiB members cost the layers of our benchmark images
+// only 1.4 to 2.5% more bytes, TOC included.
+const DefaultChunkSize = toc.SmallChunkSize
 
 // WriterOption configures a Writer.
 type WriterOption func(*Writer)
@@ -78,6 +81,7 @@ type Writer struct {
 
 	entries  []toc.WireEntry
 	entrySeg []int // the member each entry's data starts in, or -1
+	chunks   int   // of the files so far, for toc.FileChunkSize
 	appended bool
 	err      error // the first error: the blob is not to be finished
 }
@@ -262,8 +266,9 @@ func (w *Writer) writeEntry(h *tar.Header, content io.Reader) error {
 	fileDigest := sha256.New()
 	content = io.TeeReader(content, fileDigest)
 	first := len(w.entries)
+	chunkSize := toc.FileChunkSize(ent.Size, w.chunks, w.chunkSize)
 	for written := int64(0); written < ent.Size; {
-		size := min(w.chunkSize, ent.Size-written)
+		size := min(chunkSize, ent.Size-written)
 		if written > 0 || w.seg.Len() >= w.minChunkSize {
 			w.sealMember()
 		}
@@ -272,7 +277,7 @@ func (w *Writer) writeEntry(h *tar.Header, content io.Reader) error {
 			chunk = toc.WireEntry{Name: ent.Name, Type: toc.TypeChunk}
 		}
 		chunk.ChunkOffset = written
-		if size == w.chunkSize {
+		if size == chunkSize {
 			chunk.ChunkSize = size // the last, short chunk leaves it 0: "the rest"
 		}
 		chunk.InnerOffset = int64(w.seg.Len())
@@ -282,6 +287,7 @@ func (w *Writer) writeEntry(h *tar.Header, content io.Reader) error {
 		}
 		chunk.ChunkDigest = digest.NewDigest(digest.SHA256, chunkDigest).String()
 		w.addEntry(chunk, w.segs.next)
+		w.chunks++
 		written += size
 	}
 	w.entries[first].Digest = digest.NewDigest(digest.SHA256, fileDigest).String()

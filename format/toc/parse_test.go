@@ -716,3 +716,24 @@ func TestEntrySize(t *testing.T) {
 		t.Errorf("a Chunk takes %d bytes, want 80", got)
 	}
 }
+
+func TestFileChunkSize(t *testing.T) {
+	for _, tc := range []struct {
+		size   int64
+		chunks int
+		chunk  int64
+		want   int64
+	}{
+		{size: 1 << 20, chunks: 0, chunk: SmallChunkSize, want: SmallChunkSize},
+		{size: SmallChunkBudget * SmallChunkSize, chunks: 0, chunk: SmallChunkSize, want: SmallChunkSize},   // exactly the budget
+		{size: SmallChunkBudget*SmallChunkSize + 1, chunks: 0, chunk: SmallChunkSize, want: LargeChunkSize}, // one chunk over
+		{size: 1, chunks: SmallChunkBudget - 1, chunk: SmallChunkSize, want: SmallChunkSize},
+		{size: 1, chunks: SmallChunkBudget, chunk: SmallChunkSize, want: LargeChunkSize},
+		{size: 1 << 40, chunks: SmallChunkBudget, chunk: 8 << 20, want: 8 << 20}, // large already
+		{size: 1 << 30, chunks: 0, chunk: 4 << 10, want: LargeChunkSize},
+	} {
+		if got := FileChunkSize(tc.size, tc.chunks, tc.chunk); got != tc.want {
+			t.Errorf("FileChunkSize(%d, %d, %d) = %d, want %d", tc.size, tc.chunks, tc.chunk, got, tc.want)
+		}
+	}
+}

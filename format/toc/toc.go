@@ -408,3 +408,32 @@ func lastSlash(s string) int {
 	}
 	return -1
 }
+
+// Chunk sizes the formats' writers cut files into. Small chunks let a
+// start fetch only the parts of a large file it touches: a program maps
+// its binary and libraries and faults in scattered pages, and a workload
+// profile names the chunks those pages are in. gcc compiling hello.c
+// touches 12 MB of pages in 51 MB of files: 64 KiB chunks hold them in
+// 27 MB, 4 MiB ones in all 51 (bench/README.md). Each chunk costs a TOC
+// entry, though (some 200 bytes of JSON, 80 of a mounted layer's memory,
+// and one of Limits.MaxEntries), so a layer's files go into small chunks
+// only until it has SmallChunkBudget of them, and into LargeChunkSize
+// ones after: a layer of any size stays well within the limits, and in
+// practice only layers of more than 2 GiB of files get large chunks.
+const (
+	SmallChunkSize   = 64 << 10
+	LargeChunkSize   = 4 << 20
+	SmallChunkBudget = 32 << 10
+)
+
+// FileChunkSize is the chunk size a writer whose chunk size is chunk cuts
+// the next file, of size bytes, into, when the layer's files so far took
+// chunks chunks: chunk while the layer stays within SmallChunkBudget
+// chunks (or when chunk is already LargeChunkSize or more), else
+// LargeChunkSize.
+func FileChunkSize(size int64, chunks int, chunk int64) int64 {
+	if chunk >= LargeChunkSize || int64(chunks)+(size+chunk-1)/chunk <= SmallChunkBudget {
+		return chunk
+	}
+	return LargeChunkSize
+}

@@ -51,7 +51,7 @@ type frameJob struct {
 // declares. A frame of a chunk at most this large declares the chunk's
 // size as its window (a single segment), a larger one this: a streaming
 // reader of any chunk then needs at most 1 MiB of history, not the 8 MiB
-// (or the chunk's 4 MiB) zstd's levels would declare. Matches beyond it
+// (or a 4 MiB chunk's size) zstd's levels would declare. Matches beyond it
 // are lost: the bench images' layers grew by 0.00-0.38% (0.19% in all).
 const maxFrameWindow = 1 << 20
 

@@ -141,9 +141,9 @@ func TestWriterFramesDeclareSmallWindows(t *testing.T) {
 		reg("half", content(2, 512<<10, true)),
 		reg("mib", content(3, 1<<20, false)),
 		reg("large", content(4, 3<<20+5, true)),
-		reg("chunks", content(5, 2*DefaultChunkSize+7, false)),
+		reg("chunks", content(5, 2*toc.LargeChunkSize+7, false)),
 	})
-	blob, _ := writeBlob(t, layer)
+	blob, _ := writeBlob(t, layer, WithChunkSize(toc.LargeChunkSize)) // chunks larger than the window
 	r := openBlob(t, blob)
 	large := 0
 	for _, e := range r.TOC().Entries() {
@@ -178,7 +178,7 @@ func TestWriterFramesDeclareSmallWindows(t *testing.T) {
 // larger windows still stream, with decoders of their own.
 func TestOpenChunkSmallWindow(t *testing.T) {
 	data := content(6, 3<<20+5, false)
-	blob, _ := writeBlob(t, buildTar(t, []member{reg("large", data)}))
+	blob, _ := writeBlob(t, buildTar(t, []member{reg("large", data)}), WithChunkSize(toc.LargeChunkSize))
 	r := openBlob(t, blob)
 	e, _ := r.TOC().Lookup("large")
 	c := e.Chunks()[0]
@@ -230,5 +230,27 @@ func TestManifestOfSeveralFrames(t *testing.T) {
 	}
 	if _, err := decompressManifest(two, 10); err == nil {
 		t.Error("two frames, one byte more than the footer says: no error")
+	}
+}
+
+// TestLargeChunksPastTheBudget: once a layer's files took
+// toc.SmallChunkBudget chunks, the next file that would pass it goes into
+// toc.LargeChunkSize chunks, so that no layer's TOC outgrows the limits.
+func TestLargeChunksPastTheBudget(t *testing.T) {
+	tarball := buildTar(t, []member{
+		reg("small", content(1, (toc.SmallChunkBudget-8)*16, true)),
+		reg("past", content(2, 9*16, true)),
+	})
+	blob, res := writeBlob(t, tarball, WithChunkSize(16))
+	r := openBlob(t, blob, WithTOCDigest(res.TOCDigest))
+	checkLayer(t, r, tarball)
+	for name, want := range map[string]int{"small": toc.SmallChunkBudget - 8, "past": 1} {
+		e, ok := r.TOC().Lookup(name)
+		if !ok {
+			t.Fatalf("%s: not in the TOC", name)
+		}
+		if n := len(e.Chunks()); n != want {
+			t.Errorf("%s: %d chunks, want %d", name, n, want)
+		}
 	}
 }

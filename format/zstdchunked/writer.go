@@ -18,10 +18,13 @@ import (
 	"github.com/lazypull/lazypull/format/toc"
 )
 
-// DefaultChunkSize is the largest chunk a file is cut into: big enough
-// that a frame compresses well and a file costs few TOC entries, small
-// enough that a random read fetches little.
-const DefaultChunkSize = 4 << 20
+// DefaultChunkSize is the largest chunk a file is cut into (see
+// toc.FileChunkSize for a layer's later files): small, so that a start
+// fetches little more than the pages it touches, as containers/storage's
+// own writer does (its rolling checksum cuts 64 KiB chunks on average).
+// zstd compresses frames this small less well: our benchmark images'
+// layers are 5 to 8.5% larger than in 4 MiB frames.
+const DefaultChunkSize = toc.SmallChunkSize
 
 // DefaultCompressionLevel is zstd's own default level.
 const DefaultCompressionLevel = 3
@@ -84,6 +87,7 @@ type Writer struct {
 	fr       *framer
 	split    *tarSplit
 	frames   int // frames submitted
+	chunks   int // of the files so far, for toc.FileChunkSize
 	appended bool
 	closed   bool
 	err      error // sticky: the first failure
@@ -235,6 +239,7 @@ func (w *Writer) appendTar(r io.Reader) error {
 			} else {
 				err = w.appendContent(tr, rec, e)
 			}
+			w.chunks += len(e.chunks)
 			if err != nil {
 				return fmt.Errorf("zstdchunked: file %q: %w", h.Name, err)
 			}
@@ -285,14 +290,20 @@ func (w *Writer) drain(src io.Reader, rec *recorder) error {
 // frames' buffers.
 func (w *Writer) appendContent(tr *tar.Reader, rec *recorder, e *entry) error {
 	size := e.wire.Size
-	if size > w.chunkSize {
+	chunkSize := toc.FileChunkSize(size, w.chunks, w.chunkSize)
+	if size > chunkSize {
 		e.fileHash = sha256.New()
 	}
 	rec.on = false
 	defer func() { rec.on = true }()
 	for off := int64(0); off < size; {
-		n := min(w.chunkSize, size-off)
-		buf := w.fr.getRaw()[:n]
+		n := min(chunkSize, size-off)
+		var buf []byte
+		if n <= w.chunkSize {
+			buf = w.fr.getRaw()[:n]
+		} else {
+			buf = make([]byte, n) // a large chunk, past the layer's budget of small ones
+		}
 		before := rec.n
 		if _, err := io.ReadFull(tr, buf); err != nil {
 			return fmt.Errorf("reading %d bytes at %d: %w", n, off, err)
