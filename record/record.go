@@ -61,6 +61,9 @@ type Options struct {
 	Output io.Writer
 	// TempDir holds the run's mounts and cache (default: the system's).
 	TempDir string
+	// ReadAheadKiB is the layers' read-ahead (fusefs.Options): what a page
+	// fault reads, and so what the profile holds. Match the nodes'.
+	ReadAheadKiB int
 	// Registry is how a docker:// image's registry is reached.
 	Registry remote.Options
 }
@@ -83,7 +86,7 @@ func Run(ctx context.Context, ref transport.Ref, opts Options) (*profile.Profile
 	if err != nil {
 		return nil, err
 	}
-	r := &run{ref: ref, loc: loc, registry: opts.Registry, dir: tmp, rec: profile.NewRecorder()}
+	r := &run{ref: ref, loc: loc, registry: opts.Registry, readAhead: opts.ReadAheadKiB, dir: tmp, rec: profile.NewRecorder()}
 	defer r.cleanup()
 	if r.cache, err = cache.New(filepath.Join(tmp, "cache"), cache.WithSync(false)); err != nil {
 		return nil, err
@@ -146,17 +149,18 @@ func Run(ctx context.Context, ref transport.Ref, opts Options) (*profile.Profile
 
 // run is one recording: what it mounted, to undo.
 type run struct {
-	ref      transport.Ref
-	loc      transport.Location
-	registry remote.Options
-	closers  []io.Closer
-	dir      string
-	rec      *profile.Recorder
-	cache    *cache.Cache
-	tocs     map[digest.Digest]*toc.TOC
-	layers   []*layer.Layer
-	fuse     []*fusefs.MountedLayer
-	rootfs   string // mounted overlay, if any
+	ref       transport.Ref
+	loc       transport.Location
+	registry  remote.Options
+	readAhead int // KiB, fusefs.Options
+	closers   []io.Closer
+	dir       string
+	rec       *profile.Recorder
+	cache     *cache.Cache
+	tocs      map[digest.Digest]*toc.TOC
+	layers    []*layer.Layer
+	fuse      []*fusefs.MountedLayer
+	rootfs    string // mounted overlay, if any
 }
 
 // mountLayer mounts layer i for recording (a lazy one) or unpacks it (an
@@ -186,7 +190,7 @@ func (r *run) mountLayer(ctx context.Context, i int, desc ocispec.Descriptor) (s
 	}
 	r.tocs[d] = l.TOC()
 	// No passthrough: every read must reach the layer to be recorded.
-	m, err := fusefs.Mount(dir, l, fusefs.Options{})
+	m, err := fusefs.Mount(dir, l, fusefs.Options{ReadAheadKiB: r.readAhead})
 	if err != nil {
 		return "", err
 	}

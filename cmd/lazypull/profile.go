@@ -7,6 +7,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/urfave/cli/v2"
 
+	"github.com/lazypull/lazypull/fusefs"
 	"github.com/lazypull/lazypull/internal/progress"
 	"github.com/lazypull/lazypull/profile"
 	"github.com/lazypull/lazypull/profile/artifact"
@@ -91,6 +92,8 @@ this process (no passthrough, so every read is seen), and writes the
 workload profile: for each layer, the byte ranges of each file read, in the
 order they were first read, with the chunks they fall in. The workload is
 stopped when it prints --wait-for's text, after --period, or when it exits.
+A page fault reads --read-ahead-kb around its page, as on the nodes: give
+it their [fuse] read_ahead_kb if they do not use the default.
 
 Put the profile in the snapshotter's profile directory ([fetch] profile_dir,
 default /var/lib/lazypull/profiles): the layers it names then fetch what it
@@ -113,6 +116,7 @@ Examples:
 		&cli.DurationFlag{Name: "period", Usage: "stop the workload after `DURATION` (without --wait-for)"},
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Usage: "write the profile to `FILE` (- for standard output)"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not copy the workload's output to standard error"},
+		&cli.IntFlag{Name: "read-ahead-kb", Value: fusefs.DefaultReadAheadKiB, Usage: "the layers' read-ahead in `KIB`: the nodes' [fuse] read_ahead_kb"},
 	}, registryFlags...),
 	Action: func(c *cli.Context) error {
 		if c.NArg() < 1 {
@@ -135,13 +139,14 @@ Examples:
 			args = append(args, c.Args().Tail()...)
 		}
 		opts := record.Options{
-			Client:     client,
-			Args:       args,
-			Entrypoint: c.StringSlice("entrypoint"),
-			Env:        c.StringSlice("env"),
-			WaitFor:    c.String("wait-for"),
-			Period:     c.Duration("period"),
-			Registry:   registryOptions(c),
+			Client:       client,
+			Args:         args,
+			Entrypoint:   c.StringSlice("entrypoint"),
+			Env:          c.StringSlice("env"),
+			WaitFor:      c.String("wait-for"),
+			Period:       c.Duration("period"),
+			ReadAheadKiB: c.Int("read-ahead-kb"),
+			Registry:     registryOptions(c),
 		}
 		if !c.Bool("quiet") {
 			opts.Output = os.Stderr
