@@ -158,8 +158,9 @@ func mountRO(mountpoint string, root fs.InodeEmbedder, fsName string, negative t
 // page (half of it before), and a workload profile records those reads,
 // so its start fetches them: with 64 KiB chunks, 64 KiB instead of the
 // 1 MiB used before cut the bytes gcc's and java's starts fetch by a
-// quarter to a third (bench/README.md). Files read whole through the
-// daemon (no passthrough) pay with more, smaller requests.
+// quarter to a third (docs/benchmarks/2026-12-03/small-chunks). Files
+// read whole through the daemon (no passthrough) pay with more, smaller
+// requests.
 const DefaultReadAheadKiB = 64
 
 // setReadAhead sets the kernel's read-ahead on the FUSE mount at

@@ -414,12 +414,13 @@ func lastSlash(s string) int {
 // its binary and libraries and faults in scattered pages, and a workload
 // profile names the chunks those pages are in. gcc compiling hello.c
 // touches 12 MB of pages in 51 MB of files: 64 KiB chunks hold them in
-// 27 MB, 4 MiB ones in all 51 (bench/README.md). Each chunk costs a TOC
-// entry, though (some 200 bytes of JSON, 80 of a mounted layer's memory,
-// and one of Limits.MaxEntries), so a layer's files go into small chunks
-// only until it has SmallChunkBudget of them, and into LargeChunkSize
-// ones after: a layer of any size stays well within the limits, and in
-// practice only layers of more than 2 GiB of files get large chunks.
+// 27 MB, 4 MiB ones in all 51 (docs/benchmarks/2026-12-03/small-chunks/
+// variants.md). Each chunk costs a TOC entry, though (some 200 bytes of
+// JSON, 80 of a mounted layer's memory, and one of Limits.MaxEntries), so
+// a layer's files go into small chunks only until it has SmallChunkBudget
+// of them, and into LargeChunkSize ones after: a layer of any size stays
+// well within the limits, and only layers of more than 2 GiB of files get
+// large chunks.
 const (
 	SmallChunkSize   = 64 << 10
 	LargeChunkSize   = 4 << 20
