@@ -164,16 +164,25 @@ func mountRO(mountpoint string, root fs.InodeEmbedder, fsName string, negative t
 const DefaultReadAheadKiB = 64
 
 // setReadAhead sets the kernel's read-ahead on the FUSE mount at
-// mountpoint (its backing device's read_ahead_kb) to kib KiB.
+// mountpoint to kib KiB.
 func setReadAhead(mountpoint string, kib int) {
-	var st unix.Stat_t
-	if err := unix.Stat(mountpoint, &st); err != nil {
-		return
+	path, err := readAheadFile(mountpoint)
+	if err == nil {
+		err = os.WriteFile(path, []byte(strconv.Itoa(kib)), 0o644)
 	}
-	path := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
-	if err := os.WriteFile(path, []byte(strconv.Itoa(kib)), 0o644); err != nil {
+	if err != nil {
 		log.L.WithError(err).Debugf("cannot set the FUSE read-ahead of %s to %d KiB", mountpoint, kib)
 	}
+}
+
+// readAheadFile is the sysfs file that holds the read-ahead of the mount
+// at mountpoint: its backing device's read_ahead_kb.
+func readAheadFile(mountpoint string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)), nil
 }
 
 // detachWait bounds how long Unmount waits for the users of a busy layer

@@ -109,11 +109,11 @@ func TestPageFaultReadsAroundByReadAhead(t *testing.T) {
 				}
 			})
 
-			var st unix.Stat_t
-			if err := unix.Stat(mnt, &st); err != nil {
+			path, err := readAheadFile(mnt)
+			if err != nil {
 				t.Fatal(err)
 			}
-			sysfs, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
+			sysfs, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
 			}
