@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/lazypull/lazypull/version.Version=$(VERSION)
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build deps demo test test-kube fuzz bench bench-images vet clean
+.PHONY: all build deps demo test test-kube fuzz bench bench-images incumbent vet clean
 
 all: build
 
@@ -32,6 +32,7 @@ test: deps
 		echo "$$big" >&2; exit 1; \
 	fi
 	$(GO) vet ./...
+	cd bench/incumbent && $(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz FUZZTIME=10000x
 
@@ -65,15 +66,20 @@ bench:
 # Time to first output of real images (python, gcc, java, and a 1 GiB data
 # image) through a 20 ms, 100 Mbit/s link: containerd's overlayfs full pull
 # against lazypull (eStargz without and with a workload profile, and
-# zstd:chunked), and stargz-snapshotter when containerd-stargz-grpc is on
-# PATH. Builds the images from Debian packages the first time (cached).
+# zstd:chunked) and stargz-snapshotter, the incumbent (on the same eStargz
+# image, and on one optimized for the workload as ctr-remote does it).
+# Builds the images from Debian packages the first time (cached).
 # Results: bench/results/<time>/{results.md,totals.png,results.json}.
-comma := ,
 BENCH_RUNS ?= 5
 BENCH_IMAGES ?= python,gcc,java,data
-BENCH_SCENARIOS ?= overlayfs,lazypull-estargz,lazypull-estargz-profiled,lazypull-zstd$(if $(shell command -v containerd-stargz-grpc),$(comma)bench/scenarios/stargz-snapshotter.toml)
-bench-images: deps build
-	$(GO) run ./bench/cmd/bench -n $(BENCH_RUNS) --images $(BENCH_IMAGES) --scenarios $(BENCH_SCENARIOS)
+BENCH_SCENARIOS ?= overlayfs,lazypull-estargz,lazypull-estargz-profiled,lazypull-zstd,bench/scenarios/stargz-snapshotter.toml,bench/scenarios/stargz-snapshotter-optimized.toml
+bench-images: deps build incumbent
+	PATH="$(CURDIR)/bin:$$PATH" $(GO) run ./bench/cmd/bench -n $(BENCH_RUNS) --images $(BENCH_IMAGES) --scenarios $(BENCH_SCENARIOS)
+
+# bin/containerd-stargz-grpc: stargz-snapshotter's daemon, built from its
+# library module (bench/incumbent), for the side-by-side scenarios.
+incumbent:
+	cd bench/incumbent && $(GO) build -o ../../bin/containerd-stargz-grpc .
 
 clean:
 	rm -rf bin

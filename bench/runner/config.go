@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/lazypull/lazypull/internal/testenv"
 )
 
@@ -71,6 +73,40 @@ type Scenario struct {
 	// profile directory holds in each run, as if they travelled with the
 	// image together; by default, the run's own.
 	ProfileArgs [][]string `toml:"profile_args"`
+	// Optimized (estargz): the image is converted with its workload's
+	// profile (`lazypull convert --profile`; the profile recorded once
+	// on the image's plain form, as for Profiled), so that each layer
+	// holds the files the workload reads first, in its order, before the
+	// prefetch landmark: the image `ctr-remote image optimize` makes for
+	// stargz-snapshotter, its file list taken from our recorder rather
+	// than its fanotify analyzer.
+	Optimized bool `toml:"optimized"`
+	// ConvertArgs are more `lazypull convert` flags for this scenario's
+	// form of the image: another converter's defaults, say (ctr-remote
+	// writes 4 MiB chunks at gzip level 9).
+	ConvertArgs []string `toml:"convert_args"`
+}
+
+// form names the form of the image a scenario pulls: its tag in the
+// registry. Scenarios of one form share the image (and its profiles).
+func (s Scenario) form() string {
+	form := s.Format
+	if form == "" {
+		form = "orig"
+	}
+	if s.Optimized {
+		form += "-optimized"
+	}
+	if len(s.ConvertArgs) > 0 {
+		form += "-" + digest.FromString(strings.Join(s.ConvertArgs, "\x00")).Encoded()[:12]
+	}
+	return form
+}
+
+// plain is the scenario's form of the image without its optimization and
+// extra convert flags: the form its workload's profile is recorded on.
+func (s Scenario) plain() Scenario {
+	return Scenario{Name: s.Name, Format: s.Format, Snapshotter: s.Snapshotter, Args: s.Args, Images: s.Images}
 }
 
 // runsOn tells whether the scenario runs on the image named img.

@@ -42,7 +42,16 @@ func Run(ctx context.Context, cfg Config, imgs []Image) (rep *Report, err error)
 		}
 		opts = append(opts, testenv.WithCRI())
 	}
+	daemonOf := map[string]string{} // scenario by snapshotter, for those with a daemon
 	for _, sc := range cfg.Scenarios {
+		if sc.external() {
+			// Each daemon serves its snapshotter's socket: two on one
+			// name would take turns behind it.
+			if other, ok := daemonOf[sc.Snapshotter]; ok {
+				return rep, fmt.Errorf("scenarios %s and %s both run a daemon for snapshotter %q: give each its own snapshotter name", other, sc.Name, sc.Snapshotter)
+			}
+			daemonOf[sc.Snapshotter] = sc.Name
+		}
 		if cfg.CRI && (sc.external() || sc.builtin() || sc.Settles) {
 			return rep, fmt.Errorf("scenario %s: the CRI runs pull into lazypull, the CRI plugin's snapshotter (scenarios overlayfs and lazypull's FUSE mode only)", sc.Name)
 		}
@@ -170,39 +179,36 @@ type bench struct {
 
 // repo is where an image lives in the registry in a scenario's form.
 func repo(img Image, sc Scenario) string {
-	tag := "orig"
-	if sc.Format != "" {
-		tag = sc.Format
-	}
-	return "bench/" + img.Name + ":" + tag
+	return "bench/" + img.Name + ":" + sc.form()
 }
 
-// publish pushes the image as built and converts it once per lazy format
-// the scenarios pull, straight into the registry, not through the shaped
-// link.
+// publish pushes the image as built and converts it once per form the
+// scenarios pull, straight into the registry, not through the shaped
+// link; then records the profiles the scenarios use, and converts the
+// optimized forms with theirs.
 func (r *bench) publish(ctx context.Context, img Image) error {
 	done := map[string]bool{}
+	var optimized []Scenario
 	for _, sc := range r.cfg.Scenarios {
-		if done[sc.Format] {
-			continue
+		forms := []Scenario{sc}
+		if sc.Optimized {
+			if !sc.runsOn(img.Name) {
+				continue
+			}
+			// Its profile is recorded on the plain form, published
+			// first; the optimized form once that profile is there.
+			forms = []Scenario{sc.plain()}
+			optimized = append(optimized, sc)
 		}
-		done[sc.Format] = true
-		dst := r.env.Registry.Host + "/" + repo(img, sc)
-		start := time.Now()
-		if sc.Format == "" {
-			if err := testenv.Push(ctx, img.Layout, img.Tag, dst); err != nil {
+		for _, f := range forms {
+			if done[f.form()] {
+				continue
+			}
+			done[f.form()] = true
+			if err := r.publishForm(ctx, img, f, ""); err != nil {
 				return err
 			}
-		} else if _, err := r.lazypull(ctx, "convert", "--quiet", "--plain-http", "--format", sc.Format,
-			"oci:"+img.Layout+":"+img.Tag, "docker://"+dst); err != nil {
-			return err
 		}
-		size, err := r.imageBytes(ctx, img, sc)
-		if err != nil {
-			return err
-		}
-		r.imageSizes[repo(img, sc)] = size
-		fmt.Fprintf(r.cfg.Progress, "setup %s: %s in %v\n", img.Name, dst, time.Since(start).Round(time.Millisecond))
 	}
 	for _, sc := range r.cfg.Scenarios {
 		if !sc.runsOn(img.Name) {
@@ -214,13 +220,53 @@ func (r *bench) publish(ctx context.Context, img Image) error {
 			}
 		}
 	}
+	for _, sc := range optimized {
+		if done[sc.form()] {
+			continue
+		}
+		done[sc.form()] = true
+		if err := r.recordProfile(ctx, img, sc.plain(), sc.Args); err != nil {
+			return err
+		}
+		if err := r.publishForm(ctx, img, sc, r.profilePath(img, sc.plain(), sc.Args)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publishForm pushes img in sc's form to the registry: as built, or
+// converted (with the workload profile at profilePath, if any, first in
+// each layer).
+func (r *bench) publishForm(ctx context.Context, img Image, sc Scenario, profilePath string) error {
+	dst := r.env.Registry.Host + "/" + repo(img, sc)
+	start := time.Now()
+	if sc.Format == "" {
+		if err := testenv.Push(ctx, img.Layout, img.Tag, dst); err != nil {
+			return err
+		}
+	} else {
+		args := append([]string{"convert", "--quiet", "--plain-http", "--format", sc.Format}, sc.ConvertArgs...)
+		if profilePath != "" {
+			args = append(args, "--profile", profilePath)
+		}
+		if _, err := r.lazypull(ctx, append(args, "oci:"+img.Layout+":"+img.Tag, "docker://"+dst)...); err != nil {
+			return err
+		}
+	}
+	size, err := r.imageBytes(ctx, img, sc)
+	if err != nil {
+		return err
+	}
+	r.imageSizes[repo(img, sc)] = size
+	fmt.Fprintf(r.cfg.Progress, "setup %s: %s in %v\n", img.Name, dst, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
 // profilePath is where the profile of img's workload args (nil: its
 // command) in sc's form is kept between runs.
 func (r *bench) profilePath(img Image, sc Scenario, args []string) string {
-	name := img.Name + "-" + sc.Format
+	name := img.Name + "-" + sc.form()
 	if len(args) > 0 {
 		name += "-" + digest.FromString(strings.Join(args, "\x00")).Encoded()[:12]
 	}
@@ -262,7 +308,7 @@ func (r *bench) recordProfile(ctx context.Context, img Image, sc Scenario, args 
 		workload = fmt.Sprintf("the workload %q's", strings.Join(args, " "))
 	}
 	fmt.Fprintf(r.cfg.Progress, "setup %s: recorded %s profile (%s) in %v: %d reads of %d files, %.1f MB of file data in %d chunks\n",
-		img.Name, workload, sc.Format, time.Since(start).Round(time.Millisecond), len(prof.Reads), len(prof.Paths()), float64(prof.Bytes())/1e6, len(chunks))
+		img.Name, workload, sc.form(), time.Since(start).Round(time.Millisecond), len(prof.Reads), len(prof.Paths()), float64(prof.Bytes())/1e6, len(chunks))
 	return nil
 }
 

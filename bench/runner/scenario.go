@@ -50,6 +50,8 @@ func LoadScenario(path string) (Scenario, error) {
 		return Scenario{}, fmt.Errorf("scenario %s: a daemon needs a snapshotter name of its own (not %q)", path, sc.Snapshotter)
 	case len(sc.Args) > 0 && len(sc.Images) == 0:
 		return Scenario{}, fmt.Errorf("scenario %s: args are one image's workload: say which in images", path)
+	case sc.Optimized && sc.Format != "estargz":
+		return Scenario{}, fmt.Errorf("scenario %s: optimized needs format = \"estargz\" (only eStargz has a prefetch landmark)", path)
 	case len(sc.ProfileArgs) > 0 && !sc.Profiled:
 		return Scenario{}, fmt.Errorf("scenario %s: profile_args without profiled = true", path)
 	}

@@ -174,6 +174,7 @@ func TestLoadScenario(t *testing.T) {
 		{"name = \"x\"\nformat = \"tar\"", "format"},
 		{"name = \"x\"\nargs = [\"python3\"]", "say which in images"},
 		{"name = \"x\"\nprofile_args = [[]]", "profile_args without profiled"},
+		{"name = \"x\"\nformat = \"zstdchunked\"\noptimized = true", "optimized needs format"},
 		{"name = \"x\"\nunknown = 1", "unknown"},
 	} {
 		path := filepath.Join(t.TempDir(), "s.toml")
@@ -181,5 +182,27 @@ func TestLoadScenario(t *testing.T) {
 		if _, err := LoadScenario(path); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("LoadScenario(%q) = %v; want an error with %q", c.doc, err, c.want)
 		}
+	}
+}
+
+// Scenarios pull the same image exactly when they pull the same form:
+// an optimized form or one with other convert flags is an image of its
+// own, recorded on (and named apart from) its plain form.
+func TestScenarioForms(t *testing.T) {
+	esgz := Scenario{Name: "a", Format: "estargz"}
+	opt := Scenario{Name: "b", Format: "estargz", Optimized: true, ConvertArgs: []string{"--chunk-size", "4194304"}}
+	optOther := Scenario{Name: "c", Format: "estargz", Optimized: true, ConvertArgs: []string{"--chunk-size", "65536"}}
+	forms := map[string]string{}
+	for _, sc := range []Scenario{Overlayfs, esgz, opt, optOther, LazypullZstd} {
+		if other, ok := forms[sc.form()]; ok {
+			t.Errorf("scenarios %s and %s share the form %q", other, sc.Name, sc.form())
+		}
+		forms[sc.form()] = sc.Name
+	}
+	if got := (Scenario{Name: "d", Format: "estargz", Profiled: true}).form(); got != esgz.form() {
+		t.Errorf("a profiled scenario's form = %q; want the plain %q", got, esgz.form())
+	}
+	if got := opt.plain().form(); got != esgz.form() {
+		t.Errorf("the optimized scenario's plain form = %q; want %q", got, esgz.form())
 	}
 }
